@@ -1,0 +1,132 @@
+"""Command line: `python -m kn026 screen|funnel|synth ...`.
+
+Every failure the user can fix (bad file, bad column, unknown criterion ID, bad
+scenario) exits with status 2 and one short message naming the problem and the fix,
+never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from kn026 import analysis
+from kn026.cohort import CohortError, connect, load_cohort
+from kn026.criteria import CriteriaError, load_protocol
+from kn026.engine import Engine
+from kn026.scenario import Scenario, load_scenario
+
+
+def _ids(text: str | None) -> list[str]:
+    return [t.strip() for t in (text or "").split(",") if t.strip()]
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--cohort", required=True, help="cohort file: CSV, Parquet or Excel")
+    p.add_argument("--stage", type=int, choices=(1, 2), required=True, help="protocol stage")
+    p.add_argument("--scenario", help="scenario YAML (threshold overrides, disabled criteria)")
+    p.add_argument("--protocol", help="criteria file (default: KN026-001)")
+
+
+def _engine(args) -> tuple[Engine, Scenario]:
+    protocol = load_protocol(args.protocol)
+    scenario = load_scenario(args.scenario, protocol) if args.scenario else Scenario()
+    con = connect()
+    con.execute("SET enable_progress_bar = false")
+    cohort = load_cohort(args.cohort, con)
+    return Engine(cohort, protocol, args.stage), scenario
+
+
+def cmd_screen(args) -> int:
+    out = Path(args.out)
+    if out.suffix.lower() != ".csv":
+        raise ValueError(f"--out {out} must end in .csv")
+    engine, scenario = _engine(args)
+    sql = analysis.screen_log_sql(engine, scenario)
+    frame = engine.con.execute(sql).df()
+    frame.to_csv(out, index=False)
+    counts = frame["eligible"].value_counts().to_dict()
+    print(f"{len(frame)} patients screened for stage {args.stage}: "
+          f"{counts.get('yes', 0)} eligible, {counts.get('unknown', 0)} unknown, "
+          f"{counts.get('no', 0)} not eligible -> {out}", file=sys.stderr)
+    return 0
+
+
+def cmd_funnel(args) -> int:
+    engine, scenario = _engine(args)
+    disabled = _ids(args.disable)
+    known = {c.id for c in engine.protocol.criteria} | set(engine.protocol.rule_ids())
+    for cid in disabled:
+        if cid not in known:
+            raise ValueError(f"--disable: unknown criterion ID {cid!r}; known: "
+                             f"{', '.join(c.id for c in engine.protocol.criteria)}")
+    scenario = Scenario(scenario.name, scenario.description, scenario.overrides,
+                        scenario.disabled | set(disabled), scenario.order)
+    result = analysis.run(engine, scenario, _ids(args.order) or None)
+    if args.json:
+        doc = {
+            "protocol": engine.protocol.name, "stage": args.stage, "scenario": scenario.name,
+            "changes": scenario.changes(engine.protocol),
+            "totals": result.totals,
+            "not_assessable": result.plan.not_assessable,
+            "disabled": list(result.plan.disabled),
+            "funnel": result.funnel.to_dict(orient="records"),
+            "criteria": result.stats.to_dict(orient="records"),
+        }
+        print(json.dumps(doc, indent=2, default=_jsonable))
+        return 0
+    t = result.totals
+    print(f"{engine.protocol.name} stage {args.stage}, scenario {scenario.name!r}: "
+          f"{t['screened']} screened, {t['strict']} eligible (strict), "
+          f"{t['optimistic']} eligible (optimistic), {t['unknown']} unknown")
+    for cid, cols in result.plan.not_assessable.items():
+        print(f"  {cid}: n/a (missing column(s) {', '.join(cols)})")
+    print()
+    print(result.funnel.to_string(index=False, float_format=lambda v: f"{v:.1f}"))
+    print()
+    cols = ["criterion", "passed", "failed", "unknown", "unique", "unique_strict",
+            "shapley_strict", "shapley_optimistic"]
+    print(result.stats[cols].to_string(index=False, float_format=lambda v: f"{v:.1f}"))
+    return 0
+
+
+def _jsonable(value):
+    if hasattr(value, "item"):
+        return value.item()
+    return str(value)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m kn026", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("screen", help="per-patient screening log (CSV)")
+    _common(p)
+    p.add_argument("--out", required=True, help="output CSV path")
+    p.set_defaults(func=cmd_screen)
+    p = sub.add_parser("funnel", help="screen-failure funnel and per-criterion table")
+    _common(p)
+    p.add_argument("--order", help="criterion IDs in funnel order, comma-separated")
+    p.add_argument("--disable", help="criterion or sub-rule IDs to leave out, comma-separated")
+    p.add_argument("--json", action="store_true", help="JSON output")
+    p.set_defaults(func=cmd_funnel)
+    try:
+        from kn026 import synth
+    except ImportError:  # pragma: no cover - synth ships with the package
+        synth = None
+    if synth is not None and hasattr(synth, "add_cli"):
+        synth.add_cli(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except CohortError as err:
+        print(f"error: the cohort could not be loaded ({err.total} problem(s)):\n{err}", file=sys.stderr)
+    except (CriteriaError, ValueError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+    return 2

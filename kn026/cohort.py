@@ -1,0 +1,285 @@
+"""Load a screening cohort into a per-session DuckDB table, normalised and validated.
+
+Input is CSV, Parquet, Excel or a DataFrame / Arrow table. Every dictionary column
+is parsed by its kind (schema.py): boolean and sex spellings are normalised,
+categories lower-cased with whitespace folded, numbers range-checked. A value that
+cannot be read is an error naming the column, row, patient and value, never a
+silent NULL. Validation runs as a few SQL scans, so millions of rows load fast.
+The input file is only read.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import duckdb
+
+from kn026 import schema
+from kn026.schema import CATEGORY, DATE, FLAG, ID, INTEGER, NUMBER, TEXT
+
+EXAMPLES_PER_COLUMN = 5
+_NUMERIC = re.compile(r"^(TINYINT|SMALLINT|INTEGER|BIGINT|HUGEINT|UTINYINT|USMALLINT|UINTEGER|"
+                      r"UBIGINT|UHUGEINT|FLOAT|DOUBLE|DECIMAL.*)$")
+_INTEGRAL = re.compile(r"^(TINYINT|SMALLINT|INTEGER|BIGINT|HUGEINT|UTINYINT|USMALLINT|UINTEGER|"
+                       r"UBIGINT|UHUGEINT)$")
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One bad value (or a file-level problem when `row` is None)."""
+
+    column: str
+    message: str
+    row: int | None = None  # 1-based data row (header excluded)
+    patient_id: str | None = None
+    value: str | None = None
+    count: int = 1  # how many rows share this problem in this column
+
+    def __str__(self) -> str:
+        where = f"row {self.row}" if self.row is not None else ""
+        if self.patient_id is not None:
+            where += f" (patient_id {self.patient_id})"
+        value = f" value {self.value!r}:" if self.value is not None else ""
+        return f"{self.column}: {where}{value} {self.message}".replace("  ", " ").strip()
+
+
+class CohortError(ValueError):
+    """The cohort cannot be loaded; `problems` lists every issue found."""
+
+    def __init__(self, problems: list[Problem], total: int | None = None):
+        self.problems = problems
+        self.total = total if total is not None else len(problems)
+        lines = [str(p) for p in problems[:20]]
+        more = self.total - len(lines)
+        super().__init__("\n".join(lines) + (f"\n... and {more} more" if more > 0 else ""))
+
+
+@dataclass
+class Cohort:
+    """A loaded cohort: the DuckDB connection and table, and which columns it has."""
+
+    con: duckdb.DuckDBPyConnection
+    table: str
+    n: int
+    present: frozenset[str]  # dictionary columns in the table
+    extra: tuple[str, ...] = ()  # other columns, kept as read
+    source: str = ""
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def absent(self) -> tuple[str, ...]:
+        return tuple(c.name for c in schema.COLUMNS if c.name not in self.present)
+
+
+def connect(threads: int | None = None, memory_limit: str | None = None) -> duckdb.DuckDBPyConnection:
+    """A private in-memory DuckDB connection (one per session, nothing on disk)."""
+    con = duckdb.connect(":memory:")
+    if threads:
+        con.execute(f"SET threads = {int(threads)}")
+    if memory_limit:
+        con.execute("SET memory_limit = ?", [memory_limit])
+    return con
+
+
+def q(name: str) -> str:
+    """Quote an identifier for DuckDB."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _lit(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _raw_relation(con, source, name: str) -> str:
+    """Expose the input to DuckDB as view `name`, reading only; return its kind."""
+    if not isinstance(source, (str, Path)):
+        con.register(name + "_frame", source)
+        con.execute(f"CREATE OR REPLACE TEMP VIEW {q(name)} AS SELECT * FROM {q(name + '_frame')}")
+        return "frame"
+    path = Path(source)
+    if not path.is_file():
+        raise CohortError([Problem("file", f"{path} does not exist or is not a file; check the path")])
+    suffix = path.suffix.lower()
+    with path.open("rb") as fh:
+        head = fh.read(8)
+    if suffix == ".parquet" or head[:4] == b"PAR1":
+        reader = f"read_parquet({_lit(str(path))})"
+    elif suffix in (".xlsx", ".xlsm"):
+        import pandas as pd
+
+        try:
+            frame = pd.read_excel(path, dtype=str, keep_default_na=False)
+        except Exception as err:  # openpyxl raises many kinds
+            raise CohortError([Problem("file", f"{path.name} is not a readable Excel workbook: {err}")]) from None
+        return _raw_relation(con, frame, name)
+    elif suffix in (".csv", ".txt", ".tsv", ".gz") or not suffix:
+        reader = (f"read_csv({_lit(str(path))}, all_varchar = true, header = true, "
+                  f"auto_detect = true, sample_size = -1)")
+    else:
+        raise CohortError([Problem("file", f"{path.name}: unsupported file type {suffix!r}; "
+                                           "use CSV, Parquet or Excel (.xlsx)")])
+    try:
+        con.execute(f"CREATE OR REPLACE TEMP VIEW {q(name)} AS SELECT * FROM {reader}")
+        con.execute(f"SELECT * FROM {q(name)} LIMIT 0")
+    except duckdb.Error as err:
+        msg = str(err).split("\n")[0]
+        raise CohortError([Problem("file", f"{path.name} could not be read: {msg}")]) from None
+    return "file"
+
+
+def _expressions(col: schema.Column, src: str, src_type: str) -> tuple[str, str]:
+    """SQL (value, error) for one column: the normalised value and a flag for bad input."""
+    x = q(src)
+    t = f"NULLIF(trim(CAST({x} AS VARCHAR)), '')"
+    kind = col.kind
+    if kind == NUMBER and _NUMERIC.match(src_type):
+        value, bad = f"CAST({x} AS DOUBLE)", f"NOT isfinite(CAST({x} AS DOUBLE))"
+    elif kind == NUMBER:
+        value = f"TRY_CAST({t} AS DOUBLE)"
+        bad = f"({t} IS NOT NULL AND ({value} IS NULL OR NOT isfinite({value})))"
+    elif kind == INTEGER and _INTEGRAL.match(src_type):
+        value, bad = f"CAST({x} AS INTEGER)", "FALSE"
+    elif kind == INTEGER:
+        num = f"TRY_CAST({t} AS DOUBLE)" if not _NUMERIC.match(src_type) else f"CAST({x} AS DOUBLE)"
+        value = f"CAST({num} AS INTEGER)"
+        bad = (f"({x} IS NOT NULL AND {t} IS NOT NULL AND ({num} IS NULL OR NOT isfinite({num}) "
+               f"OR {num} <> round({num}) OR abs({num}) > 2000000000))")
+    elif kind == FLAG and src_type == "BOOLEAN":
+        value, bad = x, "FALSE"
+    elif kind == FLAG:
+        low = f"lower({t})"
+        trues = ", ".join(_lit(w) for w in schema.TRUE_WORDS)
+        falses = ", ".join(_lit(w) for w in schema.FALSE_WORDS)
+        value = f"CASE WHEN {low} IN ({trues}) THEN TRUE WHEN {low} IN ({falses}) THEN FALSE END"
+        bad = f"({t} IS NOT NULL AND {value} IS NULL)"
+    elif kind == DATE and src_type == "DATE":
+        value, bad = x, "FALSE"
+    elif kind == DATE:
+        value = f"COALESCE(TRY_CAST({t} AS DATE), CAST(TRY_CAST({t} AS TIMESTAMP) AS DATE))"
+        bad = f"({t} IS NOT NULL AND {value} IS NULL)"
+    elif kind == CATEGORY:
+        norm = f"regexp_replace(lower({t}), '[\\s\\-]+', '_', 'g')"
+        if col.name == "sex":
+            cases = " ".join(f"WHEN {_lit(k)} THEN {_lit(v)}" for k, v in schema.SEX_WORDS.items())
+            value = f"CASE {norm} {cases} END"
+            bad = f"({t} IS NOT NULL AND {value} IS NULL)"
+        elif col.values:
+            allowed = ", ".join(_lit(v) for v in col.values)
+            value = f"CASE WHEN {norm} IN ({allowed}) THEN {norm} END"
+            bad = f"({t} IS NOT NULL AND {value} IS NULL)"
+        else:
+            value, bad = norm, "FALSE"
+    elif kind in (ID, TEXT):
+        value, bad = t, "FALSE"
+    else:  # pragma: no cover - schema kinds are closed
+        raise AssertionError(kind)
+    rng = _range_check(col, value)
+    if rng:
+        bad = f"({bad} OR COALESCE({rng}, FALSE))"
+    return value, bad
+
+
+def _range_check(col: schema.Column, value: str) -> str:
+    parts = []
+    if col.low is not None:
+        parts.append(f"{value} {'<=' if col.low_open else '<'} {col.low!r}")
+    if col.high is not None:
+        parts.append(f"{value} > {col.high!r}")
+    return " OR ".join(parts)
+
+
+def _fix_hint(col: schema.Column) -> str:
+    if col.kind == FLAG:
+        return "expected true/false (or 1/0, yes/no, y/n, t/f); leave empty if unknown"
+    if col.kind == DATE:
+        return "expected an ISO 8601 date such as 2024-03-31"
+    if col.name == "sex":
+        return "expected F or M (female/male accepted); leave empty if unknown"
+    if col.kind == CATEGORY:
+        return f"expected {col.range_text()}; leave empty if unknown"
+    what = "a whole number" if col.kind == INTEGER else "a number"
+    rng = col.range_text()
+    unit = f" {col.unit}" if col.unit else ""
+    return f"expected {what}{' ' + rng if rng else ''}{unit}; leave empty if unknown"
+
+
+def load_cohort(source, con: duckdb.DuckDBPyConnection | None = None, table: str = "cohort",
+                max_examples: int = EXAMPLES_PER_COLUMN) -> Cohort:
+    """Read, normalise and validate `source` into table `table`; raise CohortError listing problems."""
+    con = con or connect()
+    raw = f"_raw_{table}"
+    _raw_relation(con, source, raw)
+    described = con.execute(f"DESCRIBE {q(raw)}").fetchall()
+    src_types = {name: str(typ) for name, typ, *_ in described}
+    by_norm: dict[str, str] = {}
+    problems: list[Problem] = []
+    for name in src_types:
+        norm = name.strip().lower()
+        if norm in by_norm:
+            problems.append(Problem(norm, f"appears twice in the header ({by_norm[norm]!r}, {name!r}); "
+                                          "keep one column"))
+        by_norm[norm] = name
+    if "patient_id" not in by_norm:
+        problems.append(Problem("patient_id", "the column is missing; every cohort needs a unique "
+                                              "patient_id column"))
+    if problems:
+        _drop(con, raw)
+        raise CohortError(problems)
+
+    present = [c for c in schema.COLUMNS if c.name in by_norm]
+    values, errors = {}, {}
+    for col in present:
+        values[col.name], errors[col.name] = _expressions(col, by_norm[col.name], src_types[by_norm[col.name]])
+    pid_src = q(by_norm["patient_id"])
+    pid = values["patient_id"]
+    checks = [f"count_if({e})" for e in errors.values()]
+    counts = con.execute(
+        f"SELECT count(*), count_if({pid} IS NULL), count(DISTINCT {pid}), {', '.join(checks)} "
+        f"FROM {q(raw)}").fetchone()
+    n, missing_ids, distinct_ids = counts[0], counts[1], counts[2]
+    numbered = f"(SELECT row_number() OVER () AS _row, * FROM {q(raw)})"
+    if missing_ids:
+        rows = con.execute(f"SELECT _row FROM {numbered} WHERE {pid} IS NULL ORDER BY _row LIMIT ?",
+                           [max_examples]).fetchall()
+        for (row,) in rows:
+            problems.append(Problem("patient_id", "is empty; every row needs a patient_id",
+                                    row=row, count=missing_ids))
+    if distinct_ids + (1 if missing_ids else 0) < n:
+        dups = con.execute(
+            f"SELECT {pid} AS id, list(_row ORDER BY _row) FROM {numbered} WHERE {pid} IS NOT NULL "
+            f"GROUP BY id HAVING count(*) > 1 ORDER BY min(_row) LIMIT ?", [max_examples]).fetchall()
+        for pid_value, rows in dups:
+            problems.append(Problem("patient_id", f"is duplicated (rows {', '.join(map(str, rows[:10]))}); "
+                                                  "patient_id must be unique", patient_id=pid_value))
+    for (col, bad_sql), bad_count in zip(errors.items(), counts[3:], strict=True):
+        if not bad_count:
+            continue
+        spec = schema.BY_NAME[col]
+        rows = con.execute(
+            f"SELECT _row, CAST({pid_src} AS VARCHAR), CAST({q(by_norm[col])} AS VARCHAR) FROM {numbered} "
+            f"WHERE {bad_sql} ORDER BY _row LIMIT ?", [max_examples]).fetchall()
+        for row, patient, value in rows:
+            problems.append(Problem(col, _fix_hint(spec), row=row, patient_id=patient,
+                                    value=value, count=bad_count))
+    if problems:
+        total = sum(p.count for p in {(p.column, p.message): p for p in problems}.values())
+        _drop(con, raw)
+        raise CohortError(problems, total=max(total, len(problems)))
+
+    extra = [name for norm, name in by_norm.items() if norm not in schema.BY_NAME]
+    select = [f"{values[c.name]} AS {q(c.name)}" for c in present]
+    select += [f"{q(name)} AS {q(name)}" for name in extra]
+    con.execute(f"CREATE OR REPLACE TABLE {q(table)} AS SELECT {', '.join(select)} FROM {q(raw)}")
+    _drop(con, raw)
+    return Cohort(con, table, n, frozenset(c.name for c in present), tuple(extra),
+                  source=str(source) if isinstance(source, (str, Path)) else type(source).__name__)
+
+
+def _drop(con, raw: str) -> None:
+    con.execute(f"DROP VIEW IF EXISTS {q(raw)}")
+    try:
+        con.unregister(raw + "_frame")
+    except (duckdb.Error, KeyError):
+        pass

@@ -1,0 +1,121 @@
+"""Scenarios: named what-if changes to a protocol, saved as a small YAML file.
+
+A scenario holds parameter overrides (rule ID -> {parameter: value}), disabled
+criteria or sub-rules, and optionally a funnel order. It never changes the
+protocol file; comparing it with the protocol defaults is what the app shows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+
+import yaml
+
+from kn026.criteria import CriteriaError, Protocol, format_number
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """A named set of threshold overrides and disabled criteria (empty = the protocol)."""
+
+    name: str = "Protocol"
+    description: str = ""
+    overrides: dict[str, dict[str, Decimal]] = field(default_factory=dict)
+    disabled: frozenset[str] = frozenset()
+    order: tuple[str, ...] = ()
+
+    @property
+    def is_protocol(self) -> bool:
+        return not self.overrides and not self.disabled
+
+    def validate(self, protocol: Protocol) -> Scenario:
+        """Check every ID and value against the protocol; return the scenario with exact values."""
+        overrides = {}
+        for rid, values in self.overrides.items():
+            rule = protocol.rule(rid)
+            if not isinstance(values, dict):
+                raise CriteriaError(f"scenario {self.name!r}: {rid} needs a mapping of parameter: value")
+            checked = {}
+            for pname, value in values.items():
+                if pname not in rule.params:
+                    raise CriteriaError(
+                        f"scenario {self.name!r}: {rid} has no parameter {pname!r}; "
+                        f"its parameters: {', '.join(rule.params) or 'none'}")
+                checked[pname] = rule.params[pname].check(value, rid)
+            overrides[rid] = checked
+        known = {c.id for c in protocol.criteria} | set(protocol.rule_ids())
+        for cid in self.disabled | set(self.order):
+            if cid not in known:
+                raise CriteriaError(f"scenario {self.name!r}: unknown criterion ID {cid!r}")
+        return Scenario(self.name, self.description, overrides, frozenset(self.disabled), tuple(self.order))
+
+    def changes(self, protocol: Protocol) -> list[str]:
+        """Readable list of what differs from the protocol."""
+        out = []
+        for rid, values in sorted(self.overrides.items()):
+            rule = protocol.rule(rid)
+            for pname, value in values.items():
+                default = rule.params[pname].default
+                if value != default:
+                    out.append(f"{rid} {pname}: {format_number(default)} -> {format_number(value)} "
+                               f"{rule.params[pname].unit}".rstrip())
+        out += [f"{cid} disabled" for cid in sorted(self.disabled)]
+        return out
+
+    def to_yaml(self, protocol: Protocol | None = None) -> str:
+        doc = {"scenario": self.name}
+        if protocol is not None:
+            doc["protocol"] = protocol.name
+        if self.description:
+            doc["description"] = self.description
+        doc["parameters"] = {rid: {p: _plain(v) for p, v in vals.items()}
+                             for rid, vals in sorted(self.overrides.items())}
+        doc["disabled"] = sorted(self.disabled)
+        if self.order:
+            doc["order"] = list(self.order)
+        return yaml.safe_dump(doc, sort_keys=False, allow_unicode=True)
+
+
+def _plain(value: Decimal):
+    """A YAML-friendly exact number: int when whole, else float from its shortest text."""
+    text = format_number(value)
+    return int(text) if "." not in text else float(text)
+
+
+def parse_scenario(text: str, protocol: Protocol, source: str = "scenario") -> Scenario:
+    """Parse and validate scenario YAML text."""
+    try:
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise CriteriaError(f"{source} is not valid YAML: {err}") from None
+    if not isinstance(doc, dict):
+        raise CriteriaError(f"{source}: expected a mapping with 'scenario', 'parameters', 'disabled'")
+    allowed = {"scenario", "protocol", "description", "parameters", "disabled", "order"}
+    extra = set(doc) - allowed
+    if extra:
+        raise CriteriaError(f"{source}: unknown key(s) {sorted(extra)}; allowed: {sorted(allowed)}")
+    if doc.get("protocol") not in (None, protocol.name):
+        raise CriteriaError(f"{source} is for protocol {doc['protocol']!r}, not {protocol.name!r}")
+    params = doc.get("parameters") or {}
+    if not isinstance(params, dict):
+        raise CriteriaError(f"{source}: 'parameters' must map rule IDs to parameter values")
+    disabled = doc.get("disabled") or []
+    order = doc.get("order") or []
+    if not isinstance(disabled, list) or not isinstance(order, list):
+        raise CriteriaError(f"{source}: 'disabled' and 'order' must be lists of criterion IDs")
+    scen = Scenario(str(doc.get("scenario") or Path(source).stem), str(doc.get("description") or ""),
+                    {str(k): v for k, v in params.items()}, frozenset(map(str, disabled)),
+                    tuple(map(str, order)))
+    return scen.validate(protocol)
+
+
+def load_scenario(path: str | Path, protocol: Protocol) -> Scenario:
+    """Read a scenario YAML file."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as err:
+        raise CriteriaError(f"cannot read scenario file {path}: {err.strerror}") from None
+    return parse_scenario(text, protocol, source=path.name)
