@@ -51,8 +51,10 @@ def _exact(tree: exp.Expression) -> exp.Expression:
     A recorded value is already the double nearest its decimal text; a product such
     as 1.5 * 1.2 is not (1.7999999999999998). Rounding the computed side to
     EXACT_DECIMALS gives the double nearest the exact decimal result, so the
-    comparison agrees with decimal arithmetic. `round(x * 1e9) / 1e9` is used
-    because DuckDB's two-argument ROUND costs 2.5x more per row.
+    comparison agrees with decimal arithmetic. Derived values are rounded the same
+    way, so a clearance of exactly 30 (age 68, 30 kg, creatinine 88.4) is not
+    29.999999999999996. `round(x * 1e9) / 1e9` is used because DuckDB's
+    two-argument ROUND costs 2.5x more per row.
     """
     scale = exp.Literal.number(f"1e{EXACT_DECIMALS}")
 
@@ -74,7 +76,7 @@ def compile_rule(rule: Rule, stage: int, values: dict[str, Decimal], present: fr
     Derived values are expanded, record-based columns read NULL as "none on record",
     and absent optional columns (ULNs, overrides) read as NULL.
     """
-    tree = _exact(parse_predicate(rule.sql[stage], rule.id))
+    tree = parse_predicate(rule.sql[stage], rule.id)
     derived = {name: parse_predicate(d.sql, name) for name, d in protocol.derived.items()}
 
     def expand(node):
@@ -82,7 +84,7 @@ def compile_rule(rule: Rule, stage: int, values: dict[str, Decimal], present: fr
             return exp.Paren(this=derived[node.name].copy())
         return node
 
-    tree = tree.transform(expand, copy=False)
+    tree = _exact(tree.transform(expand, copy=False))
 
     def bind(node):
         if isinstance(node, exp.Placeholder):

@@ -1,0 +1,841 @@
+"""Histogram maths: funnels, per-criterion statistics, Shapley shares, combinations.
+
+Everything here works on a :class:`Histogram` of distinct ``(fail_mask, unknown_mask[, site])``
+triples with patient counts, never on patient rows. The screening engine produces one
+histogram per evaluation; reordering or toggling criteria only re-runs :func:`collapse`
+and the functions below, so no patient is rescanned.
+
+Masks and three-valued logic (dictionary, section 2)
+----------------------------------------------------
+Bit ``j`` of a ``uint64`` mask stands for one rule ("leaf"), or, after :func:`collapse`,
+for one criterion ("unit"). Per row:
+
+* bit in ``fail`` (and never in ``unknown``): the patient fails that leaf / criterion;
+* bit in ``unknown`` only: it cannot be assessed (a needed value is NULL);
+* bit in neither: pass.
+
+A criterion made of several leaves fails if any of its leaves fails, else is unknown if
+any is unknown, else passes (:func:`collapse`). A patient is *strictly* eligible when no
+criterion fails and none is unknown, *optimistically* eligible when no criterion fails.
+
+Conventions
+-----------
+* Functions taking ``names`` expect a collapsed histogram whose bit ``i`` is
+  ``names[i]``; a set bit at a position ``>= len(names)`` raises ``ValueError``.
+* Histograms need not be merged: every analysis gives the same answer on a merged or
+  unmerged histogram (``collapse(..., merge=False)`` is the fast path).
+* Counts are summed exactly: in ``int64``, or in ``float64`` ``np.bincount`` where every
+  partial sum is an integer below 2**53 (9e15 patients), hence exact too. Count columns of
+  returned DataFrames are ``int64``; scalars are Python ``int``.
+* Percentages are of the screened total, as floats in 0..100, and 0.0 when nobody was
+  screened.
+* Histogram rows are processed with vectorised numpy; Python loops only run over
+  criteria (<= 64), bytes of a mask (<= 8), or output rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from functools import cached_property
+
+import numpy as np
+import pandas as pd
+
+__all__ = [
+    "BOUNDS",
+    "Histogram",
+    "by_site",
+    "collapse",
+    "combinations",
+    "compare",
+    "compare_totals",
+    "criterion_stats",
+    "eligible_counts",
+    "for_site",
+    "funnel",
+    "merge",
+    "shapley",
+    "unit_mask",
+]
+
+BOUNDS = ("strict", "optimistic")
+MAX_BITS = 64
+
+_U64 = np.dtype(np.uint64)
+_LE_U64 = np.dtype("<u8")
+_ONE = np.uint64(1)
+_ALL_BITS = (1 << MAX_BITS) - 1
+# _BYTE_BITS[v, j] == 1.0 when bit j of byte v is set: turns a 256-bin histogram of one
+# mask byte into 8 per-bit sums with one small matrix product.
+_BYTE_BITS = ((np.arange(256)[:, None] >> np.arange(8)[None, :]) & 1).astype(np.float64)
+
+
+# --------------------------------------------------------------------------- histogram
+
+
+@dataclass(frozen=True, eq=False)
+class Histogram:
+    """Distinct ``(fail, unknown[, site])`` mask rows with patient counts.
+
+    ``fail`` and ``unknown`` are ``uint64`` bit masks with ``fail & unknown == 0``;
+    ``count`` is ``int64`` (>= 0); ``site`` is ``None`` or ``int32`` codes indexing
+    ``sites``. Rows need not be distinct (see :func:`merge`). Inputs are converted to
+    those dtypes and validated; arrays are not copied when they already have them.
+    """
+
+    fail: np.ndarray
+    unknown: np.ndarray
+    count: np.ndarray
+    site: np.ndarray | None = None
+    sites: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        fail = _as_mask(self.fail, "fail")
+        unknown = _as_mask(self.unknown, "unknown")
+        count = np.asarray(self.count)
+        if count.dtype.kind not in "iu" and count.size and not np.array_equal(count, np.round(count)):
+            raise ValueError("count must hold whole numbers")
+        count = count.astype(np.int64, copy=False).reshape(-1) if count.size else np.zeros(0, np.int64)
+        n = len(fail)
+        if len(unknown) != n or len(count) != n:
+            raise ValueError(f"fail, unknown and count lengths differ: {n}, {len(unknown)}, {len(count)}")
+        if n and np.any(count < 0):
+            raise ValueError("count must be >= 0")
+        if n and np.any(np.bitwise_and(fail, unknown)):
+            raise ValueError("a leaf cannot be both failed and unknown (fail & unknown != 0)")
+        sites = tuple(str(s) for s in self.sites)
+        site = self.site
+        if site is not None:
+            site = np.asarray(site)
+            if site.size and site.dtype.kind not in "iu":
+                raise ValueError("site must hold integer codes into `sites`")
+            site = site.astype(np.int32, copy=False).reshape(-1) if site.size else np.zeros(0, np.int32)
+            if len(site) != n:
+                raise ValueError(f"site length {len(site)} differs from {n} rows")
+            if n and (site.min() < 0 or site.max() >= len(sites)):
+                raise ValueError(f"site codes must lie in 0..{len(sites) - 1} (one name per code in `sites`)")
+        elif sites:
+            raise ValueError("`sites` given without `site` codes")
+        object.__setattr__(self, "fail", fail)
+        object.__setattr__(self, "unknown", unknown)
+        object.__setattr__(self, "count", count)
+        object.__setattr__(self, "site", site)
+        object.__setattr__(self, "sites", sites)
+
+    @classmethod
+    def _trusted(cls, fail, unknown, count, site, sites) -> Histogram:
+        """Build without conversion or validation (arrays already have the right dtypes)."""
+        h = object.__new__(cls)
+        object.__setattr__(h, "fail", fail)
+        object.__setattr__(h, "unknown", unknown)
+        object.__setattr__(h, "count", count)
+        object.__setattr__(h, "site", site)
+        object.__setattr__(h, "sites", sites)
+        return h
+
+    @classmethod
+    def from_counts(cls, counts: Mapping[tuple[int, ...], int], sites: Sequence[str] = ()) -> Histogram:
+        """Build from ``{(fail, unknown): n}`` or, with ``sites``, ``{(fail, unknown, site_code): n}``.
+
+        Handy for tests and hand-made examples.
+        """
+        keys = list(counts)
+        with_site = bool(sites)
+        width = 3 if with_site else 2
+        for key in keys:
+            if len(key) != width:
+                raise ValueError(f"key {key!r}: expected {width} items")
+        fail = np.array([k[0] for k in keys], dtype=np.uint64)
+        unknown = np.array([k[1] for k in keys], dtype=np.uint64)
+        count = np.array([counts[k] for k in keys], dtype=np.int64)
+        site = np.array([k[2] for k in keys], dtype=np.int32) if with_site else None
+        return cls(fail, unknown, count, site, tuple(sites))
+
+    def __len__(self) -> int:
+        return len(self.count)
+
+    @property
+    def total(self) -> int:
+        """Number of patients (screened)."""
+        return int(self.count.sum())
+
+    @cached_property
+    def _weights(self) -> np.ndarray:
+        """``count`` as float64, the weight type ``np.bincount`` wants (cached)."""
+        return self.count.astype(np.float64)
+
+    @cached_property
+    def used_bits(self) -> int:
+        """OR of every fail and unknown mask: the bits that are ever not passed (cached)."""
+        if not len(self):
+            return 0
+        return int(np.bitwise_or.reduce(self.fail)) | int(np.bitwise_or.reduce(self.unknown))
+
+    def __repr__(self) -> str:
+        site = f", {len(self.sites)} sites" if self.site is not None else ""
+        return f"Histogram({len(self)} rows, {self.total} patients{site})"
+
+
+def _as_mask(values, what: str) -> np.ndarray:
+    arr = np.asarray(values)
+    if arr.size == 0:
+        return np.zeros(0, np.uint64)
+    if arr.dtype == _U64:
+        return arr.reshape(-1)
+    if arr.dtype.kind == "i":
+        if np.any(arr < 0):
+            raise ValueError(f"{what} masks must be >= 0")
+        return arr.astype(np.uint64).reshape(-1)
+    if arr.dtype.kind == "u":
+        return arr.astype(np.uint64).reshape(-1)
+    if arr.dtype == object:  # Python ints beyond int64
+        return np.array([int(v) for v in arr.reshape(-1)], dtype=np.uint64)
+    raise ValueError(f"{what} masks must be integers, got {arr.dtype}")
+
+
+def unit_mask(bits: Sequence[int]) -> int:
+    """Mask of a unit (criterion) from its leaf bit positions: ``unit_mask([0, 3]) == 0b1001``."""
+    mask = 0
+    for b in bits:
+        if not 0 <= int(b) < MAX_BITS:
+            raise ValueError(f"leaf bit {b} outside 0..63")
+        mask |= 1 << int(b)
+    return mask
+
+
+def for_site(h: Histogram, site: int | str) -> Histogram:
+    """Rows of one site (by code or name), without the site column."""
+    if h.site is None:
+        raise ValueError("histogram has no site column")
+    code = h.sites.index(site) if isinstance(site, str) else int(site)
+    if not 0 <= code < len(h.sites):
+        raise ValueError(f"unknown site {site!r}")
+    keep = h.site == code
+    return Histogram._trusted(h.fail[keep], h.unknown[keep], h.count[keep], None, ())
+
+
+# --------------------------------------------------------------------------- merge
+
+
+def _ternary_tables(nbytes: int) -> list[np.ndarray]:
+    """Per mask byte b: table[v] = sum of 3**(8b + j) over the bits j set in v."""
+    tables = []
+    bits = np.arange(8)
+    for b in range(nbytes):
+        powers = np.array([3 ** (8 * b + j) for j in range(8)], dtype=object)
+        with_bit = (np.arange(256)[:, None] >> bits[None, :]) & 1
+        tables.append(np.array((with_bit * powers[None, :]).sum(axis=1), dtype=np.uint64))
+    return tables
+
+
+def _ternary(mask: np.ndarray, tables: list[np.ndarray]) -> np.ndarray:
+    """Sum of 3**j over the set bits j (exact in uint64 for masks of <= 40 bits)."""
+    by_byte = mask.astype(_LE_U64, copy=False).view(np.uint8).reshape(-1, 8)
+    out = np.zeros(len(mask), np.uint64)
+    buf = np.empty(len(mask), np.uint64)
+    for b, table in enumerate(tables):
+        np.take(table, by_byte[:, b], out=buf, mode="clip")
+        out += buf
+    return out
+
+
+def merge(h: Histogram) -> Histogram:
+    """Sum rows with identical ``(fail, unknown, site)``; drop rows with a zero count.
+
+    Rows come out in a deterministic order (sorted by an internal key). The grouping key is
+    one ``uint64`` when it fits (plain bit packing up to 32 mask bits less the site bits,
+    base-3 packing up to 40 bits, since ``fail & unknown == 0`` leaves three states per
+    bit), else the three columns are lexsorted.
+    """
+    fail, unknown, count, site = h.fail, h.unknown, h.count, h.site
+    if len(count) and not np.all(count):
+        keep = count != 0
+        fail, unknown, count = fail[keep], unknown[keep], count[keep]
+        site = site[keep] if site is not None else None
+    n = len(count)
+    if n <= 1:
+        return Histogram._trusted(fail, unknown, count, site, h.sites)
+
+    nbits = h.used_bits.bit_length()
+    nsites = max(len(h.sites), 1) if site is not None else 1
+    site_bits = (nsites - 1).bit_length()
+    if 2 * nbits + site_bits <= 64:
+        # plain packing: fail | unknown | site, decodable from the key itself
+        key = fail << np.uint64(nbits + site_bits)
+        key |= unknown << np.uint64(site_bits)
+        if site is not None:
+            key |= site.astype(np.uint64)
+        keys, summed, _ = _group_sum(key, count, 2 * nbits + site_bits)
+        low = np.uint64((1 << nbits) - 1)
+        return Histogram._trusted(
+            keys >> np.uint64(nbits + site_bits),
+            (keys >> np.uint64(site_bits)) & low,
+            summed,
+            (keys & np.uint64((1 << site_bits) - 1)).astype(np.int32) if site is not None else None,
+            h.sites,
+        )
+    if 3**nbits * nsites <= _ALL_BITS:
+        # base-3 packing (fail & unknown == 0 leaves three states per bit): up to 40 bits
+        tables = _ternary_tables((nbits + 7) // 8)
+        key = _ternary(fail, tables)
+        key *= np.uint64(2)
+        key += _ternary(unknown, tables)
+        if site is not None:
+            key *= np.uint64(nsites)
+            key += site.astype(np.uint64)
+        _, summed, first = _group_sum(key, count, 64)
+    else:
+        columns = (unknown, fail) if site is None else (site, unknown, fail)
+        order = np.lexsort(columns)
+        new = np.zeros(n, bool)
+        new[0] = True
+        for col in columns:
+            c = col[order]
+            new[1:] |= c[1:] != c[:-1]
+        starts = np.flatnonzero(new)
+        first = order[starts]
+        summed = np.add.reduceat(count[order], starts).astype(np.int64, copy=False)
+    return Histogram._trusted(
+        fail[first],
+        unknown[first],
+        summed,
+        site[first] if site is not None else None,
+        h.sites,
+    )
+
+
+_merge = merge  # `collapse` has a keyword argument named `merge`
+
+
+# --------------------------------------------------------------------------- collapse
+
+
+def _unit_tables(units: Sequence[int]) -> list[tuple[int, np.ndarray]]:
+    """For each 16-bit chunk c of a leaf mask that any unit touches: (c, table) where
+    ``table[v]`` has bit i set when ``v & (units[i] >> 16c) & 0xFFFF != 0``."""
+    if not units:
+        return []
+    unit_arr = np.array(units, dtype=np.uint64)
+    unit_bits = np.uint64(1) << np.arange(len(units), dtype=np.uint64)
+    v = np.arange(256, dtype=np.uint64)
+    tables = []
+    for chunk in range(4):
+        lo = (unit_arr >> np.uint64(16 * chunk)) & np.uint64(0xFF)
+        hi = (unit_arr >> np.uint64(16 * chunk + 8)) & np.uint64(0xFF)
+        if not (lo.any() or hi.any()):
+            continue
+        t_lo = np.bitwise_or.reduce(
+            np.where((v[:, None] & lo[None, :]) != 0, unit_bits, np.uint64(0)), axis=1
+        )
+        t_hi = np.bitwise_or.reduce(
+            np.where((v[:, None] & hi[None, :]) != 0, unit_bits, np.uint64(0)), axis=1
+        )
+        # index = lo + 256 * hi, the value of the little-endian uint16 chunk
+        tables.append((chunk, (t_hi[:, None] | t_lo[None, :]).reshape(-1)))
+    return tables
+
+
+def _any_per_unit(
+    mask: np.ndarray, tables, out: np.ndarray, buf: np.ndarray, index: np.ndarray
+) -> np.ndarray:
+    """out bit i = (mask & units[i]) != 0, via one table lookup per 16-bit chunk.
+
+    ``buf`` (uint64) and ``index`` (intp) are scratch arrays of the same length: casting the
+    chunk into a reused intp array spares ``np.take`` a fresh index array per lookup.
+    """
+    chunks = mask.astype(_LE_U64, copy=False).view(np.uint16).reshape(-1, 4)
+    if not tables:
+        out[:] = 0
+        return out
+    for j, (chunk, table) in enumerate(tables):
+        index[:] = chunks[:, chunk]
+        np.take(table, index, out=out if j == 0 else buf, mode="clip")
+        if j:
+            out |= buf
+    return out
+
+
+def collapse(h: Histogram, units: Sequence[int], *, merge: bool = True) -> Histogram:
+    """Group leaves into units (criteria): result bit ``i`` stands for ``units[i]``.
+
+    ``units[i]`` is the leaf mask of unit ``i`` (the OR of its leaf bits), in the caller's
+    order; pass only the enabled, assessable criteria. Bit ``i`` of the result *fails* when
+    ``fail & units[i] != 0`` and is *unknown* when it does not fail and
+    ``unknown & units[i] != 0`` (the dictionary's rule: any failing sub-rule fails the
+    criterion, else any unknown makes it unknown). Leaves outside every unit are dropped,
+    so ordering and toggling criteria are just different ``units`` lists. A unit may share
+    leaves with another; a zero unit always passes.
+
+    With ``merge=False`` the rows are not merged (one output row per input row), which saves
+    the sort: every function in this module accepts unmerged histograms.
+    """
+    units = _check_units(units)
+    identity = all(u == 1 << i for i, u in enumerate(units)) and h.used_bits >> len(units) == 0
+    if identity:
+        out = Histogram._trusted(h.fail, h.unknown, h.count, h.site, h.sites)
+    else:
+        n = len(h)
+        tables = _unit_tables(units)
+        fail = np.empty(n, np.uint64)
+        unknown = np.empty(n, np.uint64)
+        buf = np.empty(n, np.uint64)
+        index = np.empty(n, np.intp)
+        _any_per_unit(h.fail, tables, fail, buf, index)
+        _any_per_unit(h.unknown, tables, unknown, buf, index)
+        np.bitwise_and(unknown, np.invert(fail, out=buf), out=unknown)
+        out = Histogram._trusted(fail, unknown, h.count, h.site, h.sites)
+    if merge:
+        return _merge(out)
+    if "_weights" in h.__dict__:  # same counts: reuse the cached float64 copy
+        out.__dict__["_weights"] = h.__dict__["_weights"]
+    return out
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _check_name_list(names: Sequence[str]) -> list[str]:
+    if isinstance(names, str):
+        raise TypeError("names must be a sequence of criterion names, not one string")
+    names = [str(n) for n in names]
+    if len(names) > MAX_BITS:
+        raise ValueError(f"at most {MAX_BITS} criteria, got {len(names)}")
+    if len(set(names)) != len(names):
+        raise ValueError(f"criterion names must be unique: {names}")
+    return names
+
+
+def _check_names(h: Histogram, names: Sequence[str]) -> list[str]:
+    """Validate names for a collapsed histogram: no set bit beyond the last name."""
+    names = _check_name_list(names)
+    used = h.used_bits
+    if used >> len(names):
+        raise ValueError(
+            f"histogram has bits beyond the {len(names)} named criteria "
+            f"(mask {used:#x}); collapse it first or pass one name per bit"
+        )
+    return names
+
+
+def _check_units(units: Sequence[int]) -> list[int]:
+    units = [int(u) for u in units]
+    if len(units) > MAX_BITS:
+        raise ValueError(f"at most {MAX_BITS} units, got {len(units)}")
+    for u in units:
+        if not 0 <= u <= _ALL_BITS:
+            raise ValueError(f"unit mask {u} outside uint64")
+    return units
+
+
+def _rank_tables(units: Sequence[int]) -> list[tuple[int, np.ndarray]]:
+    """Per 16-bit chunk c touched by a unit: (c, uint8 table) with ``table[v]`` = the first
+    unit index i with ``v & (units[i] >> 16c) & 0xFFFF != 0``, or 64 when none."""
+    if not units:
+        return []
+    unit_arr = np.array(units, dtype=np.uint64)
+    v = np.arange(256, dtype=np.uint64)
+    tables = []
+    for chunk in range(4):
+        per_byte = []
+        for shift in (16 * chunk, 16 * chunk + 8):
+            hits = (v[:, None] & ((unit_arr >> np.uint64(shift)) & np.uint64(0xFF))[None, :]) != 0
+            per_byte.append(np.where(hits.any(axis=1), hits.argmax(axis=1), MAX_BITS).astype(np.uint8))
+        lo, hi = per_byte
+        if lo.min() == MAX_BITS and hi.min() == MAX_BITS:
+            continue
+        tables.append((chunk, np.minimum(hi[:, None], lo[None, :]).reshape(-1)))
+    return tables
+
+
+def _first_unit(mask: np.ndarray, tables, index: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """Per row the first unit whose leaves meet ``mask`` (uint8), 64 when none.
+
+    ``index`` is an intp scratch array of the same length (see :func:`_any_per_unit`). With
+    ``out`` the result is the element-wise minimum with ``out`` (written in place).
+    """
+    if out is None:
+        out = np.full(len(mask), MAX_BITS, np.uint8)
+    if len(mask) == 0:
+        return out
+    chunks = mask.astype(_LE_U64, copy=False).view(np.uint16).reshape(-1, 4)
+    buf = np.empty(len(mask), np.uint8)
+    for chunk, table in tables:
+        index[:] = chunks[:, chunk]
+        np.take(table, index, out=buf, mode="clip")
+        np.minimum(out, buf, out=out)
+    return out
+
+
+def _bound_mask(h: Histogram, bound: str) -> np.ndarray:
+    """The mask that excludes a patient: ``fail`` (optimistic) or ``fail | unknown`` (strict)."""
+    if bound == "optimistic":
+        return h.fail
+    if bound == "strict":
+        return h.fail | h.unknown
+    raise ValueError(f"bound must be one of {BOUNDS}, got {bound!r}")
+
+
+def _lowest_bit(mask: np.ndarray, scratch: np.ndarray) -> np.ndarray:
+    """Index of the lowest set bit per row (uint8), 64 where the mask is zero.
+
+    ``scratch`` is a uint64 array of the same length, overwritten.
+    """
+    low = np.negative(mask, out=scratch)  # two's complement: mask & -mask isolates the lowest bit
+    np.bitwise_and(low, mask, out=low)
+    low -= _ONE  # ones below the lowest bit; 0 - 1 wraps to all 64 ones
+    return np.bitwise_count(low)
+
+
+def _states(h: Histogram) -> np.ndarray:
+    """Per row (uint8): 0 strictly eligible, 1 unknown (optimistic only), 2 excluded."""
+    state = (h.fail != 0).view(np.uint8)  # a fresh array: safe to update in place
+    state += (h.fail | h.unknown) != 0
+    return state
+
+
+def _group_sum(
+    keys: np.ndarray, counts: np.ndarray, key_bits: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Group rows by a uint64 key of ``key_bits`` bits: (distinct sorted keys, summed counts, first row).
+
+    When the counts fit in the bits the key leaves free, key and count are packed into one
+    uint64 and sorted with ``np.sort`` (several times faster than ``np.argsort``); the
+    first-row index is then not available (None).
+    """
+    free = 64 - key_bits
+    if 0 < free < 64 and len(counts) and int(counts.max()) < (1 << free) and int(counts.min()) >= 0:
+        packed = keys << np.uint64(free)
+        packed |= counts.astype(np.uint64)
+        packed.sort()
+        sorted_keys = packed >> np.uint64(free)
+        sorted_counts = (packed & np.uint64((1 << free) - 1)).astype(np.int64)
+        first = None
+    else:
+        order = np.argsort(keys)
+        sorted_keys = keys[order]
+        sorted_counts = counts[order]
+        first = order
+    starts = np.flatnonzero(np.concatenate(([True], sorted_keys[1:] != sorted_keys[:-1])))
+    summed = np.add.reduceat(sorted_counts, starts) if len(starts) else sorted_counts[:0]
+    return (
+        sorted_keys[starts],
+        summed.astype(np.int64, copy=False),
+        (first[starts] if first is not None else None),
+    )
+
+
+def _bit_pop_sums(mask: np.ndarray, weights: np.ndarray, nbits: int) -> np.ndarray:
+    """``out[i, p]`` = sum of weights over rows whose mask has bit ``i`` and ``p`` bits set.
+
+    Shape ``(nbits, 65)``. Everything per bit follows: ``out.sum(1)`` counts rows with the
+    bit, ``out[:, 1]`` rows with exactly that bit, ``out @ 1/p`` the Shapley shares. One
+    ``np.bincount`` over (popcount, byte value) per mask byte, no pass per bit.
+    """
+    nbytes = (nbits + 7) // 8
+    out = np.zeros((nbytes * 8, MAX_BITS + 1))
+    if len(mask) and nbits:
+        by_byte = mask.astype(_LE_U64, copy=False).view(np.uint8).reshape(-1, 8)
+        pop256 = np.bitwise_count(mask).astype(np.intp)
+        pop256 *= 256
+        index = np.empty(len(mask), np.intp)
+        for b in range(nbytes):
+            np.add(pop256, by_byte[:, b], out=index)
+            per_value = np.bincount(index, weights=weights, minlength=256 * (MAX_BITS + 1))
+            out[8 * b : 8 * b + 8] = (per_value.reshape(MAX_BITS + 1, 256) @ _BYTE_BITS).T
+    return out[:nbits]
+
+
+_INV_POP = np.concatenate(([0.0], 1.0 / np.arange(1, MAX_BITS + 1)))
+
+
+def _shapley_from(pop_sums: np.ndarray) -> np.ndarray:
+    return pop_sums @ _INV_POP
+
+
+def _to_int(values: np.ndarray) -> np.ndarray:
+    return np.rint(values).astype(np.int64)
+
+
+def _pct(values, total: int):
+    if total == 0:
+        return np.zeros(len(values)) if isinstance(values, np.ndarray) else 0.0
+    return np.asarray(values, dtype=np.float64) * (100.0 / total)
+
+
+# --------------------------------------------------------------------------- analyses
+
+
+def eligible_counts(h: Histogram) -> dict[str, int]:
+    """Eligibility over all bits of ``h``.
+
+    ``screened``: all patients; ``strict``: no fail and no unknown; ``optimistic``: no
+    fail; ``unknown`` = optimistic - strict; ``excluded_strict`` = screened - strict;
+    ``excluded_optimistic`` = screened - optimistic.
+    """
+    by_state = _to_int(np.bincount(_states(h), weights=h._weights, minlength=3))
+    strict, unknown, excluded = (int(v) for v in by_state)
+    screened = strict + unknown + excluded
+    optimistic = strict + unknown
+    return {
+        "screened": screened,
+        "strict": strict,
+        "optimistic": optimistic,
+        "unknown": optimistic - strict,
+        "excluded_strict": screened - strict,
+        "excluded_optimistic": screened - optimistic,
+    }
+
+
+def funnel(h: Histogram, names: Sequence[str], units: Sequence[int] | None = None) -> pd.DataFrame:
+    """Sequential funnel: criterion ``names[i]`` is bit ``i`` of a collapsed ``h`` and step ``i + 1``.
+
+    Row 0 is ``Screened`` (step 0). After step ``i``: ``strict`` patients have no fail and
+    no unknown on bits ``0..i``; ``optimistic`` ones have no fail on bits ``0..i``;
+    ``unknown = optimistic - strict``. ``lost_strict`` / ``lost_optimistic`` are the
+    decreases from the previous row (0 on row 0); ``pct_strict`` / ``pct_optimistic`` are
+    percentages of the screened total. The last row equals :func:`eligible_counts`.
+
+    A patient leaves the strict funnel at its lowest failed-or-unknown bit and the
+    optimistic one at its lowest failed bit, so one ``bincount`` does both bounds.
+
+    Fast path: with ``units`` (leaf masks, as for :func:`collapse`) ``h`` is the
+    uncollapsed leaf histogram and the result equals ``funnel(collapse(h, units), names)``
+    without building the collapsed masks: a lookup table per 16-bit chunk gives each row
+    the first unit it fails (or is unknown on) directly.
+    """
+    # One 8-byte scratch per row serves every step (fresh large arrays are costly).
+    scratch = np.empty(len(h), np.uint64)
+    if units is None:
+        names = _check_names(h, names)
+        first_optimistic = _lowest_bit(h.fail, scratch)
+        # lowest bit of fail | unknown = the lower of the two lowest bits
+        first_strict = np.minimum(first_optimistic, _lowest_bit(h.unknown, scratch))
+    else:
+        units = _check_units(units)
+        names = _check_name_list(names)
+        if len(units) != len(names):
+            raise ValueError(f"{len(units)} units for {len(names)} names")
+        tables = _rank_tables(units)
+        first_optimistic = _first_unit(h.fail, tables, scratch.view(np.intp))
+        # first unit failed or unknown = the lower of the first failed and first unknown
+        first_strict = _first_unit(h.unknown, tables, scratch.view(np.intp), first_optimistic.copy())
+    k = len(names)
+    total = h.total
+    # joint[s, o]: patients leaving the strict funnel at step s and the optimistic at o (64 = never)
+    index = scratch.view(np.intp)
+    np.multiply(first_strict, MAX_BITS + 1, out=index, dtype=np.intp)
+    index += first_optimistic
+    joint = np.bincount(index, weights=h._weights, minlength=(MAX_BITS + 1) ** 2)
+    joint = joint.reshape(MAX_BITS + 1, MAX_BITS + 1)
+    lost_s = _to_int(joint.sum(axis=1)[:k])
+    lost_o = _to_int(joint.sum(axis=0)[:k])
+    strict = total - np.concatenate(([0], np.cumsum(lost_s)))
+    optimistic = total - np.concatenate(([0], np.cumsum(lost_o)))
+    return pd.DataFrame(
+        {
+            "step": np.arange(k + 1, dtype=np.int64),
+            "criterion": ["Screened", *names],
+            "strict": strict.astype(np.int64),
+            "optimistic": optimistic.astype(np.int64),
+            "unknown": (optimistic - strict).astype(np.int64),
+            "lost_strict": np.concatenate(([0], lost_s)).astype(np.int64),
+            "lost_optimistic": np.concatenate(([0], lost_o)).astype(np.int64),
+            "pct_strict": _pct(strict, total),
+            "pct_optimistic": _pct(optimistic, total),
+        }
+    )
+
+
+def shapley(h: Histogram, bound: str, n_bits: int | None = None) -> np.ndarray:
+    """Exact Shapley share of each bit in the number of patients excluded (float64 per bit).
+
+    Game: the players are the criteria (bits); ``v(S)`` = number of patients excluded when
+    only the criteria in ``S`` are applied, i.e. patients whose exclusion mask ``M``
+    meets ``S``. ``M`` is the fail mask for ``bound="optimistic"`` (unknown counts as
+    pass) and ``fail | unknown`` for ``bound="strict"`` (unknown counts as fail).
+
+    ``v`` is a sum over patients of ``1[M_p & S != 0]``; in that one-patient game the bits
+    of ``M_p`` are symmetric and the others are null players, so each bit of ``M_p`` gets
+    ``1 / popcount(M_p)``. By linearity::
+
+        share_i = sum over rows with bit i in M of count / popcount(M)
+
+    Shares are >= 0, do not depend on the order of criteria, and sum (up to float
+    rounding) to the number excluded: ``total - strict`` or ``total - optimistic``
+    eligible. Unknowns therefore enter only through the choice of bound: strict shares a
+    patient also among the criteria it is unknown on; optimistic ignores unknowns.
+
+    Returns ``n_bits`` values (default 64: one per bit of the mask).
+    """
+    mask = _bound_mask(h, bound)
+    n_bits = MAX_BITS if n_bits is None else int(n_bits)
+    if not 0 <= n_bits <= MAX_BITS:
+        raise ValueError(f"n_bits must lie in 0..{MAX_BITS}")
+    return _shapley_from(_bit_pop_sums(mask, h._weights, n_bits))
+
+
+def criterion_stats(h: Histogram, names: Sequence[str]) -> pd.DataFrame:
+    """Order-independent statistics per criterion of a collapsed histogram (bit ``i`` = ``names[i]``).
+
+    Columns (counts of patients):
+
+    * ``passed`` / ``failed`` / ``unknown``: the criterion's own verdict;
+      ``passed + failed + unknown`` = screened.
+    * ``marginal`` = ``failed``: fails it at all, whatever else.
+    * ``unique``: fails this criterion and no other (fail mask == this bit), whatever its
+      unknowns elsewhere: the OHDSI "gain count", the patients who would become
+      *optimistically* eligible if only this criterion were dropped.
+    * ``unique_strict``: failed-or-unknown mask == this bit (fails it or is unknown on it,
+      and passes everything else): would become *strictly* eligible without it.
+    * ``shapley_strict`` / ``shapley_optimistic``: :func:`shapley` shares (floats).
+
+    Sequential losses (which depend on the order) are in :func:`funnel`, not here.
+    """
+    names = _check_names(h, names)
+    k = len(names)
+    total = h.total
+    by_fail = _bit_pop_sums(h.fail, h._weights, k)
+    by_either = _bit_pop_sums(h.fail | h.unknown, h._weights, k)
+    failed = _to_int(by_fail.sum(axis=1))
+    # fail and unknown bits are disjoint, so (fail | unknown) counts = failed + unknown
+    unknown = _to_int(by_either.sum(axis=1)) - failed
+    return pd.DataFrame(
+        {
+            "criterion": names,
+            "passed": (total - failed - unknown).astype(np.int64),
+            "failed": failed,
+            "unknown": unknown,
+            "marginal": failed.copy(),
+            "unique": _to_int(by_fail[:, 1]),
+            "unique_strict": _to_int(by_either[:, 1]),
+            "shapley_strict": _shapley_from(by_either),
+            "shapley_optimistic": _shapley_from(by_fail),
+        }
+    )
+
+
+def _mask_names(mask: int, names: Sequence[str]) -> tuple[str, ...]:
+    return tuple(names[i] for i in range(len(names)) if mask >> i & 1)
+
+
+def combinations(
+    h: Histogram, names: Sequence[str], top: int | None = 10, bound: str = "optimistic"
+) -> pd.DataFrame:
+    """Most frequent exact combinations of excluding criteria (UpSet style).
+
+    Each excluded patient is counted once, under the exact set of criteria that exclude it:
+    its fail mask (``bound="optimistic"``) or its ``fail | unknown`` mask (``"strict"``).
+    Patients with an empty mask are not listed, so with ``top=None`` (all combinations)
+    the counts sum to the number excluded under that bound.
+
+    Columns: ``criteria`` (tuple of names in bit order), ``label`` (``"INCL07 + EXCL09"``),
+    ``size`` (number of criteria), ``count``, ``pct`` (of screened). Sorted by count
+    descending, then label; ``top`` keeps the first rows. Labels are built only for the
+    combinations that can make the cut (counts >= the top-th largest), so this stays cheap
+    unless a huge number of combinations tie at that count.
+    """
+    names = _check_names(h, names)
+    mask = _bound_mask(h, bound)
+    excluded = (mask != 0) & (h.count > 0)
+    masks, counts = mask[excluded], h.count[excluded]
+    if len(masks):
+        masks, counts, _ = _group_sum(masks, counts, len(names))
+    if top is not None and 0 <= top < len(counts):
+        # Only rows tied with the top-th largest count or above can make the cut.
+        threshold = np.partition(counts, len(counts) - top)[len(counts) - top] if top else np.inf
+        keep = counts >= threshold
+        masks, counts = masks[keep], counts[keep]
+    criteria = [_mask_names(int(m), names) for m in masks]
+    labels = [" + ".join(c) for c in criteria]
+    rows = sorted(zip(counts.tolist(), labels, criteria, strict=True), key=lambda r: (-r[0], r[1]))
+    if top is not None:
+        rows = rows[: max(top, 0)]
+    total = h.total
+    return pd.DataFrame(
+        {
+            "criteria": pd.Series([r[2] for r in rows], dtype=object),
+            "label": pd.Series([r[1] for r in rows], dtype=object),
+            "size": np.array([len(r[2]) for r in rows], dtype=np.int64),
+            "count": np.array([r[0] for r in rows], dtype=np.int64),
+            "pct": _pct(np.array([r[0] for r in rows], dtype=np.int64), total),
+        }
+    )
+
+
+def by_site(h: Histogram) -> pd.DataFrame:
+    """Per site (every name in ``h.sites``, in code order): screened, strict, optimistic, unknown.
+
+    Over all bits of ``h`` (collapse first to choose the criteria). Raises ``ValueError``
+    when the histogram has no site column.
+    """
+    if h.site is None:
+        raise ValueError("histogram has no site column")
+    n = len(h.sites)
+    index = h.site.astype(np.intp)
+    index *= 3
+    index += _states(h)
+    by_state = _to_int(np.bincount(index, weights=h._weights, minlength=3 * n)).reshape(n, 3)
+    strict, unknown = by_state[:, 0], by_state[:, 1]
+    return pd.DataFrame(
+        {
+            "site": pd.Series(list(h.sites), dtype=object),
+            "screened": by_state.sum(axis=1),
+            "strict": strict,
+            "optimistic": strict + unknown,
+            "unknown": unknown,
+        }
+    )
+
+
+_COMPARED = ("failed", "unknown", "marginal", "unique")
+
+
+def compare(
+    base: Histogram,
+    other: Histogram,
+    names_base: Sequence[str],
+    names_other: Sequence[str],
+) -> pd.DataFrame:
+    """Scenario (``other``) against protocol (``base``), per criterion present in either.
+
+    Both histograms are collapsed (bit ``i`` = ``names_*[i]``). Rows follow ``names_base``,
+    then criteria only in ``names_other``. Columns: ``criterion``, ``in_base``,
+    ``in_other``, then for each of failed, unknown, marginal, unique: ``<stat>_base``,
+    ``<stat>_other`` and ``<stat>_delta`` (other - base). A criterion absent from one side
+    (disabled or new) counts 0 there: it excludes nobody. See :func:`compare_totals` for
+    the eligible counts.
+    """
+    stats_base = criterion_stats(base, names_base).set_index("criterion")
+    stats_other = criterion_stats(other, names_other).set_index("criterion")
+    order = list(stats_base.index) + [c for c in stats_other.index if c not in stats_base.index]
+    columns: dict[str, object] = {
+        "criterion": order,
+        "in_base": [c in stats_base.index for c in order],
+        "in_other": [c in stats_other.index for c in order],
+    }
+    for stat in _COMPARED:
+        b = stats_base[stat].reindex(order, fill_value=0).to_numpy(np.int64)
+        o = stats_other[stat].reindex(order, fill_value=0).to_numpy(np.int64)
+        columns[f"{stat}_base"] = b
+        columns[f"{stat}_other"] = o
+        columns[f"{stat}_delta"] = o - b
+    return pd.DataFrame(columns)
+
+
+def compare_totals(base: Histogram, other: Histogram) -> pd.DataFrame:
+    """Eligible counts of protocol (``base``) and scenario (``other``) and the delta.
+
+    One row per measure (screened, strict, optimistic, unknown) with columns
+    ``measure``, ``base``, ``other``, ``delta`` (other - base).
+    """
+    measures = ("screened", "strict", "optimistic", "unknown")
+    b, o = eligible_counts(base), eligible_counts(other)
+    return pd.DataFrame(
+        {
+            "measure": list(measures),
+            "base": np.array([b[m] for m in measures], dtype=np.int64),
+            "other": np.array([o[m] for m in measures], dtype=np.int64),
+            "delta": np.array([o[m] - b[m] for m in measures], dtype=np.int64),
+        }
+    )

@@ -1,0 +1,231 @@
+"""The DuckDB engine against hand-checked golden cohorts and the plain-Python reference."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from kn026 import analysis
+from kn026 import funnel as fm
+from kn026.cohort import connect, load_cohort
+from kn026.criteria import load_protocol
+from kn026.engine import Engine, compile_rule
+from kn026.scenario import Scenario
+from tests import cohorts, reference
+
+GOLDEN = sorted((Path(__file__).parent / "golden").glob("*.csv"))
+PROTOCOL = load_protocol()
+
+
+def screen(source, stage: int, scenario: Scenario | None = None):
+    """Engine verdicts per patient: {patient_id: {rule or criterion ID or ELIGIBLE: status}}."""
+    cohort = load_cohort(source, connect())
+    engine = Engine(cohort, PROTOCOL, stage)
+    frame = cohort.con.execute(analysis.screen_log_sql(engine, scenario)).df()
+    frame = frame.rename(columns={"eligible": reference.ELIGIBLE}).set_index("patient_id")
+    return engine, frame.to_dict(orient="index")
+
+
+@pytest.mark.parametrize("path", GOLDEN, ids=lambda p: p.stem)
+@pytest.mark.parametrize("stage", [1, 2])
+def test_golden_files(path, stage):
+    rows, _, expectations = reference.read_golden(path)
+    _, verdicts = screen(path, stage)
+    ids = list(verdicts)
+    assert len(ids) == len(rows)
+    checked = 0
+    for pid, expected in zip(ids, expectations, strict=True):
+        for (st_, rule_id), want in expected.items():
+            if st_ != stage:
+                continue
+            assert verdicts[pid][rule_id] == want, f"{path.name} {pid} stage {stage} {rule_id}"
+            checked += 1
+    assert checked > 0
+
+
+def test_golden_files_cover_every_rule():
+    covered = set()
+    for path in GOLDEN:
+        for exp in reference.read_golden(path)[2]:
+            covered |= {rule for _, rule in exp}
+    assert set(PROTOCOL.rule_ids()) <= covered
+
+
+def test_leaf_order_matches_reference():
+    assert set(PROTOCOL.rule_ids()) == set(reference.LEAVES)
+    assert [c.id for c in PROTOCOL.criteria] == reference.CRITERIA
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(cohorts.cohorts(), st.sampled_from([1, 2]))
+def test_engine_matches_reference(tmp_path_factory, cohort, stage):
+    patients, absent = cohort
+    path = tmp_path_factory.mktemp("c") / "cohort.csv"
+    path.write_text(cohorts.to_csv(patients, absent))
+    engine, verdicts = screen(path, stage)
+    present = set(cohorts.VALUES) - absent | {"patient_id"}
+    for i, row in enumerate(patients, 1):
+        row = {k: v for k, v in row.items() if k in present}
+        leaves = reference.evaluate_leaves(row, stage, present)
+        crits = reference.evaluate_criteria(leaves)
+        got = verdicts[f"P{i}"]
+        for rule_id, want in {**leaves, **crits}.items():
+            assert got[rule_id] == want, f"P{i} stage {stage} {rule_id}: {row}"
+        assert got[reference.ELIGIBLE] == reference.eligible(crits)
+
+
+def test_absent_columns_make_exactly_their_rules_na():
+    import pandas as pd
+
+    frame = pd.DataFrame({"patient_id": ["A"], "age_years": [50.0], "inr": [1.0]})
+    cohort = load_cohort(frame, connect())
+    engine = Engine(cohort, PROTOCOL, 1)
+    assert "INCL01" not in engine.not_assessable
+    assert engine.not_assessable["INCL07.COAG"] == ["pt_s"]
+    assert engine.not_assessable["INCL07.CRCL"] == ["creatinine_umol_l", "sex", "weight_kg"]
+    # optional columns (ULNs, overrides) never make a rule n/a
+    assert all("uln" not in c for cols in engine.not_assessable.values() for c in cols)
+
+
+def test_ties_at_limits_are_exact():
+    """INR 1.8 with ULN 1.2 is exactly 1.5 x ULN (1.5 * 1.2 = 1.7999999999999998 in binary)."""
+    import pandas as pd
+
+    frame = pd.DataFrame({
+        "patient_id": ["tie", "over"], "inr": [1.8, 1.8000001], "inr_uln": [1.2, 1.2],
+        "pt_s": [None, None], "bilirubin_total_umol_l": [31.5, 31.6],
+        "bilirubin_total_uln_umol_l": [21.0, 21.0]})
+    _, verdicts = screen(frame, 1)
+    assert verdicts["tie"]["INCL07.COAG"] == "pass"
+    assert verdicts["over"]["INCL07.COAG"] == "unknown"  # PT could still pass
+    assert verdicts["tie"]["INCL07.TBIL"] == "pass"
+    assert verdicts["over"]["INCL07.TBIL"] == "fail"
+
+
+def test_compiled_sql_binds_exact_literals():
+    rule = PROTOCOL.rule("INCL07.COAG")
+    sql = compile_rule(rule, 1, rule.defaults(), frozenset({"inr", "pt_s", "inr_uln"}), PROTOCOL)
+    assert "1.5 *" in sql and "1.2" in sql and "$" not in sql and ":" not in sql
+    assert "CAST(NULL AS DOUBLE)" in sql  # absent pt_uln_s reads as NULL -> default ULN
+
+
+@pytest.fixture(scope="module")
+def random_engine():
+    """A 3,000-patient random cohort with NULLs everywhere, stage 1."""
+    rng = random.Random(7)
+    patients = [{c: rng.choice(v) for c, v in cohorts.VALUES.items()} for _ in range(3000)]
+    import pandas as pd
+
+    frame = pd.read_csv(__import__("io").StringIO(cohorts.to_csv(patients)), dtype=str,
+                        keep_default_na=False)
+    cohort = load_cohort(frame, connect())
+    return Engine(cohort, PROTOCOL, 1)
+
+
+def _direct_counts(engine, ids, overrides=None):
+    """Strict and optimistic survivors after each criterion, by direct SQL on verdicts."""
+    log = analysis.screen_log_sql(engine)
+    if overrides:
+        log = analysis.screen_log_sql(engine, Scenario("s", overrides=overrides))
+    out = []
+    for k in range(len(ids) + 1):
+        prefix = ids[:k]
+        strict = " AND ".join(f"\"{c}\" = 'pass'" for c in prefix) or "TRUE"
+        opt = " AND ".join(f"\"{c}\" <> 'fail'" for c in prefix) or "TRUE"
+        out.append(engine.con.execute(
+            f"SELECT count_if({strict}), count_if({opt}) FROM ({log})").fetchone())
+    return out
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.data())
+def test_histogram_funnel_equals_direct_sql(random_engine, data):
+    """For random orders and subsets, histogram-derived counts equal direct SQL counts."""
+    all_ids = [c.id for c in PROTOCOL.criteria]
+    ids = data.draw(st.lists(st.sampled_from(all_ids), unique=True, min_size=1, max_size=12))
+    disabled = frozenset(set(all_ids) - set(ids))
+    result = analysis.run(random_engine, Scenario("subset", disabled=disabled), order=ids)
+    got = list(zip(result.funnel["strict"], result.funnel["optimistic"], strict=True))
+    assert got == [tuple(r) for r in _direct_counts(random_engine, ids)]
+
+
+@pytest.mark.parametrize("rule_id,values", [
+    ("INCL07.PLT", {"min": 75}),
+    ("INCL07.COAG", {"max_x_uln": 2}),
+    ("EXCL03", {"washout_max_days": 21, "tcm_days": 7}),
+    ("EXCL11.QTCF", {"max_male": 470}),
+    ("INCL07.CRCL", {"min": 50}),
+])
+def test_threshold_change_equals_full_reevaluation(random_engine, rule_id, values):
+    """Re-evaluating one rule against stored masks equals evaluating every rule afresh."""
+    fast = random_engine.histogram({rule_id: values})
+    sql = random_engine.verdicts_sql({rule_id: values})
+    frame = random_engine.con.execute(sql).df()
+    fail = unk = 0
+    rows = {}
+    for rec in frame.itertuples(index=False):
+        f = u = 0
+        for rid, bit in random_engine.bit.items():
+            status = getattr(rec, rid.replace(".", "_"), None)
+            status = status if status is not None else rec[list(frame.columns).index(rid)]
+            if status == "fail":
+                f |= 1 << bit
+            elif status == "unknown":
+                u |= 1 << bit
+        rows[(f, u)] = rows.get((f, u), 0) + 1
+        fail, unk = f, u
+    slow = fm.Histogram.from_counts(rows)
+    assert fail >= 0 and unk >= 0
+    a = fm.merge(fast)
+    b = fm.merge(slow)
+    assert sorted(zip(a.fail.tolist(), a.unknown.tolist(), a.count.tolist(), strict=True)) == \
+        sorted(zip(b.fail.tolist(), b.unknown.tolist(), b.count.tolist(), strict=True))
+
+
+def test_reorder_and_toggle_never_rescan(random_engine, monkeypatch):
+    random_engine.histogram()  # warm
+
+    class NoScan:
+        def execute(self, *a, **k):
+            raise AssertionError("the cohort was re-scanned")
+
+    monkeypatch.setattr(random_engine, "con", NoScan())
+    ids = [c.id for c in PROTOCOL.criteria]
+    a = analysis.run(random_engine, order=list(reversed(ids)))
+    b = analysis.run(random_engine, Scenario("t", disabled=frozenset({"INCL07", "EXCL09"})))
+    assert a.totals["strict"] <= b.totals["strict"]
+
+
+def test_final_count_independent_of_order(random_engine):
+    ids = [c.id for c in PROTOCOL.criteria]
+    rng = random.Random(3)
+    finals = set()
+    for _ in range(5):
+        rng.shuffle(ids)
+        r = analysis.run(random_engine, order=list(ids))
+        finals.add((int(r.funnel["strict"].iloc[-1]), int(r.funnel["optimistic"].iloc[-1])))
+    assert len(finals) == 1
+
+
+def test_site_histogram_sums_to_total(random_engine):
+    sites = analysis.by_site(random_engine)
+    assert sites["screened"].sum() == random_engine.cohort.n
+    total = analysis.run(random_engine).totals
+    assert sites["strict"].sum() == total["strict"]
+    assert sites["optimistic"].sum() == total["optimistic"]
+
+
+def test_unknown_stage_is_refused(random_engine):
+    with pytest.raises(ValueError, match="stage 3"):
+        Engine(random_engine.cohort, PROTOCOL, 3)
+
+
+def test_override_outside_range_is_refused(random_engine):
+    with pytest.raises(ValueError, match="outside the allowed range"):
+        random_engine.histogram({"INCL07.PLT": {"min": 5000}})
+    with pytest.raises(ValueError, match="no parameter"):
+        random_engine.histogram({"INCL07.PLT": {"nope": 1}})
