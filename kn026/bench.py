@@ -1,0 +1,270 @@
+"""Benchmark: the engine against the DuckDB scan floor and a plain pandas implementation.
+
+    python -m kn026.bench [--sizes 100000,1000000,10000000] [--repeat 5] [--markdown]
+
+Each size runs in fresh subprocesses (so peak memory is the step's own): one for
+the engine (load, scan floor, full evaluation, reorder/toggle, one-threshold
+change, peak RSS) and one for the pandas boolean-mask alternative. Cohorts come
+from the synthetic generator, written once to Parquet under `bench-results/`.
+The pandas version is the naive alternative: the same compiled predicates
+translated to nullable-pandas expressions (Kleene logic), then a funnel built
+with one boolean mask per criterion.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import sqlglot
+from sqlglot import exp
+
+from kn026 import analysis
+from kn026 import funnel as fm
+from kn026.cohort import connect, load_cohort
+from kn026.criteria import load_protocol
+from kn026.engine import Engine
+
+OUT = Path("bench-results")
+TARGETS = {
+    "reorder_ms": {1_000_000: 10, 10_000_000: 50},
+    "threshold_ms": {1_000_000: 50, 10_000_000: 400},
+}
+
+
+def _timed(fn, repeat: int) -> tuple[float, object]:
+    """Median wall time (s) of `repeat` calls, and the last result."""
+    times, out = [], None
+    for _ in range(repeat):
+        t = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times), out
+
+
+def _peak_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def cohort_file(n: int, seed: int = 1) -> Path:
+    """The benchmark cohort of size n as Parquet (generated once, in chunks)."""
+    from kn026 import synth
+
+    OUT.mkdir(exist_ok=True)
+    path = OUT / f"cohort_{n}.parquet"
+    if not path.exists():
+        synth.write(path, n=n, seed=seed)
+    return path
+
+
+def run_engine(n: int, repeat: int) -> dict:
+    """Engine timings for one size (run in its own process)."""
+    path = cohort_file(n)
+    protocol = load_protocol()
+    con = connect()
+    con.execute("SET enable_progress_bar = false")
+    t = time.perf_counter()
+    cohort = load_cohort(path, con)
+    load_s = time.perf_counter() - t
+    engine = Engine(cohort, protocol, 1)
+    cols = sorted(set().union(*(r.columns[1] for r in engine.rules)) & cohort.present)
+    floor_sql = "SELECT " + ", ".join(f'count("{c}")' for c in cols) + " FROM cohort"
+    floor_s, _ = _timed(lambda: con.execute(floor_sql).fetchall(), repeat)
+
+    def full():
+        engine.evaluate()
+        return engine.histogram()
+
+    full_s, hist = _timed(full, repeat)
+    plan = analysis.plan(engine)
+    ids, masks = list(plan.ids), list(plan.masks)
+    rng = np.random.default_rng(0)
+
+    def reorder():
+        perm = rng.permutation(len(ids))
+        return fm.funnel(hist, [ids[i] for i in perm], units=[masks[i] for i in perm])
+
+    def toggle():
+        keep = [i for i in range(len(ids)) if rng.random() > 0.2]
+        return fm.funnel(hist, [ids[i] for i in keep], units=[masks[i] for i in keep])
+
+    reorder_s, _ = _timed(reorder, max(repeat, 20))
+    toggle_s, _ = _timed(toggle, max(repeat, 20))
+    page_s, _ = _timed(lambda: analysis.run(engine, order=list(reversed(ids))), repeat)
+    values = iter(np.linspace(50, 120, 1000))
+
+    def threshold():
+        return engine.histogram({"INCL07.PLT": {"min": round(float(next(values)), 3)}})
+
+    threshold_s, _ = _timed(threshold, repeat)
+    return {
+        "n": n, "histogram_rows": len(hist), "load_s": load_s, "floor_s": floor_s,
+        "full_s": full_s, "reorder_ms": reorder_s * 1e3, "toggle_ms": toggle_s * 1e3,
+        "page_ms": page_s * 1e3, "threshold_ms": threshold_s * 1e3,
+        "engine_peak_mb": _peak_mb(), "strict": fm.eligible_counts(fm.collapse(hist, masks))["strict"],
+    }
+
+
+# -- the naive alternative: nullable pandas boolean masks --------------------------------
+
+def _to_pandas(node: exp.Expression, df: pd.DataFrame):
+    """Evaluate a compiled predicate tree on nullable pandas columns (Kleene logic)."""
+    ev = lambda n: _to_pandas(n, df)  # noqa: E731
+    if isinstance(node, exp.Paren):
+        return ev(node.this)
+    if isinstance(node, exp.Column):
+        return df[node.name]
+    if isinstance(node, exp.Literal):
+        return node.this if node.is_string else float(node.this)
+    if isinstance(node, exp.Neg):
+        return -ev(node.this)
+    if isinstance(node, exp.Boolean):
+        return bool(node.this)
+    if isinstance(node, exp.Cast) and isinstance(node.this, exp.Null):
+        return pd.Series(pd.NA, index=df.index, dtype="Float64")
+    if isinstance(node, exp.And):
+        return ev(node.this) & ev(node.expression)
+    if isinstance(node, exp.Or):
+        return ev(node.this) | ev(node.expression)
+    if isinstance(node, exp.Not):
+        return ~ev(node.this)
+    binary = {exp.EQ: "__eq__", exp.NEQ: "__ne__", exp.GT: "__gt__", exp.GTE: "__ge__",
+              exp.LT: "__lt__", exp.LTE: "__le__", exp.Add: "__add__", exp.Sub: "__sub__",
+              exp.Mul: "__mul__", exp.Div: "__truediv__"}
+    for cls, op in binary.items():
+        if type(node) is cls:
+            left, right = ev(node.this), ev(node.expression)
+            if not isinstance(left, pd.Series):
+                left, right = right, left
+                op = {"__gt__": "__lt__", "__lt__": "__gt__", "__ge__": "__le__", "__le__": "__ge__",
+                      "__sub__": "__rsub__", "__truediv__": "__rtruediv__"}.get(op, op)
+            return getattr(left, op)(right)
+    if isinstance(node, exp.In):
+        col = ev(node.this)
+        out = col.isin([e.this for e in node.expressions]).astype("boolean")
+        return out.mask(col.isna())
+    if isinstance(node, exp.Coalesce):
+        out = ev(node.this)
+        for e in node.expressions:
+            out = out.fillna(ev(e)) if isinstance(out, pd.Series) else out
+        return out
+    if isinstance(node, (exp.Greatest, exp.Least)):
+        args = [ev(node.this), *(ev(e) for e in node.expressions)]
+        series = [a for a in args if isinstance(a, pd.Series)]
+        scalars = [a for a in args if not isinstance(a, pd.Series)]
+        out = series[0]
+        for s in series[1:]:
+            out = np.fmax(out, s) if isinstance(node, exp.Greatest) else np.fmin(out, s)
+        for s in scalars:
+            out = out.clip(lower=s) if isinstance(node, exp.Greatest) else out.clip(upper=s)
+        return out
+    if isinstance(node, exp.Round):
+        return ev(node.this).round(0)
+    if isinstance(node, exp.Pow):
+        return ev(node.this) ** ev(node.expression)
+    raise NotImplementedError(type(node).__name__)
+
+
+def pandas_screen(df: pd.DataFrame, engine: Engine) -> dict:
+    """Evaluate every rule with pandas masks and build the sequential funnel (strict/optimistic)."""
+    fail, unknown = {}, {}
+    for rule in engine.rules:
+        if rule.id in engine.not_assessable:
+            continue
+        tree = sqlglot.parse_one(engine.rule_sql(rule.id), read="duckdb")
+        result = _to_pandas(tree, df)
+        if not isinstance(result, pd.Series):
+            result = pd.Series(result, index=df.index, dtype="boolean")
+        result = result.astype("boolean")
+        fail[rule.id] = (~result).fillna(False).to_numpy(bool)
+        unknown[rule.id] = result.isna().to_numpy()
+    strict = np.ones(len(df), bool)
+    optimistic = np.ones(len(df), bool)
+    steps = []
+    for crit in engine.protocol.criteria:
+        ids = [r.id for r in crit.rules if r.id in fail]
+        if not ids:
+            continue
+        f = np.logical_or.reduce([fail[i] for i in ids])
+        u = np.logical_or.reduce([unknown[i] for i in ids]) & ~f
+        optimistic &= ~f
+        strict &= ~f & ~u
+        steps.append((crit.id, int(strict.sum()), int(optimistic.sum())))
+    return {"steps": steps, "strict": int(strict.sum())}
+
+
+def run_pandas(n: int, repeat: int) -> dict:
+    path = cohort_file(n)
+    engine = Engine(load_cohort(pd.read_parquet(path).head(1), connect()), load_protocol(), 1)
+    cols = sorted(set().union(*(r.columns[1] for r in engine.rules)))
+    df = pd.read_parquet(path, columns=[c for c in cols if c in engine.cohort.present],
+                         dtype_backend="numpy_nullable")
+    for c in df.columns:  # one nullable dtype per kind: Float64, boolean, python strings
+        if str(df[c].dtype).startswith("Int"):
+            df[c] = df[c].astype("Float64")
+        elif isinstance(df[c].dtype, pd.StringDtype):
+            df[c] = df[c].astype(pd.StringDtype("python"))
+    pandas_s, out = _timed(lambda: pandas_screen(df, engine), max(1, repeat // 2))
+    return {"n": n, "pandas_s": pandas_s, "pandas_strict": out["strict"], "pandas_peak_mb": _peak_mb()}
+
+
+def _child(kind: str, n: int, repeat: int) -> dict:
+    cmd = [sys.executable, "-m", "kn026.bench", "--child", kind, "--n", str(n), "--repeat", str(repeat)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if proc.returncode:
+        raise RuntimeError(f"{kind} benchmark at n={n} failed:\n{proc.stderr[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def markdown(rows: list[dict]) -> str:
+    """The README's benchmark table."""
+    head = ("| patients | load | scan floor | full evaluation | x floor | pandas | pandas / engine "
+            "| reorder | toggle | page (collapse+funnel+stats) | one threshold | engine peak RSS |\n"
+            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    lines = [head]
+    for r in rows:
+        lines.append(
+            f"| {r['n']:,} | {r['load_s']:.2f} s | {r['floor_s']:.3f} s | {r['full_s']:.3f} s | "
+            f"{r['full_s'] / r['floor_s']:.1f} | {r['pandas_s']:.2f} s | {r['pandas_s'] / r['full_s']:.1f}x | "
+            f"{r['reorder_ms']:.1f} ms | {r['toggle_ms']:.1f} ms | {r['page_ms']:.0f} ms | "
+            f"{r['threshold_ms']:.0f} ms | {r['engine_peak_mb'] / 1024:.2f} GB |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m kn026.bench", description=__doc__.split("\n")[0])
+    p.add_argument("--sizes", default="100000,1000000,10000000")
+    p.add_argument("--repeat", type=int, default=5)
+    p.add_argument("--markdown", action="store_true", help="print the README table")
+    p.add_argument("--child", choices=("engine", "pandas"), help=argparse.SUPPRESS)
+    p.add_argument("--n", type=int, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.child:
+        fn = run_engine if args.child == "engine" else run_pandas
+        print(json.dumps(fn(args.n, args.repeat)))
+        return 0
+    rows = []
+    for n in (int(s) for s in args.sizes.split(",")):
+        cohort_file(n)
+        row = {**_child("engine", n, args.repeat), **_child("pandas", n, args.repeat)}
+        if row["pandas_strict"] != row["strict"]:
+            raise RuntimeError(f"pandas and the engine disagree at n={n}: "
+                               f"{row['pandas_strict']} vs {row['strict']} strictly eligible")
+        rows.append(row)
+        print(json.dumps(row), file=sys.stderr)
+    OUT.mkdir(exist_ok=True)
+    (OUT / "bench.json").write_text(json.dumps(rows, indent=2))
+    print(markdown(rows) if args.markdown else json.dumps(rows, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
