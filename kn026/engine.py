@@ -1,8 +1,8 @@
 """The screening engine: compile rules to SQL and reduce patients to a mask histogram.
 
 One pass over the cohort evaluates every rule in SQL three-valued logic (TRUE pass,
-FALSE fail, NULL unknown) and packs the results into two 64-bit masks per patient
-(bit j = rule j fails / is unknown), kept in table `_masks`. A histogram of distinct
+FALSE fail, NULL unknown); numpy packs the results into two 64-bit masks per patient
+(bit j = rule j fails / is unknown) and a group index into the histogram. A histogram of distinct
 (fail, unknown[, site]) masks with counts feeds every funnel computation, so
 reordering or toggling criteria never touches patient rows. A changed threshold
 re-evaluates only its own rule against the stored masks.
@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from decimal import Decimal
 
 import numpy as np
+import pandas as pd
+import pyarrow as pa
 import sqlglot
 from sqlglot import exp
 
@@ -125,6 +127,8 @@ class Engine:
         self._masks = f"{MASKS}_{cohort.table}_{stage}"
         self._cache: OrderedDict = OrderedDict()
         self._evaluated = False
+        self._masks_stored = False
+        self._sites: tuple[np.ndarray, tuple[str, ...]] | None = None
 
     # -- SQL -------------------------------------------------------------------
     def rule_sql(self, rule_id: str, values: dict | None = None) -> str:
@@ -149,53 +153,144 @@ class Engine:
         return sum(1 << self.bit[rid] for rid in self.not_assessable)
 
     # -- evaluation --------------------------------------------------------------
+    def _arrow(self, rule_ids, overrides: dict):
+        """One SQL pass evaluating only the predicates of `rule_ids` (assessable ones)."""
+        ids = [rid for rid in rule_ids if rid not in self.not_assessable]
+        if not ids:
+            return ids, None
+        cols = ", ".join(f"({self.rule_sql(rid, overrides.get(rid))}) AS {q(rid)}" for rid in ids)
+        # a cursor of its own: another caller's unfinished result on `con` cannot block it
+        return ids, self.con.cursor().sql(f"SELECT {cols} FROM {q(self.cohort.table)}").to_arrow_table()
+
+    def _verdicts(self, rule_ids, overrides: dict) -> dict[str, np.ndarray]:
+        """Per-patient verdict codes (0 pass, 1 fail, 2 unknown) of `rule_ids`."""
+        ids, table = self._arrow(rule_ids, overrides)
+        return {rid: _codes(table.column(rid)) for rid in ids}
+
     def evaluate(self) -> None:
-        """One pass: every rule's verdict packed into per-patient masks (protocol defaults)."""
-        fail, unk = self._bits_sql([r.id for r in self.rules], {})
-        self.con.execute(f"CREATE OR REPLACE TABLE {q(self._masks)} AS "
-                         f"SELECT {fail} AS f, {unk} AS u FROM {q(self.cohort.table)}")
+        """One pass: every rule's verdict packed into per-patient masks (protocol defaults).
+
+        DuckDB evaluates only the predicates; their Arrow bitmaps are combined bytewise
+        (fail = NOT value AND valid, unknown = NOT valid) and spread into eight byte
+        planes, which interleave into the 64-bit masks. Packing bits in SQL instead
+        costs twice the predicates.
+        """
+        n = self.cohort.n
+        fail_planes = np.zeros((8, n), np.uint8)
+        unk_planes = np.zeros((8, n), np.uint8)
+        ids, table = self._arrow([r.id for r in self.rules], {})
+        for rid in ids:
+            plane, shift = divmod(self.bit[rid], 8)
+            fail01, unk01 = _bit_planes(table.column(rid))
+            fail_planes[plane] |= fail01 << np.uint8(shift)
+            if unk01 is not None:
+                unk_planes[plane] |= unk01 << np.uint8(shift)
+        del table
+        self._f = np.ascontiguousarray(fail_planes.T).view("<u8").ravel()
+        self._u = np.ascontiguousarray(unk_planes.T).view("<u8").ravel()
+        self._gid, fail, unknown = _group(self._f, self._u)
+        self._base = Histogram(fail, unknown, np.bincount(self._gid, minlength=len(fail)))
         self._evaluated = True
+        self._masks_stored = False
         self._cache.clear()
+
+    def _site_codes(self) -> tuple[np.ndarray, tuple[str, ...]]:
+        if self._sites is None:
+            raw = self.con.execute(f"SELECT COALESCE(CAST(site_id AS VARCHAR), '(no site)') AS s "
+                                   f"FROM {q(self.cohort.table)}").fetchnumpy()["s"]
+            codes, uniques = pd.factorize(np.asarray(raw, dtype=object), sort=True)
+            self._sites = (codes.astype(np.int64), tuple(str(u) for u in uniques))
+        return self._sites
 
     def histogram(self, overrides: dict | None = None, by_site: bool = False) -> Histogram:
         """Histogram of (fail, unknown[, site]) masks for the protocol or a scenario.
 
-        `overrides` maps rule ID -> {param: value}; only those rules are re-evaluated,
-        against the stored masks, so a threshold change costs one rule, not all.
+        `overrides` maps rule ID -> {param: value}. Only those rules are re-evaluated:
+        each patient's group in the protocol histogram and the new verdict codes form
+        a mixed-radix key, counted with one `bincount`, so a threshold change costs one
+        rule and O(n) integer work, never a full re-evaluation.
         """
         overrides = {rid: self._check(rid, v) for rid, v in (overrides or {}).items() if v}
         overrides = {rid: v for rid, v in overrides.items()
                      if v != self.protocol.rule(rid).defaults()}
+        by_site = by_site and "site_id" in self.cohort.present
         key = (tuple(sorted((rid, tuple(sorted(v.items()))) for rid, v in overrides.items())), by_site)
         if key in self._cache:
             self._cache.move_to_end(key)
             return self._cache[key]
         if not self._evaluated:
             self.evaluate()
-        by_site = by_site and "site_id" in self.cohort.present
-        site = ", c.site_id AS s" if by_site else ""
-        if overrides:
-            keep = ~sum(1 << self.bit[rid] for rid in overrides) & (2**64 - 1)
-            fail, unk = self._bits_sql(overrides, overrides)
-            sql = (f"SELECT (m.f & {keep}::UBIGINT) | ({fail}) AS f, (m.u & {keep}::UBIGINT) | ({unk}) AS u"
-                   f"{site}, count(*) AS n FROM {q(self.cohort.table)} c POSITIONAL JOIN {q(self._masks)} m "
-                   f"GROUP BY ALL")
-        elif by_site:
-            sql = (f"SELECT m.f AS f, m.u AS u{site}, count(*) AS n FROM {q(self.cohort.table)} c "
-                   f"POSITIONAL JOIN {q(self._masks)} m GROUP BY ALL")
-        else:
-            sql = f"SELECT f, u, count(*) AS n FROM {q(self._masks)} GROUP BY ALL"
-        cols = self.con.execute(sql).fetchnumpy()
-        hist = _to_histogram(cols, by_site)
+        hist = self._regroup(overrides, by_site)
         self._cache[key] = hist
         while len(self._cache) > 32:
             self._cache.popitem(last=False)
         return hist
 
-    def masks_sql(self, overrides: dict | None = None) -> str:
-        """SELECT of every cohort column plus the patient's fail / unknown masks `_f`, `_u`."""
+    def _regroup(self, overrides: dict, by_site: bool) -> Histogram:
+        """The protocol histogram regrouped by changed rules' new verdicts and/or by site."""
+        if not overrides and not by_site:
+            return self._base
+        base_fail, base_unknown, key = self._base.fail, self._base.unknown, self._gid
+        radix = len(base_fail)
+        codes = self._verdicts(list(overrides), overrides)
+        changed = [rid for rid in overrides if rid in codes]
+        sites: tuple[str, ...] = ()
+        n_sites = 1
+        if by_site:
+            site, sites = self._site_codes()
+            n_sites = len(sites)
+        if radix * 3 ** len(changed) * n_sites > 2**62:  # key would overflow: regroup the masks
+            f, u = self._f, self._u
+            for rid in changed:
+                bit = np.uint64(1 << self.bit[rid])
+                f = (f & ~bit) | np.where(codes[rid] == 1, bit, np.uint64(0))
+                u = (u & ~bit) | np.where(codes[rid] == 2, bit, np.uint64(0))
+            key, base_fail, base_unknown = _group(f, u)
+            radix, changed = len(base_fail), []
+        for rid in changed:
+            key = key * 3 + codes[rid]
+            radix *= 3
+        if by_site:
+            key = key * n_sites + site
+            radix *= n_sites
+        if radix <= max(4 * len(key), 1 << 22):
+            counts = np.bincount(key, minlength=radix)
+            keys = np.flatnonzero(counts)
+            counts = counts[keys]
+        else:
+            group, keys = pd.factorize(key)
+            counts = np.bincount(group, minlength=len(keys))
+        site_col = None
+        if by_site:
+            keys, site_col = np.divmod(keys, n_sites)
+        fail_bits = np.zeros(len(keys), np.uint64)
+        unk_bits = np.zeros(len(keys), np.uint64)
+        keep = np.uint64((2**64 - 1) & ~sum(1 << self.bit[rid] for rid in changed))
+        for rid in reversed(changed):
+            keys, v = np.divmod(keys, 3)
+            bit = np.uint64(1 << self.bit[rid])
+            fail_bits |= np.where(v == 1, bit, np.uint64(0))
+            unk_bits |= np.where(v == 2, bit, np.uint64(0))
+        fail = (base_fail[keys] & keep) | fail_bits
+        unknown = (base_unknown[keys] & keep) | unk_bits
+        if site_col is None:
+            return Histogram(fail, unknown, counts)
+        return Histogram(fail, unknown, counts, site_col.astype(np.int32), sites)
+
+    def _store_masks(self) -> None:
+        """Copy the per-patient masks into DuckDB (once) for SQL that needs them per row."""
         if not self._evaluated:
             self.evaluate()
+        if not self._masks_stored:
+            view = f"{self._masks}_arrow"
+            self.con.register(view, pa.table({"f": self._f, "u": self._u}))
+            self.con.execute(f"CREATE OR REPLACE TABLE {q(self._masks)} AS SELECT f, u FROM {q(view)}")
+            self.con.unregister(view)
+            self._masks_stored = True
+
+    def masks_sql(self, overrides: dict | None = None) -> str:
+        """SELECT of every cohort column plus the patient's fail / unknown masks `_f`, `_u`."""
+        self._store_masks()
         overrides = {rid: self._check(rid, v) for rid, v in (overrides or {}).items() if v}
         fail, unk = "m.f", "m.u"
         if overrides:
@@ -230,17 +325,62 @@ class Engine:
         return f"SELECT patient_id, {', '.join(cols)} FROM {q(self.cohort.table)} {where}"
 
 
-def _to_histogram(cols: dict, by_site: bool) -> Histogram:
-    fail = np.asarray(cols["f"], dtype=np.uint64)
-    unknown = np.asarray(cols["u"], dtype=np.uint64)
-    count = np.asarray(cols["n"], dtype=np.int64)
-    if not by_site:
-        return Histogram(fail, unknown, count)
-    raw = cols["s"]
-    labels = np.array(["(no site)" if (s is None or s is np.ma.masked) else str(s) for s in
-                       (raw.tolist() if hasattr(raw, "tolist") else raw)], dtype=object)
-    sites, codes = np.unique(labels, return_inverse=True)
-    return Histogram(fail, unknown, count, codes.astype(np.int32), tuple(sites.tolist()))
+def _unpack(buffer, offset: int, n: int, invert: bool, mask=None) -> np.ndarray:
+    bits = np.frombuffer(buffer, np.uint8)
+    if invert:
+        bits = ~bits
+    if mask is not None:
+        bits = bits & mask
+    return np.unpackbits(bits, count=offset + n, bitorder="little")[offset:]
+
+
+def _bit_planes(column: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray | None]:
+    """0/1 arrays (fail, unknown) of a boolean Arrow column, from its bitmaps bytewise."""
+    fails, unks, any_null = [], [], False
+    for chunk in column.chunks:
+        n, off = len(chunk), chunk.offset
+        validity, data = chunk.buffers()[0], chunk.buffers()[1]
+        if validity is None or not chunk.null_count:
+            fails.append(_unpack(data, off, n, invert=True))
+            unks.append(None)
+            continue
+        valid = np.frombuffer(validity, np.uint8)
+        fails.append(_unpack(data, off, n, invert=True, mask=valid))
+        unks.append(_unpack(validity, off, n, invert=True))
+        any_null = True
+    fail = np.concatenate(fails) if len(fails) != 1 else fails[0]
+    if not any_null:
+        return fail, None
+    unk = np.concatenate([u if u is not None else np.zeros(len(f), np.uint8)
+                          for u, f in zip(unks, fails, strict=True)])
+    return fail, unk
+
+
+def _codes(column: pa.ChunkedArray) -> np.ndarray:
+    """Verdict codes of a boolean Arrow column: 0 pass (TRUE), 1 fail (FALSE), 2 unknown (NULL)."""
+    fail, unk = _bit_planes(column)
+    return fail if unk is None else fail + 2 * unk
+
+
+_HASH = np.uint64(0x9E3779B97F4A7C15)
+
+
+def _group(fail: np.ndarray, unknown: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Group index per patient and the distinct (fail, unknown) pairs.
+
+    A hash table (pandas factorize) on one 64-bit key is O(n); the key mixes both masks,
+    so every group is checked against its first member and a collision falls back to
+    an exact sort.
+    """
+    key = (fail * _HASH) ^ unknown
+    gid, uniques = pd.factorize(key)
+    first = np.empty(len(uniques), np.int64)
+    first[gid[::-1]] = np.arange(len(gid) - 1, -1, -1)
+    g_fail, g_unknown = fail[first], unknown[first]
+    if np.array_equal(g_fail[gid], fail) and np.array_equal(g_unknown[gid], unknown):
+        return gid.astype(np.int64, copy=False), g_fail, g_unknown
+    pairs, gid = np.unique(np.stack([fail, unknown], axis=1), axis=0, return_inverse=True)
+    return gid.reshape(-1).astype(np.int64), pairs[:, 0].copy(), pairs[:, 1].copy()
 
 
 def sql_of(tree: exp.Expression) -> str:

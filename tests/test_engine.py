@@ -137,7 +137,7 @@ def _direct_counts(engine, ids, overrides=None):
         strict = " AND ".join(f"\"{c}\" = 'pass'" for c in prefix) or "TRUE"
         opt = " AND ".join(f"\"{c}\" <> 'fail'" for c in prefix) or "TRUE"
         out.append(engine.con.execute(
-            f"SELECT count_if({strict}), count_if({opt}) FROM ({log})").fetchone())
+            f"SELECT count_if({strict}), count_if({opt}) FROM ({log})").fetchall()[0])
     return out
 
 
