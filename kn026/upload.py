@@ -1,0 +1,268 @@
+"""Check an uploaded cohort file before any parser sees it, and make exports safe.
+
+`sniff` decides from the bytes, not only from the name, whether an upload is a CSV,
+Parquet or Excel (.xlsx) file, and rejects everything else with a message the
+analyst can act on: too large, empty, a renamed binary (PNG, PDF, ZIP, ELF, ...), an
+HTML error page saved as .csv, text that is not UTF-8, a CSV with NUL bytes, a
+Parquet file without its PAR1 magic at both ends, a workbook that is not a real
+.xlsx (or is macro-enabled, encrypted, or a zip bomb).
+
+Encodings: CSV must be UTF-8, with or without a byte-order mark. Other encodings
+(Latin-1, Windows-1252, UTF-16) are rejected with the fix ("save as CSV UTF-8")
+rather than guessed, so that category values never turn into mojibake silently.
+
+`neutralise_formulas` prefixes text cells that a spreadsheet would run as a formula
+(OWASP "CSV injection") with a single quote before a frame is exported.
+"""
+
+from __future__ import annotations
+
+import codecs
+import io
+import re
+import zipfile
+from pathlib import PurePath
+
+import pandas as pd
+
+MAX_BYTES = 200 * 1024 * 1024
+MAX_XLSX_UNCOMPRESSED = 1024 * 1024 * 1024  # 1 GiB inflated, whatever the upload limit
+MAX_XLSX_RATIO = 200  # inflated / compressed, per member and overall
+MAX_XLSX_MEMBERS = 10_000
+KINDS = ("csv", "parquet", "xlsx")
+_EXTENSIONS = {".csv": "csv", ".txt": "csv", ".tsv": "csv", ".parquet": "parquet", ".pq": "parquet",
+               ".xlsx": "xlsx"}
+
+# Leading bytes of formats that are not a cohort file, with a readable name.
+_MAGIC: tuple[tuple[bytes, str], ...] = (
+    (b"\x89PNG\r\n\x1a\n", "a PNG image"),
+    (b"\xff\xd8\xff", "a JPEG image"),
+    (b"GIF87a", "a GIF image"),
+    (b"GIF89a", "a GIF image"),
+    (b"%PDF-", "a PDF document"),
+    (b"\x7fELF", "an ELF executable"),
+    (b"MZ", "a Windows executable"),
+    (b"\xca\xfe\xba\xbe", "a Java class or Mach-O file"),
+    (b"\xcf\xfa\xed\xfe", "a Mach-O executable"),
+    (b"\xfe\xed\xfa", "a Mach-O executable"),
+    (b"\x00asm", "a WebAssembly module"),
+    (b"\x1f\x8b", "a gzip archive"),
+    (b"BZh", "a bzip2 archive"),
+    (b"\xfd7zXZ\x00", "an xz archive"),
+    (b"7z\xbc\xaf\x27\x1c", "a 7-Zip archive"),
+    (b"Rar!\x1a\x07", "a RAR archive"),
+    (b"\x28\xb5\x2f\xfd", "a zstd archive"),
+    (b"SQLite format 3\x00", "an SQLite database"),
+    (b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1", "an old-style Office file (.xls/.doc) or an "
+                                          "encrypted workbook"),
+    (b"PK\x03\x04", "a ZIP archive"),
+    (b"PK\x05\x06", "a ZIP archive"),
+    (b"PK\x07\x08", "a ZIP archive"),
+    (b"PAR1", "a Parquet file"),
+    (b"RIFF", "a RIFF media file"),
+    (b"OggS", "an Ogg media file"),
+    (b"ID3", "an MP3 file"),
+    (b"\x00\x00\x00\x18ftyp", "an MP4 video"),
+    (b"\x00\x00\x00\x20ftyp", "an MP4 video"),
+    (b"DUCK", "a DuckDB database"),
+)
+_MARKUP = re.compile(rb"^\s*(<!doctype\s+html|<html|<head|<body|<script|<\?xml|<svg|<!--|<meta|<title"
+                     rb"|<div|<table|<iframe|<style)", re.IGNORECASE)
+_UTF8_BOM = b"\xef\xbb\xbf"
+_UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
+_UTF32_BOMS = (b"\xff\xfe\x00\x00", b"\x00\x00\xfe\xff")
+
+
+class UploadError(ValueError):
+    """An upload that is not accepted; the message says why and what to do."""
+
+
+def _mb(n: int) -> str:
+    mb = n / (1024 * 1024)
+    if mb >= 10:
+        return f"{mb:.0f} MB"
+    if mb >= 0.1:
+        return f"{mb:.1f} MB"
+    return f"{n / 1024:.0f} KB" if n >= 1024 else f"{n} bytes"
+
+
+def _shown(filename: str) -> str:
+    name = PurePath(str(filename).replace("\\", "/")).name or "the file"
+    name = "".join(ch if ch.isprintable() else "?" for ch in name)
+    return name if len(name) <= 80 else name[:77] + "..."
+
+
+def sniff(data: bytes, filename: str, max_bytes: int = MAX_BYTES) -> str:
+    """Return "csv", "parquet" or "xlsx" for an acceptable upload; raise UploadError otherwise.
+
+    The name's extension says what the file should be; the bytes must agree.
+    """
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise UploadError("the upload is not a file's bytes")
+    data = bytes(data) if not isinstance(data, bytes) else data
+    shown = _shown(filename)
+    if len(data) > max_bytes:
+        raise UploadError(f"{shown}: the file is {_mb(len(data))}; the limit is {_mb(max_bytes)}. "
+                          "Upload only the columns the screening needs, or Parquet, which is smaller.")
+    if not data:
+        raise UploadError(f"{shown}: the file is empty")
+    suffix = PurePath(shown).suffix.lower()
+    if suffix in (".xls", ".xlsm", ".xlsb", ".ods", ".numbers"):
+        raise UploadError(f"{shown}: {suffix} workbooks are not accepted; save the sheet as .xlsx "
+                          "(Excel Workbook) or as CSV UTF-8")
+    kind = _EXTENSIONS.get(suffix)
+    if kind is None:
+        raise UploadError(f"{shown}: unsupported file type {suffix or '(no extension)'}; upload a "
+                          "CSV (.csv), Parquet (.parquet) or Excel (.xlsx) file")
+    if kind == "csv":
+        _check_csv(data, shown)
+    elif kind == "parquet":
+        _check_parquet(data, shown)
+    else:
+        _check_xlsx(data, shown)
+    return kind
+
+
+def _binary_kind(data: bytes) -> str | None:
+    for magic, what in _MAGIC:
+        if data.startswith(magic):
+            return what
+    if data[4:8] == b"ftyp":
+        return "an MP4/QuickTime video or HEIC image"
+    return None
+
+
+def _check_csv(data: bytes, shown: str) -> None:
+    what = _binary_kind(data)
+    if data.startswith(_UTF32_BOMS) or data.startswith(_UTF16_BOMS):
+        raise UploadError(f"{shown}: the file is UTF-16/UTF-32 text; save it as 'CSV UTF-8' "
+                          "(in Excel: File > Save As > CSV UTF-8)")
+    if what is not None:
+        hint = (" (an Excel workbook? rename it to .xlsx or save it as CSV UTF-8)"
+                if "ZIP" in what else "")
+        raise UploadError(f"{shown} is {what}, not a CSV file{hint}")
+    body = data[len(_UTF8_BOM):] if data.startswith(_UTF8_BOM) else data
+    if _MARKUP.match(body[:2048]):
+        raise UploadError(f"{shown} looks like an HTML or XML page, not a CSV file (a saved web page "
+                          "or a download error page?); export the data again as CSV")
+    nul = body.find(b"\x00")
+    if nul >= 0:
+        line = body.count(b"\n", 0, nul) + 1
+        raise UploadError(f"{shown}: the file contains NUL bytes (first at byte {nul:,}, line {line}); "
+                          "it is binary or UTF-16, not a UTF-8 CSV file")
+    _check_utf8(body, shown)
+    if not body.strip():
+        raise UploadError(f"{shown}: the file has no data (only whitespace)")
+
+
+def _check_utf8(body: bytes, shown: str, chunk: int = 1 << 20) -> None:
+    """Decode incrementally (no full copy of a 200 MB upload); report the first bad byte."""
+    decoder = codecs.getincrementaldecoder("utf-8")("strict")
+    for offset in range(0, len(body), chunk):
+        try:
+            decoder.decode(body[offset:offset + chunk], final=offset + chunk >= len(body))
+        except UnicodeDecodeError:
+            # re-decode from the start of any character carried over from the last chunk
+            start = offset
+            while start > 0 and offset - start < 3 and 0x80 <= body[start - 1] < 0xC0:
+                start -= 1
+            if start > 0 and body[start - 1] >= 0xC0:
+                start -= 1
+            try:
+                body[start:offset + chunk + 3].decode("utf-8")
+                at = offset
+            except UnicodeDecodeError as err:
+                at = start + err.start
+            line = body.count(b"\n", 0, at) + 1
+            raise UploadError(
+                f"{shown}: the file is not UTF-8 text (byte 0x{body[at]:02X} at byte {at:,}, line "
+                f"{line}); save it as 'CSV UTF-8' (in Excel: File > Save As > CSV UTF-8)") from None
+
+
+def _check_parquet(data: bytes, shown: str) -> None:
+    if len(data) < 12 or not data.startswith(b"PAR1") or not data.endswith(b"PAR1"):
+        what = _binary_kind(data)
+        if what and what != "a Parquet file":
+            raise UploadError(f"{shown} is {what}, not a Parquet file")
+        where = "start" if not data.startswith(b"PAR1") else "end"
+        raise UploadError(f"{shown} is not a Parquet file (no PAR1 marker at the {where}); it may be "
+                          "truncated or renamed. Export it again as Parquet, or upload CSV.")
+
+
+def _check_xlsx(data: bytes, shown: str) -> None:
+    if not data.startswith(b"PK\x03\x04"):
+        what = _binary_kind(data)
+        if what and "encrypted" in what:
+            raise UploadError(f"{shown} is a password-protected (encrypted) or old-style Excel file; "
+                              "remove the password and save as .xlsx, or save as CSV UTF-8")
+        raise UploadError(f"{shown} is {what or 'not a ZIP-based workbook'}, not an Excel .xlsx file")
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as zf:
+            infos = zf.infolist()
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, EOFError, OSError) as err:
+        raise UploadError(f"{shown} is not a readable .xlsx workbook (broken ZIP: {err}); save it "
+                          "again from Excel or upload CSV") from None
+    if len(infos) > MAX_XLSX_MEMBERS:
+        raise UploadError(f"{shown} has {len(infos):,} parts; that is not a normal workbook")
+    names = {i.filename for i in infos}
+    if "[Content_Types].xml" not in names or "xl/workbook.xml" not in names:
+        raise UploadError(f"{shown} is a ZIP archive but not an Excel workbook (no "
+                          "[Content_Types].xml / xl/workbook.xml); save it as .xlsx from Excel or "
+                          "upload CSV")
+    if any(n.lower().endswith("vbaproject.bin") for n in names):
+        raise UploadError(f"{shown} contains macros; save it as a plain .xlsx (Excel Workbook) "
+                          "or as CSV UTF-8")
+    if any(i.flag_bits & 0x1 for i in infos):
+        raise UploadError(f"{shown} has encrypted parts; remove the password and save again")
+    total = sum(i.file_size for i in infos)
+    packed = max(1, sum(i.compress_size for i in infos))
+    if total > MAX_XLSX_UNCOMPRESSED or total / packed > MAX_XLSX_RATIO or any(
+            i.file_size > 1_000_000 and i.file_size / max(1, i.compress_size) > MAX_XLSX_RATIO
+            for i in infos):
+        raise UploadError(f"{shown} expands to {_mb(total)} ({total / packed:.0f}x its size); that "
+                          "is not a normal workbook (a ZIP bomb?). Upload CSV or Parquet instead.")
+
+
+# -- exports --------------------------------------------------------------------------
+
+FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+_PLAIN_NUMBER = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$")
+
+
+def neutralise_text(value):
+    """`value` with a leading ' if a spreadsheet would read it as a formula; others unchanged.
+
+    Only text is touched. Text that is a plain number ("-5", "+1.5e3") is left alone:
+    a spreadsheet reads it as that number, never as a formula.
+    """
+    if not isinstance(value, str) or not value.startswith(FORMULA_PREFIXES):
+        return value
+    if _PLAIN_NUMBER.match(value):
+        return value
+    return "'" + value
+
+
+def neutralise_formulas(frame: pd.DataFrame) -> pd.DataFrame:
+    """A copy of `frame` safe to export as CSV or Excel (OWASP CSV injection advice).
+
+    Text cells (and text column labels) starting with = + - @ tab or carriage return
+    get a leading single quote. Numbers, booleans, dates and NULLs are untouched, so
+    a negative number stays a number.
+    """
+    out = frame.copy()
+    for i in range(out.shape[1]):  # by position: labels may repeat
+        series = out.iloc[:, i]
+        if isinstance(series.dtype, pd.CategoricalDtype):
+            cats = series.cat.categories
+            fixed = [neutralise_text(c) for c in cats]
+            if fixed != list(cats):
+                if len(set(fixed)) == len(fixed):
+                    out.isetitem(i, series.cat.rename_categories(fixed))
+                else:
+                    out.isetitem(i, series.astype(object).map(neutralise_text, na_action="ignore"))
+        elif series.dtype == object or pd.api.types.is_string_dtype(series.dtype):
+            out.isetitem(i, series.map(neutralise_text, na_action="ignore"))
+    labels = [neutralise_text(c) for c in out.columns]
+    if labels != list(out.columns):
+        out.columns = labels
+    return out
