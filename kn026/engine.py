@@ -72,11 +72,13 @@ def _exact(tree: exp.Expression) -> exp.Expression:
 
 
 def compile_rule(rule: Rule, stage: int, values: dict[str, Decimal], present: frozenset[str],
-                 protocol: Protocol) -> str:
+                 protocol: Protocol, untrusted: bool = False) -> str:
     """The rule's predicate as DuckDB SQL with parameters bound as exact literals.
 
     Derived values are expanded, record-based columns read NULL as "none on record",
-    and absent optional columns (ULNs, overrides) read as NULL.
+    and absent optional columns (ULNs, overrides) read as NULL. An `untrusted` rule
+    (analyst-written, already allow-listed by kn026.rulecheck) also gets its arithmetic
+    in DOUBLE so no value can make DuckDB raise an overflow.
     """
     tree = parse_predicate(rule.sql[stage], rule.id)
     derived = {name: parse_predicate(d.sql, name) for name, d in protocol.derived.items()}
@@ -92,7 +94,9 @@ def compile_rule(rule: Rule, stage: int, values: dict[str, Decimal], present: fr
         if isinstance(node, exp.Placeholder):
             return _literal(values[node.name])
         if isinstance(node, exp.Column):
-            col = schema.BY_NAME[node.name]
+            col = schema.BY_NAME.get(node.name)
+            if col is None:  # an extra cohort column named by an analyst-written rule
+                return exp.column(node.name, quoted=True)
             if node.name not in present:
                 return exp.cast(exp.Null(), col.sql_type)
             ref = exp.column(node.name, quoted=True)
@@ -102,6 +106,10 @@ def compile_rule(rule: Rule, stage: int, values: dict[str, Decimal], present: fr
         return node
 
     tree = tree.transform(bind, copy=False)
+    if untrusted:
+        from kn026.rulecheck import harden
+
+        tree = harden(tree)
     return tree.sql(dialect="duckdb")
 
 
@@ -114,7 +122,8 @@ def missing_columns(rule: Rule, stage: int, present: frozenset[str]) -> list[str
 class Engine:
     """Screening of one cohort for one protocol stage; caches histograms per scenario."""
 
-    def __init__(self, cohort: Cohort, protocol: Protocol, stage: int):
+    def __init__(self, cohort: Cohort, protocol: Protocol, stage: int,
+                 untrusted: frozenset[str] = frozenset()):
         if stage not in protocol.stages:
             raise ValueError(f"stage {stage} is not a stage of {protocol.name}; "
                              f"choose one of {sorted(protocol.stages)}")
@@ -129,12 +138,32 @@ class Engine:
         self._evaluated = False
         self._masks_stored = False
         self._sites: tuple[np.ndarray, tuple[str, ...]] | None = None
+        self.untrusted = frozenset(untrusted)  # analyst-written rules (see kn026.custom)
+        self._always: frozenset[str] = frozenset()  # rules newer than the stored masks
+
+    def with_protocol(self, protocol: Protocol, changed, untrusted=frozenset()) -> Engine:
+        """An engine for `protocol` that reuses this engine's pass over the patients.
+
+        `protocol` must keep this engine's rules in the same order (same bits) and may
+        append rules; `changed` names the rules whose predicate differs (replaced or
+        new). Those are re-evaluated on every histogram, like a threshold change.
+        """
+        other = Engine(self.cohort, protocol, self.stage, frozenset(untrusted))
+        if [r.id for r in other.rules[:len(self.rules)]] != [r.id for r in self.rules]:
+            raise ValueError("the extended protocol must keep the original rules in order")
+        if not self._evaluated:
+            self.evaluate()
+        other._f, other._u, other._gid, other._base = self._f, self._u, self._gid, self._base
+        other._evaluated, other._sites = True, self._sites
+        other._always = frozenset(changed)
+        return other
 
     # -- SQL -------------------------------------------------------------------
     def rule_sql(self, rule_id: str, values: dict | None = None) -> str:
         rule = self.protocol.rule(rule_id)
         vals = {**rule.defaults(), **(values or {})}
-        return compile_rule(rule, self.stage, vals, self.cohort.present, self.protocol)
+        return compile_rule(rule, self.stage, vals, self.cohort.present, self.protocol,
+                            untrusted=rule_id in self.untrusted)
 
     def _bits_sql(self, rule_ids, overrides: dict) -> tuple[str, str]:
         """SQL for the fail and unknown mask contributions of `rule_ids`."""
@@ -212,7 +241,9 @@ class Engine:
         """
         overrides = {rid: self._check(rid, v) for rid, v in (overrides or {}).items() if v}
         overrides = {rid: v for rid, v in overrides.items()
-                     if v != self.protocol.rule(rid).defaults()}
+                     if v != self.protocol.rule(rid).defaults() or rid in self._always}
+        overrides.update({rid: self.protocol.rule(rid).defaults()
+                          for rid in self._always if rid not in overrides})
         by_site = by_site and "site_id" in self.cohort.present
         key = (tuple(sorted((rid, tuple(sorted(v.items()))) for rid, v in overrides.items())), by_site)
         if key in self._cache:
@@ -282,16 +313,19 @@ class Engine:
         if not self._evaluated:
             self.evaluate()
         if not self._masks_stored:
-            view = f"{self._masks}_arrow"
-            self.con.register(view, pa.table({"f": self._f, "u": self._u}))
-            self.con.execute(f"CREATE OR REPLACE TABLE {q(self._masks)} AS SELECT f, u FROM {q(view)}")
-            self.con.unregister(view)
+            cur = self.con.cursor()  # its own registrations and results
+            cur.register("_new_masks", pa.table({"f": self._f, "u": self._u}))
+            cur.execute(f"CREATE OR REPLACE TABLE {q(self._masks)} AS SELECT f, u FROM _new_masks")
+            cur.unregister("_new_masks")
+            cur.close()
             self._masks_stored = True
 
     def masks_sql(self, overrides: dict | None = None) -> str:
         """SELECT of every cohort column plus the patient's fail / unknown masks `_f`, `_u`."""
         self._store_masks()
         overrides = {rid: self._check(rid, v) for rid, v in (overrides or {}).items() if v}
+        overrides.update({rid: self.protocol.rule(rid).defaults()
+                          for rid in self._always if rid not in overrides})
         fail, unk = "m.f", "m.u"
         if overrides:
             keep = ~sum(1 << self.bit[rid] for rid in overrides) & (2**64 - 1)

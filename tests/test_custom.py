@@ -1,0 +1,108 @@
+"""Analyst-written rules: validated, compiled safely, and equal to a fresh evaluation."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from kn026 import analysis, custom
+from kn026.cohort import connect, load_cohort
+from kn026.criteria import CriteriaError, load_protocol
+from kn026.engine import Engine
+from kn026.rulecheck import RuleError
+from kn026.scenario import Scenario
+
+PROTOCOL = load_protocol()
+
+
+@pytest.fixture(scope="module")
+def engine():
+    cohort = load_cohort("data/builtin_cohort.parquet", connect())
+    return Engine(cohort, PROTOCOL, 1)
+
+
+AGE = custom.CustomRule("CUST01", "exclusion", "Not older than 75", "age_years <= :max_age",
+                        {"max_age": {"default": 75, "unit": "years", "min": 18, "max": 120}})
+
+
+def extended(engine, rules=(AGE,), replaced=None):
+    protocol, changed = custom.extend(PROTOCOL, engine.cohort, list(rules), replaced)
+    return engine.with_protocol(protocol, changed, untrusted=changed), protocol, changed
+
+
+def test_custom_rule_joins_the_funnel(engine):
+    ext, protocol, changed = extended(engine)
+    fresh = Engine(engine.cohort, protocol, 1, untrusted=changed)
+    assert analysis.run(ext).totals == analysis.run(fresh).totals
+    stats = analysis.run(ext).stats.set_index("criterion")
+    over = engine.con.execute("SELECT count(*) FROM cohort WHERE age_years > 75").fetchall()[0][0]
+    assert stats.loc["CUST01", "failed"] == over
+    assert "CUST01" in analysis.run(ext).plan.ids
+
+
+def test_custom_rule_parameters_are_scenario_parameters(engine):
+    ext, _, _ = extended(engine)
+    relaxed = analysis.run(ext, Scenario("s", overrides={"CUST01": {"max_age": 80}})).stats
+    over80 = engine.con.execute("SELECT count(*) FROM cohort WHERE age_years > 80").fetchall()[0][0]
+    assert relaxed.set_index("criterion").loc["CUST01", "failed"] == over80
+
+
+def test_replaced_expression_equals_fresh_engine(engine):
+    # the other registry version: creatinine clearance >= 50 written by hand
+    sql = "(crcl_if_female >= 50 OR crcl_if_male >= 50) AND (sex <> 'F' OR crcl_if_female >= 50)" \
+          " AND (sex <> 'M' OR crcl_if_male >= 50)"
+    ext, protocol, changed = extended(engine, rules=(), replaced={"INCL07.CRCL": sql})
+    by_param = analysis.run(engine, Scenario("p", overrides={"INCL07.CRCL": {"min": 50}})).totals
+    assert analysis.run(ext).totals == by_param
+    assert changed == {"INCL07.CRCL"}
+
+
+def test_screen_log_and_three_valued_logic(engine):
+    rule = custom.CustomRule("CUST02", "inclusion", "Known weight", "weight_kg > 0 OR weight_kg IS NULL")
+    nullable = custom.CustomRule("CUST03", "inclusion", "Heavy", "weight_kg >= 60")
+    ext, _, _ = extended(engine, rules=(rule, nullable))
+    log = engine.con.execute(analysis.screen_log_sql(ext)).df()
+    assert set(log["CUST02"]) == {"pass"}
+    nulls = engine.con.execute("SELECT count(*) FROM cohort WHERE weight_kg IS NULL").fetchall()[0][0]
+    assert (log["CUST03"] == "unknown").sum() == nulls
+
+
+@pytest.mark.parametrize("sql", [
+    "read_csv('/etc/passwd') IS NOT NULL",
+    "age_years > 1; DROP TABLE cohort",
+    "(SELECT count(*) FROM cohort) > 0",
+    "CAST(age_years AS VARCHAR) = '1'",
+    "age_years > 1 -- comment",
+    "nosuchcolumn > 1",
+])
+def test_hostile_text_is_refused(engine, sql):
+    with pytest.raises(RuleError):
+        extended(engine, rules=(custom.CustomRule("CUST09", "exclusion", "x", sql),))
+    assert engine.con.execute("SELECT count(*) FROM cohort").fetchall()[0][0] == engine.cohort.n
+
+
+@pytest.mark.parametrize("rule,match", [
+    (custom.CustomRule("INCL01", "exclusion", "x", "age_years > 1"), "already a protocol ID"),
+    (custom.CustomRule("cust", "exclusion", "x", "age_years > 1"), "capital letters"),
+    (custom.CustomRule("CUST05", "maybe", "x", "age_years > 1"), "inclusion or exclusion"),
+])
+def test_bad_custom_definitions(engine, rule, match):
+    with pytest.raises(CriteriaError, match=match):
+        extended(engine, rules=(rule,))
+
+
+def test_extra_columns_can_be_used():
+    frame = pd.DataFrame({"patient_id": ["a", "b", "c"], "age_years": [50.0, 60.0, 70.0],
+                          "biomarker_x": [1.0, 5.0, None]})
+    cohort = load_cohort(frame, connect())
+    base = Engine(cohort, PROTOCOL, 1)
+    rule = custom.CustomRule("CUST01", "inclusion", "Biomarker X high", "biomarker_x >= 2")
+    ext, _, _ = extended(base, rules=(rule,))
+    log = cohort.con.execute(analysis.screen_log_sql(ext)).df().set_index("patient_id")
+    assert list(log["CUST01"]) == ["fail", "pass", "unknown"]
+
+
+def test_too_many_rules_is_refused(engine):
+    rules = [custom.CustomRule(f"CUST{i:02d}", "exclusion", "x", "age_years > 1") for i in range(6)]
+    with pytest.raises(CriteriaError, match="at most 64"):
+        extended(engine, rules=rules)
