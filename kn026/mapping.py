@@ -1,0 +1,774 @@
+"""Column-mapping wizard logic: any CSV / Excel / Parquet table -> the screening cohort.
+
+A `Mapping` says, per dictionary column, which file column feeds it (or a constant),
+the unit the file uses (converted to the dictionary unit with the factors of
+`kn026/concepts/omop_concepts.yaml`), how categorical values translate ("Female" -> F,
+"IHC 3+" -> 3, "Positive" -> positive), and optional date transforms (an event date
+becomes days before the index date, a birth date becomes an age). It is saved as YAML
+and reused for the next export of the same system.
+
+    mapping = suggest_mapping(frame.columns, sample=frame)   # names, synonyms, units, values
+    cohort = apply_mapping(frame, mapping)                   # dictionary columns only
+    preview = preview_mapping(frame, mapping)                # first rows + load_cohort problems
+    Path("site_a.yaml").write_text(mapping.to_yaml())
+
+Header matching and value spellings live in `kn026/concepts/column_synonyms.yaml`.
+`add_cli(subparsers)` registers `python -m kn026 import` (a mapped file, or an OMOP
+CDM through kn026.omop). Nothing here imports streamlit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime as dt
+import difflib
+import re
+import sys
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+from kn026 import omop, schema
+from kn026.cohort import CohortError, Problem, connect, load_cohort
+
+SYNONYMS_PATH = Path(__file__).with_name("concepts") / "column_synonyms.yaml"
+SUGGEST_CUTOFF = 0.78  # similarity below which a header is left unmapped
+TRANSFORMS = ("days_since", "age_from_birth_date")
+Progress = Callable[[float, str], None] | None
+
+
+# ----------------------------------------------------------------------------- data
+
+
+@dataclass
+class ColumnMap:
+    """How one dictionary column is filled from the file."""
+
+    target: str  # dictionary column
+    source: str | None = None  # file column (None: `constant`)
+    unit: str | None = None  # the file's unit for a lab (None: already the dictionary unit)
+    factor: float | None = None  # explicit conversion factor; overrides `unit`
+    values: dict[str, str] = field(default_factory=dict)  # file value -> dictionary value
+    constant: str | None = None  # same value for every row (site_id, country, ...)
+    transform: str | None = None  # "days_since" or "age_from_birth_date"
+    date_format: str | None = None  # strptime format of a date column, e.g. %d/%m/%Y
+    score: float = field(default=1.0, compare=False)  # suggestion confidence (1 = exact); not saved
+
+    def to_dict(self) -> dict:
+        out: dict = {}
+        for key in ("source", "constant", "unit", "factor", "transform", "date_format"):
+            value = getattr(self, key)
+            if value is not None:
+                out[key] = value
+        if self.values:
+            out["values"] = dict(self.values)
+        return out
+
+
+@dataclass
+class Mapping:
+    """A saved mapping of one file layout onto the dictionary."""
+
+    columns: list[ColumnMap] = field(default_factory=list)
+    name: str = ""
+    decimal: str = "."  # decimal separator of numbers in the file
+    sheet: str | None = None  # Excel sheet (None: the first)
+    index_column: str | None = None  # file column with each row's index date (for transforms)
+    index_date: str | None = None  # or one fixed index date (ISO)
+    unmatched: list[str] = field(default_factory=list, compare=False)  # file columns left out (not saved)
+
+    def __post_init__(self) -> None:
+        self._sort()
+
+    def _sort(self) -> None:
+        order = {c.name: i for i, c in enumerate(schema.COLUMNS)}
+        self.columns.sort(key=lambda c: order.get(c.target, len(order)))
+
+    def get(self, target: str) -> ColumnMap | None:
+        return next((c for c in self.columns if c.target == target), None)
+
+    def set(self, target: str, source: str | None = None, **kwargs) -> ColumnMap:
+        """Map `target` (replacing an earlier entry) and return its ColumnMap."""
+        _check_target(target)
+        self.columns = [c for c in self.columns if c.target != target]
+        cmap = ColumnMap(target, source, **kwargs)
+        self.columns.append(cmap)
+        self._sort()
+        return cmap
+
+    def to_dict(self) -> dict:
+        doc: dict = {}
+        if self.name:
+            doc["name"] = self.name
+        if self.decimal != ".":
+            doc["decimal"] = self.decimal
+        for key in ("sheet", "index_column", "index_date"):
+            if getattr(self, key) is not None:
+                doc[key] = getattr(self, key)
+        order = {c.name: i for i, c in enumerate(schema.COLUMNS)}
+        doc["columns"] = {c.target: c.to_dict() for c in sorted(self.columns, key=lambda c: order[c.target])}
+        return doc
+
+    def to_yaml(self) -> str:
+        head = ("# Screening-cohort column mapping (kn026.mapping). Per dictionary column: the file\n"
+                "# column (source) or a constant, the file's unit, value translations, transforms.\n")
+        return head + yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True, width=100)
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.write_text(self.to_yaml(), encoding="utf-8")
+        return path
+
+    @classmethod
+    def from_dict(cls, doc: dict, where: str = "mapping") -> Mapping:
+        if not isinstance(doc, dict) or not isinstance(doc.get("columns"), dict):
+            raise ValueError(f"{where}: needs a 'columns' mapping of dictionary column -> {{source: ...}}")
+        unknown = set(doc) - {"name", "decimal", "sheet", "index_column", "index_date", "columns"}
+        if unknown:
+            raise ValueError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}; allowed: name, decimal, "
+                             f"sheet, index_column, index_date, columns")
+        columns = []
+        for target, spec in doc["columns"].items():
+            _check_target(str(target), where)
+            if isinstance(spec, str):
+                spec = {"source": spec}
+            if not isinstance(spec, dict):
+                raise ValueError(f"{where}: column {target!r} must be a mapping such as {{source: 'Hb'}}")
+            bad = set(spec) - {"source", "constant", "unit", "factor", "values", "transform", "date_format"}
+            if bad:
+                raise ValueError(f"{where}: column {target!r} has unknown key(s) {', '.join(sorted(bad))}")
+            values = {str(k): str(v) for k, v in (spec.get("values") or {}).items()}
+            factor = spec.get("factor")
+            columns.append(ColumnMap(
+                str(target), _opt_str(spec.get("source")), _opt_str(spec.get("unit")),
+                float(factor) if factor is not None else None, values, _opt_str(spec.get("constant")),
+                _opt_str(spec.get("transform")), _opt_str(spec.get("date_format"))))
+        m = cls(columns, str(doc.get("name") or ""), str(doc.get("decimal") or "."), _opt_str(doc.get("sheet")),
+                _opt_str(doc.get("index_column")), _opt_str(doc.get("index_date")))
+        m.check()
+        return m
+
+    @classmethod
+    def from_yaml(cls, text_or_path: str | Path) -> Mapping:
+        """Read a mapping from YAML text or a .yaml file path."""
+        where = "mapping"
+        text = str(text_or_path)
+        if isinstance(text_or_path, Path) or ("\n" not in text and text.lower().endswith((".yaml", ".yml"))):
+            path = Path(text_or_path)
+            where = f"mapping {path.name}"
+            try:
+                text = path.read_text(encoding="utf-8")
+            except OSError as err:
+                raise ValueError(f"{where} cannot be read ({err.strerror}); check the path") from None
+        try:
+            doc = _yaml(text)
+        except yaml.YAMLError as err:
+            raise ValueError(f"{where} is not valid YAML: {str(err).splitlines()[0]}") from None
+        return cls.from_dict(doc, where)
+
+    def check(self) -> None:
+        """ValueError naming the first inconsistent entry and the fix."""
+        seen = set()
+        for c in self.columns:
+            if c.target in seen:
+                raise ValueError(f"mapping: {c.target!r} is mapped twice; keep one entry")
+            seen.add(c.target)
+            if (c.source is None) == (c.constant is None):
+                raise ValueError(f"mapping: {c.target!r} needs exactly one of source (a file column) or constant")
+            if c.transform is not None and c.transform not in TRANSFORMS:
+                raise ValueError(f"mapping: {c.target!r} transform {c.transform!r} is not one of "
+                                 f"{', '.join(TRANSFORMS)}")
+            if c.transform == "days_since" and not c.target.startswith("days_since_"):
+                raise ValueError(f"mapping: transform days_since fills days_since_* columns, not {c.target!r}")
+            if c.transform == "age_from_birth_date" and c.target != "age_years":
+                raise ValueError(f"mapping: transform age_from_birth_date fills age_years, not {c.target!r}")
+            if c.transform and self.index_column is None and self.index_date is None \
+                    and not self.get("screening_date"):
+                raise ValueError(f"mapping: {c.target!r} needs an index date; set index_column, index_date or "
+                                 f"map screening_date")
+            if c.unit is not None and c.factor is None:
+                unit_factor(c.target, c.unit)  # raises with the known units
+        if self.decimal not in (".", ","):
+            raise ValueError(f"mapping: decimal {self.decimal!r} must be '.' or ','")
+        if self.index_date is not None:
+            try:
+                dt.date.fromisoformat(self.index_date)
+            except ValueError:
+                raise ValueError(f"mapping: index_date {self.index_date!r} is not an ISO date (YYYY-MM-DD)") from None
+
+
+def _opt_str(value) -> str | None:
+    return None if value is None else str(value)
+
+
+def _check_target(target: str, where: str = "mapping") -> None:
+    if target not in schema.BY_NAME:
+        close = difflib.get_close_matches(target, list(schema.BY_NAME), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ValueError(f"{where}: {target!r} is not a dictionary column{hint}")
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML 1.2 booleans: only true / false. "Yes: M" or "no: none" stay text, as an analyst means."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    key: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for key, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                              list("tTfF"))
+
+
+def _yaml(text: str):
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+
+
+@cache
+def _synonyms() -> dict:
+    return load_synonyms(SYNONYMS_PATH)
+
+
+def load_synonyms(path: str | Path) -> dict:
+    """The synonyms file: columns, values, patterns, typical ranges (compiled)."""
+    path = Path(path)
+    try:
+        doc = _yaml(path.read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as err:
+        raise ValueError(f"synonyms file {path} cannot be read: {str(err).splitlines()[0]}") from None
+    doc.setdefault("columns", {})
+    doc.setdefault("values", {})
+    doc.setdefault("typical", {})
+    doc["patterns"] = {k: [re.compile(p, re.I) for p in v] for k, v in (doc.get("patterns") or {}).items()}
+    return doc
+
+
+# ----------------------------------------------------------------------------- units
+
+
+def units_for(column: str) -> list[str]:
+    """Units a dictionary column's values can be given in (dictionary unit first); [] if unitless."""
+    return [u["unit"] for u in omop.column_units(column)]
+
+
+def unit_factor(column: str, unit: str) -> float:
+    """Factor from `unit` to the dictionary unit of `column`; ValueError lists the known units."""
+    norm = omop.normalise_unit(unit)
+    table = omop.column_units(column)
+    for u in table:
+        if norm in u["aliases"]:
+            return u["factor"]
+    col = schema.BY_NAME[column]
+    if not table and norm == omop.normalise_unit(col.unit):
+        return 1.0
+    known = ", ".join(u["unit"] for u in table) or (col.unit or "no unit")
+    raise ValueError(f"mapping: unit {unit!r} is not known for {column}; use one of {known} or give a factor")
+
+
+def _unit_in_header(column: str, header: str) -> str | None:
+    """A unit spelled in the header ("Hb (g/dL)", "creat_mgdl"), if one of the column's units."""
+    table = omop.column_units(column)
+    if not table:
+        return None
+    bracket = re.findall(r"[\(\[]([^\)\]]+)[\)\]]", header)
+    candidates = [omop.normalise_unit(b) for b in bracket]
+    tokens = re.split(r"[\s_\-]+", header.lower())
+    candidates += [omop.normalise_unit(t) for t in tokens[1:]]
+    squashed = {a.replace("/", "").replace("*", "").replace("^", ""): u for u in table for a in u["aliases"] if a}
+    for cand in candidates:
+        for u in table:
+            if cand and cand in u["aliases"]:
+                return u["unit"]
+        key = cand.replace("/", "").replace("*", "")
+        if len(key) >= 3 and key in squashed:
+            return squashed[key]["unit"]
+    return None
+
+
+def guess_unit(column: str, values: Iterable, decimal: str = ".") -> str | None:
+    """The unit under which 90 % of `values` are typical for `column` (synonyms file), if only one is; else None."""
+    typical = _synonyms()["typical"].get(column)
+    table = omop.column_units(column)
+    if not typical or not table:
+        return None
+    nums = pd.to_numeric(pd.Series([_number_text(v, decimal) for v in values], dtype=object), errors="coerce")
+    nums = nums.dropna()
+    if nums.empty:
+        return None
+    fits = [u for u in table if ((nums * u["factor"]).between(typical[0], typical[1])).mean() >= 0.9]
+    return fits[0]["unit"] if fits and len({u["factor"] for u in fits}) == 1 else None
+
+
+# ----------------------------------------------------------------------------- suggestions
+
+
+def _norm_header(text: str) -> str:
+    t = re.sub(r"[\(\[][^\)\]]*[\)\]]", " ", str(text))  # units in brackets
+    t = t.replace("µ", "u").lower()
+    t = re.sub(r"[^0-9a-z]+", " ", t)
+    return re.sub(r"\s+", " ", t).strip()
+
+
+@cache
+def _names() -> dict[str, list[str]]:
+    syn = _synonyms()["columns"]
+    out = {}
+    for col in schema.COLUMNS:
+        names = {_norm_header(col.name), _norm_header(col.name.replace("_", " "))}
+        names |= {_norm_header(s) for s in syn.get(col.name) or []}
+        out[col.name] = sorted(n for n in names if n)
+    return out
+
+
+def _score(header: str, column: str) -> float:
+    """Similarity of a header to a dictionary column, 0..1; "AST/SGOT" scores each alternative."""
+    outside = re.sub(r"[\(\[][^\)\]]*[\)\]]", " ", str(header))  # not the "/" of "(g/dL)"
+    parts = [p for p in re.split(r"[/|;]", outside) if p.strip()]
+    best = max((_score_one(p, column) for p in parts), default=0.0) if len(parts) > 1 else 0.0
+    return max(best, _score_one(str(header), column))
+
+
+def _score_one(header: str, column: str) -> float:
+    norm = _norm_header(header)
+    if not norm:
+        return 0.0
+    best = 0.0
+    for name in _names()[column]:
+        if norm == name:
+            return 1.0
+        if min(len(norm), len(name)) >= 4:  # "hb" vs "hbv" is not a near miss
+            best = max(best, difflib.SequenceMatcher(None, norm, name).ratio())
+        # "hb_gdl", "creat mgdl": the header starts with a name followed by a unit
+        if norm.startswith(name + " ") and _unit_in_header(column, header[len(name):] or ""):
+            best = max(best, 0.97)
+        stripped = " ".join(w for w in norm.split() if w not in {"baseline", "screening", "value", "result",
+                                                                 "latest", "last", "at", "level", "serum"})
+        if stripped == name:
+            best = max(best, 0.95)
+    return best
+
+
+def suggest_mapping(columns: Iterable[str], sample: pd.DataFrame | None = None,
+                    cutoff: float = SUGGEST_CUTOFF) -> Mapping:
+    """Suggest a Mapping for file headers `columns` (names, synonyms, similarity).
+
+    Each dictionary column gets at most one header and vice versa, best matches first.
+    With `sample` (the file's rows) lab units are guessed from typical values when the
+    header does not name one, and categorical value translations are pre-filled from
+    the synonyms file for the spellings the sample contains.
+    """
+    headers = [str(c) for c in columns]
+    scored = []
+    for h in headers:
+        for col in schema.COLUMNS:
+            s = _score(h, col.name)
+            if s >= cutoff:
+                scored.append((s, h, col.name))
+    scored.sort(key=lambda x: (-x[0], headers.index(x[1]), x[2]))
+    used_h, used_c, mapping = set(), set(), Mapping()
+    for s, h, col in scored:
+        if h in used_h or col in used_c:
+            continue
+        used_h.add(h)
+        used_c.add(col)
+        cmap = ColumnMap(col, h, score=round(s, 3))
+        unit = _unit_in_header(col, h)
+        if unit is None and sample is not None and h in sample.columns:
+            unit = guess_unit(col, sample[h].dropna().head(500))
+        if unit is not None and unit_factor(col, unit) != 1.0:
+            cmap.unit = unit
+        if sample is not None and h in sample.columns:
+            cmap.values = suggest_values(col, sample[h].dropna().unique()[:200])
+        mapping.columns.append(cmap)
+    mapping._sort()
+    mapping.unmatched = [h for h in headers if h not in used_h]
+    if sample is not None:
+        numeric = [c.source for c in mapping.columns
+                   if schema.BY_NAME[c.target].kind in (schema.NUMBER, schema.INTEGER) and c.source in sample.columns]
+        mapping.decimal = guess_decimal(sample[numeric].head(500).to_numpy().ravel()) if numeric else "."
+        if mapping.decimal == ",":  # the unit guess above assumed '.'
+            for c in mapping.columns:
+                if c.unit is not None and not _unit_in_header(c.target, c.source or ""):
+                    c.unit = guess_unit(c.target, sample[c.source].dropna().head(500), ",")
+    return mapping
+
+
+def guess_decimal(values: Iterable) -> str:
+    """',' when numbers are written 12,5 (and none 12.5), else '.'."""
+    comma = dot = 0
+    for v in values:
+        if not isinstance(v, str):
+            continue
+        text = v.strip()
+        if re.fullmatch(r"[+-]?\d+,\d+", text) and not re.fullmatch(r"[+-]?\d{1,3},\d{3}", text):
+            comma += 1
+        elif re.fullmatch(r"[+-]?\d+\.\d+", text) and not re.fullmatch(r"[+-]?\d{1,3}\.\d{3}", text):
+            dot += 1
+    return "," if comma and not dot else "."
+
+
+def _canon(value) -> str:
+    return re.sub(r"\s+", " ", str(value).strip().lower())
+
+
+def _value_table(column: str) -> dict[str, str]:
+    """Spelling (canonical) -> dictionary value, from the synonyms file, for `column`."""
+    syn = _synonyms()["values"]
+    col = schema.BY_NAME[column]
+    table = {}
+    spec = syn.get("flag") if col.kind == schema.FLAG else syn.get(column)
+    for value, spellings in (spec or {}).items():
+        for s in spellings or []:
+            table[_canon(s)] = str(value)
+        table.setdefault(_canon(value), str(value))
+    return table
+
+
+def translate_value(column: str, value, user: dict[str, str] | None = None):
+    """The dictionary value for one file value (user table, synonyms, patterns); unchanged if unknown."""
+    if value is None or (isinstance(value, float) and pd.isna(value)):
+        return None
+    text = str(value)
+    if not text.strip():
+        return None
+    key = _canon(text)
+    if user:
+        for k, v in user.items():
+            if _canon(k) == key:
+                return v
+    table = _value_table(column)
+    if key in table:
+        return table[key]
+    for pattern in _synonyms()["patterns"].get(column, []):
+        m = pattern.search(key)
+        if m:
+            return m.group(1)
+    return value
+
+
+def suggest_values(column: str, values: Iterable) -> dict[str, str]:
+    """Translations for the file's distinct `values` that differ from what they map to."""
+    col = schema.BY_NAME[column]
+    if col.kind not in (schema.CATEGORY, schema.FLAG) and column not in _synonyms()["patterns"] \
+            and column not in _synonyms()["values"]:
+        return {}
+    out = {}
+    for v in values:
+        if v is None or (isinstance(v, float) and pd.isna(v)) or not str(v).strip():
+            continue
+        mapped = translate_value(column, v)
+        if mapped is not v and str(mapped) != str(v):
+            out[str(v)] = str(mapped)
+    return out
+
+
+def value_report(frame: pd.DataFrame, mapping: Mapping) -> pd.DataFrame:
+    """Per categorical mapped column: each distinct file value, what it becomes, and whether that is valid."""
+    rows = []
+    for c in mapping.columns:
+        col = schema.BY_NAME[c.target]
+        if c.source is None or c.source not in frame.columns or c.transform:
+            continue
+        if col.kind not in (schema.CATEGORY, schema.FLAG) and c.target not in _synonyms()["patterns"]:
+            continue
+        counts = frame[c.source].dropna().astype(str).value_counts()
+        for value, n in counts.items():
+            if not value.strip():
+                continue
+            mapped = translate_value(c.target, value, c.values)
+            rows.append({"column": c.target, "source": c.source, "value": value, "count": int(n),
+                         "maps_to": None if mapped is None else str(mapped),
+                         "valid": _valid_value(col, mapped)})
+    return pd.DataFrame(rows, columns=["column", "source", "value", "count", "maps_to", "valid"])
+
+
+def _valid_value(col: schema.Column, value) -> bool:
+    if value is None:
+        return True
+    text = _canon(value)
+    if col.kind == schema.FLAG:
+        return text in schema.TRUE_WORDS or text in schema.FALSE_WORDS
+    if col.name == "sex":
+        return text in schema.SEX_WORDS
+    if col.values:
+        return re.sub(r"[\s\-]+", "_", text) in col.values
+    if col.kind == schema.INTEGER:
+        try:
+            f = float(text)
+        except ValueError:
+            return False
+        return f == int(f) and (col.low is None or f >= col.low) and (col.high is None or f <= col.high)
+    return True
+
+
+# ----------------------------------------------------------------------------- apply
+
+
+def _number_text(value, decimal: str = "."):
+    if value is None or (isinstance(value, float) and pd.isna(value)):
+        return None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return value
+    text = str(value).strip().replace("\u00a0", "").replace(" ", "").replace("'", "")
+    if not text:
+        return None
+    if decimal == ",":
+        if _GROUPED_DOT.match(text):  # 1.234,5: dots group thousands
+            text = text.replace(".", "")
+        return text.replace(",", ".")
+    if _GROUPED_COMMA.match(text):  # 150,000 or 1,234.5
+        text = text.replace(",", "")
+    return text
+
+
+_GROUPED_DOT = re.compile(r"^[+-]?\d{1,3}(\.\d{3})+(,\d+)?$")
+_GROUPED_COMMA = re.compile(r"^[+-]?\d{1,3}(,\d{3})+(\.\d+)?$")
+
+
+def _numbers(series: pd.Series, decimal: str) -> tuple[pd.Series, pd.Series]:
+    """(parsed floats, mask of non-empty cells that are not numbers)."""
+    texts = series.map(lambda v: _number_text(v, decimal))
+    nums = pd.to_numeric(texts, errors="coerce")
+    bad = texts.notna() & nums.isna()
+    return nums, bad
+
+
+def _dates(series: pd.Series, fmt: str | None) -> tuple[pd.Series, pd.Series]:
+    text = series.map(lambda v: None if v is None or (isinstance(v, float) and pd.isna(v)) or not str(v).strip()
+                      else v)
+    if fmt:
+        parsed = pd.to_datetime(text, format=fmt, errors="coerce")
+    else:
+        parsed = pd.to_datetime(text, errors="coerce", format="mixed", dayfirst=False)
+    bad = text.notna() & parsed.isna()
+    return parsed, bad
+
+
+def _index_dates(frame: pd.DataFrame, mapping: Mapping) -> pd.Series:
+    if mapping.index_date is not None:
+        return pd.Series(pd.Timestamp(mapping.index_date), index=frame.index)
+    cmap = mapping.get("screening_date")
+    source = mapping.index_column or (cmap.source if cmap else None)
+    if source is None or source not in frame.columns:
+        raise ValueError(f"mapping: the index date column {source!r} is not in the file; set index_column "
+                         f"or index_date")
+    parsed, bad = _dates(frame[source], cmap.date_format if cmap and cmap.source == source else None)
+    if bad.any():
+        row = int(bad.to_numpy().nonzero()[0][0]) + 1
+        raise ValueError(f"mapping: index date {frame[source][bad].iloc[0]!r} (row {row}) in {source!r} is not a "
+                         f"date; give date_format for screening_date")
+    return parsed
+
+
+def apply_mapping(frame: pd.DataFrame, mapping: Mapping, progress: Progress = None) -> pd.DataFrame:
+    """The mapped cohort: dictionary columns only, units converted, values translated.
+
+    Cells that cannot be read (a word in a number column, an unknown category) are
+    passed through unchanged, so `load_cohort` (or `preview_mapping`) reports them with
+    row and patient, instead of turning them silently into NULL.
+    """
+    mapping.check()
+    missing = [c.source for c in mapping.columns if c.source is not None and c.source not in frame.columns]
+    if missing:
+        close = difflib.get_close_matches(missing[0], [str(c) for c in frame.columns], n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ValueError(f"mapping: column {missing[0]!r} is not in the file{hint}; fix the mapping's source names")
+    out = {}
+    index = None
+    order = {c.name: i for i, c in enumerate(schema.COLUMNS)}
+    columns = sorted(mapping.columns, key=lambda c: order[c.target])
+    for i, c in enumerate(columns):
+        col = schema.BY_NAME[c.target]
+        if c.constant is not None:
+            out[c.target] = pd.Series([c.constant] * len(frame), index=frame.index, dtype=object)
+        elif c.transform:
+            index = _index_dates(frame, mapping) if index is None else index
+            dates, bad = _dates(frame[c.source], c.date_format)
+            if c.transform == "days_since":
+                days = (index - dates).dt.days
+                days = days.where(days >= 0)  # an event after the index date is not "before"
+            else:
+                days = index.dt.year - dates.dt.year - (
+                    (index.dt.month < dates.dt.month)
+                    | ((index.dt.month == dates.dt.month) & (index.dt.day < dates.dt.day))).astype(int)
+            result = days.astype("Int64").astype(object).where(days.notna(), None)
+            out[c.target] = result.where(~bad, frame[c.source])
+        elif col.kind in (schema.NUMBER, schema.INTEGER) and c.target not in _synonyms()["patterns"] \
+                and c.target not in _synonyms()["values"]:
+            factor = c.factor if c.factor is not None else unit_factor(c.target, c.unit) if c.unit else 1.0
+            nums, bad = _numbers(frame[c.source], mapping.decimal)
+            if factor != 1.0:
+                nums = nums.map(lambda v, f=factor: omop.convert(v, f) if pd.notna(v) else v)
+            series = nums.astype(object).where(nums.notna(), None)
+            out[c.target] = series.where(~bad, frame[c.source])
+        elif col.kind == schema.DATE:
+            dates, bad = _dates(frame[c.source], c.date_format)
+            series = dates.dt.strftime("%Y-%m-%d").astype(object).where(dates.notna(), None)
+            out[c.target] = series.where(~bad, frame[c.source])
+        elif col.kind in (schema.CATEGORY, schema.FLAG, schema.INTEGER):
+            out[c.target] = frame[c.source].map(lambda v, c=c: translate_value(c.target, v, c.values))
+        else:  # id, text
+            out[c.target] = frame[c.source].map(
+                lambda v: None if v is None or (isinstance(v, float) and pd.isna(v)) or not str(v).strip()
+                else str(v).strip())
+        if progress is not None:
+            progress((i + 1) / max(len(columns), 1), f"mapped {c.target}")
+    result = pd.DataFrame(out, index=frame.index).reset_index(drop=True)
+    for name in result.columns:  # one missing-value spelling: None, in object columns
+        result[name] = result[name].astype(object).where(result[name].notna(), None)
+    return result
+
+
+@dataclass
+class Preview:
+    """First rows of the mapped cohort and what `load_cohort` says about the whole of it."""
+
+    frame: pd.DataFrame  # first rows, dictionary columns
+    n_rows: int
+    problems: list[Problem]  # empty: the mapped file loads
+    total_problems: int
+    present: tuple[str, ...]  # dictionary columns the mapping fills
+    absent: tuple[str, ...]  # the others: rules needing them are n/a
+    values: pd.DataFrame  # value_report: categorical translations
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def _check_loads(frame: pd.DataFrame) -> None:
+    con = connect()
+    try:
+        load_cohort(frame, con)
+    finally:
+        con.close()
+
+
+def validate(mapped: pd.DataFrame) -> tuple[list[Problem], int]:
+    """load_cohort's problems for a mapped frame ([] when it loads) and their total count."""
+    con = connect()
+    try:
+        load_cohort(mapped, con)
+    except CohortError as err:
+        return list(err.problems), err.total
+    finally:
+        con.close()
+    return [], 0
+
+
+def preview_mapping(frame: pd.DataFrame, mapping: Mapping, rows: int = 20, progress: Progress = None) -> Preview:
+    """Map the whole file, validate it with kn026.cohort.load_cohort, return the first rows and problems."""
+    mapped = apply_mapping(frame, mapping, progress)
+    problems, total = validate(mapped)
+    present = tuple(c.name for c in schema.COLUMNS if c.name in mapped.columns)
+    absent = tuple(c.name for c in schema.COLUMNS if c.name not in mapped.columns)
+    return Preview(mapped.head(rows), len(mapped), problems, total, present, absent, value_report(frame, mapping))
+
+
+# ----------------------------------------------------------------------------- files and CLI
+
+
+def read_table(path: str | Path, sheet: str | None = None) -> pd.DataFrame:
+    """A CSV (any delimiter), Excel or Parquet file as a frame of text cells (Parquet keeps its types)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"--in {path}: the file does not exist; check the path")
+    suffix = path.suffix.lower()
+    try:
+        if suffix in (".xlsx", ".xlsm", ".xls"):
+            return pd.read_excel(path, sheet_name=sheet if sheet is not None else 0, dtype=str, keep_default_na=False)
+        if suffix == ".parquet":
+            return pd.read_parquet(path)
+        if suffix in (".csv", ".txt", ".tsv", ""):
+            for encoding in ("utf-8-sig", "latin-1"):
+                try:
+                    with path.open(encoding=encoding, newline="") as fh:
+                        head = fh.read(65536)
+                    try:
+                        sep = csv.Sniffer().sniff(head, delimiters=",;\t|").delimiter
+                    except csv.Error:  # one column, or nothing to tell
+                        sep = "\t" if suffix == ".tsv" else ","
+                    return pd.read_csv(path, dtype=str, keep_default_na=False, sep=sep, encoding=encoding)
+                except UnicodeDecodeError:
+                    continue
+    except (ValueError, OSError, ImportError) as err:
+        raise ValueError(f"--in {path.name} cannot be read ({str(err).splitlines()[0]}); save it as CSV, "
+                         f"Excel (.xlsx) or Parquet") from None
+    raise ValueError(f"--in {path.name}: unsupported file type {suffix!r}; use CSV, Excel (.xlsx) or Parquet")
+
+
+def add_cli(subparsers) -> argparse.ArgumentParser:
+    """Register `import` on an argparse subparsers object (python -m kn026 import ...)."""
+    p = subparsers.add_parser(
+        "import", help="import a cohort: a CSV / Excel file through a mapping, or an OMOP CDM",
+        description="Write a screening cohort (CSV or Parquet, by --out suffix) from a file and a column "
+                    "mapping (--mapping FILE --in PATH), from an OMOP CDM folder / zip / DuckDB file "
+                    "(--omop PATH --index-date DATE|last), or write a suggested mapping for a file "
+                    "(--suggest FILE --in PATH).")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--mapping", help="mapping YAML (see docs/importers.md)")
+    src.add_argument("--omop", help="OMOP CDM 5.3 / 5.4: folder or zip of CSV / Parquet tables, or a DuckDB file")
+    src.add_argument("--suggest", metavar="MAPPING_OUT", help="write a suggested mapping YAML for --in and stop")
+    p.add_argument("--in", dest="input", help="the file to map (CSV, Excel or Parquet)")
+    p.add_argument("--sheet", help="Excel sheet name (default: the first)")
+    p.add_argument("--out", help="output cohort: .csv or .parquet")
+    p.add_argument("--index-date", help="with --omop: YYYY-MM-DD, or 'last' for each person's last observation")
+    p.add_argument("--lookback-days", type=int, default=30,
+                   help="with --omop: labs are the latest value within N days up to the index date (default 30)")
+    p.add_argument("--open-world", action="store_true",
+                   help="with --omop: a condition or drug not on record is unknown (NULL) instead of false")
+    p.add_argument("--concepts", help="with --omop: concepts file replacing kn026/concepts/omop_concepts.yaml")
+    p.add_argument("--report", help="write the import report here (CSV)")
+    p.set_defaults(func=cmd_import)
+    return p
+
+
+def cmd_import(args) -> int:
+    if args.suggest:
+        if not args.input:
+            raise ValueError("--suggest needs --in PATH: the file whose headers to map")
+        frame = read_table(args.input, args.sheet)
+        mapping = suggest_mapping(frame.columns, sample=frame)
+        mapping.sheet = args.sheet
+        Path(args.suggest).write_text(mapping.to_yaml(), encoding="utf-8")
+        print(f"suggested {len(mapping.columns)} of {len(frame.columns)} columns -> {args.suggest}"
+              + (f"; not mapped: {', '.join(mapping.unmatched)}" if mapping.unmatched else ""), file=sys.stderr)
+        return 0
+    if not args.out:
+        raise ValueError("import needs --out PATH ending in .csv or .parquet")
+    out = Path(args.out)
+    if out.suffix.lower() not in (".csv", ".parquet"):
+        raise ValueError(f"--out {out.name}: end the name in .csv or .parquet")
+    if args.mapping:
+        if not args.input:
+            raise ValueError("--mapping needs --in PATH: the CSV / Excel / Parquet file to map")
+        for flag, value in (("--index-date", args.index_date), ("--concepts", args.concepts)):
+            if value:
+                raise ValueError(f"{flag} applies to --omop only; a mapping sets index_date itself")
+        mapping = Mapping.from_yaml(Path(args.mapping))
+        frame = read_table(args.input, args.sheet or mapping.sheet)
+        mapped = apply_mapping(frame, mapping)
+        _check_loads(mapped)  # CohortError lists every bad cell; nothing is written
+        omop.write_cohort(mapped, out)
+        if args.report:
+            value_report(frame, mapping).to_csv(args.report, index=False)
+        print(f"{len(mapped)} patients, {len(mapped.columns)} dictionary columns -> {out}", file=sys.stderr)
+        return 0
+    if not args.index_date:
+        raise ValueError("--omop needs --index-date YYYY-MM-DD or --index-date last")
+    if args.input:
+        raise ValueError("--in applies to --mapping; give the OMOP folder, zip or DuckDB file to --omop")
+    frame, report = omop.import_omop(args.omop, args.index_date, args.lookback_days, concepts=args.concepts,
+                                     closed_world=not args.open_world)
+    _check_loads(frame)
+    omop.write_cohort(frame, out)
+    if args.report:
+        report.to_frame().to_csv(args.report, index=False)
+    print(report.to_text().splitlines()[0] + f" -> {out}", file=sys.stderr)
+    for w in report.warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    return 0

@@ -1,0 +1,343 @@
+"""Column-mapping wizard: header suggestions, units, value translations, YAML, preview, CLI."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from kn026 import mapping as mp
+from kn026 import schema
+from kn026.cohort import CohortError, load_cohort
+
+SAMPLE = Path(__file__).resolve().parents[2] / "shared/data/omop/Synthea27Nj_5.4.zip"
+
+MESSY = {
+    "Subject No.": ("patient_id", None),
+    "Site": ("site_id", None),
+    "Date of screening": ("screening_date", None),
+    "AGE": ("age_years", None),
+    "Gender": ("sex", None),
+    "Weight (lb)": ("weight_kg", "lb"),
+    "Tumour Site": ("primary_site", None),
+    "Histology": ("histology", None),
+    "HER2 IHC score": ("her2_ihc", None),
+    "HER2 FISH": ("her2_ish", None),
+    "ECOG PS": ("ecog", None),
+    "Hb (g/dL)": ("hemoglobin_g_l", "g/dL"),
+    "Platelet count [10^9/L]": ("platelets_1e9_l", None),
+    "ANC": ("anc_1e9_l", None),
+    "Total Bilirubin (mg/dL)": ("bilirubin_total_umol_l", "mg/dL"),
+    "AST/SGOT": ("ast_u_l", None),
+    "ALT (IU/L)": ("alt_u_l", None),
+    "Creat_mgdl": ("creatinine_umol_l", "mg/dL"),
+    "LVEF %": ("lvef_pct", None),
+    "Systolic BP": ("sbp_mmhg", None),
+    "Hepatitis B": ("hbv_active", None),
+    "prior_lines": ("prior_systemic_lines", None),
+}
+
+
+def test_suggest_mapping_on_messy_headers():
+    headers = list(MESSY) + ["Comments", "Study arm", "Randomisation no"]
+    m = mp.suggest_mapping(headers)
+    got = {c.source: (c.target, c.unit) for c in m.columns}
+    assert got == MESSY
+    assert m.unmatched == ["Comments", "Study arm", "Randomisation no"]
+    assert [c.target for c in m.columns] == [c.name for c in schema.COLUMNS if c.name in {t for t, _ in got.values()}]
+
+
+def test_each_header_and_column_used_once():
+    m = mp.suggest_mapping(["Hb", "Hemoglobin", "HGB (g/L)", "hb"])
+    assert len(m.columns) == 1 and m.columns[0].source == "Hb"
+    assert m.unmatched == ["Hemoglobin", "HGB (g/L)", "hb"]
+    assert mp.suggest_mapping([]).columns == []
+
+
+def test_unit_guessed_from_values_when_header_is_silent():
+    sample = pd.DataFrame({"Hemoglobin": ["12.1", "9.8", "14"], "Albumin": ["38", "41", ""],
+                           "Creatinine": ["1.1", "0.8", "2.0"], "Platelets": ["150000", "90000", "220000"]})
+    m = mp.suggest_mapping(sample.columns, sample=sample)
+    assert m.get("hemoglobin_g_l").unit == "g/dL"  # a median of 12 g/L is not a haemoglobin
+    assert m.get("albumin_g_l").unit is None  # already g/L
+    assert m.get("creatinine_umol_l").unit == "mg/dL"
+    assert m.get("platelets_1e9_l").unit == "cells/uL"
+    assert mp.guess_unit("hemoglobin_g_l", ["abc"]) is None
+    assert mp.guess_unit("ecog", ["1"]) is None
+
+
+@pytest.mark.parametrize(("values", "decimal"), [
+    (["12,5", "9,8"], ","), (["12.5", "9,8"], "."), (["1,234", "150,000"], "."), (["7", "8"], "."),
+])
+def test_guess_decimal(values, decimal):
+    assert mp.guess_decimal(values) == decimal
+
+
+@pytest.mark.parametrize(("column", "value", "expected"), [
+    ("sex", "Female", "F"), ("sex", " male ", "M"), ("sex", "W", "F"), ("sex", "F", "F"),
+    ("her2_ihc", "IHC 3+", "3"), ("her2_ihc", "2+", "2"), ("her2_ihc", "score 1+", "1"), ("her2_ihc", "3", "3"),
+    ("her2_ihc", "HER2 2+ (equivocal)", "2"), ("her2_ihc", "negative", "negative"),  # 0 or 1+: not guessed
+    ("her2_ish", "Positive", "positive"), ("her2_ish", "Not amplified", "negative"), ("her2_ish", "AMP", "positive"),
+    ("primary_site", "Gastric", "stomach"), ("primary_site", "Gastro-oesophageal junction", "gej"),
+    ("primary_site", "colon", "colon"),
+    ("histology", "Signet ring cell carcinoma", "adenocarcinoma"), ("histology", "Squamous", "Squamous"),
+    ("disease_extent", "Stage IV", "metastatic"), ("disease_extent", "Locally advanced", "locally_advanced_unresectable"),
+    ("ecog", "ECOG 1", "1"), ("ecog", "PS 0", "0"), ("nyha_class", "III", "3"), ("nyha_class", "class ii", "2"),
+    ("hiv_positive", "Positive", "true"), ("hbv_active", "neg", "false"), ("hcv_active", "yes", "yes"),
+    ("brain_metastases", "No", "none"), ("brain_metastases", "treated, stable", "treated, stable"),
+    ("brain_metastases", "yes", "yes"),  # active or treated? left for the analyst
+    ("peripheral_neuropathy_grade", "Grade 2", "2"), ("sex", "", None), ("sex", None, None),
+])
+def test_categorical_values(column, value, expected):
+    assert mp.translate_value(column, value) == expected
+
+
+def test_user_value_table_wins():
+    assert mp.translate_value("sex", "1", {"1": "M", "2": "F"}) == "M"
+    assert mp.translate_value("her2_ihc", "Negative", {"negative": "0"}) == "0"
+    assert mp.suggest_values("sex", ["Female", "F", "male", None, ""]) == {"Female": "F", "male": "M"}
+    assert mp.suggest_values("hemoglobin_g_l", ["12"]) == {}
+
+
+def _frame() -> pd.DataFrame:
+    return pd.DataFrame({
+        "Pt": ["A1", "A2", "A3"],
+        "Visit": ["31/01/2024", "15/02/2024", "01/03/2024"],
+        "DOB": ["1960-03-15", "1970-02-16", "1990-03-01"],
+        "Gender": ["Female", "male", "F"],
+        "Hb": ["12,5", "9,1", "13"],
+        "Plt": ["150000", "95000", "300000"],
+        "Creat": ["1,2", "0,8", ""],
+        "Wt": ["154", "176", "143"],
+        "HER2": ["IHC 3+", "2+", "3+"],
+        "ISH": ["", "Amplified", ""],
+        "Last transfusion": ["20/01/2024", "", "15/03/2024"],
+        "Notes": ["x", "y", "z"],
+    })
+
+
+def _mapping() -> mp.Mapping:
+    m = mp.Mapping(name="site A", decimal=",")
+    m.set("patient_id", "Pt")
+    m.set("screening_date", "Visit", date_format="%d/%m/%Y")
+    m.set("age_years", "DOB", transform="age_from_birth_date")
+    m.set("sex", "Gender")
+    m.set("hemoglobin_g_l", "Hb", unit="g/dL")
+    m.set("platelets_1e9_l", "Plt", unit="cells/uL")
+    m.set("creatinine_umol_l", "Creat", unit="mg/dL")
+    m.set("weight_kg", "Wt", unit="lb")
+    m.set("her2_ihc", "HER2")
+    m.set("her2_ish", "ISH", values={"Amplified": "positive"})
+    m.set("days_since_transfusion", "Last transfusion", transform="days_since", date_format="%d/%m/%Y")
+    m.set("site_id", constant="S01")
+    m.set("country", constant="Spain")
+    return m
+
+
+def test_apply_mapping_converts_units_translates_values_and_dates():
+    out = mp.apply_mapping(_frame(), _mapping())
+    assert list(out.columns) == ["patient_id", "site_id", "country", "screening_date", "age_years", "sex",
+                                 "weight_kg", "her2_ihc", "her2_ish", "platelets_1e9_l", "hemoglobin_g_l",
+                                 "creatinine_umol_l", "days_since_transfusion"]
+    assert out["hemoglobin_g_l"].tolist() == [125.0, 91.0, 130.0]  # 12,5 g/dL, decimal comma
+    assert out["platelets_1e9_l"].tolist() == [150.0, 95.0, 300.0]
+    assert out["creatinine_umol_l"].tolist() == [106.08, 70.72, None]
+    assert out["weight_kg"].tolist() == [69.853225, 79.832257, 64.863709]
+    assert out["sex"].tolist() == ["F", "M", "F"] and out["her2_ihc"].tolist() == ["3", "2", "3"]
+    assert out["her2_ish"].tolist() == [None, "positive", None]
+    assert out["screening_date"].tolist() == ["2024-01-31", "2024-02-15", "2024-03-01"]
+    assert out["age_years"].tolist() == [63, 53, 34]  # 1970-02-16 -> 2024-02-15: not yet 54
+    assert out["days_since_transfusion"].tolist() == [11, None, None]  # 2024-03-15 is after the visit
+    assert out["site_id"].tolist() == ["S01"] * 3
+    cohort = load_cohort(out)
+    assert cohort.n == 3 and "Notes" not in cohort.present
+
+
+def test_preview_runs_validation_and_lists_problems():
+    frame = _frame()
+    frame.loc[1, "Hb"] = "n.d."
+    frame.loc[2, "Gender"] = "unknown"
+    preview = mp.preview_mapping(frame, _mapping(), rows=2)
+    assert not preview.ok and preview.n_rows == 3 and len(preview.frame) == 2
+    by_col = {p.column: p for p in preview.problems}
+    assert set(by_col) == {"hemoglobin_g_l", "sex"}
+    assert (by_col["hemoglobin_g_l"].row, by_col["hemoglobin_g_l"].patient_id,
+            by_col["hemoglobin_g_l"].value) == (2, "A2", "n.d.")
+    assert by_col["sex"].value == "unknown" and preview.total_problems == 2
+    assert "her2_ihc" in preview.present and "ecog" in preview.absent
+    vals = preview.values.set_index(["column", "value"])
+    assert vals.loc[("sex", "unknown"), "valid"] == False  # noqa: E712
+    assert vals.loc[("her2_ihc", "IHC 3+"), "maps_to"] == "3"
+    assert mp.preview_mapping(_frame(), _mapping()).ok
+
+
+def test_yaml_round_trip(tmp_path):
+    m = _mapping()
+    text = m.to_yaml()
+    assert "hemoglobin_g_l:\n    source: Hb\n    unit: g/dL" in text
+    again = mp.Mapping.from_yaml(text)
+    assert again == m and again.to_yaml() == text
+    path = m.save(tmp_path / "site_a.yaml")
+    assert mp.Mapping.from_yaml(path) == m and mp.Mapping.from_yaml(str(path)) == m
+    pd.testing.assert_frame_equal(mp.apply_mapping(_frame(), mp.Mapping.from_yaml(path)),
+                                  mp.apply_mapping(_frame(), m))
+    short = mp.Mapping.from_yaml("columns:\n  patient_id: ID\n  hemoglobin_g_l: {source: Hb, factor: 10}\n")
+    assert short.get("patient_id").source == "ID" and short.get("hemoglobin_g_l").factor == 10.0
+    # YAML 1.1 would read Yes / no as booleans; a mapping means the spelling
+    hand = mp.Mapping.from_yaml("columns:\n  sex: {source: G, values: {Yes: M, no: F}}\n"
+                                "  hiv_positive: {source: H, values: {pos: true}}\n")
+    assert hand.get("sex").values == {"Yes": "M", "no": "F"}
+    assert mp.apply_mapping(pd.DataFrame({"G": ["yes", "NO"], "H": ["pos", ""]}), hand).to_dict("list") == {
+        "sex": ["M", "F"], "hiv_positive": ["True", None]}
+
+
+_text = st.text(st.characters(blacklist_categories=("Cs", "Cc")), min_size=1, max_size=12)
+
+
+@settings(max_examples=60, deadline=None)
+@given(targets=st.lists(st.sampled_from([c.name for c in schema.COLUMNS]), unique=True, min_size=1, max_size=8),
+       sources=st.lists(_text, min_size=8, max_size=8), values=st.dictionaries(_text, _text, max_size=3),
+       decimal=st.sampled_from([".", ","]), name=st.one_of(st.just(""), _text))
+def test_yaml_round_trip_property(targets, sources, values, decimal, name):
+    m = mp.Mapping(name=name, decimal=decimal)
+    for target, source in zip(targets, sources, strict=False):
+        if target in ("weight_kg", "hemoglobin_g_l"):
+            m.set(target, source, unit=mp.units_for(target)[-1], values=values)
+        elif target == "site_id":
+            m.set(target, constant=source)
+        else:
+            m.set(target, source, values=values)
+    assert mp.Mapping.from_yaml(m.to_yaml()) == m
+
+
+def test_mapping_errors_name_the_problem_and_the_fix(tmp_path):
+    with pytest.raises(ValueError, match="'hemoglobin' is not a dictionary column; did you mean 'hemoglobin_g_l'"):
+        mp.Mapping.from_yaml("columns:\n  hemoglobin: Hb\n")
+    with pytest.raises(ValueError, match="exactly one of source"):
+        mp.Mapping.from_yaml("columns:\n  site_id: {source: S, constant: X}\n")
+    with pytest.raises(ValueError, match=r"unit 'mg/L' is not known for hemoglobin_g_l; use one of g/L, g/dL"):
+        mp.Mapping.from_yaml("columns:\n  hemoglobin_g_l: {source: Hb, unit: mg/L}\n")
+    with pytest.raises(ValueError, match="needs an index date"):
+        mp.Mapping.from_yaml("columns:\n  days_since_transfusion: {source: T, transform: days_since}\n")
+    with pytest.raises(ValueError, match="unknown key"):
+        mp.Mapping.from_yaml("columns:\n  sex: {source: G, value: {}}\n")
+    with pytest.raises(ValueError, match="not valid YAML"):
+        mp.Mapping.from_yaml("columns: [\n")
+    with pytest.raises(ValueError, match="cannot be read"):
+        mp.Mapping.from_yaml(tmp_path / "missing.yaml")
+    m = mp.Mapping()
+    m.set("patient_id", "Patient")
+    with pytest.raises(ValueError, match=r"column 'Patient' is not in the file \(did you mean 'Patients'\?\)"):
+        mp.apply_mapping(pd.DataFrame({"Patients": ["1"]}), m)
+
+
+def test_read_table_csv_semicolon_excel_and_parquet(tmp_path):
+    csv = tmp_path / "export.csv"
+    csv.write_text("Pt;Hb\nA1;12,5\nA2;\n", encoding="utf-8")
+    frame = mp.read_table(csv)
+    assert frame.to_dict("list") == {"Pt": ["A1", "A2"], "Hb": ["12,5", ""]}
+    xlsx = tmp_path / "export.xlsx"
+    frame.to_excel(xlsx, index=False, sheet_name="screening")
+    assert mp.read_table(xlsx, "screening").to_dict("list") == {"Pt": ["A1", "A2"], "Hb": ["12,5", ""]}
+    one = tmp_path / "one.csv"
+    one.write_text("patient_id\n1\n2\n")
+    assert mp.read_table(one).to_dict("list") == {"patient_id": ["1", "2"]}  # no delimiter to sniff
+    pq = tmp_path / "export.parquet"
+    pd.DataFrame({"Pt": ["A1"], "Hb": [12.5]}).to_parquet(pq)
+    assert mp.read_table(pq)["Hb"].tolist() == [12.5]
+    with pytest.raises(ValueError, match="does not exist"):
+        mp.read_table(tmp_path / "nope.csv")
+    other = tmp_path / "export.json"
+    other.write_text("{}")
+    with pytest.raises(ValueError, match="unsupported file type"):
+        mp.read_table(other)
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kn026-test")
+    mp.add_cli(parser.add_subparsers(dest="command", required=True))
+    return parser
+
+
+def _run(*argv: str) -> int:
+    args = _parser().parse_args(list(argv))
+    return args.func(args)
+
+
+def test_cli_import_with_mapping_to_csv_and_parquet(tmp_path, capsys):
+    src = tmp_path / "export.xlsx"
+    _frame().to_excel(src, index=False)
+    mapping = _mapping().save(tmp_path / "map.yaml")
+    assert _run("import", "--mapping", str(mapping), "--in", str(src), "--out", str(tmp_path / "c.csv"),
+                "--report", str(tmp_path / "values.csv")) == 0
+    assert "3 patients, 13 dictionary columns" in capsys.readouterr().err
+    cohort = load_cohort(tmp_path / "c.csv")
+    assert cohort.n == 3 and "hemoglobin_g_l" in cohort.present
+    assert pd.read_csv(tmp_path / "values.csv")["column"].tolist()[:3] == ["sex"] * 3
+    assert _run("import", "--mapping", str(mapping), "--in", str(src), "--out", str(tmp_path / "c.parquet")) == 0
+    assert pd.read_parquet(tmp_path / "c.parquet")["hemoglobin_g_l"].tolist() == [125.0, 91.0, 130.0]
+
+
+def test_cli_suggest_then_import(tmp_path):
+    src = tmp_path / "export.csv"
+    pd.DataFrame({"Patient ID": ["1", "2"], "Gender": ["Female", "Male"], "Hb (g/dL)": ["12.5", "10"]}).to_csv(
+        src, index=False)
+    out = tmp_path / "suggested.yaml"
+    assert _run("import", "--suggest", str(out), "--in", str(src)) == 0
+    m = mp.Mapping.from_yaml(out)
+    assert {c.target for c in m.columns} == {"patient_id", "sex", "hemoglobin_g_l"}
+    assert _run("import", "--mapping", str(out), "--in", str(src), "--out", str(tmp_path / "c.csv")) == 0
+    assert pd.read_csv(tmp_path / "c.csv")["hemoglobin_g_l"].tolist() == [125.0, 100.0]
+
+
+def test_cli_bad_input_raises_one_line_errors(tmp_path):
+    src = tmp_path / "export.csv"
+    pd.DataFrame({"Pt": ["1", "1"], "Hb": ["12", "x"]}).to_csv(src, index=False)
+    m = mp.Mapping()
+    m.set("patient_id", "Pt")
+    m.set("hemoglobin_g_l", "Hb")
+    path = m.save(tmp_path / "m.yaml")
+    with pytest.raises(CohortError) as err:
+        _run("import", "--mapping", str(path), "--in", str(src), "--out", str(tmp_path / "c.csv"))
+    assert {p.column for p in err.value.problems} == {"patient_id", "hemoglobin_g_l"}
+    assert not (tmp_path / "c.csv").exists()
+    cases = [
+        (["--mapping", str(path), "--out", "c.csv"], "--mapping needs --in"),
+        (["--mapping", str(path), "--in", str(src), "--out", "c.txt"], r"end the name in \.csv or \.parquet"),
+        (["--mapping", str(path), "--in", str(src)], "needs --out"),
+        (["--omop", str(tmp_path), "--out", "c.csv"], "--omop needs --index-date"),
+        (["--mapping", str(path), "--in", str(src), "--out", "c.csv", "--index-date", "last"], "applies to --omop"),
+        (["--suggest", "s.yaml"], "--suggest needs --in"),
+    ]
+    for argv, message in cases:
+        with pytest.raises(ValueError, match=message):
+            _run("import", *argv)
+    for line in [m for _, m in cases]:
+        assert "\n" not in line
+    with pytest.raises(SystemExit):
+        _parser().parse_args(["import", "--mapping", "a.yaml", "--omop", "b", "--out", "c.csv"])
+
+
+@pytest.mark.skipif(not SAMPLE.is_file(), reason=f"OMOP sample {SAMPLE} is not present")
+def test_cli_import_omop(tmp_path, capsys):
+    out, report = tmp_path / "synthea.parquet", tmp_path / "report.csv"
+    assert _run("import", "--omop", str(SAMPLE), "--index-date", "last", "--lookback-days", "36500",
+                "--out", str(out), "--report", str(report)) == 0
+    err = capsys.readouterr().err
+    assert "28 of 28 persons" in err and str(out) in err
+    frame = pd.read_parquet(out)
+    assert len(frame) == 28 and frame["hemoglobin_g_l"].notna().all()
+    assert load_cohort(frame).n == 28
+    table = pd.read_csv(report).set_index("column")
+    assert table.loc["hemoglobin_g_l", "n_value"] == 28 and table.loc["consent_signed", "status"] == "absent"
+    assert _run("import", "--omop", str(SAMPLE), "--index-date", "2020-01-01", "--open-world",
+                "--out", str(tmp_path / "fixed.csv")) == 0
+    fixed = pd.read_csv(tmp_path / "fixed.csv")
+    assert (fixed["screening_date"] == "2020-01-01").all() and fixed["heart_failure_history"].isna().all()
