@@ -43,6 +43,9 @@ def cmd_screen(args) -> int:
     out = Path(args.out)
     if out.suffix.lower() != ".csv":
         raise ValueError(f"--out {out} must end in .csv")
+    if out.resolve() == Path(args.cohort).resolve():
+        raise ValueError(f"--out {out} is the cohort file itself; the input is never overwritten, "
+                         "choose another path")
     engine, scenario = _engine(args)
     sql = analysis.screen_log_sql(engine, scenario)
     frame = engine.con.execute(sql).df()
@@ -62,9 +65,13 @@ def cmd_funnel(args) -> int:
         if cid not in known:
             raise ValueError(f"--disable: unknown criterion ID {cid!r}; known: "
                              f"{', '.join(c.id for c in engine.protocol.criteria)}")
+    order = _ids(args.order)
+    twice = sorted({cid for cid in order if order.count(cid) > 1})
+    if twice:
+        raise ValueError(f"--order lists {', '.join(twice)} more than once; name each criterion once")
     scenario = Scenario(scenario.name, scenario.description, scenario.overrides,
                         scenario.disabled | set(disabled), scenario.order)
-    result = analysis.run(engine, scenario, _ids(args.order) or None)
+    result = analysis.run(engine, scenario, order or None)
     if args.json:
         doc = {
             "protocol": engine.protocol.name, "stage": args.stage, "scenario": scenario.name,

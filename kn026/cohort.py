@@ -20,6 +20,9 @@ from kn026 import schema
 from kn026.schema import CATEGORY, DATE, FLAG, ID, INTEGER, NUMBER, TEXT
 
 EXAMPLES_PER_COLUMN = 5
+# Blanks trimmed from every value: one-argument trim() removes spaces only, so a tab or a
+# no-break space (common in spreadsheet exports) would otherwise turn " GEJ\t" into "gej_".
+_BLANKS = " \t\n\r\f\v\u00a0"
 _NUMERIC = re.compile(r"^(TINYINT|SMALLINT|INTEGER|BIGINT|HUGEINT|UTINYINT|USMALLINT|UINTEGER|"
                       r"UBIGINT|UHUGEINT|FLOAT|DOUBLE|DECIMAL.*)$")
 _INTEGRAL = re.compile(r"^(TINYINT|SMALLINT|INTEGER|BIGINT|HUGEINT|UTINYINT|USMALLINT|UINTEGER|"
@@ -92,12 +95,19 @@ def _lit(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
-def _raw_relation(con, source, name: str) -> str:
-    """Expose the input to DuckDB as view `name`, reading only; return its kind."""
+def _raw_relation(con, source, name: str) -> list[str]:
+    """Expose the input to DuckDB as view `name`, reading only; return the header as written.
+
+    DuckDB renames repeated column names (`age_years`, `Age_Years` -> `Age_Years_1`), so
+    the header is read separately to let the loader report duplicates.
+    """
     if not isinstance(source, (str, Path)):
         con.register(name + "_frame", source)
         con.execute(f"CREATE OR REPLACE TEMP VIEW {q(name)} AS SELECT * FROM {q(name + '_frame')}")
-        return "frame"
+        header = getattr(source, "column_names", None)  # Arrow
+        if header is None:
+            header = getattr(source, "columns", None)  # pandas, polars
+        return _header_or_described(con, name, header)
     path = Path(source)
     if not path.is_file():
         raise CohortError([Problem("file", f"{path} does not exist or is not a file; check the path")])
@@ -110,9 +120,14 @@ def _raw_relation(con, source, name: str) -> str:
         import pandas as pd
 
         try:
-            frame = pd.read_excel(path, dtype=str, keep_default_na=False)
+            frame = pd.read_excel(path, dtype=str, keep_default_na=False, header=None)
         except Exception as err:  # openpyxl raises many kinds
             raise CohortError([Problem("file", f"{path.name} is not a readable Excel workbook: {err}")]) from None
+        if frame.empty:
+            raise CohortError([Problem("file", f"{path.name}: the first sheet is empty; "
+                                               "put a header row with patient_id on the first sheet")])
+        # header=None: pandas would rename a repeated header to "age_years.1"
+        frame = frame.iloc[1:].set_axis([str(c) for c in frame.iloc[0]], axis=1).reset_index(drop=True)
         return _raw_relation(con, frame, name)
     elif suffix in (".csv", ".txt", ".tsv", ".gz") or not suffix:
         reader = (f"read_csv({_lit(str(path))}, all_varchar = true, header = true, "
@@ -124,15 +139,37 @@ def _raw_relation(con, source, name: str) -> str:
         con.execute(f"CREATE OR REPLACE TEMP VIEW {q(name)} AS SELECT * FROM {reader}")
         con.execute(f"SELECT * FROM {q(name)} LIMIT 0")
     except duckdb.Error as err:
-        msg = str(err).split("\n")[0]
-        raise CohortError([Problem("file", f"{path.name} could not be read: {msg}")]) from None
-    return "file"
+        # DuckDB's first line ("CSV Error on Line: 2") rarely says why; keep the reason that
+        # follows it, but not the offending line itself (it may hold patient data).
+        lines = str(err).split("\n\n")[0].split("\n")
+        msg = "; ".join([ln.strip() for ln in lines if ln.strip() and not ln.startswith("Original Line")][:2])
+        raise CohortError([Problem("file", f"{path.name} could not be read: {msg.rstrip('.')}; save it as "
+                                           "UTF-8 CSV with a header row, Parquet or Excel (.xlsx)")]) from None
+    try:
+        if reader.startswith("read_parquet"):
+            header = [r[0] for r in con.execute(
+                f"SELECT name FROM parquet_schema({_lit(str(path))})").fetchall()[1:]]
+        else:
+            header = con.execute(f"SELECT * FROM read_csv({_lit(str(path))}, all_varchar = true, "
+                                 f"header = false, auto_detect = true) LIMIT 1").fetchone()
+    except duckdb.Error:
+        header = None
+    return _header_or_described(con, name, header)
+
+
+def _header_or_described(con, name: str, header) -> list[str]:
+    """`header` as text when it matches the view's columns one to one, else the view's names."""
+    described = [row[0] for row in con.execute(f"DESCRIBE {q(name)}").fetchall()]
+    if header is None:
+        return described
+    header = ["" if h is None else str(h) for h in header]
+    return header if len(header) == len(described) else described
 
 
 def _expressions(col: schema.Column, src: str, src_type: str) -> tuple[str, str]:
     """SQL (value, error) for one column: the normalised value and a flag for bad input."""
     x = q(src)
-    t = f"NULLIF(trim(CAST({x} AS VARCHAR)), '')"
+    t = f"NULLIF(trim(CAST({x} AS VARCHAR), {_lit(_BLANKS)}), '')"
     kind = col.kind
     if kind == NUMBER and _NUMERIC.match(src_type):
         value, bad = f"CAST({x} AS DOUBLE)", f"NOT isfinite(CAST({x} AS DOUBLE))"
@@ -140,10 +177,11 @@ def _expressions(col: schema.Column, src: str, src_type: str) -> tuple[str, str]
         value = f"TRY_CAST({t} AS DOUBLE)"
         bad = f"({t} IS NOT NULL AND ({value} IS NULL OR NOT isfinite({value})))"
     elif kind == INTEGER and _INTEGRAL.match(src_type):
-        value, bad = f"CAST({x} AS INTEGER)", "FALSE"
+        value = f"TRY_CAST({x} AS INTEGER)"
+        bad = f"({x} IS NOT NULL AND {value} IS NULL)"
     elif kind == INTEGER:
         num = f"TRY_CAST({t} AS DOUBLE)" if not _NUMERIC.match(src_type) else f"CAST({x} AS DOUBLE)"
-        value = f"CAST({num} AS INTEGER)"
+        value = f"TRY_CAST({num} AS INTEGER)"  # NaN, inf, huge: NULL here, flagged below
         bad = (f"({x} IS NOT NULL AND {t} IS NOT NULL AND ({num} IS NULL OR NOT isfinite({num}) "
                f"OR {num} <> round({num}) OR abs({num}) > 2000000000))")
     elif kind == FLAG and src_type == "BOOLEAN":
@@ -160,7 +198,7 @@ def _expressions(col: schema.Column, src: str, src_type: str) -> tuple[str, str]
         value = f"COALESCE(TRY_CAST({t} AS DATE), CAST(TRY_CAST({t} AS TIMESTAMP) AS DATE))"
         bad = f"({t} IS NOT NULL AND {value} IS NULL)"
     elif kind == CATEGORY:
-        norm = f"regexp_replace(lower({t}), '[\\s\\-]+', '_', 'g')"
+        norm = f"regexp_replace(lower({t}), '[\\s\\x{{00a0}}\\-]+', '_', 'g')"
         if col.name == "sex":
             cases = " ".join(f"WHEN {_lit(k)} THEN {_lit(v)}" for k, v in schema.SEX_WORDS.items())
             value = f"CASE {norm} {cases} END"
@@ -210,17 +248,21 @@ def load_cohort(source, con: duckdb.DuckDBPyConnection | None = None, table: str
     """Read, normalise and validate `source` into table `table`; raise CohortError listing problems."""
     con = con or connect()
     raw = f"_raw_{table}"
-    _raw_relation(con, source, raw)
+    header = _raw_relation(con, source, raw)
     described = con.execute(f"DESCRIBE {q(raw)}").fetchall()
     src_types = {name: str(typ) for name, typ, *_ in described}
     by_norm: dict[str, str] = {}
     problems: list[Problem] = []
+    for names in (header, list(src_types)):  # as written, and as DuckDB named them
+        first: dict[str, str] = {}
+        for name in names:
+            norm = name.strip().lower()
+            if norm in first and not any(p.column == norm for p in problems):
+                problems.append(Problem(norm, f"appears twice in the header ({first[norm]!r}, {name!r}); "
+                                              "keep one column"))
+            first.setdefault(norm, name)
     for name in src_types:
-        norm = name.strip().lower()
-        if norm in by_norm:
-            problems.append(Problem(norm, f"appears twice in the header ({by_norm[norm]!r}, {name!r}); "
-                                          "keep one column"))
-        by_norm[norm] = name
+        by_norm[name.strip().lower()] = name
     if "patient_id" not in by_norm:
         problems.append(Problem("patient_id", "the column is missing; every cohort needs a unique "
                                               "patient_id column"))
@@ -246,11 +288,14 @@ def load_cohort(source, con: duckdb.DuckDBPyConnection | None = None, table: str
         for (row,) in rows:
             problems.append(Problem("patient_id", "is empty; every row needs a patient_id",
                                     row=row, count=missing_ids))
+    unlisted_dups = 0  # duplicated IDs beyond the examples, still counted in the total
     if distinct_ids + (1 if missing_ids else 0) < n:
         dups = con.execute(
-            f"SELECT {pid} AS id, list(_row ORDER BY _row) FROM {numbered} WHERE {pid} IS NOT NULL "
-            f"GROUP BY id HAVING count(*) > 1 ORDER BY min(_row) LIMIT ?", [max_examples]).fetchall()
-        for pid_value, rows in dups:
+            f"SELECT {pid} AS id, list(_row ORDER BY _row), count(*) OVER () FROM {numbered} "
+            f"WHERE {pid} IS NOT NULL GROUP BY id HAVING count(*) > 1 ORDER BY min(_row) LIMIT ?",
+            [max_examples]).fetchall()
+        unlisted_dups = dups[0][2] - len(dups) if dups else 0
+        for pid_value, rows, _ in dups:
             problems.append(Problem("patient_id", f"is duplicated (rows {', '.join(map(str, rows[:10]))}); "
                                                   "patient_id must be unique", patient_id=pid_value))
     for (col, bad_sql), bad_count in zip(errors.items(), counts[3:], strict=True):
@@ -264,7 +309,7 @@ def load_cohort(source, con: duckdb.DuckDBPyConnection | None = None, table: str
             problems.append(Problem(col, _fix_hint(spec), row=row, patient_id=patient,
                                     value=value, count=bad_count))
     if problems:
-        total = sum(p.count for p in {(p.column, p.message): p for p in problems}.values())
+        total = sum(p.count for p in {(p.column, p.message): p for p in problems}.values()) + unlisted_dups
         _drop(con, raw)
         raise CohortError(problems, total=max(total, len(problems)))
 

@@ -24,6 +24,8 @@ DEFAULT_PROTOCOL = PROTOCOL_DIR / "kn026_001.yaml"
 KINDS = ("inclusion", "exclusion")
 _ID = re.compile(r"^[A-Z][A-Z0-9_]*[0-9]+(\.[A-Z0-9_]+)?$")
 _PLACEHOLDER = re.compile(r"\{(\w+)\}")
+# Nodes that make a "predicate" a query or a statement rather than an expression over columns.
+_NOT_PREDICATE = (exp.Query, exp.Table, exp.DDL, exp.DML, exp.Command, exp.Set, exp.Pragma)
 
 
 class CriteriaError(ValueError):
@@ -156,10 +158,15 @@ def parse_predicate(sql: str, where: str) -> exp.Expression:
     """Parse one boolean SQL expression (DuckDB dialect) or raise naming the rule."""
     try:
         tree = sqlglot.parse_one(sql, read="duckdb")
-    except sqlglot.errors.ParseError as err:
+    except sqlglot.errors.SqlglotError as err:  # ParseError, and TokenError (unclosed quote)
         raise CriteriaError(f"{where}: the SQL does not parse: {err}") from None
     if tree is None:
         raise CriteriaError(f"{where}: the SQL is empty")
+    if isinstance(tree, exp.Block):
+        raise CriteriaError(f"{where}: the SQL holds several statements; write one expression")
+    if tree.find(*_NOT_PREDICATE):
+        raise CriteriaError(f"{where}: the SQL must be one expression over cohort columns, "
+                            "without queries, tables or statements")
     return tree
 
 
@@ -203,8 +210,15 @@ def build_protocol(doc: dict, source: str = "") -> Protocol:
     """Validate a parsed protocol document and build the Protocol."""
     if not isinstance(doc, dict) or "criteria" not in doc:
         raise CriteriaError("a protocol file needs 'protocol', 'stages' and 'criteria'")
-    stages = {int(k): str(v) for k, v in (doc.get("stages") or {1: "all"}).items()}
+    try:
+        stages = {int(k): str(v) for k, v in (doc.get("stages") or {1: "all"}).items()}
+    except (AttributeError, TypeError, ValueError):
+        raise CriteriaError("'stages' must map stage numbers to names, e.g. {1: Stage 1}") from None
     stage_list = sorted(stages)
+    if not isinstance(doc.get("derived") or {}, dict):
+        raise CriteriaError("'derived' must map names to SQL expressions")
+    if not isinstance(doc["criteria"], list) or not all(isinstance(c, dict) for c in doc["criteria"]):
+        raise CriteriaError("'criteria' must be a list of criteria, each a mapping with id, kind, text, rules")
     derived = {}
     for name, spec in (doc.get("derived") or {}).items():
         if name in schema.BY_NAME:
@@ -230,8 +244,14 @@ def build_protocol(doc: dict, source: str = "") -> Protocol:
             raise CriteriaError(f"duplicate ID {cid}")
         seen.add(cid)
         rules = []
-        for rdoc in cdoc.get("rules") or []:
-            rules.append(_build_rule(rdoc, cid, kind, stage_list, derived, seen))
+        rdocs = cdoc.get("rules") or []
+        if not isinstance(rdocs, list) or not all(isinstance(r, dict) for r in rdocs):
+            raise CriteriaError(f"{cid}: 'rules' must be a list of rules, each a mapping with id and sql")
+        for rdoc in rdocs:
+            rule = _build_rule(rdoc, cid, kind, stage_list, derived, seen)
+            if any(r.id == rule.id for r in rules):  # `seen` lets one rule reuse the criterion ID
+                raise CriteriaError(f"duplicate ID {rule.id}")
+            rules.append(rule)
         if not rules:
             raise CriteriaError(f"{cid}: a criterion needs at least one rule")
         criteria.append(Criterion(cid, kind, " ".join(str(cdoc.get("text", "")).split()), tuple(rules)))
@@ -253,6 +273,8 @@ def _build_rule(rdoc: dict, cid: str, kind: str, stages: list[int],
         raise CriteriaError(f"duplicate ID {rid}")
     seen.add(rid)
     params = {}
+    if not isinstance(rdoc.get("params") or {}, dict):
+        raise CriteriaError(f"{rid}: 'params' must map parameter names to {{default, unit, min, max}}")
     for name, spec in (rdoc.get("params") or {}).items():
         spec = spec if isinstance(spec, dict) else {"default": spec}
         where = f"{rid}.{name}"

@@ -45,10 +45,18 @@ class Scenario:
                         f"its parameters: {', '.join(rule.params) or 'none'}")
                 checked[pname] = rule.params[pname].check(value, rid)
             overrides[rid] = checked
-        known = {c.id for c in protocol.criteria} | set(protocol.rule_ids())
+        criteria = {c.id for c in protocol.criteria}
+        known = criteria | set(protocol.rule_ids())
         for cid in self.disabled | set(self.order):
             if cid not in known:
                 raise CriteriaError(f"scenario {self.name!r}: unknown criterion ID {cid!r}")
+        for cid in self.order:  # the funnel orders whole criteria, each once
+            if cid not in criteria:
+                raise CriteriaError(f"scenario {self.name!r}: 'order' lists criteria, not sub-rules; "
+                                    f"use {cid.split('.')[0]} instead of {cid}")
+        if len(set(self.order)) != len(self.order):
+            twice = sorted({cid for cid in self.order if self.order.count(cid) > 1})
+            raise CriteriaError(f"scenario {self.name!r}: 'order' lists {', '.join(twice)} more than once")
         return Scenario(self.name, self.description, overrides, frozenset(self.disabled), tuple(self.order))
 
     def changes(self, protocol: Protocol) -> list[str]:
@@ -75,7 +83,10 @@ class Scenario:
         doc["disabled"] = sorted(self.disabled)
         if self.order:
             doc["order"] = list(self.order)
-        return yaml.safe_dump(doc, sort_keys=False, allow_unicode=True)
+        text = yaml.safe_dump(doc, sort_keys=False, allow_unicode=True)
+        if yaml.safe_load(text) != doc:  # e.g. U+0085 or U+2028 in a name read back as a line break
+            text = yaml.safe_dump(doc, sort_keys=False, allow_unicode=False)
+        return text
 
 
 def _plain(value: Decimal):

@@ -1,0 +1,457 @@
+"""Criteria as data (kn026/criteria.py, kn026/protocols/kn026_001.yaml).
+
+Two halves: the shipped KN026-001 file against cohort-dictionary.md section 5, and
+the validator against small broken protocol documents (one mutation per row ->
+the message it must produce).
+"""
+
+from __future__ import annotations
+
+import copy
+from decimal import Decimal
+
+import pytest
+import yaml
+
+from kn026 import schema
+from kn026.criteria import (
+    DEFAULT_PROTOCOL,
+    CriteriaError,
+    Param,
+    build_protocol,
+    format_number,
+    load_protocol,
+    names_in,
+    parse_predicate,
+    to_decimal,
+)
+
+PROTOCOL = load_protocol()
+
+CRITERIA = [f"INCL{i:02d}" for i in range(1, 13)] + [f"EXCL{i:02d}" for i in range(1, 23)]
+SUB_RULES = {
+    "INCL02": ["SITE", "HISTOLOGY", "EXTENT", "HER2"],
+    "INCL07": ["ANC", "PLT", "HGB", "TBIL", "DBIL", "AST", "ALT", "ALB", "CRCL", "APTT", "COAG",
+               "TRANSFUSION", "CYTOKINE"],
+    "EXCL11": ["BP", "HF", "LVEF", "MI", "ANGINA", "ARRHYTHMIA", "QTCF", "OTHER"],
+    "EXCL17": ["HBV", "HCV", "HIV", "SYPHILIS"],
+}
+
+
+# -- the shipped protocol ------------------------------------------------------------------------
+def test_criterion_ids_in_protocol_order():
+    assert [c.id for c in PROTOCOL.criteria] == CRITERIA
+    assert [c.kind for c in PROTOCOL.criteria] == ["inclusion"] * 12 + ["exclusion"] * 22
+
+
+def test_rule_ids():
+    expected = []
+    for cid in CRITERIA:
+        expected += [f"{cid}.{s}" for s in SUB_RULES[cid]] if cid in SUB_RULES else [cid]
+    assert PROTOCOL.rule_ids() == expected
+    assert len(set(expected)) == len(expected) == 59
+
+
+def test_protocol_header():
+    assert PROTOCOL.name == "KN026-001"
+    assert PROTOCOL.registry == "NCT05427383"
+    assert sorted(PROTOCOL.stages) == [1, 2]
+    assert all(c.stages == (1, 2) for c in PROTOCOL.criteria)
+    assert PROTOCOL.source == str(DEFAULT_PROTOCOL)
+
+
+def test_every_criterion_has_its_protocol_text():
+    for c in PROTOCOL.criteria:
+        assert len(c.text) > 20 and "\n" not in c.text and "  " not in c.text, c.id
+
+
+# Dictionary section 5 thresholds, as (rule, parameter, default).
+DEFAULTS = [
+    ("INCL01", "min_age", "18"),
+    ("INCL03", "min_prior_lines", "1"),
+    ("INCL03", "stage2_prior_lines", "1"),
+    ("INCL04", "min_lesions", "1"),
+    ("INCL05", "max_ecog", "1"),
+    ("INCL06", "min_months", "3"),
+    ("INCL07.ANC", "min", "1.5"),
+    ("INCL07.PLT", "min", "90"),
+    ("INCL07.HGB", "min", "90"),
+    ("INCL07.TBIL", "max_x_uln", "1.5"),
+    ("INCL07.TBIL", "default_uln", "21"),
+    ("INCL07.DBIL", "max_x_uln", "1.0"),
+    ("INCL07.DBIL", "default_uln", "6.8"),
+    ("INCL07.AST", "max_x_uln", "2.5"),
+    ("INCL07.AST", "max_x_uln_liver_mets", "5"),
+    ("INCL07.AST", "default_uln", "40"),
+    ("INCL07.ALT", "max_x_uln", "2.5"),
+    ("INCL07.ALT", "max_x_uln_liver_mets", "5"),
+    ("INCL07.ALT", "default_uln", "40"),
+    ("INCL07.ALB", "min", "28"),
+    ("INCL07.CRCL", "min", "30"),
+    ("INCL07.APTT", "max_x_uln", "1.5"),
+    ("INCL07.APTT", "default_uln", "40"),
+    ("INCL07.COAG", "max_x_uln", "1.5"),
+    ("INCL07.COAG", "inr_default_uln", "1.2"),
+    ("INCL07.COAG", "pt_default_uln", "13.5"),
+    ("INCL07.TRANSFUSION", "window_days", "14"),
+    ("INCL07.CYTOKINE", "window_days", "7"),
+    ("INCL08", "min", "50"),
+    ("INCL09", "max_class", "1"),
+    ("EXCL02", "window_days", "28"),
+    ("EXCL03", "washout_min_days", "14"),
+    ("EXCL03", "washout_max_days", "28"),
+    ("EXCL03", "washout_half_lives", "5"),
+    ("EXCL03", "tcm_days", "14"),
+    ("EXCL04", "window_days", "14"),
+    ("EXCL05", "window_days", "28"),
+    ("EXCL06", "max_dose", "320"),
+    ("EXCL09", "max_grade", "1"),
+    ("EXCL10", "excluded_grade", "2"),
+    ("EXCL11.BP", "max_sbp", "150"),
+    ("EXCL11.BP", "max_dbp", "100"),
+    ("EXCL11.LVEF", "drop_with_low_nadir", "10"),
+    ("EXCL11.LVEF", "low_nadir", "50"),
+    ("EXCL11.LVEF", "drop_any", "15"),
+    ("EXCL11.MI", "window_days", "183"),
+    ("EXCL11.ANGINA", "window_days", "91"),
+    ("EXCL11.ARRHYTHMIA", "window_days", "183"),
+    ("EXCL11.QTCF", "max_male", "450"),
+    ("EXCL11.QTCF", "max_female", "470"),
+    ("EXCL14", "max_dose", "10"),
+    ("EXCL20", "max_pct", "5"),
+]
+
+
+@pytest.mark.parametrize("rule_id, param, default", DEFAULTS, ids=[f"{r}.{p}" for r, p, _ in DEFAULTS])
+def test_protocol_defaults_match_dictionary(rule_id, param, default):
+    assert PROTOCOL.rule(rule_id).params[param].default == Decimal(default)
+
+
+def test_every_parameter_is_listed_above():
+    declared = {(r.id, p) for r in PROTOCOL.rules for p in r.params}
+    assert declared == {(r, p) for r, p, _ in DEFAULTS}
+
+
+@pytest.mark.parametrize("rule", PROTOCOL.rules, ids=lambda r: r.id)
+def test_parameters_are_exact_and_in_range(rule):
+    for p in rule.params.values():
+        assert isinstance(p.default, Decimal)
+        assert p.low is not None and p.high is not None and p.low <= p.default <= p.high, p.name
+        assert p.unit, p.name
+
+
+# Columns each rule needs (directly or through derived values), per dictionary section 5.
+COLUMNS = [
+    ("INCL01", 1, {"age_years"}),
+    ("INCL02.HER2", 1, {"her2_ihc", "her2_ish"}),
+    ("INCL03", 2, {"progressed_on_prior", "first_line_anti_her2", "first_line_platinum",
+                   "first_line_fluoropyrimidine", "prior_systemic_lines"}),
+    ("INCL04", 1, {"measurable_lesions"}),
+    ("INCL04", 2, {"measurable_lesions", "nonmeasurable_lesions"}),
+    ("INCL07.AST", 1, {"ast_u_l", "ast_uln_u_l", "liver_metastases"}),
+    ("INCL07.CRCL", 1, {"age_years", "weight_kg", "sex", "creatinine_umol_l", "creatinine_clearance_ml_min"}),
+    ("INCL07.COAG", 1, {"inr", "inr_uln", "pt_s", "pt_uln_s"}),
+    ("INCL10", 1, {"childbearing_potential", "contraception_agreed"}),
+    ("EXCL03", 1, {"days_since_anticancer_therapy", "last_anticancer_half_life_days", "days_since_antitumor_tcm"}),
+    ("EXCL11.LVEF", 1, {"lvef_drop_on_anti_her2_pct", "lvef_nadir_on_anti_her2_pct"}),
+    ("EXCL11.QTCF", 2, {"qtcf_ms", "qt_ms", "heart_rate_bpm", "sex"}),
+    ("EXCL17.SYPHILIS", 1, {"syphilis_positive"}),
+]
+
+
+@pytest.mark.parametrize("rule_id, stage, columns", COLUMNS, ids=[f"{r}-{s}" for r, s, _ in COLUMNS])
+def test_rule_columns(rule_id, stage, columns):
+    assert PROTOCOL.rule(rule_id).columns[stage] == columns
+
+
+def test_every_dictionary_column_used_by_some_rule():
+    used = set().union(*(cols for r in PROTOCOL.rules for cols in r.columns.values()))
+    unused = {c.name for c in schema.COLUMNS} - used
+    assert unused == {"patient_id", "site_id", "country", "screening_date"}
+
+
+@pytest.mark.parametrize("rule_id, stage, text", [
+    ("INCL01", 1, "age ≥ 18 years"),
+    ("INCL03", 1, "progressed after ≥ 1 line(s) incl. first-line anti-HER2 with platinum and/or "
+                  "fluoropyrimidine"),
+    ("INCL03", 2, "progressed after exactly 1 line(s) incl. first-line anti-HER2 with platinum and/or "
+                  "fluoropyrimidine"),
+    ("INCL07.ANC", 1, "ANC ≥ 1.5 ×10⁹/L"),
+    ("INCL07.DBIL", 1, "direct bilirubin ≤ 1 × ULN (default ULN 6.8 µmol/L)"),
+    ("INCL07.COAG", 2, "INR or PT ≤ 1.5 × ULN (default ULNs INR 1.2, PT 13.5 s)"),
+    ("EXCL03", 1, "no anti-tumour therapy within the washout (5 half-lives, between 14 and 28 days) and "
+                  "no anti-tumour Chinese medicine within 14 days"),
+    ("EXCL11.QTCF", 1, "QTcF ≤ 450 ms (male) / ≤ 470 ms (female)"),
+])
+def test_readable_rule_with_defaults(rule_id, stage, text):
+    assert PROTOCOL.rule(rule_id).readable(stage) == text
+
+
+def test_readable_rule_with_scenario_values():
+    rule = PROTOCOL.rule("INCL07.COAG")
+    assert rule.readable(1, {"max_x_uln": Decimal("2"), "inr_default_uln": Decimal("1.15")}) == \
+        "INR or PT ≤ 2 × ULN (default ULNs INR 1.15, PT 13.5 s)"
+    assert PROTOCOL.rule("INCL07.CRCL").readable(1, {"min": Decimal("50")}) == \
+        "creatinine clearance (Cockcroft-Gault) ≥ 50 mL/min"
+
+
+@pytest.mark.parametrize("rule", PROTOCOL.rules, ids=lambda r: r.id)
+def test_every_template_fills_in(rule):
+    for stage in rule.stages:
+        text = rule.readable(stage)
+        assert "{" not in text and "}" not in text and "1.7999" not in text
+
+
+def test_derived_values():
+    assert set(PROTOCOL.derived) == {"crcl_if_female", "crcl_if_male", "qtcf", "washout_days"}
+    cols, params = names_in(parse_predicate(PROTOCOL.derived["washout_days"].sql, "washout_days"))
+    assert cols == {"last_anticancer_half_life_days"}
+    assert params == {"washout_min_days", "washout_max_days", "washout_half_lives"}
+
+
+def test_unknown_ids():
+    with pytest.raises(CriteriaError, match="unknown rule ID 'INCL99'"):
+        PROTOCOL.rule("INCL99")
+    with pytest.raises(CriteriaError, match="unknown criterion ID 'INCL07.ANC'"):
+        PROTOCOL.criterion("INCL07.ANC")
+    assert PROTOCOL.criterion("EXCL17").rules[1].id == "EXCL17.HCV"
+
+
+def test_protocol_file_round_trips_through_build_protocol():
+    doc = yaml.safe_load(DEFAULT_PROTOCOL.read_text(encoding="utf-8"))
+    assert build_protocol(doc, source=str(DEFAULT_PROTOCOL)) == PROTOCOL
+
+
+# -- numbers -------------------------------------------------------------------------------------
+@pytest.mark.parametrize("value, text", [
+    (18, "18"), (Decimal("18.0"), "18"), (1.5, "1.5"), (Decimal("1.50"), "1.5"), (0.85, "0.85"),
+    (Decimal("1E+2"), "100"), (Decimal("0.0000001"), "0.0000001"), (-100, "-100"), ("6.8", "6.8"),
+    (1.5 * 1.2, "1.7999999999999998"),  # format_number never hides a binary product
+    (Decimal("1.5") * Decimal("1.2"), "1.8"),
+])
+def test_format_number(value, text):
+    assert format_number(value) == text
+
+
+@pytest.mark.parametrize("value, expected", [
+    (0.1, Decimal("0.1")), (1.2, Decimal("1.2")), (18, Decimal(18)), ("13.5", Decimal("13.5")),
+    (" 7 ", Decimal(7)), (Decimal("2.5"), Decimal("2.5")),
+])
+def test_to_decimal(value, expected):
+    assert to_decimal(value, "x") == expected
+
+
+@pytest.mark.parametrize("value", [True, False, None, "abc", "", [1], {"a": 1}, float("nan"),
+                                   float("inf"), "Infinity", "NaN"])
+def test_to_decimal_rejects(value):
+    with pytest.raises(CriteriaError, match=r"^x\.y: expected a"):
+        to_decimal(value, "x.y")
+
+
+@pytest.mark.parametrize("value, ok", [
+    ("0", True), ("150", True), ("30", True), ("-0.0001", False), ("150.0001", False), (150, True), (151, False),
+])
+def test_param_range_is_inclusive(value, ok):
+    p = Param("min", Decimal(30), "mL/min", Decimal(0), Decimal(150))
+    if ok:
+        assert p.check(value, "INCL07.CRCL") == Decimal(str(value))
+    else:
+        with pytest.raises(CriteriaError, match=r"INCL07\.CRCL\.min = .* outside the allowed range 0\.\.150 mL/min"):
+            p.check(value, "INCL07.CRCL")
+
+
+# -- broken protocol documents ---------------------------------------------------------------------
+BASE = {
+    "protocol": "TEST-1",
+    "title": "test",
+    "stages": {1: "one", 2: "two"},
+    "derived": {"bmi_like": {"sql": "weight_kg / :scale", "label": "weight over scale"}},
+    "criteria": [
+        {"id": "INCL01", "kind": "inclusion", "text": "Adults.", "rules": [
+            {"id": "INCL01", "label": "Adult", "rule": "age ≥ {min_age}", "sql": "age_years >= :min_age",
+             "params": {"min_age": {"default": 18, "unit": "years", "min": 0, "max": 120}}},
+        ]},
+        {"id": "INCL02", "kind": "inclusion", "text": "Labs.", "rules": [
+            {"id": "INCL02.ANC", "rule": "ANC ≥ {min}", "sql": "anc_1e9_l >= :min",
+             "params": {"min": {"default": 1.5, "min": 0, "max": 10}}},
+            {"id": "INCL02.BMI", "rule": "weight/{scale} ≥ 1", "sql": "bmi_like >= 1",
+             "params": {"scale": {"default": 1, "min": 1, "max": 100}}},
+        ]},
+        {"id": "EXCL01", "kind": "exclusion", "text": "Brain.", "rules": [
+            {"id": "EXCL01", "rule": "no active brain metastases",
+             "sql": {1: "brain_metastases <> 'active'", 2: "brain_metastases = 'none'"}},
+        ]},
+    ],
+}
+
+
+def mutated(path, value=None, delete=False):
+    """BASE with the item at `path` (a tuple of keys / indexes) replaced or deleted."""
+    doc = copy.deepcopy(BASE)
+    node = doc
+    for key in path[:-1]:
+        node = node[key]
+    if delete:
+        del node[path[-1]]
+    elif callable(value):
+        node[path[-1]] = value(node[path[-1]])
+    else:
+        node[path[-1]] = value
+    return doc
+
+
+R_INCL01 = ("criteria", 0, "rules", 0)
+R_ANC = ("criteria", 1, "rules", 0)
+
+BROKEN = [
+    # (name, document, message regex)
+    ("unknown column", mutated(R_INCL01 + ("sql",), "age_yrs >= :min_age"),
+     r"INCL01: 'age_yrs' is neither a dictionary column nor a derived value"),
+    ("column case", mutated(R_INCL01 + ("sql",), "AGE_YEARS >= :min_age"), r"'AGE_YEARS' is neither"),
+    ("unknown column in one stage", mutated(("criteria", 2, "rules", 0, "sql", 2), "brain_mets = 'none'"),
+     r"EXCL01: 'brain_mets' is neither"),
+    ("unknown column in derived", mutated(("derived", "bmi_like", "sql"), "weight / :scale"),
+     r"derived bmi_like: unknown column\(s\) \['weight'\]"),
+    ("derived shadows a column", mutated(("derived",), {"ecog": "1"}), r"'ecog' shadows a dictionary column"),
+    ("undeclared parameter", mutated(R_INCL01 + ("sql",), "age_years >= :min_years"),
+     r"INCL01: parameter\(s\) \['min_years'\] are used but not declared"),
+    ("undeclared parameter of a derived value", mutated(("criteria", 1, "rules", 1, "params"), None),
+     r"INCL02\.BMI: parameter\(s\) \['scale'\] are used but not declared"),
+    ("template names undeclared parameter", mutated(R_INCL01 + ("rule",), "age ≥ {minimum_age}"),
+     r"INCL01: readable rule mentions undeclared \{minimum_age\}"),
+    ("template per stage names undeclared", mutated(R_ANC + ("rule",), {1: "ANC ≥ {min}", 2: "ANC ≥ {max}"}),
+     r"INCL02\.ANC: readable rule mentions undeclared \{max\}"),
+    ("duplicate criterion ID", mutated(("criteria",), lambda cs: cs + [copy.deepcopy(cs[0])]),
+     r"duplicate ID INCL01"),
+    ("duplicate sub-rule ID", mutated(("criteria", 1, "rules"), lambda rs: rs + [copy.deepcopy(rs[0])]),
+     r"duplicate ID INCL02\.ANC"),
+    ("duplicate rule reusing the criterion ID", mutated(("criteria", 0, "rules"),
+                                                        lambda rs: rs + [copy.deepcopy(rs[0])]),
+     r"duplicate ID INCL01"),
+    ("criterion ID equal to another's sub-rule", mutated(("criteria",), lambda cs: cs + [
+        {"id": "INCL02.ANC", "kind": "inclusion", "rules": [{"id": "INCL02.ANC", "sql": "ecog <= 1"}]}]),
+     r"duplicate ID INCL02\.ANC"),
+    ("rule ID outside its criterion", mutated(R_ANC + ("id",), "INCL03.ANC"),
+     r"rule ID 'INCL03\.ANC' must be INCL02 or INCL02\.NAME"),
+    ("malformed criterion ID", mutated(("criteria", 0, "id"), "incl01"), r"criterion ID 'incl01' must look like"),
+    ("missing criterion ID", mutated(("criteria", 0, "id"), delete=True), r"criterion ID '' must look like"),
+    ("bad SQL", mutated(R_INCL01 + ("sql",), "age_years >= "), r"INCL01: the SQL does not parse"),
+    ("bad SQL: unclosed quote", mutated(("criteria", 2, "rules", 0, "sql", 1), "brain_metastases <> 'active"),
+     r"EXCL01: the SQL does not parse"),
+    ("bad SQL: unbalanced parenthesis", mutated(R_INCL01 + ("sql",), "(age_years >= :min_age"),
+     r"INCL01: the SQL does not parse"),
+    ("empty SQL", mutated(R_INCL01 + ("sql",), ""), r"INCL01: the SQL does not parse"),
+    ("missing SQL", mutated(R_INCL01 + ("sql",), delete=True), r"INCL01 sql: expected text or a mapping"),
+    ("two statements", mutated(R_INCL01 + ("sql",), "age_years >= :min_age; ecog <= 1"),
+     r"INCL01: the SQL holds several statements"),
+    ("a query, not a predicate", mutated(R_INCL01 + ("sql",), "SELECT age_years >= :min_age"),
+     r"INCL01: the SQL must be one expression over cohort columns"),
+    ("subquery over another table", mutated(R_INCL01 + ("sql",), "(SELECT count(*) FROM cohort) > :min_age"),
+     r"without queries, tables or statements"),
+    ("EXISTS subquery", mutated(R_INCL01 + ("sql",), "EXISTS (SELECT 1) AND age_years >= :min_age"),
+     r"without queries, tables or statements"),
+    ("a statement", mutated(R_INCL01 + ("sql",), "DROP TABLE cohort"), r"without queries, tables or statements"),
+    ("bad derived SQL", mutated(("derived", "bmi_like", "sql"), "weight_kg / "), r"derived bmi_like: the SQL does not parse"),
+    ("bad kind", mutated(("criteria", 0, "kind"), "include"),
+     r"INCL01: kind must be one of \('inclusion', 'exclusion'\), not 'include'"),
+    ("missing kind", mutated(("criteria", 0, "kind"), delete=True), r"INCL01: kind must be one of"),
+    ("default outside range", mutated(R_INCL01 + ("params", "min_age", "default"), 121),
+     r"INCL01\.min_age = 121 is outside the allowed range 0\.\.120 years"),
+    ("default below range", mutated(R_ANC + ("params", "min", "default"), -0.5),
+     r"INCL02\.ANC\.min = -0\.5 is outside the allowed range 0\.\.10"),
+    ("default missing", mutated(R_INCL01 + ("params", "min_age", "default"), delete=True),
+     r"INCL01\.min_age: expected a number, got None"),
+    ("default not a number", mutated(R_INCL01 + ("params", "min_age", "default"), "eighteen"),
+     r"INCL01\.min_age: expected a number, got 'eighteen'"),
+    ("default boolean", mutated(R_INCL01 + ("params", "min_age", "default"), True),
+     r"INCL01\.min_age: expected a number, got True"),
+    ("bound not a number", mutated(R_INCL01 + ("params", "min_age", "max"), "lots"),
+     r"INCL01\.min_age: expected a number, got 'lots'"),
+    ("stage not in protocol", mutated(("criteria", 2, "rules", 0, "sql"), {3: "brain_metastases <> 'active'"}),
+     r"EXCL01 sql: stage 3 must be one of \[1, 2\]"),
+    ("stage key not a number", mutated(("criteria", 2, "rules", 0, "sql"), {"one": "ecog <= 1"}),
+     r"EXCL01 sql: stage key 'one' is not a stage number"),
+    ("criterion without rules", mutated(("criteria", 0, "rules"), []), r"INCL01: a criterion needs at least one rule"),
+    ("no criteria key", mutated(("criteria",), delete=True), r"needs 'protocol', 'stages' and 'criteria'"),
+    ("criteria not a list", mutated(("criteria",), {"INCL01": {}}), r"'criteria' must be a list of criteria"),
+    ("criteria empty value", mutated(("criteria",), None), r"'criteria' must be a list"),
+    ("criterion not a mapping", mutated(("criteria", 0), "INCL01"), r"'criteria' must be a list of criteria"),
+    ("rule not a mapping", mutated(R_INCL01, "age_years >= 18"), r"INCL01: 'rules' must be a list of rules"),
+    ("params not a mapping", mutated(R_INCL01 + ("params",), ["min_age"]), r"INCL01: 'params' must map"),
+    ("stages not numbers", mutated(("stages",), {"first": "x"}), r"'stages' must map stage numbers"),
+    ("derived not a mapping", mutated(("derived",), ["x"]), r"'derived' must map names to SQL"),
+    ("too many rules", mutated(("criteria", 1, "rules"), lambda rs: rs + [
+        {"id": f"INCL02.X{i}", "sql": "ecog <= 1"} for i in range(61)]), r"65 rules: the engine's bitmasks hold at most 64"),
+]
+
+
+@pytest.mark.parametrize("doc, message", [(d, m) for _, d, m in BROKEN], ids=[n for n, _, _ in BROKEN])
+def test_broken_protocol_rejected(doc, message):
+    with pytest.raises(CriteriaError, match=message):
+        build_protocol(doc)
+
+
+@pytest.mark.parametrize("doc", [None, [], "criteria", 5])
+def test_protocol_document_not_a_mapping(doc):
+    with pytest.raises(CriteriaError, match="a protocol file needs"):
+        build_protocol(doc)
+
+
+def test_base_document_is_valid():
+    p = build_protocol(copy.deepcopy(BASE))
+    assert p.rule_ids() == ["INCL01", "INCL02.ANC", "INCL02.BMI", "EXCL01"]
+    assert p.rule("INCL02.BMI").columns == {1: {"weight_kg"}, 2: {"weight_kg"}}
+    assert p.rule("EXCL01").sql == {1: "brain_metastases <> 'active'", 2: "brain_metastases = 'none'"}
+    assert p.rule("INCL01").template == {1: "age ≥ {min_age}", 2: "age ≥ {min_age}"}
+    assert p.rule("INCL02.ANC").params["min"].default == Decimal("1.5")  # the float's shortest text
+
+
+def _single_stage():
+    doc = mutated(("stages",), delete=True)
+    doc["criteria"][2]["rules"][0]["sql"] = "brain_metastases <> 'active'"
+    return doc
+
+
+VALID = [
+    ("rule ID equal to its criterion with sub-rules", mutated(("criteria", 1, "rules"), lambda rs: rs + [
+        {"id": "INCL02", "sql": "ecog <= 1"}])),
+    ("stage-only rule", mutated(("criteria", 2, "rules", 0, "sql"), {2: "brain_metastases <> 'active'"})),
+    ("parameter given as a bare default", mutated(R_INCL01 + ("params",), {"min_age": 18})),
+    ("default equal to both bounds", mutated(R_INCL01 + ("params", "min_age"),
+                                             {"default": 18, "min": 18, "max": 18})),
+    ("no stages: a single stage", _single_stage()),
+    ("flag predicate", mutated(R_INCL01, {"id": "INCL01", "sql": "consent_signed"})),
+    ("IN list and CASE", mutated(R_INCL01 + ("sql",),
+                                 "CASE WHEN sex = 'F' THEN age_years >= :min_age ELSE ecog IN (0, 1) END")),
+    ("exactly 64 rules", mutated(("criteria", 1, "rules"), lambda rs: rs + [
+        {"id": f"INCL02.X{i}", "sql": "ecog <= 1"} for i in range(60)])),
+]
+
+
+@pytest.mark.parametrize("doc", [d for _, d in VALID], ids=[n for n, _ in VALID])
+def test_valid_variants_accepted(doc):
+    build_protocol(doc)
+
+
+def test_stage_only_rule_has_only_that_stage():
+    doc = mutated(("criteria", 2, "rules", 0, "sql"), {2: "brain_metastases <> 'active'"})
+    p = build_protocol(doc)
+    assert p.rule("EXCL01").stages == (2,) and p.criterion("EXCL01").stages == (2,)
+
+
+def test_load_protocol_errors(tmp_path):
+    with pytest.raises(CriteriaError, match="cannot read protocol file .*nope.yaml"):
+        load_protocol(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("criteria: [\n", encoding="utf-8")
+    with pytest.raises(CriteriaError, match="bad.yaml is not valid YAML"):
+        load_protocol(bad)
+    broken = tmp_path / "broken.yaml"
+    broken.write_text(yaml.safe_dump(mutated(R_INCL01 + ("sql",), "agee >= 1")), encoding="utf-8")
+    with pytest.raises(CriteriaError, match="'agee' is neither"):
+        load_protocol(broken)
+
+
+def test_parse_predicate_names():
+    cols, params = names_in(parse_predicate("inr <= :x * COALESCE(inr_uln, :d) OR pt_s IS NULL", "r"))
+    assert cols == {"inr", "inr_uln", "pt_s"} and params == {"x", "d"}
