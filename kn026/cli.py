@@ -1,4 +1,4 @@
-"""Command line: `python -m kn026 screen|funnel|synth ...`.
+"""Command line: `python -m kn026 screen|funnel|synth|forecast|import ...`.
 
 Every failure the user can fix (bad file, bad column, unknown criterion ID, bad
 scenario) exits with status 2 and one short message naming the problem and the fix,
@@ -118,12 +118,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--disable", help="criterion or sub-rule IDs to leave out, comma-separated")
     p.add_argument("--json", action="store_true", help="JSON output")
     p.set_defaults(func=cmd_funnel)
-    try:
-        from kn026 import synth
-    except ImportError:  # pragma: no cover - synth ships with the package
-        synth = None
-    if synth is not None and hasattr(synth, "add_cli"):
-        synth.add_cli(sub)
+    from kn026 import forecast, mapping, synth
+
+    synth.add_cli(sub)
+    forecast.add_cli(sub)
+    mapping.add_cli(sub)
     return parser
 
 
