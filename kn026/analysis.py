@@ -12,11 +12,29 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from kn026 import custom
 from kn026 import funnel as fm
 from kn026.engine import Engine
 from kn026.scenario import Scenario
 
 ORDERS = ("protocol", "most restrictive first")
+
+
+def engine_for(engine: Engine, scenario: Scenario | None) -> Engine:
+    """The engine screening `scenario`: `engine` itself, or one extended with the
+    scenario's custom criteria and rewritten rules (cached; reuses the patient pass)."""
+    if scenario is None or (not scenario.custom and not scenario.replace):
+        return engine
+    key = repr(([c.to_doc() for c in scenario.custom], sorted(scenario.replace.items())))
+    if getattr(engine, "_scenario_key", None) == key:
+        return engine  # already extended for this scenario
+    cache = engine.__dict__.setdefault("_extended", {})
+    if key not in cache:
+        protocol, changed = custom.extend(engine.protocol, engine.cohort, list(scenario.custom),
+                                          scenario.replace)
+        cache[key] = engine.with_protocol(protocol, changed, untrusted=changed)
+        cache[key]._scenario_key = key
+    return cache[key]
 
 
 @dataclass(frozen=True)
@@ -32,6 +50,7 @@ class Plan:
 def plan(engine: Engine, scenario: Scenario | None = None, order=None) -> Plan:
     """Which criteria enter the funnel, in which order (default: scenario order, else protocol)."""
     scenario = scenario or Scenario()
+    engine = engine_for(engine, scenario)
     criteria = [c for c in engine.protocol.criteria if engine.stage in c.stages]
     wanted = list(order or scenario.order or [c.id for c in criteria])
     by_id = {c.id: c for c in criteria}
@@ -82,6 +101,7 @@ class Result:
 def run(engine: Engine, scenario: Scenario | None = None, order=None) -> Result:
     """Funnel, per-criterion table and eligible counts for a scenario (protocol by default)."""
     scenario = scenario or Scenario()
+    engine = engine_for(engine, scenario)
     p = plan(engine, scenario, order)
     hist = fm.collapse(engine.histogram(scenario.overrides), p.masks)
     stats = fm.criterion_stats(hist, p.ids)
@@ -104,6 +124,7 @@ def by_site(engine: Engine, scenario: Scenario | None = None) -> pd.DataFrame:
     scenario = scenario or Scenario()
     if "site_id" not in engine.cohort.present:
         raise ValueError("the cohort has no site_id column; per-site counts need it")
+    engine = engine_for(engine, scenario)
     p = plan(engine, scenario)
     hist = fm.collapse(engine.histogram(scenario.overrides, by_site=True), p.masks)
     return fm.by_site(hist)
@@ -132,6 +153,7 @@ def screen_log_sql(engine: Engine, scenario: Scenario | None = None, extra: tupl
     criterion still shows its own verdict but does not count).
     """
     scenario = scenario or Scenario()
+    engine = engine_for(engine, scenario)
     p = plan(engine, scenario)
     cols = ["patient_id", *extra]
     for crit in engine.protocol.criteria:

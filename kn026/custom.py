@@ -53,6 +53,11 @@ def column_kinds(cohort, protocol: Protocol) -> dict[str, str]:
     return kinds
 
 
+def custom_params(rule: CustomRule) -> dict[str, Param]:
+    """The declared parameters of a custom criterion, validated."""
+    return _params(rule.params, rule.id)
+
+
 def _params(spec: dict, where: str) -> dict[str, Param]:
     out = {}
     for name, p in (spec or {}).items():

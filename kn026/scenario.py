@@ -1,7 +1,9 @@
 """Scenarios: named what-if changes to a protocol, saved as a small YAML file.
 
 A scenario holds parameter overrides (rule ID -> {parameter: value}), disabled
-criteria or sub-rules, and optionally a funnel order. It never changes the
+criteria or sub-rules, optionally a funnel order, and analyst-written rules: custom
+criteria and replaced rule expressions (validated by kn026.custom against the loaded
+cohort when the scenario is screened). It never changes the
 protocol file; comparing it with the protocol defaults is what the app shows.
 """
 
@@ -13,7 +15,8 @@ from pathlib import Path
 
 import yaml
 
-from kn026.criteria import CriteriaError, Protocol, format_number
+from kn026.criteria import CriteriaError, Param, Protocol, format_number
+from kn026.custom import CustomRule, custom_params
 
 
 @dataclass(frozen=True)
@@ -25,27 +28,40 @@ class Scenario:
     overrides: dict[str, dict[str, Decimal]] = field(default_factory=dict)
     disabled: frozenset[str] = frozenset()
     order: tuple[str, ...] = ()
+    custom: tuple[CustomRule, ...] = ()
+    replace: dict[str, str] = field(default_factory=dict)
 
     @property
     def is_protocol(self) -> bool:
-        return not self.overrides and not self.disabled
+        return not self.overrides and not self.disabled and not self.custom and not self.replace
+
+    def _params(self, protocol: Protocol, rid: str) -> dict[str, Param]:
+        for c in self.custom:
+            if c.id == rid:
+                return custom_params(c)
+        return protocol.rule(rid).params
 
     def validate(self, protocol: Protocol) -> Scenario:
         """Check every ID and value against the protocol; return the scenario with exact values."""
+        custom_ids = [c.id for c in self.custom]
+        if len(set(custom_ids)) != len(custom_ids):
+            raise CriteriaError(f"scenario {self.name!r}: a custom criterion ID is used twice")
+        for rid in self.replace:
+            protocol.rule(rid)
         overrides = {}
         for rid, values in self.overrides.items():
-            rule = protocol.rule(rid)
+            params = self._params(protocol, rid)
             if not isinstance(values, dict):
                 raise CriteriaError(f"scenario {self.name!r}: {rid} needs a mapping of parameter: value")
             checked = {}
             for pname, value in values.items():
-                if pname not in rule.params:
+                if pname not in params:
                     raise CriteriaError(
                         f"scenario {self.name!r}: {rid} has no parameter {pname!r}; "
-                        f"its parameters: {', '.join(rule.params) or 'none'}")
-                checked[pname] = rule.params[pname].check(value, rid)
+                        f"its parameters: {', '.join(params) or 'none'}")
+                checked[pname] = params[pname].check(value, rid)
             overrides[rid] = checked
-        criteria = {c.id for c in protocol.criteria}
+        criteria = {c.id for c in protocol.criteria} | set(custom_ids)
         known = criteria | set(protocol.rule_ids())
         for cid in self.disabled | set(self.order):
             if cid not in known:
@@ -57,18 +73,21 @@ class Scenario:
         if len(set(self.order)) != len(self.order):
             twice = sorted({cid for cid in self.order if self.order.count(cid) > 1})
             raise CriteriaError(f"scenario {self.name!r}: 'order' lists {', '.join(twice)} more than once")
-        return Scenario(self.name, self.description, overrides, frozenset(self.disabled), tuple(self.order))
+        return Scenario(self.name, self.description, overrides, frozenset(self.disabled), tuple(self.order),
+                        tuple(self.custom), dict(self.replace))
 
     def changes(self, protocol: Protocol) -> list[str]:
         """Readable list of what differs from the protocol."""
         out = []
         for rid, values in sorted(self.overrides.items()):
-            rule = protocol.rule(rid)
+            params = self._params(protocol, rid)
             for pname, value in values.items():
-                default = rule.params[pname].default
+                default = params[pname].default
                 if value != default:
                     out.append(f"{rid} {pname}: {format_number(default)} -> {format_number(value)} "
-                               f"{rule.params[pname].unit}".rstrip())
+                               f"{params[pname].unit}".rstrip())
+        out += [f"{rid} rewritten: {sql}" for rid, sql in sorted(self.replace.items())]
+        out += [f"{c.id} added ({c.kind}): {c.sql}" for c in self.custom]
         out += [f"{cid} disabled" for cid in sorted(self.disabled)]
         return out
 
@@ -83,6 +102,10 @@ class Scenario:
         doc["disabled"] = sorted(self.disabled)
         if self.order:
             doc["order"] = list(self.order)
+        if self.replace:
+            doc["replace"] = dict(sorted(self.replace.items()))
+        if self.custom:
+            doc["custom"] = [c.to_doc() for c in self.custom]
         text = yaml.safe_dump(doc, sort_keys=False, allow_unicode=True)
         if yaml.safe_load(text) != doc:  # e.g. U+0085 or U+2028 in a name read back as a line break
             text = yaml.safe_dump(doc, sort_keys=False, allow_unicode=False)
@@ -103,7 +126,7 @@ def parse_scenario(text: str, protocol: Protocol, source: str = "scenario") -> S
         raise CriteriaError(f"{source} is not valid YAML: {err}") from None
     if not isinstance(doc, dict):
         raise CriteriaError(f"{source}: expected a mapping with 'scenario', 'parameters', 'disabled'")
-    allowed = {"scenario", "protocol", "description", "parameters", "disabled", "order"}
+    allowed = {"scenario", "protocol", "description", "parameters", "disabled", "order", "custom", "replace"}
     extra = set(doc) - allowed
     if extra:
         raise CriteriaError(f"{source}: unknown key(s) {sorted(extra)}; allowed: {sorted(allowed)}")
@@ -116,9 +139,23 @@ def parse_scenario(text: str, protocol: Protocol, source: str = "scenario") -> S
     order = doc.get("order") or []
     if not isinstance(disabled, list) or not isinstance(order, list):
         raise CriteriaError(f"{source}: 'disabled' and 'order' must be lists of criterion IDs")
+    replace = doc.get("replace") or {}
+    if not isinstance(replace, dict) or not all(isinstance(v, str) for v in replace.values()):
+        raise CriteriaError(f"{source}: 'replace' must map rule IDs to SQL expressions")
+    customs = doc.get("custom") or []
+    if not isinstance(customs, list) or not all(isinstance(c, dict) for c in customs):
+        raise CriteriaError(f"{source}: 'custom' must be a list of criteria with id, kind, text, sql")
+    custom = []
+    for c in customs:
+        unknown = set(c) - {"id", "kind", "text", "sql", "params"}
+        if unknown or not {"id", "kind", "sql"} <= set(c):
+            raise CriteriaError(f"{source}: each custom criterion needs id, kind and sql "
+                                f"(and may have text, params); got {sorted(c)}")
+        custom.append(CustomRule(str(c["id"]), str(c["kind"]), str(c.get("text", "")), str(c["sql"]),
+                                 dict(c.get("params") or {})))
     scen = Scenario(str(doc.get("scenario") or Path(source).stem), str(doc.get("description") or ""),
                     {str(k): v for k, v in params.items()}, frozenset(map(str, disabled)),
-                    tuple(map(str, order)))
+                    tuple(map(str, order)), tuple(custom), {str(k): v for k, v in replace.items()})
     return scen.validate(protocol)
 
 

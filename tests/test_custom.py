@@ -106,3 +106,39 @@ def test_too_many_rules_is_refused(engine):
     rules = [custom.CustomRule(f"CUST{i:02d}", "exclusion", "x", "age_years > 1") for i in range(6)]
     with pytest.raises(CriteriaError, match="at most 64"):
         extended(engine, rules=rules)
+
+
+def test_scenario_yaml_carries_custom_and_replaced_rules(engine):
+    from kn026.scenario import parse_scenario
+
+    text = """
+scenario: Older patients out, clearance from the measured value
+protocol: KN026-001
+parameters:
+  CUST01: {max_age: 80}
+replace:
+  INCL07.CRCL: "creatinine_clearance_ml_min >= :min OR crcl_if_female >= :min"
+custom:
+  - id: CUST01
+    kind: exclusion
+    text: Not older than the limit
+    sql: "age_years <= :max_age"
+    params: {max_age: {default: 75, unit: years, min: 18, max: 120}}
+"""
+    scen = parse_scenario(text, PROTOCOL)
+    again = parse_scenario(scen.to_yaml(PROTOCOL), PROTOCOL)
+    assert again == scen
+    result = analysis.run(engine, scen)
+    over80 = engine.con.execute("SELECT count(*) FROM cohort WHERE age_years > 80").fetchall()[0][0]
+    assert result.stats.set_index("criterion").loc["CUST01", "failed"] == over80
+    assert any("rewritten" in c for c in scen.changes(PROTOCOL))
+    totals, deltas = analysis.compare(engine, scen)
+    assert "CUST01" in set(deltas["criterion"])
+
+
+def test_scenario_with_hostile_custom_rule_is_refused_when_screened(engine):
+    from kn026.scenario import Scenario as S
+
+    scen = S("bad", custom=(custom.CustomRule("CUST01", "exclusion", "x", "glob('*') IS NULL"),))
+    with pytest.raises(RuleError, match="glob"):
+        analysis.run(engine, scen)

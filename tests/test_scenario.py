@@ -179,7 +179,7 @@ INVALID = [
     ("parameters not a mapping", "parameters: [INCL07.CRCL]\n", r"'parameters' must map rule IDs"),
     ("wrong protocol", "protocol: KN099-002\n", r"is for protocol 'KN099-002', not 'KN026-001'"),
     ("unknown key", "scenario: x\nparams:\n  INCL07.CRCL: {min: 50}\n",
-     r"unknown key\(s\) \['params'\]; allowed: \['description', 'disabled', 'order', 'parameters', 'protocol', 'scenario'\]"),
+     r"unknown key\(s\) \['params'\]; allowed: \['custom', 'description', 'disabled', 'order', 'parameters', 'protocol', 'replace', 'scenario'\]"),
     ("several unknown keys", "scenario: x\nfoo: 1\nbar: 2\n", r"unknown key\(s\) \['bar', 'foo'\]"),
     ("unknown disabled ID", "disabled: [EXCL23]\n", r"unknown criterion ID 'EXCL23'"),
     ("disabled not a list", "disabled: EXCL22\n", r"'disabled' and 'order' must be lists"),
