@@ -219,6 +219,44 @@ def _expressions(col: schema.Column, src: str, src_type: str) -> tuple[str, str]
     return value, bad
 
 
+SMALL_DOMAIN = 64
+
+
+def _use_lookups(con, raw: str, present, by_norm, src_types, values: dict, errors: dict) -> None:
+    """Normalise low-cardinality text columns once per distinct value, not once per row.
+
+    Category, flag and text columns read as text usually hold a handful of spellings;
+    their normalising expressions (trim, lower, regexp) cost most of the load time. The
+    same expressions run on the distinct values only, and the row-level SQL becomes a
+    CASE lookup, so the result is identical by construction.
+    """
+    cols = [c for c in present if c.kind in (CATEGORY, FLAG, TEXT)
+            and src_types[by_norm[c.name]] == "VARCHAR"]
+    if not cols:
+        return
+    approx = con.execute("SELECT " + ", ".join(f"approx_count_distinct({q(by_norm[c.name])})" for c in cols)
+                         + f" FROM {q(raw)}").fetchall()[0]
+    for col, est in zip(cols, approx, strict=True):
+        if est > 2 * SMALL_DOMAIN:
+            continue
+        src = q(by_norm[col.name])
+        rows = con.execute(f"SELECT {src}, {values[col.name]}, {errors[col.name]} FROM "
+                           f"(SELECT DISTINCT {src} FROM {q(raw)} LIMIT {SMALL_DOMAIN + 1}) "
+                           f"WHERE {src} IS NOT NULL").fetchall()
+        if len(rows) > SMALL_DOMAIN:
+            continue
+        cases = " ".join(f"WHEN {_lit(r)} THEN {_sql_value(v)}" for r, v, _ in rows if v is not None)
+        values[col.name] = f"CASE {src} {cases} END" if cases else f"CAST(NULL AS {col.sql_type})"
+        bad = [_lit(r) for r, _, b in rows if b]
+        errors[col.name] = f"{src} IN ({', '.join(bad)})" if bad else "FALSE"
+
+
+def _sql_value(value) -> str:
+    if isinstance(value, bool):
+        return "TRUE" if value else "FALSE"
+    return _lit(str(value))
+
+
 def _range_check(col: schema.Column, value: str) -> str:
     parts = []
     if col.low is not None:
@@ -274,6 +312,7 @@ def load_cohort(source, con: duckdb.DuckDBPyConnection | None = None, table: str
     values, errors = {}, {}
     for col in present:
         values[col.name], errors[col.name] = _expressions(col, by_norm[col.name], src_types[by_norm[col.name]])
+    _use_lookups(con, raw, present, by_norm, src_types, values, errors)
     pid_src = q(by_norm["patient_id"])
     pid = values["patient_id"]
     checks = [f"count_if({e})" for e in errors.values()]
