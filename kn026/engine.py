@@ -21,7 +21,7 @@ import sqlglot
 from sqlglot import exp
 
 from kn026 import schema
-from kn026.cohort import Cohort, q
+from kn026.cohort import Cohort, cursor, q
 from kn026.criteria import Protocol, Rule, format_number, parse_predicate
 from kn026.funnel import Histogram
 
@@ -189,7 +189,8 @@ class Engine:
             return ids, None
         cols = ", ".join(f"({self.rule_sql(rid, overrides.get(rid))}) AS {q(rid)}" for rid in ids)
         # a cursor of its own: another caller's unfinished result on `con` cannot block it
-        return ids, self.con.cursor().sql(f"SELECT {cols} FROM {q(self.cohort.table)}").to_arrow_table()
+        cur = cursor(self.con)
+        return ids, cur.sql(f"SELECT {cols} FROM {q(self.cohort.table)}").to_arrow_table()
 
     def _verdicts(self, rule_ids, overrides: dict) -> dict[str, np.ndarray]:
         """Per-patient verdict codes (0 pass, 1 fail, 2 unknown) of `rule_ids`."""
@@ -313,7 +314,7 @@ class Engine:
         if not self._evaluated:
             self.evaluate()
         if not self._masks_stored:
-            cur = self.con.cursor()  # its own registrations and results
+            cur = cursor(self.con)  # its own registrations and results
             cur.register("_new_masks", pa.table({"f": self._f, "u": self._u}))
             cur.execute(f"CREATE OR REPLACE TABLE {q(self._masks)} AS SELECT f, u FROM _new_masks")
             cur.unregister("_new_masks")
