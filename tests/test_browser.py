@@ -1,0 +1,242 @@
+"""Browser test: `streamlit run app.py` driven by Debian chromium through Playwright.
+
+Starts the server on a free port, waits for its health check, visits every page,
+checks its key text and that no exception box appears, checks that a sidebar setting
+survives page switches, and saves a 1400x900 screenshot of every page under
+tests/artifacts/ (gitignored) for a human to look at. Skipped when /usr/bin/chromium
+or Playwright is absent.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
+CHROMIUM = "/usr/bin/chromium"
+STREAMLIT = Path(sys.executable).with_name("streamlit")
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+        "--disable-sync", "--no-first-run"]
+TIMEOUT_MS = 120_000  # generous: CI machines are small and may be busy
+
+PAGES = [
+    # (nav label, url path, key texts)
+    ("Funnel", "", ["Eligibility funnel", "Eligible · strict", "Eligible · optimistic", "Unknown"]),
+    ("Cohort", "cohort", ["Cohort", "Can every rule be assessed?", "Completeness"]),
+    ("Criteria", "criteria", ["Criteria", "Funnel order and criteria in use", "Criteria, rules and thresholds"]),
+    ("Patients", "patients", ["Patients", "Filter patients"]),
+    ("Sites", "sites", ["Sites and countries", "By site", "By country"]),
+]
+
+pytestmark = pytest.mark.browser
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server():
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"{CHROMIUM} is not installed")
+    pytest.importorskip("playwright.sync_api")
+    port = _free_port()
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(
+        [str(STREAMLIT), "run", "app.py", "--server.headless", "true", "--server.port", str(port),
+         "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url + "/_stcore/health", timeout=2) as r:
+                if r.status == 200:
+                    break
+        except OSError:
+            time.sleep(0.3)
+        if proc.poll() is not None:
+            raise RuntimeError("streamlit exited:\n" + proc.stdout.read().decode(errors="replace"))
+    else:
+        proc.kill()
+        raise RuntimeError("streamlit did not become healthy within 90 s")
+    yield url
+    proc.terminate()
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+@pytest.fixture(scope="module")
+def browser(server):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
+        yield b
+        b.close()
+
+
+def _settle(page) -> None:
+    """Wait until the script run is over (no running indicator) and the page is quiet."""
+    page.wait_for_timeout(400)
+    page.wait_for_selector('[data-testid="stStatusWidget"]', state="detached", timeout=TIMEOUT_MS)
+    page.wait_for_load_state("networkidle", timeout=TIMEOUT_MS)
+    page.wait_for_timeout(600)
+
+
+def _no_exception(page, where: str) -> None:
+    boxes = page.locator('[data-testid="stException"]')
+    assert boxes.count() == 0, f"{where}: exception shown: {boxes.first.inner_text()[:2000]}"
+
+
+def _main_text(page) -> str:
+    return page.locator('[data-testid="stMain"]').inner_text()
+
+
+def test_every_page_renders_and_sidebar_state_persists(server, browser):
+    ARTIFACTS.mkdir(exist_ok=True)
+    page = browser.new_page(viewport={"width": 1400, "height": 900})
+    t0 = time.perf_counter()
+    page.goto(server + "/?timing=1", timeout=TIMEOUT_MS)
+    page.wait_for_selector(".js-plotly-plot", timeout=TIMEOUT_MS)
+    first_funnel = time.perf_counter() - t0
+    _settle(page)
+    (ARTIFACTS / "first_funnel_seconds.txt").write_text(f"{first_funnel:.2f}\n")
+
+    for label, _url, texts in PAGES:
+        if label != "Funnel":
+            page.locator('[data-testid="stSidebarNav"]').get_by_role("link", name=label).click()
+            page.wait_for_selector(f"h1:has-text('{texts[0]}')", timeout=TIMEOUT_MS)
+            _settle(page)
+        body = _main_text(page)
+        for text in texts:
+            assert text in body, f"{label}: {text!r} not on the page"
+        _no_exception(page, label)
+        page.screenshot(path=str(ARTIFACTS / f"page_{label.lower()}.png"))
+
+    # A sidebar setting survives page switches: choose stage 2, visit two pages, come back.
+    from playwright.sync_api import expect
+
+    main = page.locator('[data-testid="stMain"]')
+    sidebar = page.locator('[data-testid="stSidebar"]')
+    sidebar.get_by_text("Stage 2", exact=True).click()
+    expect(main.get_by_text("Stage 2 (randomised)").first).to_be_visible(timeout=TIMEOUT_MS)
+    _settle(page)
+    page.locator('[data-testid="stSidebarNav"]').get_by_role("link", name="Funnel").click()
+    page.wait_for_selector("h1:has-text('Eligibility funnel')", timeout=TIMEOUT_MS)
+    _settle(page)
+    assert "Stage 2 (randomised)" in _main_text(page), "stage 2 was lost on the way to the Funnel page"
+    page.locator('[data-testid="stSidebarNav"]').get_by_role("link", name="Cohort").click()
+    page.wait_for_selector("h1:has-text('Cohort')", timeout=TIMEOUT_MS)
+    _settle(page)
+    assert "Stage 2 (randomised)" in _main_text(page), "stage 2 was lost on the way to the Cohort page"
+    checked = sidebar.locator("label:has-text('Stage 2') input")
+    assert checked.is_checked(), "the Stage radio no longer shows stage 2"
+    _no_exception(page, "after stage switch")
+    page.close()
+
+
+def test_scenario_funnel_and_compare(server, browser):
+    """Select the example scenario and open the comparison tab; screenshot the funnel tabs."""
+    page = browser.new_page(viewport={"width": 1400, "height": 900})
+    page.goto(server + "/", timeout=TIMEOUT_MS)
+    page.wait_for_selector(".js-plotly-plot", timeout=TIMEOUT_MS)
+    _settle(page)
+    sidebar = page.locator('[data-testid="stSidebar"]')
+    sidebar.locator('[data-testid="stSelectbox"]').first.click()
+    page.get_by_role("option", name="Creatinine clearance").click()
+    from playwright.sync_api import expect
+
+    expect(page.locator('[data-testid="stMain"]').get_by_text("vs protocol").first).to_be_visible(
+        timeout=TIMEOUT_MS)
+    _settle(page)
+    page.get_by_role("tab", name="Scenario vs protocol").click()
+    page.wait_for_timeout(800)
+    assert "vs the protocol" in _main_text(page)
+    _no_exception(page, "scenario comparison")
+    page.screenshot(path=str(ARTIFACTS / "funnel_compare.png"), full_page=False)
+    for tab in ("Per-criterion table", "Overlap"):
+        page.get_by_role("tab", name=tab).click()
+        page.wait_for_timeout(800)
+        _no_exception(page, tab)
+        page.screenshot(path=str(ARTIFACTS / f"funnel_{tab.split()[0].lower().replace('-', '_')}.png"))
+    page.close()
+
+
+def test_deep_link_first_request(server, browser):
+    """Opening a page's URL directly shows that page with the app's own navigation."""
+    page = browser.new_page(viewport={"width": 1400, "height": 900})
+    page.goto(server + "/sites", timeout=TIMEOUT_MS)
+    page.wait_for_selector("h1:has-text('Sites and countries')", timeout=TIMEOUT_MS)
+    _settle(page)
+    nav = page.locator('[data-testid="stSidebarNav"]').inner_text()
+    for label, _, _ in PAGES:
+        assert label in nav
+    assert "app" not in nav.split()
+    _no_exception(page, "deep link")
+    page.close()
+
+
+def test_edit_a_threshold_and_inspect_details(server, browser):
+    """Change a threshold on the Criteria page, then look at distributions, a patient and countries."""
+    from playwright.sync_api import expect
+
+    page = browser.new_page(viewport={"width": 1400, "height": 900})
+    page.goto(server + "/criteria", timeout=TIMEOUT_MS)
+    page.wait_for_selector("h1:has-text('Criteria')", timeout=TIMEOUT_MS)
+    _settle(page)
+    main = page.locator('[data-testid="stMain"]')
+    main.get_by_text("INCL07 · Neutrophils", exact=False).first.click()
+    crcl = main.get_by_label(re.compile(r"^Minimum \(mL/min\)"))
+    crcl.wait_for(timeout=TIMEOUT_MS)
+    crcl.fill("50")
+    crcl.press("Enter")
+    expect(page.locator('[data-testid="stSidebar"]').get_by_text("1 change(s)")).to_be_visible(
+        timeout=TIMEOUT_MS)
+    _settle(page)
+    assert "INCL07.CRCL min: 30 -> 50" in _main_text(page).replace("→", "->")
+    _no_exception(page, "threshold change")
+    crcl.scroll_into_view_if_needed()
+    page.screenshot(path=str(ARTIFACTS / "criteria_edit.png"))
+
+    page.locator('[data-testid="stSidebarNav"]').get_by_role("link", name="Cohort").click()
+    page.wait_for_selector("h1:has-text('Cohort')", timeout=TIMEOUT_MS)
+    _settle(page)
+    page.get_by_role("tab", name="Distributions").click()
+    page.wait_for_selector("text=Key distributions", timeout=TIMEOUT_MS)
+    _settle(page)
+    _no_exception(page, "distributions")
+    page.get_by_text("Key distributions").scroll_into_view_if_needed()
+    page.screenshot(path=str(ARTIFACTS / "cohort_distributions.png"))
+
+    page.locator('[data-testid="stSidebarNav"]').get_by_role("link", name="Patients").click()
+    page.wait_for_selector("h1:has-text('Patients')", timeout=TIMEOUT_MS)
+    _settle(page)
+    main.get_by_text("fails only EXCL09", exact=True).click()
+    _settle(page)
+    assert "fails only EXCL09" in _main_text(page)
+    page.get_by_text("One patient, rule by rule").scroll_into_view_if_needed()
+    _no_exception(page, "patient detail")
+    page.screenshot(path=str(ARTIFACTS / "patients_detail.png"))
+
+    page.locator('[data-testid="stSidebarNav"]').get_by_role("link", name="Sites").click()
+    page.wait_for_selector("h1:has-text('Sites and countries')", timeout=TIMEOUT_MS)
+    _settle(page)
+    page.get_by_role("tab", name="By country").click()
+    _settle(page)
+    _no_exception(page, "countries")
+    page.screenshot(path=str(ARTIFACTS / "sites_countries.png"))
+    page.close()
