@@ -381,17 +381,35 @@ def load_cohort(source, con: duckdb.DuckDBPyConnection | None = None, table: str
     if n <= LOAD_CHUNK:
         con.execute(f"CREATE OR REPLACE TABLE {target} AS {body}")
     else:  # insert in chunks, compressing each, so peak memory stays near one chunk
-        con.execute(f"CREATE OR REPLACE TABLE {target} AS {body} LIMIT {LOAD_CHUNK}")
-        for start in range(LOAD_CHUNK, n, LOAD_CHUNK):
+        parquet = _parquet_path(source)
+        for start in range(0, n, LOAD_CHUNK):
+            if parquet:  # row ranges push down to row groups: each chunk reads only its rows
+                chunk = (f"SELECT {', '.join(select)} FROM read_parquet({_lit(parquet)}, file_row_number = true) "
+                         f"WHERE file_row_number >= {start} AND file_row_number < {start + LOAD_CHUNK}")
+            else:
+                chunk = f"{body} LIMIT {LOAD_CHUNK} OFFSET {start}"
+            if start == 0:
+                con.execute(f"CREATE OR REPLACE TABLE {target} AS {chunk}")
+                continue
             if compressed:
                 con.execute(f"CHECKPOINT {COHORT_DB}")
-            con.execute(f"INSERT INTO {target} {body} LIMIT {LOAD_CHUNK} OFFSET {start}")
+            con.execute(f"INSERT INTO {target} {chunk}")
     if compressed:  # compress, and name it in the default catalog for every cursor
         con.execute(f"CHECKPOINT {COHORT_DB}")
         con.execute(f"CREATE OR REPLACE VIEW {q(table)} AS SELECT * FROM {target}")
     _drop(con, raw)
     return Cohort(con, table, n, frozenset(c.name for c in present), tuple(extra),
                   source=str(source) if isinstance(source, (str, Path)) else type(source).__name__)
+
+
+def _parquet_path(source) -> str | None:
+    """The path of a Parquet source (for row-range chunked loading), else None."""
+    if not isinstance(source, (str, Path)):
+        return None
+    path = Path(source)
+    with path.open("rb") as fh:
+        magic = fh.read(4)
+    return str(path) if magic == b"PAR1" else None
 
 
 def _drop(con, raw: str) -> None:
