@@ -35,7 +35,7 @@ import streamlit as st
 
 from kn026 import analysis, export, patients, suppression
 from kn026 import funnel as fm
-from kn026.cohort import Cohort, CohortError, connect, load_cohort
+from kn026.cohort import COHORT_DB, Cohort, CohortError, connect, load_cohort
 from kn026.criteria import CriteriaError, Protocol, format_number, load_protocol, to_decimal
 from kn026.engine import Engine
 from kn026.scenario import Scenario, parse_scenario
@@ -258,9 +258,17 @@ def _load_builtin() -> None:
     t0 = time.perf_counter()
     table, present, extra = builtin_cohort()
     con = connect()
+    # Same layout as kn026.cohort.load_cohort: the table in the compressed in-memory
+    # database when the connection has one, named by a view in the default catalog.
+    compressed = con.execute("SELECT count(*) FROM duckdb_databases() WHERE database_name = ?",
+                             [COHORT_DB]).fetchall()[0][0]
+    target = f"{COHORT_DB}.main.cohort" if compressed else "cohort"
     con.register("_builtin", table)
-    con.execute("CREATE TABLE cohort AS SELECT * FROM _builtin")
+    con.execute(f"CREATE TABLE {target} AS SELECT * FROM _builtin")
     con.unregister("_builtin")
+    if compressed:
+        con.execute(f"CHECKPOINT {COHORT_DB}")
+        con.execute(f"CREATE OR REPLACE VIEW cohort AS SELECT * FROM {target}")
     cohort = Cohort(con, "cohort", table.num_rows, present, extra, source=str(BUILTIN))
     sites = con.execute("SELECT count(DISTINCT site_id) FROM cohort").fetchall()[0][0] if "site_id" in present else 0
     label = f"Built-in synthetic cohort ({cohort.n:,} patients" + (f", {sites} sites)" if sites else ")")
@@ -715,8 +723,10 @@ def site_tables(ctx: Ctx) -> tuple[suppression.Table, suppression.Table] | None:
 def cohort_profile(ctx: Ctx) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Completeness per column (per cohort) and assessability per rule (per scenario)."""
     cols = memo(("completeness", engine_key(ctx.engine)), lambda: patients.completeness(ctx.engine))
-    coverage = memo(("coverage", engine_key(ctx.engine), scenario_key(ctx.scenario)),
-                    lambda: patients.rule_coverage(ctx.engine, ctx.scenario, cols))
+    # per-rule counts depend on the thresholds only, not on which criteria are switched off
+    thresholds = Scenario(overrides=ctx.scenario.overrides)
+    coverage = memo(("coverage", engine_key(ctx.engine), scenario_key(thresholds)),
+                    lambda: patients.rule_coverage(ctx.engine, thresholds, cols))
     return cols, coverage
 
 

@@ -112,12 +112,48 @@ def suppress(cells: Cells, k: int, protect: np.ndarray | None = None,
                 continue  # re-examined next round, after this round's complements
             pick = _complement(j, cells, by_cell, values, hidden, protect, k)
             if pick is None:
-                stuck.add(j)  # nothing left to hide around it (only protected cells)
+                pick = _wider_complement(j, a, cells, by_cell, values, hidden, protect, k)
+            if pick is None:
+                stuck.add(j)  # nothing hideable protects it (it follows from protected cells)
                 continue
             hidden[pick] = True
             touched.update(by_cell[j])
             touched.update(by_cell[pick])
     return hidden
+
+
+def _wider_complement(j: int, a: np.ndarray, cells: Cells, by_cell, values, hidden, protect, k: int,
+                      tries: int = 40) -> int | None:
+    """When every cell sharing an equation with `j` is hidden already, look further out.
+
+    Walk the equations through hidden cells (the chain that pins `j` down), collect the
+    visible cells met on the way, and take the first (smallest first) whose hiding
+    leaves `j` undetermined; checked with the exact rank test, a few tries at most.
+    """
+    seen_eq, seen_cell, frontier = set(), {j}, [j]
+    candidates = []
+    while frontier:
+        cell = frontier.pop()
+        for r in by_cell[cell]:
+            if r in seen_eq:
+                continue
+            seen_eq.add(r)
+            for other, coef in cells.equations[r]:
+                if not coef or other in seen_cell:
+                    continue
+                seen_cell.add(other)
+                if hidden[other]:
+                    frontier.append(other)
+                elif not protect[other]:
+                    candidates.append(other)
+    candidates.sort(key=lambda c: (0 if values[c] >= k else 1 if values[c] > 0 else 2, int(values[c]), c))
+    for c in candidates[:tries]:
+        hidden[c] = True
+        ok = not determined(a, hidden)[j]
+        hidden[c] = False
+        if ok:
+            return c
+    return None
 
 
 def _complement(j: int, cells: Cells, by_cell, values, hidden, protect, k: int) -> int | None:

@@ -24,9 +24,14 @@ raw = sites.frame
 c = st.columns(4)
 c[0].metric("Sites", f"{len(raw):,}", border=True)
 c[1].metric("Countries", f"{len(countries.frame):,}", border=True)
-c[2].metric("Median screened per site", f"{raw['screened'].median():,.0f}", border=True,
-            help="Half of the sites screened fewer patients than this.")
-c[3].metric("Sites with eligible patients", f"{int((raw['strict'] > 0).sum()):,}", border=True)
+median = float(raw["screened"].median())
+c[2].metric("Median screened per site", f"< {ctx.k}" if ctx.k and median < ctx.k else f"{median:,.0f}",
+            border=True, help="Half of the sites screened fewer patients than this.")
+with_eligible = int((raw["strict"] > 0).sum())
+hidden_any = bool(sites.hidden["strict"].any())
+c[3].metric("Sites with eligible patients", "—" if ctx.k and hidden_any else f"{with_eligible:,}", border=True,
+            help="Not shown under small-cell suppression: it would tell which hidden counts are zero."
+            if ctx.k and hidden_any else "Sites with at least one strictly eligible patient.")
 
 if ctx.k:
     st.info(f"Small-cell suppression is on: counts below {ctx.k}, and complementary counts that would reveal "

@@ -46,8 +46,8 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server():
+def _serve():
+    """Start `streamlit run app.py` on a free port; yield its URL; stop it."""
     if not Path(CHROMIUM).exists():
         pytest.skip(f"{CHROMIUM} is not installed")
     pytest.importorskip("playwright.sync_api")
@@ -77,6 +77,17 @@ def server():
         proc.wait(timeout=15)
     except subprocess.TimeoutExpired:
         proc.kill()
+
+
+@pytest.fixture(scope="module")
+def server():
+    yield from _serve()
+
+
+@pytest.fixture
+def fresh_server():
+    """A server whose very first request comes from the test (Streamlit's legacy first run)."""
+    yield from _serve()
 
 
 @pytest.fixture(scope="module")
@@ -190,10 +201,15 @@ def test_deep_link_first_request(server, browser):
     page.close()
 
 
-def test_edit_a_threshold_and_inspect_details(server, browser):
-    """Change a threshold on the Criteria page, then look at distributions, a patient and countries."""
+def test_edit_a_threshold_and_inspect_details(fresh_server, browser):
+    """Change a threshold on the Criteria page, then look at distributions, a patient and countries.
+
+    The page is a deep link and the server's first request: Streamlit runs that first
+    request in its legacy multipage mode, where a widget used to lose its first change.
+    """
     from playwright.sync_api import expect
 
+    server = fresh_server
     page = browser.new_page(viewport={"width": 1400, "height": 900})
     page.goto(server + "/criteria", timeout=TIMEOUT_MS)
     page.wait_for_selector("h1:has-text('Criteria')", timeout=TIMEOUT_MS)
@@ -239,4 +255,54 @@ def test_edit_a_threshold_and_inspect_details(server, browser):
     _settle(page)
     _no_exception(page, "countries")
     page.screenshot(path=str(ARTIFACTS / "sites_countries.png"))
+
+    # small-cell suppression from the sidebar: hidden cells read "suppressed"
+    sidebar = page.locator('[data-testid="stSidebar"]')
+    sidebar.get_by_text("Small-cell suppression").click()
+    sidebar.get_by_text("Hide small counts").click()
+    expect(main.get_by_text("Small-cell suppression is on").first).to_be_visible(timeout=TIMEOUT_MS)
+    page.get_by_role("tab", name="By site").click()
+    _settle(page)
+    _no_exception(page, "suppression")
+    page.screenshot(path=str(ARTIFACTS / "sites_suppressed.png"))
+    page.close()
+
+
+def test_upload_report_and_suppressed_funnel(server, browser, tmp_path):
+    """A bad upload shows the problem table; a good small upload turns suppression on."""
+    from playwright.sync_api import expect
+
+    sys.path.insert(0, str(ROOT))
+    from kn026 import synth
+
+    good = synth.generate(400, 3, sites=10)
+    bad = good.head(60).astype(object)
+    bad.loc[4, "age_years"] = "forty"
+    bad.loc[9, "ecog"] = "7"
+    (tmp_path / "bad_cohort.csv").write_text(bad.to_csv(index=False))
+    (tmp_path / "small_cohort.csv").write_text(good.to_csv(index=False))
+
+    page = browser.new_page(viewport={"width": 1400, "height": 900})
+    page.goto(server + "/", timeout=TIMEOUT_MS)
+    page.wait_for_selector(".js-plotly-plot", timeout=TIMEOUT_MS)
+    _settle(page)
+    sidebar = page.locator('[data-testid="stSidebar"]')
+    main = page.locator('[data-testid="stMain"]')
+    sidebar.get_by_text("Upload a file", exact=True).click()
+    _settle(page)
+    sidebar.locator('input[type="file"]').set_input_files(str(tmp_path / "bad_cohort.csv"))
+    expect(main.get_by_text("bad_cohort.csv could not be loaded").first).to_be_visible(timeout=TIMEOUT_MS)
+    _settle(page)
+    _no_exception(page, "bad upload")
+    assert "Row numbers count data rows" in _main_text(page)
+    page.screenshot(path=str(ARTIFACTS / "upload_report.png"))
+
+    sidebar.locator('input[type="file"]').set_input_files(str(tmp_path / "small_cohort.csv"))
+    expect(sidebar.get_by_text("small_cohort.csv (400 patients)").first).to_be_visible(timeout=TIMEOUT_MS)
+    _settle(page)
+    _no_exception(page, "good upload")
+    assert "counts below 5 hidden" in _main_text(page)
+    page.get_by_role("tab", name="Per-criterion table").click()
+    _settle(page)
+    page.screenshot(path=str(ARTIFACTS / "funnel_suppressed.png"))
     page.close()

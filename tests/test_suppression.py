@@ -289,3 +289,15 @@ def test_builtin_like_site_table_is_fast_and_moderate(k):
     hidden = int(s.hidden[["screened", "strict", "optimistic", "unknown"]].to_numpy().sum())
     assert hidden >= n_primary
     assert hidden <= max(4 * n_primary + 8, 12)  # complements stay proportionate
+
+
+def test_a_cell_whose_neighbours_are_all_hidden_still_gets_protected():
+    """Found by a random search: row 3's unknown was pinned down through a chain of hidden
+    cells while every cell of its own equations was hidden already."""
+    f = funnel_frame([200, 199, 181, 175, 145, 142, 128, 116, 105], [0, 1, 1, 3, 13, 13, 5, 15, 5])
+    t = sp.suppress_funnel(f, 5)
+    index, a = funnel_system(f)
+    hidden = np.zeros(len(index), bool)
+    for (i, c), pos in index.items():
+        hidden[pos] = bool(t.hidden[c].iloc[i])
+    assert recoverable(a, hidden) == []
