@@ -19,7 +19,7 @@ except ImportError:  # run as `pytest tests/...` without the repo root on sys.pa
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from kn026 import sandbox
-from kn026.cohort import connect, load_cohort
+from kn026.cohort import COHORT_DB, connect, load_cohort
 from kn026.criteria import load_protocol
 from kn026.rulecheck import (
     ALLOWED_FUNCTIONS,
@@ -64,7 +64,9 @@ def live():
     """A loaded, locked-down session, with one record value at the engine's NEVER_DAYS."""
     cohort = load_cohort(cohort_frame(), connect())
     # the engine reads NULL record-based days as 1e9; INTEGER arithmetic on it overflows
-    cohort.con.execute("UPDATE cohort SET days_since_transfusion = 1000000000 WHERE patient_id = 'p6'")
+    # (the table lives in the compressed in-memory database; `cohort` is a view of it)
+    cohort.con.execute(f"UPDATE {COHORT_DB}.main.cohort SET days_since_transfusion = 1000000000 "
+                       "WHERE patient_id = 'p6'")
     sandbox.lock_down(cohort.con, memory_limit="256MB", threads=1)
     kinds = dictionary_kinds(cohort.present)
     return cohort, kinds
