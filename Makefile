@@ -1,6 +1,6 @@
 # Two commands do all set-up on a fresh machine with Python 3.11:
 #   make run   - start the app on the built-in synthetic cohort
-#   make test  - run the whole test suite (lint, unit, property, AppTest, browser)
+#   make test  - run the whole test suite (lint, unit, property, AppTest, browser, Spark)
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -14,8 +14,8 @@ $(VENV)/.runtime: requirements.txt
 	$(PY) -m pip install -q -r requirements.txt
 	touch $@
 
-$(VENV)/.dev: $(VENV)/.runtime requirements-dev.txt
-	$(PY) -m pip install -q -r requirements-dev.txt
+$(VENV)/.dev: $(VENV)/.runtime requirements-dev.txt requirements-spark.txt
+	$(PY) -m pip install -q -r requirements-dev.txt -r requirements-spark.txt
 	touch $@
 
 run: $(VENV)/.runtime

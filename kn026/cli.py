@@ -1,4 +1,4 @@
-"""Command line: `python -m kn026 screen|funnel|synth|forecast|import ...`.
+"""Command line: `python -m kn026 screen|funnel|synth|forecast|import|sql|histogram|merge ...`.
 
 Every failure the user can fix (bad file, bad column, unknown criterion ID, bad
 scenario) exits with status 2 and one short message naming the problem and the fix,
@@ -8,6 +8,7 @@ never a traceback.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -17,6 +18,7 @@ from kn026.cohort import CohortError, connect, load_cohort
 from kn026.criteria import CriteriaError, load_protocol
 from kn026.engine import Engine
 from kn026.scenario import Scenario, load_scenario
+from kn026.spark import SparkUnavailable
 
 
 def _ids(text: str | None) -> list[str]:
@@ -33,6 +35,11 @@ def _common(p: argparse.ArgumentParser) -> None:
 def _engine(args) -> tuple[Engine, Scenario]:
     protocol = load_protocol(args.protocol)
     scenario = load_scenario(args.scenario, protocol) if args.scenario else Scenario()
+    from kn026.spark import engine_from_args
+
+    remote = engine_from_args(args, protocol)  # None unless --engine spark
+    if remote is not None:
+        return remote, scenario
     con = connect()
     con.execute("SET enable_progress_bar = false")
     cohort = load_cohort(args.cohort, con)
@@ -60,7 +67,8 @@ def cmd_screen(args) -> int:
 def cmd_funnel(args) -> int:
     engine, scenario = _engine(args)
     disabled = _ids(args.disable)
-    known = {c.id for c in engine.protocol.criteria} | set(engine.protocol.rule_ids())
+    screened = analysis.engine_for(engine, scenario)  # the protocol with the scenario's custom criteria
+    known = {c.id for c in screened.protocol.criteria} | set(screened.protocol.rule_ids())
     for cid in disabled:
         if cid not in known:
             raise ValueError(f"--disable: unknown criterion ID {cid!r}; known: "
@@ -69,8 +77,7 @@ def cmd_funnel(args) -> int:
     twice = sorted({cid for cid in order if order.count(cid) > 1})
     if twice:
         raise ValueError(f"--order lists {', '.join(twice)} more than once; name each criterion once")
-    scenario = Scenario(scenario.name, scenario.description, scenario.overrides,
-                        scenario.disabled | set(disabled), scenario.order)
+    scenario = dataclasses.replace(scenario, disabled=scenario.disabled | set(disabled))
     result = analysis.run(engine, scenario, order or None)
     if args.json:
         doc = {
@@ -117,12 +124,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--order", help="criterion IDs in funnel order, comma-separated")
     p.add_argument("--disable", help="criterion or sub-rule IDs to leave out, comma-separated")
     p.add_argument("--json", action="store_true", help="JSON output")
-    p.set_defaults(func=cmd_funnel)
-    from kn026 import forecast, mapping, synth
+    from kn026 import federated, forecast, mapping, portable, spark, synth
 
+    spark.add_cli_engine_option(p)
+    p.set_defaults(func=cmd_funnel)
     synth.add_cli(sub)
     forecast.add_cli(sub)
     mapping.add_cli(sub)
+    portable.add_cli(sub)
+    federated.add_cli(sub)
     return parser
 
 
@@ -133,6 +143,6 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except CohortError as err:
         print(f"error: the cohort could not be loaded ({err.total} problem(s)):\n{err}", file=sys.stderr)
-    except (CriteriaError, ValueError, OSError) as err:
+    except (CriteriaError, ValueError, OSError, SparkUnavailable) as err:
         print(f"error: {err}", file=sys.stderr)
     return 2

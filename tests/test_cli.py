@@ -356,3 +356,52 @@ def test_subprocess_error_has_no_traceback(tmp_path):
     assert "Traceback" not in proc.stderr
     assert "ecog: row 3 (patient_id P03) value '7'" in proc.stderr
     assert not (tmp_path / "o.csv").exists()
+
+
+ANALYST_YAML = """\
+scenario: Analyst rules
+custom:
+  - id: ONELINE
+    kind: inclusion
+    text: At most $max_lines prior line at site S01
+    sql: site_id = 'S01' AND prior_systemic_lines <= $max_lines
+    params:
+      max_lines: {default: 1}
+replace:
+  INCL07.CRCL: "(crcl_if_female >= 50 OR crcl_if_male >= 50) AND (sex <> 'F' OR crcl_if_female >= 50) AND (sex <> 'M' OR crcl_if_male >= 50)"
+"""
+
+
+def test_funnel_keeps_the_scenarios_custom_rules(tmp_path, capsys):
+    """P02 (two lines) fails the custom rule, P03 (CrCl 40) the rewritten one; --disable knows custom IDs."""
+    scen = tmp_path / "analyst.yaml"
+    scen.write_text(ANALYST_YAML)
+    doc = funnel_json(["--cohort", FIXTURE, "--stage", 1, "--scenario", scen], capsys)
+    assert doc["totals"]["strict"] == 1 and doc["totals"]["optimistic"] == 2
+    assert doc["funnel"][-1]["criterion"] == "ONELINE"
+    doc = funnel_json(["--cohort", FIXTURE, "--stage", 1, "--scenario", scen, "--disable", "ONELINE"], capsys)
+    assert doc["totals"]["strict"] == 2 and doc["disabled"] == ["ONELINE"]
+
+
+def test_sql_histogram_and_merge_commands(tmp_path, capsys):
+    """`sql`, `histogram` and `merge` are subcommands of `python -m kn026`."""
+    from kn026.cohort import connect, load_cohort
+
+    code, out, err = run(["sql", "--stage", 1, "--dialect", "duckdb", "--no-header"], capsys)
+    assert code == 0, err
+    con = load_cohort(FIXTURE, connect()).con  # the site's own database, in dictionary types
+    rows = con.execute(out.rstrip().rstrip(";")).fetchall()
+    (tmp_path / "rows.csv").write_text("f,u,n\n" + "\n".join(",".join(map(str, r)) for r in rows))
+    code, _, err = run(["histogram", "--rows", tmp_path / "rows.csv", "--stage", 1, "--site", "A",
+                        "--out", tmp_path / "a.json"], capsys)
+    assert code == 0, err
+    code, _, err = run(["histogram", "--cohort", FIXTURE, "--stage", 1, "--site", "B",
+                        "--out", tmp_path / "b.json"], capsys)
+    assert code == 0, err
+    code, out, err = run(["merge", tmp_path / "a.json", tmp_path / "b.json", "--json"], capsys)
+    assert code == 0, err
+    doc = json.loads(out)
+    assert doc["totals"]["screened"] == 10
+    assert [(s["site"], s["strict"]) for s in doc["sites"]] == [("A", 3), ("B", 3)]
+    code, _, err = run(["merge", tmp_path / "a.json", tmp_path / "missing.json"], capsys)
+    assert code == 2 and "missing.json" in err and "Traceback" not in err

@@ -1,0 +1,666 @@
+"""Federated feasibility: sites share histograms, never patient rows.
+
+Each site screens its own patients (the CLI, the app, or the exported SQL of
+:mod:`kn026.portable` run in its own database) and shares one small JSON file: the
+histogram of ``(fail mask, unknown mask)`` pairs with counts, plus what is needed to
+check that all sites asked the same question. The coordinator adds the histograms
+into one network funnel with a per-site breakdown::
+
+    python -m kn026 histogram --cohort site_a.csv --stage 1 --site "Site A" --out a.json --suppress-below 5
+    python -m kn026 merge a.json b.json c.json [--json]
+
+Histogram file (``format: kn026-histogram``, ``version: 1``)
+------------------------------------------------------------
+``protocol``, ``stage``, ``site``, ``engine``; ``criteria_fingerprint``: a SHA-256 of
+the stage's rule IDs, normalised rule SQL, derived values and parameter values after
+the scenario's overrides (:func:`kn026.portable.criteria_fingerprint`); ``scenario``:
+name, fingerprint (overrides, disabled IDs, order) and that content; ``leaves``:
+rule IDs in bit order; ``criteria``: criterion ID -> its leaves (protocol order);
+``not_assessable``: rule ID -> missing columns at this site; ``total``: patients
+screened; ``rows``: ``[fail, unknown, count]`` with masks as JSON integers (up to
+2**62: read them with a parser that keeps 64-bit integers exact);
+``suppression``: null or ``{"below": k, "suppressed": patients}``.
+
+Small-cell suppression policy (``--suppress-below k``)
+------------------------------------------------------
+Rows with ``0 < count < k`` are dropped and only their patient total is reported, as
+``suppression.suppressed``; the number and the patterns of the dropped rows are not
+disclosed. ``total`` still counts every patient. On merge those patients are counted
+as screened with every assessable rule *unknown*: they fall out of the strict bound
+and stay in the optimistic one, so the merged funnel's bounds remain true bounds
+(strict <= truly eligible <= optimistic), only wider; totals stay exact. A site that
+wants its total itself hidden must not take part (a total is needed for honest
+network counts). Repeated releases of one site with different thresholds or
+scenarios can be differenced; publish one release per question.
+
+Merging rules
+-------------
+Histograms are refused with a message naming the sites when their format, protocol,
+stage, scenario fingerprint, criteria fingerprint or leaf order differ, or when two
+come from the same site. A rule that is not assessable at one site (a missing
+column) but assessable elsewhere counts as *unknown* for that site's patients; a
+rule not assessable anywhere stays n/a. The merged :class:`kn026.funnel.Histogram`
+has ``site`` codes indexing the contributing site names (in the given order), and
+:class:`MergedEngine` lets :mod:`kn026.analysis` build the network funnel, the
+per-criterion table and the per-site breakdown from it exactly as for one cohort.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+
+from kn026 import analysis
+from kn026 import funnel as fm
+from kn026.criteria import CriteriaError, Protocol, format_number, load_protocol
+from kn026.funnel import Histogram
+from kn026.portable import (
+    NO_SITE,
+    criteria_fingerprint,
+    effective_overrides,
+    histogram_from_rows,
+    scenario_fingerprint,
+    stage_rules,
+)
+from kn026.scenario import Scenario, load_scenario
+
+FORMAT = "kn026-histogram"
+VERSION = 1
+
+
+class FederatedError(ValueError):
+    """A histogram file that cannot be used or merged; the message names the fix."""
+
+
+# --------------------------------------------------------------------------- export
+
+
+def _meta_of(engine_or_meta) -> tuple[Protocol, int, dict[str, list[str]], str]:
+    """(protocol, stage, not_assessable, engine name) of an engine or a meta dict."""
+    if isinstance(engine_or_meta, dict):
+        meta = engine_or_meta
+        return (meta["protocol"], int(meta["stage"]), dict(meta.get("not_assessable") or {}),
+                str(meta.get("engine", "sql")))
+    eng = engine_or_meta
+    name = getattr(eng, "dialect", None) or "duckdb"
+    return eng.protocol, int(eng.stage), dict(eng.not_assessable), name
+
+
+def export_histogram(hist: Histogram, engine_or_meta, scenario: Scenario | None = None,
+                     site_name: str = "site", suppress_below: int | None = None) -> dict:
+    """The shareable histogram document of one site.
+
+    ``engine_or_meta`` is the engine that made ``hist`` (:class:`kn026.engine.Engine`
+    or a :class:`kn026.portable.QueryEngine`) or a dict with ``protocol`` (a
+    :class:`kn026.criteria.Protocol`), ``stage``, ``not_assessable`` and optionally
+    ``engine``. ``scenario`` must be the one whose overrides made ``hist``. With
+    ``suppress_below=k`` rows with fewer than k patients are dropped (see the module
+    docstring).
+    """
+    protocol, stage, na, engine_name = _meta_of(engine_or_meta)
+    scenario = scenario or Scenario()
+    missing = [c.id for c in scenario.custom if c.id not in {crit.id for crit in protocol.criteria}]
+    if missing:
+        raise FederatedError(f"the scenario's custom criteria {', '.join(missing)} are not in the engine's "
+                             "protocol: export the histogram of analysis.engine_for(engine, scenario)")
+    site_name = str(site_name).strip()
+    if not site_name:
+        raise FederatedError("a site name is needed (--site NAME)")
+    if suppress_below is not None and int(suppress_below) < 1:
+        raise FederatedError(f"--suppress-below must be >= 1, not {suppress_below}")
+    leaves = [r.id for r in stage_rules(protocol, stage)]
+    if hist.site is not None:  # a site shares one histogram; its own sub-sites are summed
+        hist = Histogram(hist.fail, hist.unknown, hist.count)
+    hist = fm.merge(hist)
+    if hist.used_bits >> len(leaves):
+        raise FederatedError(f"the histogram uses bits beyond the {len(leaves)} leaves of "
+                             f"{protocol.name} stage {stage}; was it made for another protocol or stage?")
+    order = np.lexsort((hist.unknown, hist.fail))
+    fail, unknown, count = hist.fail[order], hist.unknown[order], hist.count[order]
+    keep = count > 0
+    suppression = None
+    if suppress_below is not None:
+        k = int(suppress_below)
+        small = keep & (count < k)
+        suppression = {"below": k, "suppressed": int(count[small].sum())}
+        keep &= ~small
+    criteria = [[c.id, [r.id for r in c.rules if stage in r.stages]]
+                for c in protocol.criteria if stage in c.stages]
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "protocol": protocol.name,
+        "stage": stage,
+        "site": site_name,
+        "engine": engine_name,
+        "created": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "criteria_fingerprint": criteria_fingerprint(protocol, stage, scenario),
+        "scenario": {
+            "name": scenario.name,
+            "fingerprint": scenario_fingerprint(protocol, scenario),
+            "overrides": effective_overrides(protocol, scenario),
+            "disabled": sorted(scenario.disabled),
+            "order": list(scenario.order),
+            **({"custom": [c.to_doc() for c in scenario.custom]} if scenario.custom else {}),
+            **({"replace": dict(sorted(scenario.replace.items()))} if scenario.replace else {}),
+        },
+        "leaves": leaves,
+        "criteria": criteria,
+        "not_assessable": {rid: list(cols) for rid, cols in na.items()},
+        "total": int(hist.total),
+        "suppression": suppression,
+        "rows": [[int(f), int(u), int(n)] for f, u, n in zip(fail[keep], unknown[keep], count[keep],
+                                                              strict=True)],
+    }
+
+
+def write_histogram(path: str | Path, doc: dict) -> Path:
+    """Write a histogram document as JSON (validated first)."""
+    _validate(doc, str(path))
+    path = Path(path)
+    path.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
+    return path
+
+
+def read_histogram(path: str | Path) -> dict:
+    """Read and validate a histogram document."""
+    path = Path(path)
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as err:
+        raise FederatedError(f"cannot read histogram file {path}: {err.strerror}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise FederatedError(f"{path.name} is not a JSON histogram file: {err}") from None
+    return _validate(doc, path.name)
+
+
+_REQUIRED = {"format": str, "version": int, "protocol": str, "stage": int, "site": str,
+             "criteria_fingerprint": str, "scenario": dict, "leaves": list, "criteria": list,
+             "not_assessable": dict, "total": int, "rows": list}
+
+
+def _validate(doc, where: str) -> dict:
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+        raise FederatedError(f"{where} is not a {FORMAT} file (made by `python -m kn026 histogram`)")
+    if doc.get("version") != VERSION:
+        raise FederatedError(f"{where} has format version {doc.get('version')!r}; this program reads "
+                             f"version {VERSION}")
+    for key, typ in _REQUIRED.items():
+        if not isinstance(doc.get(key), typ) or isinstance(doc.get(key), bool) and typ is int:
+            raise FederatedError(f"{where}: field {key!r} is missing or not a {typ.__name__}")
+    scen = doc["scenario"]
+    if not isinstance(scen.get("name"), str) or not isinstance(scen.get("fingerprint"), str):
+        raise FederatedError(f"{where}: the scenario needs a name and a fingerprint")
+    nbits = len(doc["leaves"])
+    if nbits > 63 or len(set(doc["leaves"])) != nbits:
+        raise FederatedError(f"{where}: 'leaves' must list at most 63 distinct rule IDs")
+    limit = 1 << nbits
+    total = 0
+    for i, row in enumerate(doc["rows"]):
+        if (not isinstance(row, list) or len(row) != 3
+                or not all(isinstance(v, int) and not isinstance(v, bool) for v in row)):
+            raise FederatedError(f"{where}: row {i} must be [fail, unknown, count] integers")
+        f, u, n = row
+        if not (0 <= f < limit and 0 <= u < limit) or f & u or n < 0:
+            raise FederatedError(f"{where}: row {i} {row} is not a valid mask pair and count for "
+                                 f"{nbits} leaves")
+        total += n
+    supp = doc.get("suppression")
+    if supp is not None:
+        if not isinstance(supp, dict) or not all(isinstance(supp.get(k), int) for k in ("below", "suppressed")):
+            raise FederatedError(f"{where}: 'suppression' must be null or {{below, suppressed}}")
+        total += supp["suppressed"]
+    if total != doc["total"]:
+        raise FederatedError(f"{where}: rows and suppressed patients add up to {total}, "
+                             f"but 'total' says {doc['total']}")
+    unknown_na = set(doc["not_assessable"]) - set(doc["leaves"])
+    if unknown_na:
+        raise FederatedError(f"{where}: not_assessable names rules outside 'leaves': {sorted(unknown_na)}")
+    return doc
+
+
+# --------------------------------------------------------------------------- merge
+
+
+def _check_same(docs: list[dict], key, what: str, fix: str, show=None) -> None:
+    """Refuse unless `key(doc)` is the same for all docs; `show(doc)` describes a doc's value."""
+    show = show or (lambda d: str(key(d)))
+    first = docs[0]
+    for doc in docs[1:]:
+        if key(first) != key(doc):
+            raise FederatedError(
+                f"cannot merge: {what} differs: site {first['site']!r} has {show(first)}, site "
+                f"{doc['site']!r} has {show(doc)}. {fix}")
+
+
+def merge_histograms(docs: list[dict]) -> tuple[Histogram, dict]:
+    """Add site histograms into one network histogram with site codes.
+
+    Returns ``(hist, meta)``: ``hist.sites`` are the site names in the order given;
+    ``meta`` holds protocol, stage, scenario, fingerprint, leaves, criteria, the
+    network-wide ``not_assessable`` rules, ``partially_assessable`` (rule -> sites
+    where it was n/a, counted there as unknown), per-site totals and suppression.
+    """
+    if not docs:
+        raise FederatedError("no histogram files to merge")
+    docs = [_validate(d, f"histogram of {d.get('site', '?')!r}" if isinstance(d, dict) else "histogram")
+            for d in docs]
+    names = [d["site"] for d in docs]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise FederatedError(f"cannot merge: more than one histogram from site(s) {', '.join(twice)}; "
+                             "each site contributes once (rename or drop the duplicate)")
+    _check_same(docs, lambda d: d["protocol"], "the protocol",
+                "Every site must screen with the same criteria file.")
+    _check_same(docs, lambda d: d["stage"], "the stage",
+                "Merge histograms of one stage only.", show=lambda d: f"stage {d['stage']}")
+    _check_same(docs, lambda d: d["scenario"]["fingerprint"], "the scenario",
+                "Every site must run the same scenario file (or none).",
+                show=lambda d: f"scenario {d['scenario']['name']!r} (fingerprint "
+                               f"{d['scenario']['fingerprint'][:19]}...)")
+    _check_same(docs, lambda d: d["criteria_fingerprint"], "the criteria fingerprint",
+                "The sites used different criteria files or thresholds; re-run every site with the "
+                "same criteria file and scenario.", show=lambda d: d["criteria_fingerprint"][:19] + "...")
+    _check_same(docs, lambda d: d["leaves"], "the leaf (bit) order",
+                "Re-run every site with the same criteria file.", show=lambda d: f"{len(d['leaves'])} leaves")
+    leaves = docs[0]["leaves"]
+    bit = {rid: j for j, rid in enumerate(leaves)}
+    na_everywhere = set.intersection(*(set(d["not_assessable"]) for d in docs))
+    assessable = sum(1 << j for j, rid in enumerate(leaves) if rid not in na_everywhere)
+    fails, unknowns, counts, sites = [], [], [], []
+    partial: dict[str, list[str]] = {}
+    per_site = []
+    for code, doc in enumerate(docs):
+        rows = np.array(doc["rows"], dtype=object).reshape(-1, 3)
+        f = rows[:, 0].astype(np.uint64)
+        u = rows[:, 1].astype(np.uint64)
+        n = rows[:, 2].astype(np.int64)
+        local_na = [rid for rid in doc["not_assessable"] if rid not in na_everywhere]
+        for rid in local_na:
+            partial.setdefault(rid, []).append(doc["site"])
+        na_bits = np.uint64(sum(1 << bit[rid] for rid in local_na))
+        u = (u | na_bits) & ~f
+        supp = (doc.get("suppression") or {}).get("suppressed", 0)
+        if supp:
+            f = np.append(f, np.uint64(0))
+            u = np.append(u, np.uint64(assessable))
+            n = np.append(n, np.int64(supp))
+        fails.append(f)
+        unknowns.append(u)
+        counts.append(n)
+        sites.append(np.full(len(n), code, np.int32))
+        per_site.append({"site": doc["site"], "total": doc["total"], "suppressed": supp,
+                         "suppress_below": (doc.get("suppression") or {}).get("below"),
+                         "engine": doc.get("engine", ""), "not_assessable": sorted(local_na)})
+    hist = Histogram(np.concatenate(fails), np.concatenate(unknowns), np.concatenate(counts),
+                     np.concatenate(sites), tuple(names))
+    missing: dict[str, set[str]] = {}
+    for doc in docs:
+        for rid, cols in doc["not_assessable"].items():
+            if rid in na_everywhere:
+                missing.setdefault(rid, set()).update(cols)
+    first = docs[0]
+    meta = {
+        "protocol": first["protocol"],
+        "stage": first["stage"],
+        "scenario": first["scenario"],
+        "criteria_fingerprint": first["criteria_fingerprint"],
+        "leaves": list(leaves),
+        "criteria": first["criteria"],
+        "not_assessable": {rid: sorted(cols) for rid, cols in missing.items()},
+        "partially_assessable": partial,
+        "sites": per_site,
+        "total": int(sum(d["total"] for d in docs)),
+        "suppressed": int(sum(s["suppressed"] for s in per_site)),
+    }
+    return hist, meta
+
+
+def scenario_of(meta: dict) -> Scenario:
+    """The scenario recorded in a histogram document or merge meta."""
+    scen = meta["scenario"]
+    overrides = {rid: {p: Decimal(v) for p, v in vals.items()} for rid, vals in scen.get("overrides", {}).items()}
+    return Scenario(scen["name"], "", overrides, frozenset(scen.get("disabled", ())), tuple(scen.get("order", ())))
+
+
+@dataclass
+class MergedEngine:
+    """An engine look-alike over a merged histogram, for :mod:`kn026.analysis`.
+
+    ``analysis.run(MergedEngine(hist, meta), scenario_of(meta))`` gives the network
+    funnel; ``analysis.by_site`` the per-site breakdown. Only the scenario the sites
+    ran can be analysed (criteria can still be reordered or left out).
+    """
+
+    hist: Histogram
+    meta: dict
+
+    def __post_init__(self):
+        m = self.meta
+        self.stage = int(m["stage"])
+        criteria = []
+        for cid, leaf_ids in m["criteria"]:
+            rules = tuple(SimpleNamespace(id=rid, stages=(self.stage,)) for rid in leaf_ids)
+            criteria.append(SimpleNamespace(id=cid, stages=(self.stage,), rules=rules))
+        self.protocol = SimpleNamespace(name=m["protocol"], criteria=tuple(criteria))
+        self.bit = {rid: j for j, rid in enumerate(m["leaves"])}
+        self.not_assessable = dict(m["not_assessable"])
+        self.cohort = SimpleNamespace(present=frozenset({"site_id"}), n=self.hist.total)
+
+    def histogram(self, overrides: dict | None = None, by_site: bool = False) -> Histogram:
+        wanted = {rid: {p: format_number(v) for p, v in vals.items()}
+                  for rid, vals in (overrides or {}).items() if vals}
+        recorded = {rid: {p: format_number(v) for p, v in vals.items()}
+                    for rid, vals in self.meta["scenario"].get("overrides", {}).items()}
+        if wanted != recorded:
+            raise FederatedError("the sites screened with other thresholds; a new threshold needs every "
+                                 "site to re-run its histogram")
+        if by_site:
+            return self.hist
+        return Histogram(self.hist.fail, self.hist.unknown, self.hist.count)
+
+
+def network_result(hist: Histogram, meta: dict, order=None) -> tuple[analysis.Result, object]:
+    """(network funnel result, per-site table) of a merged histogram."""
+    engine = MergedEngine(hist, meta)
+    scenario = scenario_of(meta)
+    return analysis.run(engine, scenario, order), analysis.by_site(engine, scenario)
+
+
+# --------------------------------------------------------------------------- in memory (the app)
+
+MAX_FILE_BYTES = 64 * 1024 * 1024  # a 10M-patient site's histogram is a few MB
+
+
+def histogram_from_bytes(data: bytes, name: str, max_bytes: int = MAX_FILE_BYTES) -> dict:
+    """Read and validate an uploaded histogram file held in memory (the app never writes it).
+
+    Stricter than :func:`read_histogram` about the parts a merge later relies on (criteria
+    grouping, scenario values, missing-column lists), so that a malformed or hostile file
+    is refused here with a message naming the file, never fails later with a traceback.
+    """
+    if len(data) > max_bytes:
+        raise FederatedError(f"{name} is {len(data) / 2**20:.1f} MB; a histogram file is at most "
+                             f"{max_bytes / 2**20:.0f} MB. Is it a cohort file? Share the histogram "
+                             "made by `python -m kn026 histogram` or the app's Network page instead.")
+    try:
+        doc = json.loads(data.decode("utf-8-sig"))
+    except UnicodeDecodeError:
+        raise FederatedError(f"{name} is not a text (UTF-8 JSON) file; upload the .json histogram a site "
+                             "made with `python -m kn026 histogram` or the app's Network page") from None
+    except (ValueError, RecursionError) as err:
+        raise FederatedError(f"{name} is not valid JSON ({str(err)[:120]}); upload the file as the site "
+                             "sent it, unedited") from None
+    doc = _validate(doc, name)
+    _validate_parts(doc, name)
+    return doc
+
+
+def _validate_parts(doc: dict, where: str) -> None:
+    """The nested fields that merging and :func:`scenario_of` read, checked for shape."""
+    leaves = set(doc["leaves"])
+    if not all(isinstance(r, str) for r in doc["leaves"]):
+        raise FederatedError(f"{where}: 'leaves' must be rule IDs (text)")
+    for item in doc["criteria"]:
+        if (not isinstance(item, list) or len(item) != 2 or not isinstance(item[0], str)
+                or not isinstance(item[1], list) or not set(item[1]) <= leaves
+                or not all(isinstance(r, str) for r in item[1])):
+            raise FederatedError(f"{where}: 'criteria' must be [criterion ID, [rule IDs from 'leaves']] pairs; "
+                                 f"found {str(item)[:80]}")
+    for rid, cols in doc["not_assessable"].items():
+        if not isinstance(cols, list) or not all(isinstance(c, str) for c in cols):
+            raise FederatedError(f"{where}: not_assessable[{rid!r}] must be a list of column names")
+    scen = doc["scenario"]
+    overrides = scen.get("overrides", {})
+    if not isinstance(overrides, dict):
+        raise FederatedError(f"{where}: the scenario's overrides must be {{rule: {{parameter: value}}}}")
+    for rid, vals in overrides.items():
+        if not isinstance(vals, dict):
+            raise FederatedError(f"{where}: the scenario's overrides for {rid!r} must be {{parameter: value}}")
+        for param, value in vals.items():
+            try:
+                Decimal(str(value))
+            except ArithmeticError:
+                raise FederatedError(f"{where}: scenario value {rid}.{param} = {str(value)[:40]!r} is not a "
+                                     "number") from None
+    for key in ("disabled", "order"):
+        if not isinstance(scen.get(key, []), list) or not all(isinstance(v, str) for v in scen.get(key, [])):
+            raise FederatedError(f"{where}: the scenario's {key!r} must be a list of IDs")
+
+
+def network_histogram(hist: Histogram, meta: dict, name: str | None = None) -> dict:
+    """The merged network as one histogram document (the same format as a site's file).
+
+    Site codes are summed, so the document can itself be merged into a larger network
+    (regions into a country, say) by :func:`merge_histograms`; ``network.sites`` records
+    which sites it contains, their totals and their own suppression. Patients that sites
+    suppressed stay suppressed: they are taken back out of the all-unknown row and
+    reported in ``suppression.suppressed`` (``below`` is the largest threshold any site
+    used). Rules that were not assessable at some sites are already unknown for those
+    sites' patients; ``not_assessable`` lists the rules not assessable anywhere.
+    """
+    names = [s["site"] for s in meta["sites"]]
+    name = (name or "").strip() or f"Network of {len(names)} sites"
+    leaves = meta["leaves"]
+    merged = fm.merge(Histogram(hist.fail, hist.unknown, hist.count))
+    fail, unknown, count = (merged.fail.astype(np.uint64), merged.unknown.astype(np.uint64),
+                            merged.count.astype(np.int64).copy())
+    suppressed = int(meta.get("suppressed", 0))
+    if suppressed:
+        assessable = np.uint64(sum(1 << j for j, rid in enumerate(leaves) if rid not in meta["not_assessable"]))
+        at = np.flatnonzero((fail == 0) & (unknown == assessable))
+        if len(at) != 1 or count[at[0]] < suppressed:
+            raise FederatedError("the merged histogram does not hold the suppressed patients it should; "
+                                 "merge the site files again")
+        count[at[0]] -= suppressed
+    order = np.lexsort((unknown, fail))
+    rows = [[int(f), int(u), int(n)] for f, u, n in zip(fail[order], unknown[order], count[order], strict=True)
+            if n > 0]
+    below = max((s["suppress_below"] for s in meta["sites"] if s.get("suppress_below")), default=None)
+    doc = {
+        "format": FORMAT,
+        "version": VERSION,
+        "protocol": meta["protocol"],
+        "stage": int(meta["stage"]),
+        "site": name,
+        "engine": "merged",
+        "created": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "criteria_fingerprint": meta["criteria_fingerprint"],
+        "scenario": meta["scenario"],
+        "leaves": list(leaves),
+        "criteria": meta["criteria"],
+        "not_assessable": {rid: list(cols) for rid, cols in meta["not_assessable"].items()},
+        "total": int(meta["total"]),
+        "suppression": {"below": int(below or 1), "suppressed": suppressed} if suppressed else None,
+        "rows": rows,
+        "network": {"sites": meta["sites"], "partially_assessable": meta["partially_assessable"]},
+    }
+    return _validate(doc, name)
+
+
+def check_no_overlap(docs: list[dict]) -> None:
+    """Refuse a network file merged again with one of the sites it already contains
+    (the names match, so :func:`merge_histograms` alone would count those patients twice)."""
+    seen: dict[str, tuple[str, bool]] = {}
+    for doc in docs:
+        net = doc.get("network") if isinstance(doc.get("network"), dict) else {}
+        listed = net.get("sites") if isinstance(net.get("sites"), list) else []
+        inner = [s.get("site") for s in listed if isinstance(s, dict) and isinstance(s.get("site"), str)]
+        for site in inner or [doc["site"]]:
+            if site in seen and (inner or seen[site][1]):  # two plain files: merge_histograms says so
+                raise FederatedError(
+                    f"cannot merge: site {site!r} is in both {seen[site][0]!r} and {doc['site']!r}; its "
+                    "patients would count twice. Leave out the single site's file or the network file.")
+            seen.setdefault(site, (doc["site"], bool(inner)))
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def add_cli(subparsers) -> None:
+    """Register ``histogram`` (export one site's histogram) and ``merge`` (network funnel)."""
+    p = subparsers.add_parser(
+        "histogram", help="screen a cohort and write the shareable histogram (JSON, no patient rows)",
+        description="Screen this site's cohort and write only the histogram of fail/unknown masks, "
+                    "for a network feasibility merge. Either --cohort (screened here) or --rows (the "
+                    "f,u,n result of `python -m kn026 sql` run in your own database).")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--cohort", help="cohort file: CSV, Parquet or Excel")
+    src.add_argument("--rows", help="CSV with columns f,u,n: the exported query's result")
+    p.add_argument("--stage", type=int, required=True, help="protocol stage")
+    p.add_argument("--scenario", help="scenario YAML")
+    p.add_argument("--protocol", help="criteria file (default: KN026-001)")
+    p.add_argument("--site", required=True, help="this site's name as shown in the network funnel")
+    p.add_argument("--out", required=True, help="output .json path")
+    p.add_argument("--suppress-below", type=int, default=None, metavar="K",
+                   help="drop rows with fewer than K patients, report their total only")
+    p.add_argument("--columns", help="with --rows: the dictionary columns the query was made for "
+                                     "(same as `sql --columns`; default all)")
+    p.add_argument("--engine", choices=("duckdb", "spark"), default="duckdb",
+                   help="with --cohort: where to screen (spark needs a Parquet cohort)")
+    p.add_argument("--spark-master", default="local[*]", help="Spark master URL for --engine spark")
+    p.set_defaults(func=main_histogram)
+
+    m = subparsers.add_parser(
+        "merge", help="merge site histograms into one network funnel",
+        description="Add histogram files from several sites into one network funnel with a per-site "
+                    "breakdown. Files made with other criteria, scenario or stage are refused.")
+    m.add_argument("files", nargs="+", help="histogram .json files")
+    m.add_argument("--order", help="criterion IDs in funnel order, comma-separated")
+    m.add_argument("--json", action="store_true", help="JSON output")
+    m.add_argument("--out", help="also write the merged network histogram (all sites) to this JSON")
+    m.set_defaults(func=main_merge)
+
+
+def _read_rows_csv(path: str) -> list[tuple[int, int, int]]:
+    try:
+        with open(path, newline="", encoding="utf-8") as fh:
+            reader = csv.DictReader(fh)
+            fields = {(f or "").strip().lower(): f for f in reader.fieldnames or []}
+            if not {"f", "u", "n"} <= set(fields):
+                raise FederatedError(f"{path}: expected a header with columns f, u, n (the query's result)")
+            return [(int(r[fields["f"]]), int(r[fields["u"]]), int(r[fields["n"]])) for r in reader]
+    except OSError as err:
+        raise FederatedError(f"cannot read {path}: {err.strerror}") from None
+    except (TypeError, ValueError) as err:
+        raise FederatedError(f"{path}: f, u and n must be whole numbers ({err})") from None
+
+
+def main_histogram(args) -> int:
+    out = Path(args.out)
+    if out.suffix.lower() != ".json":
+        raise ValueError(f"--out {out} must end in .json")
+    protocol = load_protocol(args.protocol)
+    scenario = load_scenario(args.scenario, protocol) if args.scenario else Scenario()
+    if args.rows:
+        from kn026.portable import screening
+
+        scr = screening(protocol, args.stage, scenario,
+                        None if args.columns is None else args.columns.split(","))
+        hist = histogram_from_rows(_read_rows_csv(args.rows))
+        meta = {"protocol": scr.protocol, "stage": args.stage, "not_assessable": scr.not_assessable,
+                "engine": "sql"}
+        doc = export_histogram(hist, meta, scenario, args.site, args.suppress_below)
+    else:
+        engine = None
+        if args.engine == "spark":
+            from kn026.spark import engine_from_args
+
+            engine = engine_from_args(args, protocol)
+        if engine is None:
+            from kn026.cohort import connect, load_cohort
+            from kn026.engine import Engine
+
+            con = connect()
+            con.execute("SET enable_progress_bar = false")
+            engine = Engine(load_cohort(args.cohort, con), protocol, args.stage)
+        engine = analysis.engine_for(engine, scenario)  # with the scenario's custom criteria
+        hist = engine.histogram(scenario.overrides)
+        doc = export_histogram(hist, engine, scenario, args.site, args.suppress_below)
+    write_histogram(out, doc)
+    supp = doc["suppression"]
+    note = f", {supp['suppressed']} patients in rows below {supp['below']} suppressed" if supp else ""
+    print(f"site {doc['site']!r}: {doc['total']} patients screened for {doc['protocol']} stage "
+          f"{doc['stage']} -> {len(doc['rows'])} histogram rows{note} -> {out}", file=sys.stderr)
+    return 0
+
+
+def _jsonable(value):
+    if hasattr(value, "item"):
+        return value.item()
+    return str(value)
+
+
+def main_merge(args) -> int:
+    docs = [read_histogram(path) for path in args.files]
+    hist, meta = merge_histograms(docs)
+    order = [t.strip() for t in (args.order or "").split(",") if t.strip()] or None
+    result, sites = network_result(hist, meta, order)
+    if args.out:
+        net = {"protocol": meta["protocol"], "stage": meta["stage"], "scenario": meta["scenario"],
+               "criteria_fingerprint": meta["criteria_fingerprint"], "leaves": meta["leaves"],
+               "criteria": meta["criteria"], "sites": meta["sites"],
+               "not_assessable": meta["not_assessable"],
+               "rows": [[int(f), int(u), int(n), hist.sites[s]]
+                        for f, u, n, s in zip(hist.fail, hist.unknown, hist.count, hist.site, strict=True)]}
+        Path(args.out).write_text(json.dumps(net, indent=1) + "\n", encoding="utf-8")
+    if args.json:
+        doc = {"protocol": meta["protocol"], "stage": meta["stage"], "scenario": meta["scenario"]["name"],
+               "criteria_fingerprint": meta["criteria_fingerprint"], "totals": result.totals,
+               "sites": sites.to_dict(orient="records"), "site_files": meta["sites"],
+               "suppressed": meta["suppressed"], "not_assessable": result.plan.not_assessable,
+               "partially_assessable": meta["partially_assessable"],
+               "disabled": list(result.plan.disabled),
+               "funnel": result.funnel.to_dict(orient="records"),
+               "criteria": result.stats.to_dict(orient="records")}
+        print(json.dumps(doc, indent=2, default=_jsonable))
+        return 0
+    t = result.totals
+    print(f"{meta['protocol']} stage {meta['stage']}, scenario {meta['scenario']['name']!r}, "
+          f"network of {len(meta['sites'])} site(s): {t['screened']} screened, {t['strict']} eligible "
+          f"(strict), {t['optimistic']} eligible (optimistic), {t['unknown']} unknown")
+    if meta["suppressed"]:
+        print(f"  {meta['suppressed']} patients in suppressed small cells count as unknown on every rule "
+              "(in the optimistic bound, out of the strict one)")
+    for rid, where in meta["partially_assessable"].items():
+        print(f"  {rid}: not assessable at {', '.join(where)}; counted as unknown there")
+    for cid, cols in result.plan.not_assessable.items():
+        print(f"  {cid}: n/a at every site (missing column(s) {', '.join(cols)})")
+    print()
+    print(sites.to_string(index=False))
+    print()
+    print(result.funnel.to_string(index=False, float_format=lambda v: f"{v:.1f}"))
+    print()
+    cols = ["criterion", "passed", "failed", "unknown", "unique", "unique_strict",
+            "shapley_strict", "shapley_optimistic"]
+    print(result.stats[cols].to_string(index=False, float_format=lambda v: f"{v:.1f}"))
+    return 0
+
+
+def main(argv=None) -> int:  # python -m kn026.federated histogram|merge ...
+    parser = argparse.ArgumentParser(prog="python -m kn026.federated")
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_cli(sub)
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (CriteriaError, ValueError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+__all__ = ["FederatedError", "MAX_FILE_BYTES", "MergedEngine", "NO_SITE", "add_cli", "check_no_overlap",
+           "export_histogram", "histogram_from_bytes", "merge_histograms", "network_histogram", "network_result",
+           "read_histogram", "scenario_of", "write_histogram"]
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,280 @@
+"""Federated feasibility: site histograms merge into the funnel of the pooled cohort."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from decimal import Decimal
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from kn026 import analysis, federated, portable, synth
+from kn026 import funnel as fm
+from kn026.cohort import connect, load_cohort
+from kn026.criteria import DEFAULT_PROTOCOL, load_protocol
+from kn026.custom import CustomRule
+from kn026.engine import Engine
+from kn026.scenario import Scenario
+from tests import cohorts
+
+PROTOCOL = load_protocol()
+SCENARIO = Scenario("crcl50", overrides={"INCL07.CRCL": {"min": Decimal(50)},
+                                         "EXCL03": {"washout_min_days": Decimal(21)}},
+                    disabled=frozenset({"INCL06"}))
+
+
+def as_counter(h: fm.Histogram) -> Counter:
+    out: Counter = Counter()
+    for i in range(len(h)):
+        key = (int(h.fail[i]), int(h.unknown[i]))
+        if h.site is not None:
+            key += (h.sites[int(h.site[i])],)
+        out[key] += int(h.count[i])
+    return +out
+
+
+@pytest.fixture(scope="module")
+def pooled() -> pd.DataFrame:
+    frame = synth.generate(4000, seed=11, sites=4)
+    # boundary values and NULLs from the test strategies, on top of the synthetic mix
+    rng = np.random.default_rng(3)
+    for col in ("inr", "pt_s", "qtcf_ms", "last_anticancer_half_life_days", "ecog"):
+        dtype = "Int64" if col == "ecog" else "Float64"
+        column = frame[col].astype(dtype)
+        pick = rng.random(len(frame)) < 0.3
+        values = rng.choice(np.array(cohorts.VALUES[col], dtype=object), int(pick.sum()))
+        column[pick] = pd.array(list(values), dtype=dtype)
+        frame[col] = column
+    return frame
+
+
+def site_docs(frame: pd.DataFrame, stage: int, scenario: Scenario, k=None, drop=None) -> list[dict]:
+    docs = []
+    for site, part in frame.groupby("site_id", sort=True):
+        part = part.reset_index(drop=True)
+        if drop and site in drop:
+            part = part.drop(columns=drop[site])
+        engine = Engine(load_cohort(part, connect()), PROTOCOL, stage)
+        docs.append(federated.export_histogram(engine.histogram(scenario.overrides), engine, scenario,
+                                               site, suppress_below=k))
+    return docs
+
+
+@pytest.mark.parametrize("stage", [1, 2])
+def test_merged_sites_equal_pooled_cohort(pooled, stage):
+    engine = Engine(load_cohort(pooled, connect()), PROTOCOL, stage)
+    hist, meta = federated.merge_histograms(site_docs(pooled, stage, SCENARIO))
+    assert hist.sites == tuple(sorted(pooled["site_id"].unique()))
+    assert as_counter(hist) == as_counter(engine.histogram(SCENARIO.overrides, by_site=True))
+    assert meta["total"] == len(pooled) and meta["suppressed"] == 0
+    result, sites = federated.network_result(hist, meta)
+    want = analysis.run(engine, SCENARIO)
+    assert result.totals == want.totals
+    assert result.plan == want.plan
+    pd.testing.assert_frame_equal(result.funnel, want.funnel)
+    pd.testing.assert_frame_equal(result.stats, want.stats)
+    pd.testing.assert_frame_equal(sites, analysis.by_site(engine, SCENARIO))
+    order = ["EXCL03", "INCL07"]
+    pd.testing.assert_frame_equal(federated.network_result(hist, meta, order)[0].funnel,
+                                  analysis.run(engine, SCENARIO, order).funnel)
+
+
+def test_suppression_drops_small_rows_and_keeps_bounds(pooled):
+    k = 5
+    full = site_docs(pooled, 1, SCENARIO)
+    docs = site_docs(pooled, 1, SCENARIO, k=k)
+    for a, b in zip(full, docs, strict=True):
+        small = [r for r in a["rows"] if r[2] < k]
+        assert b["suppression"] == {"below": k, "suppressed": sum(r[2] for r in small)}
+        assert all(r[2] >= k for r in b["rows"])
+        assert b["total"] == a["total"]
+        assert [r for r in a["rows"] if r[2] >= k] == b["rows"]
+    assert sum(d["suppression"]["suppressed"] for d in docs) > 0
+    true_res, true_sites = federated.network_result(*federated.merge_histograms(full))
+    hist, meta = federated.merge_histograms(docs)
+    res, sites = federated.network_result(hist, meta)
+    assert res.totals["screened"] == true_res.totals["screened"] == len(pooled)
+    assert meta["suppressed"] == sum(d["suppression"]["suppressed"] for d in docs)
+    # the strict bound can only fall, the optimistic one only rise: still true bounds
+    assert (res.funnel["strict"] <= true_res.funnel["strict"]).all()
+    assert (res.funnel["optimistic"] >= true_res.funnel["optimistic"]).all()
+    assert (sites["screened"] == true_sites["screened"]).all()
+    assert (sites["strict"] <= true_sites["strict"]).all()
+    assert (sites["optimistic"] >= true_sites["optimistic"]).all()
+
+
+def test_round_trip_and_validation(tmp_path, pooled):
+    doc = site_docs(pooled.head(300), 1, SCENARIO)[0]
+    path = federated.write_histogram(tmp_path / "a.json", doc)
+    assert federated.read_histogram(path) == json.loads(json.dumps(doc))
+    assert doc["leaves"] == [r.id for r in portable.stage_rules(PROTOCOL, 1)]
+    assert doc["criteria_fingerprint"] == portable.criteria_fingerprint(PROTOCOL, 1, SCENARIO)
+    assert doc["scenario"]["overrides"] == {"EXCL03": {"washout_min_days": "21"}, "INCL07.CRCL": {"min": "50"}}
+    bad = dict(doc, total=doc["total"] + 1)
+    with pytest.raises(federated.FederatedError, match="add up to"):
+        federated.write_histogram(tmp_path / "b.json", bad)
+    for broken, message in [
+        ({**doc, "version": 9}, "format version"),
+        ({**doc, "format": "csv"}, "not a kn026-histogram"),
+        ({**doc, "rows": [[3, 1, 5]], "total": 5}, "not a valid mask pair"),
+        ({**doc, "rows": [[1 << 59, 0, 5]], "total": 5}, "not a valid mask pair"),
+        ({**doc, "rows": [["1", 0, 5]], "total": 5}, "integers"),
+        ({k: v for k, v in doc.items() if k != "leaves"}, "'leaves'"),
+    ]:
+        (tmp_path / "x.json").write_text(json.dumps(broken))
+        with pytest.raises(federated.FederatedError, match=message):
+            federated.read_histogram(tmp_path / "x.json")
+    (tmp_path / "y.json").write_text("{not json")
+    with pytest.raises(federated.FederatedError, match="not a JSON"):
+        federated.read_histogram(tmp_path / "y.json")
+
+
+def test_mismatches_are_refused(tmp_path, pooled):
+    small = pooled[pooled["site_id"].isin(sorted(pooled["site_id"].unique())[:2])].head(400)
+    a, b = site_docs(small, 1, SCENARIO)
+    federated.merge_histograms([a, b])
+    with pytest.raises(federated.FederatedError, match=r"stage differs.*stage 1.*stage 2"):
+        federated.merge_histograms([a, site_docs(small, 2, SCENARIO)[1]])
+    with pytest.raises(federated.FederatedError, match=r"scenario differs.*'crcl50'.*'Protocol'"):
+        federated.merge_histograms([a, site_docs(small, 1, Scenario())[1]])
+    with pytest.raises(federated.FederatedError, match="more than one histogram from site"):
+        federated.merge_histograms([a, dict(b, site=a["site"])])
+    # another criteria file (a changed default threshold), same scenario
+    text = DEFAULT_PROTOCOL.read_text(encoding="utf-8").replace(
+        "min_age: {default: 18,", "min_age: {default: 21,")
+    other_path = tmp_path / "other.yaml"
+    other_path.write_text(text, encoding="utf-8")
+    other = load_protocol(other_path)
+    part = small[small["site_id"] == b["site"]].reset_index(drop=True)
+    engine = Engine(load_cohort(part, connect()), other, 1)
+    c = federated.export_histogram(engine.histogram(SCENARIO.overrides), engine, SCENARIO, b["site"])
+    assert c["scenario"]["fingerprint"] == a["scenario"]["fingerprint"]
+    with pytest.raises(federated.FederatedError, match="criteria fingerprint differs"):
+        federated.merge_histograms([a, c])
+    with pytest.raises(federated.FederatedError, match="no histogram"):
+        federated.merge_histograms([])
+
+
+def test_rule_missing_at_one_site_counts_as_unknown_there(pooled):
+    sites = sorted(pooled["site_id"].unique())
+    docs = site_docs(pooled, 1, Scenario(), drop={sites[0]: ["pt_s"]})
+    assert docs[0]["not_assessable"] == {"INCL07.COAG": ["pt_s"]}
+    hist, meta = federated.merge_histograms(docs)
+    assert meta["partially_assessable"] == {"INCL07.COAG": [sites[0]]}
+    assert meta["not_assessable"] == {}
+    bit = np.uint64(1 << docs[0]["leaves"].index("INCL07.COAG"))
+    at_a = hist.site == 0
+    assert np.all((hist.unknown[at_a] & bit) == bit)
+    result, _ = federated.network_result(hist, meta)
+    assert "INCL07" in result.plan.ids
+    # dropped everywhere: n/a in the network funnel too
+    docs = site_docs(pooled, 1, Scenario(), drop={s: ["pt_s"] for s in sites})
+    hist, meta = federated.merge_histograms(docs)
+    assert meta["not_assessable"] == {"INCL07.COAG": ["pt_s"]}
+    assert meta["partially_assessable"] == {}
+
+
+def test_merged_engine_refuses_other_thresholds(pooled):
+    hist, meta = federated.merge_histograms(site_docs(pooled.head(500), 1, SCENARIO))
+    engine = federated.MergedEngine(hist, meta)
+    with pytest.raises(federated.FederatedError, match="re-run"):
+        analysis.run(engine, Scenario("x", overrides={"INCL01": {"min_age": Decimal(30)}}))
+
+
+def test_cli_histogram_and_merge(tmp_path, pooled, capsys):
+    sites = sorted(pooled["site_id"].unique())[:3]
+    files = []
+    for s in sites:
+        part = pooled[pooled["site_id"] == s]
+        csv_path = tmp_path / f"{s}.csv"
+        part.to_csv(csv_path, index=False)
+        out = tmp_path / f"{s}.json"
+        assert federated.main(["histogram", "--cohort", str(csv_path), "--stage", "1", "--site", s,
+                               "--out", str(out), "--suppress-below", "3"]) == 0
+        files.append(str(out))
+    capsys.readouterr()
+    assert federated.main(["merge", *files, "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    pooled3 = pooled[pooled["site_id"].isin(sites)].reset_index(drop=True)
+    want = analysis.run(Engine(load_cohort(pooled3, connect()), PROTOCOL, 1))
+    assert doc["totals"]["screened"] == want.totals["screened"]
+    assert doc["totals"]["strict"] <= want.totals["strict"] <= want.totals["optimistic"] \
+        <= doc["totals"]["optimistic"]
+    assert [s["site"] for s in doc["sites"]] == sites
+    assert federated.main(["merge", *files]) == 0
+    text = capsys.readouterr().out
+    assert "network of 3 site(s)" in text and "suppressed small cells" in text
+    # a refused merge: exit status 2 and one line naming the problem
+    other = tmp_path / "stage2.json"
+    part = pooled[pooled["site_id"] == sites[0]]
+    part.to_csv(tmp_path / "s2.csv", index=False)
+    assert federated.main(["histogram", "--cohort", str(tmp_path / "s2.csv"), "--stage", "2",
+                           "--site", "other", "--out", str(other)]) == 0
+    capsys.readouterr()
+    assert federated.main(["merge", files[0], str(other)]) == 2
+    assert "stage differs" in capsys.readouterr().err
+
+
+def test_cli_histogram_from_exported_query_rows(tmp_path, pooled, capsys):
+    """A site runs the exported SQL in its own database and converts the f,u,n result."""
+    part = pooled[pooled["site_id"] == sorted(pooled["site_id"].unique())[0]].drop(columns=["pt_s"])
+    part = part.reset_index(drop=True)
+    cohort = load_cohort(part, connect())
+    columns = ",".join(sorted(cohort.present))
+    sql = portable.screening_sql(PROTOCOL, 1, "duckdb", SCENARIO, present=cohort.present)
+    rows = cohort.con.execute(sql).df()
+    rows.to_csv(tmp_path / "rows.csv", index=False)
+    scen = tmp_path / "s.yaml"
+    scen.write_text(SCENARIO.to_yaml(PROTOCOL))
+    assert federated.main(["histogram", "--rows", str(tmp_path / "rows.csv"), "--columns", columns,
+                           "--stage", "1", "--scenario", str(scen), "--site", "A",
+                           "--out", str(tmp_path / "rows.json")]) == 0
+    assert federated.main(["histogram", "--cohort", str(_write(part, tmp_path / "a.parquet")),
+                           "--stage", "1", "--scenario", str(scen), "--site", "A",
+                           "--out", str(tmp_path / "cohort.json")]) == 0
+    a = federated.read_histogram(tmp_path / "rows.json")
+    b = federated.read_histogram(tmp_path / "cohort.json")
+    assert a["rows"] == b["rows"] and a["not_assessable"] == b["not_assessable"] == {"INCL07.COAG": ["pt_s"]}
+    assert a["criteria_fingerprint"] == b["criteria_fingerprint"]
+    assert a["engine"] == "sql" and b["engine"] == "duckdb"
+    federated.merge_histograms([a, dict(b, site="B")])
+
+
+def _write(frame: pd.DataFrame, path: Path) -> Path:
+    load_cohort(frame, con := connect())
+    con.execute(f"COPY cohort TO '{path}' (FORMAT parquet)")
+    return path
+
+
+ANALYST = Scenario("analyst", overrides={"INCL01": {"min_age": Decimal(21)}},
+                   custom=(CustomRule("AGECAP", "inclusion", "Aged at most $max_age years",
+                                      "age_years <= $max_age", {"max_age": {"default": 75}}),),
+                   replace={"INCL05": "ecog IN (0, 1) OR ecog IS NULL AND age_years < 40"})
+
+
+def test_sites_with_custom_rules_merge_into_the_pooled_funnel(pooled, tmp_path, capsys):
+    """Analyst-written rules travel in the fingerprint: every site must run the same ones."""
+    docs = []
+    for site, part in pooled.groupby("site_id", sort=True):
+        engine = analysis.engine_for(Engine(load_cohort(part.reset_index(drop=True), connect()), PROTOCOL, 1),
+                                     ANALYST)
+        docs.append(federated.export_histogram(engine.histogram(ANALYST.overrides), engine, ANALYST, site))
+    assert docs[0]["leaves"][-1] == "AGECAP" and docs[0]["scenario"]["custom"][0]["id"] == "AGECAP"
+    hist, meta = federated.merge_histograms(docs)
+    pooled_engine = analysis.engine_for(Engine(load_cohort(pooled, connect()), PROTOCOL, 1), ANALYST)
+    assert as_counter(hist) == as_counter(pooled_engine.histogram(ANALYST.overrides, by_site=True))
+    result, _ = federated.network_result(hist, meta)
+    assert result.totals == analysis.run(pooled_engine, ANALYST).totals
+    # the same thresholds without the analyst rules: refused, not silently mixed
+    plain = Scenario("analyst", overrides=ANALYST.overrides)
+    engine = Engine(load_cohort(pooled[pooled["site_id"] == docs[0]["site"]].reset_index(drop=True), connect()),
+                    PROTOCOL, 1)
+    other = federated.export_histogram(engine.histogram(plain.overrides), engine, plain, "elsewhere")
+    with pytest.raises(federated.FederatedError, match="scenario"):
+        federated.merge_histograms([docs[0], other])
+    # an engine that was not extended for the scenario cannot label the custom bits
+    with pytest.raises(federated.FederatedError, match="engine_for"):
+        federated.export_histogram(engine.histogram(), engine, ANALYST, "x")
