@@ -1114,15 +1114,16 @@ def fan_chart(result: ForecastResult, other: ForecastResult | None = None, deadl
                                      marker={"color": f"rgb({rgb})", "size": 9, "symbol": "diamond"},
                                      name=f"{name}: median {md}"))
     fig.add_hline(y=result.target, line={"color": "grey", "dash": "dash"},
-                  annotation_text=f"target {result.target}", annotation_position="top left")
+                  annotation_text=f"target {result.target}", annotation_position="top left",
+                  annotation_xshift=8)
     if deadline is not None:
         dl = to_date(deadline, "deadline")
         fig.add_vline(x=pd.Timestamp(dl).value / 1e6, line={"color": "firebrick", "dash": "dash"})
         fig.add_annotation(x=pd.Timestamp(dl), y=1, yref="paper", showarrow=False, yanchor="bottom",
                            text=f"deadline {dl}: P = {result.probability_by(dl):.2f}")
     fig.update_layout(title=title or f"Enrolment forecast ({result.n_sims} simulated trials)",
-                      xaxis_title="date", yaxis_title="patients enrolled", hovermode="x unified",
-                      legend={"orientation": "h", "y": -0.2}, margin={"t": 60})
+                      xaxis_title=None, yaxis_title="patients enrolled", hovermode="x unified",
+                      legend={"orientation": "h", "y": -0.1, "yanchor": "top"}, margin={"t": 60})
     return fig
 
 
@@ -1139,7 +1140,7 @@ def site_contribution_chart(result: ForecastResult, top: int = 40, title: str | 
                  labels={"expected_enrolled": f"expected patients of the {result.remaining} to enrol",
                          "site_id": "site", "rate_mean": "screened / month",
                          "rate_lo": "rate 10 %", "rate_hi": "rate 90 %", "share_pct": "share %"})
-    fig.update_layout(title=title or "Expected contribution per site", yaxis={"categoryorder": "trace"},
+    fig.update_layout(title=title or "Expected contribution per site", yaxis={"categoryorder": "total ascending"},
                       height=max(300, 22 * len(tab) + 120))
     return fig
 
@@ -1202,6 +1203,9 @@ def add_cli(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--only-sites", help="comma-separated site_id values to keep (the sites a sponsor selects)")
     p.add_argument("--stagger", type=float, default=0.0, help="sites open evenly over this many months (0)")
     p.add_argument("--ramp", type=float, default=0.0, help="months for a new site to reach full speed (0)")
+    p.add_argument("--approach", type=float, default=1.0,
+                   help="share (0-1) of each site's patients in the cohort approached for this trial: thins "
+                        "the estimated rates (1 = as observed; docs/forecast.md section 9)")
     p.add_argument("--uptake", type=float, default=DEFAULT_UPTAKE,
                    help=f"share of eligible patients who enrol (default {DEFAULT_UPTAKE})")
     p.add_argument("--start", help="first day of enrolment, ISO date (default today)")
@@ -1232,6 +1236,9 @@ def main_forecast(args) -> int:
         raise ValueError("--mean-rate and --cv describe sites given with --sites K")
     if args.sites is not None and args.only_sites:
         raise ValueError("--only-sites selects sites estimated from the cohort; it cannot be used with --sites")
+    if args.sites is not None and args.approach != 1.0:
+        raise ValueError("--approach thins rates estimated from the cohort; with --sites give the mean rate "
+                         "the sites screen for this trial")
     if args.sites is not None and args.mean_rate is None:
         raise ValueError("--sites needs --mean-rate (patients screened per site-month)")
     start = to_date(args.start, "--start") if args.start else _dt.date.today()
@@ -1260,13 +1267,16 @@ def main_forecast(args) -> int:
         keep = [t.strip() for t in (args.only_sites or "").split(",") if t.strip()]
         if keep:
             sites = sites.subset(keep)
-        sites = sites.with_activation(stagger_months=args.stagger, ramp_months=args.ramp)
+        from kn026.recruitment import approached
+
+        sites = approached(sites, args.approach).with_activation(stagger_months=args.stagger,
+                                                                 ramp_months=args.ramp)
 
     common = dict(uptake=args.uptake, target=args.target, start=start, n_sims=args.n_sims, seed=args.seed,
                   enrolled=args.enrolled, fraction_screened=base["screened"])
     doc = {"protocol": protocol.name, "stage": args.stage, "cohort": str(args.cohort),
            "screened": base["screened"], "target": args.target, "enrolled": args.enrolled,
-           "uptake": args.uptake, "start": start.isoformat(),
+           "uptake": args.uptake, "approach": args.approach, "start": start.isoformat(),
            "deadline": deadline.isoformat() if deadline else None,
            "sites": {"source": sites.source, "n": sites.n_sites, "note": sites.note,
                      "mean_rate_total": float(sites.mean.sum()), "prior_mean": sites.prior_mean,

@@ -477,8 +477,30 @@ def test_cli_text_with_input_sites(synth_csv, capsys):
     assert "strict" in out and "optimistic" in out and "median" in out and "80 % interval" in out
 
 
+def test_cli_approach_share_thins_the_estimated_rates(synth_csv, capsys):
+    """--approach a: rates a x lambda_i, the same forecast as the eligible fraction times a."""
+    base = ["forecast", "--cohort", str(synth_csv), "--stage", "1", "--start", "2026-01-01", "--n-sims", "1000",
+            "--json"]
+    docs = {}
+    for a in ("1", "0.25"):
+        assert fc.main_forecast(_parser().parse_args([*base, "--approach", a])) == 0
+        docs[a] = json.loads(capsys.readouterr().out)
+    full, quarter = docs["1"], docs["0.25"]
+    assert quarter["approach"] == 0.25
+    assert quarter["sites"]["mean_rate_total"] == pytest.approx(0.25 * full["sites"]["mean_rate_total"])
+    assert "25.0% of candidates approached" in quarter["sites"]["note"]
+    f = full["bounds"]["strict"]["eligible_fraction"]
+    frame = pd.read_csv(synth_csv, usecols=["site_id", "screening_date", "country"])
+    direct = fc.forecast(fc.estimate_sites(frame), 0.25 * f, target=fc.DEFAULT_TARGET, start="2026-01-01",
+                         n_sims=1000, fraction_screened=full["screened"])
+    assert quarter["bounds"]["strict"]["median_months"] == pytest.approx(direct.median, rel=0.02)
+    assert quarter["bounds"]["strict"]["median_months"] > 3 * full["bounds"]["strict"]["median_months"]
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--mean-rate", "2"], "--mean-rate and --cv describe sites given with --sites K"),
+    (["--sites", "3", "--mean-rate", "1", "--approach", "0.5"], "--approach thins rates estimated from the cohort"),
+    (["--approach", "1.5"], "approach share must be between 0 and 100 %"),
     (["--sites", "3"], "--sites needs --mean-rate"),
     (["--deadline", "June"], "not an ISO date"),
 ])
