@@ -49,6 +49,7 @@ from sqlglot.errors import ErrorLevel, ParseError, SqlglotError, TokenError
 from sqlglot.tokens import TokenType
 
 NAME = re.compile(r"^[a-z_][a-z0-9_]*$")
+_WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*|\S")
 _NUMBER = re.compile(r"^(?P<int>\d*)(\.(?P<frac>\d*))?([eE](?P<exp>[+-]?\d{1,3}))?$")
 # Plain literals with more digits become DECIMAL(38, s) in DuckDB, and comparing such a
 # type with a large INTEGER/BIGINT value fails at run time ("Could not cast value to
@@ -284,6 +285,55 @@ def dictionary_kinds(names: Iterable[str] | None = None, numbers: Iterable[str] 
     kinds = {c.name: c.kind for c in schema.COLUMNS if wanted is None or c.name in wanted}
     kinds.update({n: "number" for n in numbers})
     return kinds
+
+
+def point_at(text: str, position: int | None, token: str | None = None, width: int = 76) -> str:
+    """The line of `text` holding `position`, and a line of carets under the offending token.
+
+    For showing a RuleError in a monospace box, so the analyst sees *where* the rule
+    went wrong, not only a position number. Invisible, control and combining
+    characters are drawn as U+FFFD (they are what a look-alike attack hides), wide
+    characters count two columns, and a long line is cut to a window around the
+    position, so the carets stay under the token. Empty when there is no position.
+    """
+    if position is None or text is None:
+        return ""
+    text = str(text)
+    position = min(max(int(position), 0), len(text))
+    start = text.rfind("\n", 0, position) + 1
+    end = text.find("\n", position)
+    line = text[start:len(text) if end < 0 else end].rstrip("\r")
+    col = min(position - start, len(line))
+    if token and text[position:position + len(token)].lower() == token.lower():
+        span = len(token)  # the token as typed (the checker may report it re-rendered: COUNT for count)
+    else:  # no usable token: the word (or the one character) at the position
+        word = _WORD.match(text, position)
+        span = len(word.group(0)) if word else 1
+    span = max(1, min(span, len(line) - col)) if col < len(line) else 1
+    cells = [_cell(ch) for ch in line]
+    offset = sum(w for _, w in cells[:col])
+    under = sum(w for _, w in cells[col:col + span]) or 1
+    shown = "".join(c for c, _ in cells)
+    total = sum(w for _, w in cells)
+    if total > width:  # a window around the token (character cuts: wide characters are rare here)
+        lo = max(0, min(offset - width // 3, total - width))
+        shown = ("…" if lo else "") + shown[lo:lo + width] + ("…" if lo + width < total else "")
+        offset = offset - lo + (1 if lo else 0)
+        under = min(under, width)
+    prefix = ""
+    if "\n" in text:
+        prefix = f"line {text.count(chr(10), 0, start) + 1} | "
+    return f"{prefix}{shown}\n{' ' * (len(prefix) + offset)}{'^' * under}"
+
+
+def _cell(ch: str) -> tuple[str, int]:
+    """How one character is drawn in a caret display, and its width in columns."""
+    cat = unicodedata.category(ch)
+    if ch == "\t":
+        return " ", 1
+    if cat[0] == "C" or cat in ("Mn", "Me", "Zl", "Zp") or (cat == "Zs" and ch != " "):
+        return "\ufffd", 1
+    return ch, 2 if unicodedata.east_asian_width(ch) in ("W", "F") else 1
 
 
 # -- the check ------------------------------------------------------------------------

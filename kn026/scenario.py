@@ -35,7 +35,8 @@ class Scenario:
     def is_protocol(self) -> bool:
         return not self.overrides and not self.disabled and not self.custom and not self.replace
 
-    def _params(self, protocol: Protocol, rid: str) -> dict[str, Param]:
+    def rule_params(self, protocol: Protocol, rid: str) -> dict[str, Param]:
+        """The parameters of a protocol rule or of one of this scenario's custom criteria."""
         for c in self.custom:
             if c.id == rid:
                 return custom_params(c)
@@ -50,7 +51,7 @@ class Scenario:
             protocol.rule(rid)
         overrides = {}
         for rid, values in self.overrides.items():
-            params = self._params(protocol, rid)
+            params = self.rule_params(protocol, rid)
             if not isinstance(values, dict):
                 raise CriteriaError(f"scenario {self.name!r}: {rid} needs a mapping of parameter: value")
             checked = {}
@@ -80,14 +81,14 @@ class Scenario:
         """Readable list of what differs from the protocol."""
         out = []
         for rid, values in sorted(self.overrides.items()):
-            params = self._params(protocol, rid)
+            params = self.rule_params(protocol, rid)
             for pname, value in values.items():
                 default = params[pname].default
                 if value != default:
                     out.append(f"{rid} {pname}: {format_number(default)} -> {format_number(value)} "
                                f"{params[pname].unit}".rstrip())
-        out += [f"{rid} rewritten: {sql}" for rid, sql in sorted(self.replace.items())]
-        out += [f"{c.id} added ({c.kind}): {c.sql}" for c in self.custom]
+        out += [f"{rid} rewritten: {' '.join(sql.split())}" for rid, sql in sorted(self.replace.items())]
+        out += [f"{c.id} added ({c.kind}): {' '.join(c.sql.split())}" for c in self.custom]
         out += [f"{cid} disabled" for cid in sorted(self.disabled)]
         return out
 

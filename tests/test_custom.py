@@ -142,3 +142,77 @@ def test_scenario_with_hostile_custom_rule_is_refused_when_screened(engine):
     scen = S("bad", custom=(custom.CustomRule("CUST01", "exclusion", "x", "glob('*') IS NULL"),))
     with pytest.raises(RuleError, match="glob"):
         analysis.run(engine, scen)
+
+
+# -- helpers of the app's rule editor --------------------------------------------------------
+
+
+def test_parse_params_round_trips_and_explains_bad_lines():
+    params = custom.parse_params("max_age = 75 years\n\n  min_hb: 100.5 g/L\nratio = -0.25")
+    assert params == {"max_age": {"default": 75, "unit": "years"}, "min_hb": {"default": 100.5, "unit": "g/L"},
+                      "ratio": {"default": -0.25}}
+    assert custom.parse_params(custom.format_params(params)) == params
+    assert custom.parse_params("") == {}
+    for text, match in (("max_age 75", "line 1"), ("a = 1\nb = x", "line 2"), ("Max = 1", "lower case"),
+                        ("a = 1\na = 2", "twice"), ("a = 1e99", "name = value"), ("a = 9999999999999999", "large"),
+                        ("\n".join(f"p{i} = 1" for i in range(11)), "at most 10")):
+        with pytest.raises(CriteriaError, match=match):
+            custom.parse_params(text)
+
+
+def test_parsed_params_build_a_rule_whose_text_shows_current_values(engine):
+    rule = custom.CustomRule("CUST01", "exclusion", "Older than {max_age} {oops}", "age_years <= :max_age",
+                             custom.parse_params("max_age = 75 years"))
+    built = custom.build_custom(rule, engine.cohort, PROTOCOL, (1, 2))
+    assert built.readable(1) == "age_years <= 75"
+    assert built.readable(1, {"max_age": 80}) == "age_years <= 80"
+    # braces in quoted text are not parameters: readable() must not fail on them
+    odd = custom.replace_rule(PROTOCOL.rule("EXCL01"), "brain_metastases <> '{active}'", engine.cohort, PROTOCOL)
+    assert odd.readable(1) == "rewritten: brain_metastases <> 'active'"
+
+
+def test_rewritten_rule_reads_with_its_parameters(engine):
+    rule = custom.replace_rule(PROTOCOL.rule("INCL07.CRCL"), "crcl_if_female >= :min + 20", engine.cohort, PROTOCOL)
+    assert rule.readable(1) == "rewritten: crcl_if_female >= 30 + 20"
+    assert custom.unused_params(rule, 1, PROTOCOL) == []
+    literal = custom.replace_rule(PROTOCOL.rule("INCL07.CRCL"), custom.EXAMPLE_REPLACE[1], engine.cohort, PROTOCOL)
+    assert custom.unused_params(literal, 1, PROTOCOL) == ["min"]
+    # parameters reached through a derived value (washout_days) count as used
+    washout = next(r for r in PROTOCOL.rules if "washout_days" in r.sql.get(1, ""))
+    assert custom.unused_params(washout, 1, PROTOCOL) == []
+
+
+def test_expression_for_edit_prefills_the_scenario_or_protocol_text():
+    assert custom.expression_for_edit(PROTOCOL, {}, "INCL07.ANC", 1) == "anc_1e9_l >= :min"
+    assert custom.expression_for_edit(PROTOCOL, {"INCL07.ANC": "anc_1e9_l >= 2"}, "INCL07.ANC", 1) == "anc_1e9_l >= 2"
+    staged = next(r for r in PROTOCOL.rules if len(set(r.sql.values())) > 1)
+    assert custom.expression_for_edit(PROTOCOL, {}, staged.id, 2) == staged.sql[2]
+
+
+def test_every_protocol_expression_passes_the_analyst_grammar(engine):
+    # the editor prefills these: submitting one unchanged must never be refused
+    for rule in PROTOCOL.rules:
+        for stage in rule.stages:
+            custom.replace_rule(rule, custom.expression_for_edit(PROTOCOL, {}, rule.id, stage), engine.cohort,
+                                PROTOCOL)
+
+
+def test_examples_are_valid_and_next_id_skips_taken(engine):
+    ext, _, _ = extended(engine, rules=(custom.EXAMPLE_CUSTOM,), replaced=dict([custom.EXAMPLE_REPLACE]))
+    by_param = analysis.run(engine, Scenario("p", overrides={"INCL07.CRCL": {"min": 50}}))
+    over = engine.con.execute("SELECT count(*) FROM cohort WHERE age_years > 75").fetchall()[0][0]
+    assert analysis.run(ext).stats.set_index("criterion").loc["CUST01", "failed"] == over
+    only_crcl, _, _ = extended(engine, rules=(), replaced=dict([custom.EXAMPLE_REPLACE]))
+    assert analysis.run(only_crcl).totals == by_param.totals
+    assert custom.next_id([]) == "CUST01" and custom.next_id(["CUST01", "CUST03"]) == "CUST02"
+
+
+def test_column_help_lists_what_a_rule_may_use():
+    frame = pd.DataFrame({"patient_id": ["a"], "age_years": [50.0], "sex": ["F"], "biomarker_x": [1.0]})
+    cohort = load_cohort(frame, connect())
+    rows = {r["name"]: r for r in custom.column_help(cohort, PROTOCOL)}
+    assert rows["age_years"]["kind"] == "number" and rows["age_years"]["unit"] == "years"
+    assert "'F'" in rows["sex"]["meaning"]
+    assert rows["biomarker_x"]["meaning"] == "extra column of the uploaded file"
+    assert rows["crcl_if_female"]["kind"] == "number (derived)"
+    assert "weight_kg" not in rows  # absent from this cohort: a rule may not name it

@@ -30,6 +30,7 @@ from kn026.rulecheck import (
     dictionary_kinds,
     harden,
     param_value,
+    point_at,
 )
 
 CORPUS = Path(__file__).with_name("hostile") / "corpus.yaml"
@@ -541,3 +542,38 @@ def test_typed_strategy_accepts_a_good_share():
             return False
 
     assert find(typed_strategies(), accepted)
+
+
+# -- pointing at the offending token (the app's error box) ------------------------------------
+
+
+def _point(text):
+    with pytest.raises(RuleError) as info:
+        check_expression(text, dictionary_kinds(), PARAMS)
+    return point_at(text, info.value.position, info.value.token)
+
+
+def test_point_at_underlines_the_token_as_typed():
+    assert _point("age_years > 1 AND read_csv('/etc/passwd') IS NULL") == (
+        "age_years > 1 AND read_csv('/etc/passwd') IS NULL\n"
+        "                  ^^^^^^^^")
+    # the checker reports the subquery re-rendered (COUNT); the carets still cover it as typed
+    assert _point("age_years > (select count(*) from cohort)").splitlines()[1] == " " * 12 + "^" * 29
+    assert _point("age_years > 1; DROP TABLE cohort").splitlines()[1] == " " * 13 + "^"
+    # no token: the word at the position
+    assert _point("sex > 5").splitlines()[1] == "^^^"
+
+
+def test_point_at_multiline_long_and_invisible_text():
+    text = "age_years >= 18\nAND ecog <= 1\nAND glob('*') IS NULL"
+    assert _point(text) == "line 3 | AND glob('*') IS NULL\n" + " " * 13 + "^^^^"
+    long = "age_years + " * 10 + "1 > 0 AND read_csv('x') IS NULL AND " + "ecog < 2 AND " * 8 + "TRUE"
+    line, marks = _point(long).splitlines()
+    assert len(line) <= 78 and line.startswith("…") and line.endswith("…")
+    assert line[marks.index("^"):marks.index("^") + 8] == "read_csv" and marks.count("^") == 8
+    # a zero-width space is drawn as a visible mark, and the caret stays under it
+    hidden = "age_years\u200b > 1"
+    line, marks = _point(hidden).splitlines()
+    assert line == "age_years\ufffd > 1" and marks == " " * 9 + "^"
+    assert point_at("x > 1", None) == ""
+    assert point_at("abc", 99) == "abc\n   ^"  # past the end: after the last character
