@@ -397,6 +397,21 @@ def suggest_mapping(columns: Iterable[str], sample: pd.DataFrame | None = None,
     return mapping
 
 
+def suggest_column(target: str, header: str, sample: pd.DataFrame | None = None, decimal: str = ".") -> ColumnMap:
+    """A ColumnMap for mapping file column `header` onto `target` by hand: the unit named in the
+    header or typical of the sample's values, and translations of the sample's categorical values."""
+    _check_target(target)
+    cmap = ColumnMap(target, header)
+    unit = _unit_in_header(target, header)
+    if unit is None and sample is not None and header in sample.columns:
+        unit = guess_unit(target, sample[header].dropna().head(500), decimal)
+    if unit is not None and unit_factor(target, unit) != 1.0:
+        cmap.unit = unit
+    if sample is not None and header in sample.columns:
+        cmap.values = suggest_values(target, sample[header].dropna().unique()[:200])
+    return cmap
+
+
 def guess_decimal(values: Iterable) -> str:
     """',' when numbers are written 12,5 (and none 12.5), else '.'."""
     comma = dot = 0
@@ -464,6 +479,20 @@ def suggest_values(column: str, values: Iterable) -> dict[str, str]:
         if mapped is not v and str(mapped) != str(v):
             out[str(v)] = str(mapped)
     return out
+
+
+def dictionary_values(column: str) -> list[str]:
+    """The values a categorical / flag / small-integer dictionary column takes, for a value picker
+    (open categories such as primary_site list the spellings the synonyms file knows)."""
+    col = schema.BY_NAME[column]
+    if col.values:
+        return list(col.values)
+    if col.kind == schema.FLAG:
+        return ["true", "false"]
+    if col.kind == schema.INTEGER and col.low is not None and col.high is not None and col.high - col.low <= 10:
+        return [str(v) for v in range(int(col.low), int(col.high) + 1)]
+    known = dict.fromkeys(_value_table(column).values()) if col.kind == schema.CATEGORY else {}
+    return list(known)
 
 
 def value_report(frame: pd.DataFrame, mapping: Mapping) -> pd.DataFrame:
@@ -640,8 +669,17 @@ class Preview:
         return not self.problems
 
 
-def _check_loads(frame: pd.DataFrame) -> None:
+def _private_connection():
+    """A scratch connection that never spills rows to disk (kn026.sandbox.prepare)."""
+    from kn026 import sandbox
+
     con = connect()
+    sandbox.prepare(con)
+    return con
+
+
+def _check_loads(frame: pd.DataFrame) -> None:
+    con = _private_connection()
     try:
         load_cohort(frame, con)
     finally:
@@ -650,7 +688,7 @@ def _check_loads(frame: pd.DataFrame) -> None:
 
 def validate(mapped: pd.DataFrame) -> tuple[list[Problem], int]:
     """load_cohort's problems for a mapped frame ([] when it loads) and their total count."""
-    con = connect()
+    con = _private_connection()
     try:
         load_cohort(mapped, con)
     except CohortError as err:

@@ -24,7 +24,10 @@ The source is only read. Work tables are temporary and dropped at the end.
 
 from __future__ import annotations
 
+import csv
 import datetime as dt
+import gzip
+import io
 import operator
 import re
 import shutil
@@ -273,19 +276,22 @@ def _lit(text) -> str:
 class _Source:
     """The CDM tables of a folder, zip or DuckDB file as read-only DuckDB views."""
 
-    def __init__(self, con: duckdb.DuckDBPyConnection, path: str | Path):
+    def __init__(self, con: duckdb.DuckDBPyConnection, path: str | Path | bytes, name: str | None = None):
         self.con = con
-        self.path = Path(path)
+        in_memory = isinstance(path, (bytes, bytearray, memoryview))
+        self.path = Path(name or "upload.zip") if in_memory else Path(path)
         self.views: dict[str, str] = {}
         self.kinds: dict[str, str] = {}
         self.cols: dict[str, dict[str, tuple[str, str]]] = {}  # table -> lower col -> (actual, type)
         self._tmp: str | None = None
         self._attached: str | None = None
-        if not self.path.exists():
+        if not in_memory and not self.path.exists():
             raise ValueError(f"OMOP source {self.path} does not exist; give a folder, a .zip or a "
                              f".duckdb file holding the CDM tables")
         try:
-            if self.path.is_dir():
+            if in_memory:
+                self._open_zip_bytes(bytes(path))
+            elif self.path.is_dir():
                 self._open_folder(self.path)
             elif zipfile.is_zipfile(self.path):
                 self._open_zip(self.path)
@@ -355,6 +361,72 @@ class _Source:
                 with zf.open(info) as src, target.open("wb") as dst:
                     shutil.copyfileobj(src, dst)
         self._open_folder(Path(self._tmp))
+
+    def _open_zip_bytes(self, data: bytes) -> None:
+        """A zip held in memory (an upload): each CDM table is parsed in Python into an Arrow
+        table and registered with DuckDB. Nothing is extracted to disk, and DuckDB needs no
+        file access, so this works on a locked-down connection (kn026.sandbox)."""
+        try:
+            zf = zipfile.ZipFile(io.BytesIO(data))
+        except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, EOFError, OSError) as err:
+            raise ValueError(f"OMOP source {self.path.name} is not a readable zip ({err}); zip the folder "
+                             f"of CDM tables again") from None
+        found: dict[str, list[zipfile.ZipInfo]] = {}
+        with zf:
+            for info in zf.infolist():
+                parts = Path(info.filename).parts
+                if info.is_dir() or not parts or any(p.startswith((".", "__MACOSX")) for p in parts):
+                    continue
+                table = self._table_of(parts[-1])
+                if table is not None:
+                    found.setdefault(table, []).append(info)
+            for table, infos in found.items():
+                if len(infos) > 1:
+                    raise ValueError(f"OMOP source {self.path.name} has {len(infos)} files for table "
+                                     f"{table.upper()} ({', '.join(Path(i.filename).name for i in infos[:3])}); "
+                                     f"keep one")
+                info = infos[0]
+                if info.flag_bits & 0x1:
+                    raise ValueError(f"OMOP source {self.path.name}: {info.filename} is encrypted; zip the "
+                                     f"tables without a password")
+                with zf.open(info) as fh:
+                    raw = fh.read()
+                self._register(table, Path(info.filename).name, raw)
+
+    def _register(self, table: str, member: str, raw: bytes) -> None:
+        import pyarrow as pa
+        import pyarrow.csv as pacsv
+        import pyarrow.parquet as pq
+
+        low = member.lower()
+        try:
+            if low.endswith(".parquet"):
+                arrow = pq.read_table(io.BytesIO(raw))
+            else:
+                if low.endswith(".gz"):
+                    raw = gzip.decompress(raw)
+                text = raw[:65536].decode("utf-8-sig", errors="replace")
+                header = text.splitlines()[0] if text else ""
+                tab = "\t" in header  # Athena vocabulary files: tab separated, no quoting
+                delimiter = "\t" if tab else ","
+                names = next(csv.reader([header], delimiter=delimiter), [])
+                if not names or not any(n.strip() for n in names):
+                    raise ValueError("the first line must be a header naming the columns")
+                arrow = pacsv.read_csv(
+                    io.BytesIO(raw),
+                    read_options=pacsv.ReadOptions(encoding="utf8"),
+                    parse_options=pacsv.ParseOptions(delimiter=delimiter, quote_char=False if tab else '"',
+                                                     newlines_in_values=not tab),
+                    convert_options=pacsv.ConvertOptions(column_types=dict.fromkeys(names, pa.string()),
+                                                         null_values=[""], strings_can_be_null=True))
+        except (pa.ArrowException, ValueError, OSError, EOFError) as err:
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise ValueError(f"OMOP table {member} cannot be read ({first}); check that it is CSV (UTF-8) or "
+                             f"Parquet") from None
+        view = f"_omop_src_{table}"
+        self.con.register(view, arrow)
+        self.views[table] = view
+        self.kinds[table] = "REGISTERED"
 
     def _view(self, table: str, path: Path) -> None:
         """Parquet stays a view; CSV (text, re-parsed on every scan) is read once into a temp table,
@@ -442,6 +514,9 @@ class _Source:
 
     def close(self) -> None:
         for table, view in self.views.items():
+            if self.kinds.get(table) == "REGISTERED":
+                self.con.unregister(view)
+                continue
             self.con.execute(f"DROP {self.kinds.get(table, 'VIEW')} IF EXISTS {view}")
         self.views = {}
         if self._attached:
@@ -484,25 +559,35 @@ def _lookback(value) -> int:
     raise ValueError(f"lookback_days {value!r} must be a whole number of days >= 0")
 
 
-def import_omop(path: str | Path, index_date="last", lookback_days: int = 30,
+def import_omop(path: str | Path | bytes, index_date="last", lookback_days: int = 30,
                 con: duckdb.DuckDBPyConnection | None = None, *, concepts: str | Path | dict | None = None,
-                closed_world: bool = True, progress: Progress = None) -> tuple[pd.DataFrame, ImportReport]:
+                closed_world: bool = True, progress: Progress = None,
+                name: str | None = None) -> tuple[pd.DataFrame, ImportReport]:
     """Build the screening cohort from an OMOP CDM at `index_date` ("last" or a date).
 
-    Labs are the latest value within `lookback_days` up to the index date. `concepts`
-    replaces the concepts file; `closed_world=False` makes a condition or drug that is
-    not on record NULL (unknown) instead of false / none / 0. Returns the cohort
-    (one row per person, dictionary columns only) and the import report.
+    `path` is a folder, a zip or a DuckDB file, or the bytes of a zip (an upload, read
+    in memory: nothing is extracted to disk; `name` is its file name for messages and
+    the report). Labs are the latest value within `lookback_days` up to the index date.
+    `concepts` replaces the concepts file; `closed_world=False` makes a condition or
+    drug that is not on record NULL (unknown) instead of false / none / 0. Returns the
+    cohort (one row per person, dictionary columns only) and the import report.
     """
     lookback_days = _lookback(lookback_days)
     fixed = _index_spec(index_date)
     doc = concepts if isinstance(concepts, dict) else load_concepts(concepts) if concepts else _default_concepts()
+    in_memory = isinstance(path, (bytes, bytearray, memoryview))
+    shown = (name or "uploaded zip") if in_memory else str(path)
     own = con is None
     con = con or connect()
-    report = ImportReport(str(path), "?", fixed.isoformat() if fixed else "last", lookback_days, closed_world)
+    report = ImportReport(shown, "?", fixed.isoformat() if fixed else "last", lookback_days, closed_world)
     step = _Stepper(progress)
     step(0.0, "opening the OMOP tables")
-    src = _Source(con, path)
+    try:
+        src = _Source(con, path, name)
+    except BaseException:
+        if own:
+            con.close()
+        raise
     try:
         imp = _Importer(con, src, doc, fixed, lookback_days, closed_world, report, step)
         frame = imp.run()

@@ -223,6 +223,92 @@ def _check_xlsx(data: bytes, shown: str) -> None:
                           "is not a normal workbook (a ZIP bomb?). Upload CSV or Parquet instead.")
 
 
+MAX_ZIP_UNCOMPRESSED = 4 * 1024 * 1024 * 1024  # an OMOP zip may inflate to 4 GiB at most
+MAX_ZIP_RATIO = 200
+MAX_ZIP_MEMBERS = 10_000
+MAX_TEXT_BYTES = 1024 * 1024  # a scenario or mapping YAML is a few KB
+
+
+def sniff_zip(data: bytes, filename: str, max_bytes: int = MAX_BYTES,
+              max_uncompressed: int = MAX_ZIP_UNCOMPRESSED) -> str:
+    """Return "zip" for an acceptable ZIP archive (an OMOP CDM upload); raise UploadError otherwise.
+
+    Checks the size limit, the .zip name, the ZIP magic (a renamed PNG or HTML page is
+    named), that the directory is readable, and that it is no zip bomb: at most 10,000
+    members, `max_uncompressed` inflated and a compression ratio of at most 200; no
+    encrypted members. The members themselves are parsed by the importer.
+    """
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise UploadError("the upload is not a file's bytes")
+    data = bytes(data) if not isinstance(data, bytes) else data
+    shown = _shown(filename)
+    if len(data) > max_bytes:
+        raise UploadError(f"{shown}: the file is {_mb(len(data))}; the limit is {_mb(max_bytes)}. "
+                          "Zip only the CDM tables the screening needs (PERSON, OBSERVATION_PERIOD, "
+                          "MEASUREMENT, CONDITION_OCCURRENCE, DRUG_EXPOSURE, ...), or use Parquet tables.")
+    if not data:
+        raise UploadError(f"{shown}: the file is empty")
+    suffix = PurePath(shown).suffix.lower()
+    if suffix != ".zip":
+        raise UploadError(f"{shown}: unsupported file type {suffix or '(no extension)'}; upload a .zip of "
+                          "the OMOP CDM tables (CSV or Parquet)")
+    if not data.startswith((b"PK\x03\x04", b"PK\x05\x06")):
+        what = _binary_kind(data)
+        if what is None and _MARKUP.match(data[:2048]):
+            what = "an HTML or XML page (a saved web page or a download error page?)"
+        raise UploadError(f"{shown} is {what or 'not a ZIP archive'}, not a .zip of OMOP tables; zip the "
+                          "folder of CDM tables and upload that")
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as zf:
+            infos = zf.infolist()
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, EOFError, OSError) as err:
+        raise UploadError(f"{shown} is not a readable ZIP archive ({err}); it may be truncated. Zip the "
+                          "folder again") from None
+    if len(infos) > MAX_ZIP_MEMBERS:
+        raise UploadError(f"{shown} has {len(infos):,} members; an OMOP CDM has a few dozen tables")
+    if any(i.flag_bits & 0x1 for i in infos):
+        raise UploadError(f"{shown} has encrypted members; zip the tables without a password")
+    total = sum(i.file_size for i in infos)
+    packed = max(1, sum(i.compress_size for i in infos))
+    if total > max_uncompressed or total / packed > MAX_ZIP_RATIO or any(
+            i.file_size > 1_000_000 and i.file_size / max(1, i.compress_size) > MAX_ZIP_RATIO
+            for i in infos):
+        raise UploadError(f"{shown} expands to {_mb(total)} ({total / packed:.0f}x its size); the limit is "
+                          f"{_mb(max_uncompressed)} at most {MAX_ZIP_RATIO}x. Zip fewer tables, or a zip bomb?")
+    return "zip"
+
+
+def sniff_text(data: bytes, filename: str, extensions: tuple[str, ...] = (".yaml", ".yml"),
+               max_bytes: int = MAX_TEXT_BYTES) -> str:
+    """The upload decoded as UTF-8 text (a scenario or mapping YAML); UploadError otherwise.
+
+    Same checks as a CSV: size, extension, renamed binaries, HTML pages, NUL bytes, UTF-8.
+    """
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise UploadError("the upload is not a file's bytes")
+    data = bytes(data) if not isinstance(data, bytes) else data
+    shown = _shown(filename)
+    if len(data) > max_bytes:
+        raise UploadError(f"{shown}: the file is {_mb(len(data))}; the limit is {_mb(max_bytes)}")
+    if not data:
+        raise UploadError(f"{shown}: the file is empty")
+    suffix = PurePath(shown).suffix.lower()
+    if suffix not in extensions:
+        raise UploadError(f"{shown}: unsupported file type {suffix or '(no extension)'}; upload a "
+                          f"{' or '.join(extensions)} file")
+    what = _binary_kind(data)
+    if what is not None:
+        raise UploadError(f"{shown} is {what}, not a text file")
+    body = data[len(_UTF8_BOM):] if data.startswith(_UTF8_BOM) else data
+    if _MARKUP.match(body[:2048]):
+        raise UploadError(f"{shown} looks like an HTML or XML page, not YAML (a saved web page?); "
+                          "download the file again")
+    if b"\x00" in body:
+        raise UploadError(f"{shown}: the file contains NUL bytes; it is binary or UTF-16, not UTF-8 text")
+    _check_utf8(body, shown)
+    return body.decode("utf-8")
+
+
 # -- exports --------------------------------------------------------------------------
 
 FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
