@@ -14,7 +14,7 @@ Histogram file (``format: kn026-histogram``, ``version: 1``)
 ``protocol``, ``stage``, ``site``, ``engine``; ``criteria_fingerprint``: a SHA-256 of
 the stage's rule IDs, normalised rule SQL, derived values and parameter values after
 the scenario's overrides (:func:`kn026.portable.criteria_fingerprint`); ``scenario``:
-name, fingerprint (overrides, disabled IDs, order) and that content; ``leaves``:
+name, fingerprint (overrides, disabled IDs, analyst rules; not the order) and that content; ``leaves``:
 rule IDs in bit order; ``criteria``: criterion ID -> its leaves (protocol order);
 ``not_assessable``: rule ID -> missing columns at this site; ``total``: patients
 screened; ``rows``: ``[fail, unknown, count]`` with masks as JSON integers (up to
@@ -487,6 +487,23 @@ def network_histogram(hist: Histogram, meta: dict, name: str | None = None) -> d
     return _validate(doc, name)
 
 
+def differences(doc: dict, ref: dict) -> list[str]:
+    """What keeps `doc` from merging with `ref`, for a file list: ["stage 2"], ["scenario 'X'"], ...
+
+    The criteria fingerprint covers stage and thresholds, so it is named only when
+    protocol, stage and scenario agree (another criteria file or a hand-edited value).
+    """
+    out = [f"protocol {doc['protocol']}"] if doc["protocol"] != ref["protocol"] else []
+    out += [f"stage {doc['stage']}"] if doc["stage"] != ref["stage"] else []
+    if doc["scenario"]["fingerprint"] != ref["scenario"]["fingerprint"]:
+        out.append(f"scenario {doc['scenario']['name']!r}")
+    if out:
+        return out
+    if doc["criteria_fingerprint"] != ref["criteria_fingerprint"]:
+        return ["criteria or thresholds"]
+    return ["rule order"] if doc["leaves"] != ref["leaves"] else []
+
+
 def check_no_overlap(docs: list[dict]) -> None:
     """Refuse a network file merged again with one of the sites it already contains
     (the names match, so :func:`merge_histograms` alone would count those patients twice)."""
@@ -605,14 +622,8 @@ def main_merge(args) -> int:
     hist, meta = merge_histograms(docs)
     order = [t.strip() for t in (args.order or "").split(",") if t.strip()] or None
     result, sites = network_result(hist, meta, order)
-    if args.out:
-        net = {"protocol": meta["protocol"], "stage": meta["stage"], "scenario": meta["scenario"],
-               "criteria_fingerprint": meta["criteria_fingerprint"], "leaves": meta["leaves"],
-               "criteria": meta["criteria"], "sites": meta["sites"],
-               "not_assessable": meta["not_assessable"],
-               "rows": [[int(f), int(u), int(n), hist.sites[s]]
-                        for f, u, n, s in zip(hist.fail, hist.unknown, hist.count, hist.site, strict=True)]}
-        Path(args.out).write_text(json.dumps(net, indent=1) + "\n", encoding="utf-8")
+    if args.out:  # the same format as a site's file: it can join a larger network
+        write_histogram(Path(args.out), network_histogram(hist, meta))
     if args.json:
         doc = {"protocol": meta["protocol"], "stage": meta["stage"], "scenario": meta["scenario"]["name"],
                "criteria_fingerprint": meta["criteria_fingerprint"], "totals": result.totals,
@@ -659,8 +670,8 @@ def main(argv=None) -> int:  # python -m kn026.federated histogram|merge ...
 
 
 __all__ = ["FederatedError", "MAX_FILE_BYTES", "MergedEngine", "NO_SITE", "add_cli", "check_no_overlap",
-           "export_histogram", "histogram_from_bytes", "merge_histograms", "network_histogram", "network_result",
-           "read_histogram", "scenario_of", "write_histogram"]
+           "differences", "export_histogram", "histogram_from_bytes", "merge_histograms", "network_histogram",
+           "network_result", "read_histogram", "scenario_of", "write_histogram"]
 
 if __name__ == "__main__":
     sys.exit(main())

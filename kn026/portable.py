@@ -490,10 +490,11 @@ def criteria_fingerprint(protocol: Protocol, stage: int, scenario: Scenario | No
 
 
 def scenario_fingerprint(protocol: Protocol, scenario: Scenario | None = None) -> str:
-    """Hash of what a scenario changes: overrides that differ from defaults, disabled IDs, order."""
+    """Hash of what a scenario changes: overrides that differ from defaults, disabled IDs and
+    analyst-written rules. The funnel order is left out: it changes how a funnel is read, not
+    which patients pass, so sites that sorted their funnels differently can still be merged."""
     scenario = scenario or Scenario()
-    doc = {"overrides": effective_overrides(protocol, scenario),
-           "disabled": sorted(scenario.disabled), "order": list(scenario.order)}
+    doc = {"overrides": effective_overrides(protocol, scenario), "disabled": sorted(scenario.disabled)}
     if scenario.custom or scenario.replace:  # keys only when used: older fingerprints stay valid
         doc["custom"] = [c.to_doc() for c in scenario.custom]
         doc["replace"] = {rid: _normal_sql(sql, rid) for rid, sql in sorted(scenario.replace.items())}

@@ -278,3 +278,89 @@ def test_sites_with_custom_rules_merge_into_the_pooled_funnel(pooled, tmp_path, 
     # an engine that was not extended for the scenario cannot label the custom bits
     with pytest.raises(federated.FederatedError, match="engine_for"):
         federated.export_histogram(engine.histogram(), engine, ANALYST, "x")
+
+
+# --------------------------------------------------------------------------- in memory (the app)
+
+
+def test_histogram_from_bytes_reads_what_write_histogram_writes(tmp_path, pooled):
+    doc = site_docs(pooled.head(300), 1, SCENARIO)[0]
+    path = federated.write_histogram(tmp_path / "a.json", doc)
+    assert federated.histogram_from_bytes(path.read_bytes(), "a.json") == federated.read_histogram(path)
+    assert federated.histogram_from_bytes(b"\xef\xbb\xbf" + path.read_bytes(), "bom.json")["site"] == doc["site"]
+    for data, message in [
+        (b"x" * 101, "at most"),
+        (b"\xff\xfe\x00garbage", "not a text"),
+        (b"{not json", "not valid JSON"),
+        (b"[" * 100_000, "not valid JSON"),
+        (json.dumps({**doc, "criteria": [["INCL01", ["NOPE"]]]}).encode(), "'criteria' must be"),
+        (json.dumps({**doc, "criteria": [1, 2]}).encode(), "'criteria' must be"),
+        (json.dumps({**doc, "not_assessable": {"INCL01": "age"}}).encode(), "list of column names"),
+        (json.dumps({**doc, "scenario": {**doc["scenario"], "overrides": {"INCL01": {"min_age": "old"}}}}).encode(),
+         "not a number"),
+        (json.dumps({**doc, "scenario": {**doc["scenario"], "disabled": "INCL06"}}).encode(), "list of IDs"),
+    ]:
+        with pytest.raises(federated.FederatedError, match=message) as err:
+            federated.histogram_from_bytes(data, "bad.json", max_bytes=100 if len(data) == 101 else 10**9)
+        assert "bad.json" in str(err.value)
+
+
+def test_network_histogram_is_a_site_file_that_merges_again(pooled):
+    sites = sorted(pooled["site_id"].unique())
+    docs = site_docs(pooled, 1, SCENARIO, k=5, drop={sites[0]: ["pt_s"]})
+    hist, meta = federated.merge_histograms(docs[:3])
+    net = federated.network_histogram(hist, meta, "Region North")
+    assert net["site"] == "Region North" and net["engine"] == "merged"
+    assert net["total"] == sum(d["total"] for d in docs[:3])
+    assert net["suppression"] == {"below": 5, "suppressed": meta["suppressed"]} and meta["suppressed"] > 0
+    assert [s["site"] for s in net["network"]["sites"]] == sites[:3]
+    assert json.loads(json.dumps(net)) == federated.histogram_from_bytes(json.dumps(net).encode(), "n.json")
+    # the region merged with the fourth site gives the same network as the four site files
+    two_level = federated.network_result(*federated.merge_histograms([net, docs[3]]))[0]
+    flat = federated.network_result(*federated.merge_histograms(docs))[0]
+    assert two_level.totals == flat.totals
+    pd.testing.assert_frame_equal(two_level.funnel, flat.funnel)
+    pd.testing.assert_frame_equal(two_level.stats, flat.stats)
+    # ... but not with a site it already contains
+    federated.check_no_overlap([net, docs[3]])
+    with pytest.raises(federated.FederatedError, match=rf"site '{sites[1]}' is in both"):
+        federated.check_no_overlap([net, docs[1]])
+    with pytest.raises(federated.FederatedError, match="in both"):
+        federated.check_no_overlap([docs[0], net])
+    federated.check_no_overlap(docs)  # plain files: duplicates are merge_histograms' to refuse
+
+
+def test_differences_name_what_keeps_a_file_out(pooled):
+    small = pooled[pooled["site_id"].isin(sorted(pooled["site_id"].unique())[:2])].head(400)
+    a, b = site_docs(small, 1, SCENARIO)
+    assert federated.differences(b, a) == []
+    assert federated.differences(site_docs(small, 2, SCENARIO)[1], a) == ["stage 2"]
+    assert federated.differences(site_docs(small, 1, Scenario())[1], a) == ["scenario 'Protocol'"]
+    assert federated.differences(dict(b, criteria_fingerprint="sha256:0"), a) == ["criteria or thresholds"]
+    assert federated.differences(dict(b, leaves=b["leaves"][::-1]), a) == ["rule order"]
+
+
+def test_cli_merge_out_is_a_site_file_that_merges_again(tmp_path, pooled, capsys):
+    """`merge --out` writes the site format: regions can merge into a country without double counting."""
+    sites = sorted(pooled["site_id"].unique())
+    files = []
+    for s in sites:
+        csv_path = tmp_path / f"{s}.csv"
+        pooled[pooled["site_id"] == s].to_csv(csv_path, index=False)
+        files.append(tmp_path / f"{s}.json")
+        assert federated.main(["histogram", "--cohort", str(csv_path), "--stage", "1", "--site", s,
+                               "--out", str(files[-1])]) == 0
+    region = tmp_path / "region.json"
+    assert federated.main(["merge", *map(str, files[:2]), "--out", str(region)]) == 0
+    capsys.readouterr()
+    assert federated.read_histogram(region)["total"] == int(pooled["site_id"].isin(sites[:2]).sum())
+    assert federated.main(["merge", str(region), *map(str, files[2:]), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    want = analysis.run(Engine(load_cohort(pooled, connect()), PROTOCOL, 1))
+    assert doc["totals"] == want.totals
+
+
+def test_funnel_order_does_not_split_the_network():
+    a = Scenario("s", overrides=SCENARIO.overrides, order=("INCL05", "INCL01"))
+    b = Scenario("s", overrides=SCENARIO.overrides)
+    assert portable.scenario_fingerprint(PROTOCOL, a) == portable.scenario_fingerprint(PROTOCOL, b)
