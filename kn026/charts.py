@@ -154,7 +154,13 @@ def funnel_figure(funnel: pd.DataFrame, labels: Mapping[str, str], texts: Mappin
                                 insidetextfont=dict(color="white", size=12), **common))
     fig.update_layout(funnelmode="stack", funnelgap=0.18)
     fig.update_yaxes(autorange="reversed", tickfont=dict(size=12.5), ticklabelstandoff=6)
-    return _style(fig, title, height=110 + 27 * len(ids))
+    fig = _style(fig, title, height=110 + 27 * len(ids))
+    # Plotly's automargin under-measures funnel tick labels and cut the first letters off the
+    # widest ones ("XCL11 · ..."): reserve the left margin from the label length instead
+    # (7.2 px per character at 12.5 px covers capitals; plus the standoff).
+    fig.update_yaxes(automargin=False)
+    fig.update_layout(margin_l=int(7.2 * max(map(len, ylab), default=8)) + 16)
+    return fig
 
 
 # --------------------------------------------------------------------------- overlap
