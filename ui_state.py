@@ -14,7 +14,8 @@ State model
   does when the same control is drawn by another page script, and on the first run
   of a server whose app folder has a `pages/` directory).
 * Each session owns its DuckDB connection (in session state, not `st.cache_resource`):
-  uploaded data never leaves the session and nothing is written to disk.
+  uploaded data never leaves the session and nothing is written to disk. `_install`
+  locks it down (kn026.loading.seal) as soon as its cohort is loaded, whatever the source.
 * `st.cache_resource` holds only shared, read-only things: the protocol, the
   built-in cohort (as an Arrow table) and the example scenarios.
 * Buttons act through `on_click` callbacks, never through their return value: the
@@ -24,6 +25,7 @@ State model
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -33,11 +35,12 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from kn026 import analysis, export, patients, suppression
+from kn026 import analysis, custom, export, loading, patients, suppression
 from kn026 import funnel as fm
 from kn026.cohort import COHORT_DB, Cohort, CohortError, connect, load_cohort
 from kn026.criteria import CriteriaError, Protocol, format_number, load_protocol, to_decimal
 from kn026.engine import Engine
+from kn026.rulecheck import RuleError
 from kn026.scenario import Scenario, parse_scenario
 
 ROOT = Path(__file__).resolve().parent
@@ -49,7 +52,9 @@ PROTOCOL = "Protocol"  # name of the unchanged protocol in the scenario list
 ORDER_MODES = ("protocol", "restrictive", "manual")
 ORDER_LABELS = {"protocol": "Protocol order", "restrictive": "Most restrictive first", "manual": "By hand"}
 POLICY_LABELS = {"both": "Both", "strict": "Strict", "optimistic": "Optimistic"}
-SOURCES = {"builtin": "Built-in synthetic cohort", "upload": "Upload a file", "generate": "Generate a synthetic cohort"}
+SOURCES = {"builtin": "Built-in synthetic cohort", "upload": "Upload a file", "generate": "Generate a synthetic cohort",
+           "omop": "OMOP CDM (zip upload)", "mapped": "CSV / Excel with mapping"}
+WIZARD_SOURCES = ("omop", "mapped")  # loaded through the Cohort page's "Load data" tab
 MEMO_SIZE = 24
 
 # ---- session-state keys (the only place they are spelled out) -----------------------------
@@ -67,6 +72,12 @@ K_THRESHOLD = K + "threshold"
 K_GEN_N, K_GEN_SEED, K_GEN_SITES = K + "gen_n", K + "gen_seed", K + "gen_sites"
 K_UPLOAD_SEEN = K + "upload_seen"
 K_LOAD_ERROR = K + "load_error"
+K_IMPORT_ERROR = K + "import_error"  # (source, file name, message, problems, total) of a failed import
+K_OMOP_INDEX, K_OMOP_DATE = K + "omop_index", K + "omop_date"  # "last" / "fixed", and the fixed date
+K_OMOP_LOOKBACK, K_OMOP_CLOSED = K + "omop_lookback", K + "omop_closed"
+K_MAP_FILE = K + "map_file"  # the file being mapped: {"name", "id", "frame"}
+K_MAPPING = K + "mapping"  # its Mapping
+K_MAP_EPOCH = K + "map_epoch"  # bumped when the mapping is replaced: wizard widgets reset
 K_NOTICE = K + "notice"
 K_MEMO = K + "memo"
 K_EPOCH = K + "epoch"  # bumped when a scenario is replaced wholesale: page widgets reset
@@ -76,6 +87,7 @@ K_PATIENT = K + "patient"
 K_TIMING = K + "timing"
 K_LAST_RUN = K + "last_run"
 K_RUN_START = K + "run_start"
+K_RULE_ERROR = K + "rule_error"  # the last rejected custom rule or rewrite (see "custom rules")
 SHELL = K + "shell"  # set by app.py right before it runs the page
 
 
@@ -122,6 +134,8 @@ PAGES = (
     ("pages/criteria.py", "Criteria", ":material/rule:", "criteria"),
     ("pages/patients.py", "Patients", ":material/person_search:", "patients"),
     ("pages/sites.py", "Sites", ":material/location_on:", "sites"),
+    ("pages/recruitment.py", "Recruitment", ":material/trending_up:", "recruitment"),
+    ("pages/network.py", "Network", ":material/hub:", "network"),
 )
 
 
@@ -148,10 +162,11 @@ class Bundle:
     con: object
     cohort: object
     label: str
-    kind: str  # builtin / upload / generated
+    kind: str  # builtin / upload / generated / omop / mapped
     token: int
     seconds: float
     engines: dict
+    report: object = None  # omop.ImportReport, or {"mapping", "values", ...} for a mapped file
 
 
 @dataclass
@@ -227,12 +242,16 @@ def _new_token() -> int:
     return st.session_state[K + "tokens"]
 
 
-def _install(con, cohort, label: str, kind: str, seconds: float) -> None:
+def _install(con, cohort, label: str, kind: str, seconds: float, report=None) -> None:
+    """Make a loaded cohort the session's: lock its connection down first (kn026.sandbox:
+    limits, no file / network access, configuration locked), then replace the old one."""
+    loading.seal(con)
     old = st.session_state.get(K_DATA)
-    st.session_state[K_DATA] = Bundle(con, cohort, label, kind, _new_token(), seconds, {})
+    st.session_state[K_DATA] = Bundle(con, cohort, label, kind, _new_token(), seconds, {}, report)
     st.session_state[K_MEMO] = OrderedDict()
-    st.session_state[K_SUPPRESS] = kind == "upload"  # on by default for uploaded data
+    st.session_state[K_SUPPRESS] = kind in ("upload", "omop", "mapped")  # on by default for uploaded data
     st.session_state[K_LOAD_ERROR] = None
+    st.session_state[K_IMPORT_ERROR] = None
     st.session_state.pop(K_PATIENT, None)
     if old is not None and old.con is not con:
         try:
@@ -257,7 +276,7 @@ def builtin_cohort():
 def _load_builtin() -> None:
     t0 = time.perf_counter()
     table, present, extra = builtin_cohort()
-    con = connect()
+    con = loading.session_connection()
     # Same layout as kn026.cohort.load_cohort: the table in the compressed in-memory
     # database when the connection has one, named by a view in the default catalog.
     compressed = con.execute("SELECT count(*) FROM duckdb_databases() WHERE database_name = ?",
@@ -279,14 +298,14 @@ def _load_upload(uploaded) -> None:
     t0 = time.perf_counter()
     with st.status(f"Loading {uploaded.name}…", expanded=True) as status:
         try:
-            st.write("Reading the file…")
-            table = export.read_cohort_bytes(uploaded.name, uploaded.getvalue())
-            st.write(f"Checking {table.num_rows if hasattr(table, 'num_rows') else len(table):,} rows "
-                     "against the data dictionary…")
-            con = connect()
-            cohort = load_cohort(table, con)
+            st.write("Checking, reading and validating the file…")
+            con, cohort = loading.load_upload(uploaded.name, uploaded.getvalue())  # sniffed, size-limited
         except CohortError as err:
             st.session_state[K_LOAD_ERROR] = (uploaded.name, err.problems, err.total)
+            status.update(label=f"{uploaded.name} could not be loaded", state="error", expanded=False)
+            return
+        except Exception as err:  # noqa: BLE001 - a parser's own error on a malformed file: a message, not a traceback
+            st.session_state[K_LOAD_ERROR] = (uploaded.name, [_file_problem(uploaded.name, err)], 1)
             status.update(label=f"{uploaded.name} could not be loaded", state="error", expanded=False)
             return
         st.write("Evaluating every criterion…")
@@ -314,7 +333,7 @@ def _generate(n: int, seed: int, sites: int) -> None:
         bar.progress(0.7 * done / max(n, 1), text=f"Generating patients: {done:,} of {n:,}")
     table = pa.concat_tables(parts) if len(parts) > 1 else parts[0]
     bar.progress(0.72, text="Loading into DuckDB and validating…")
-    con = connect()
+    con = loading.session_connection()
     cohort = load_cohort(table, con)
     del table, parts
     label = f"Synthetic cohort ({cohort.n:,} patients, {sites} sites, seed {seed})"
@@ -322,6 +341,389 @@ def _generate(n: int, seed: int, sites: int) -> None:
     bar.progress(0.9, text="Evaluating every criterion…")
     engine_for(st.session_state[K_STAGE])
     bar.progress(1.0, text=f"Ready: {cohort.n:,} patients in {time.perf_counter() - t0:.1f} s")
+
+
+def _file_problem(name: str, err: BaseException):
+    from kn026.cohort import Problem
+
+    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return Problem("file", f"{name} could not be read: {first}. Check that it is a CSV (UTF-8), Parquet or "
+                           "Excel (.xlsx) file")
+
+
+def upload_limit_mb() -> int:
+    """The upload size limit in MB (KN026_MAX_UPLOAD_MB, default 200); every uploader uses it."""
+    return loading.upload_limit_mb()
+
+
+def load_setting(name: str, default) -> dict:
+    """Keyword arguments (key, on_change, args) for a Load-data setting widget `name`, seeded from
+    the persistent `kn026.<name>` (`default` the first time), written back on change."""
+    st.session_state.setdefault(K + name, default)
+    return {"key": _seed(name), "on_change": _sync, "args": (name,)}
+
+
+def _import_failed(source: str, name: str, err: BaseException) -> None:
+    if isinstance(err, CohortError):
+        message = (f"**{name} could not be loaded** — {err.total:,} problem(s) found. Fix them in the file (or "
+                   "the mapping) and load again; the app keeps using the cohort it had before.")
+        st.session_state[K_IMPORT_ERROR] = (source, name, message, list(err.problems), err.total)
+        return
+    if isinstance(err, ValueError):  # LoadError, UploadError, mapping errors: one line with the fix
+        message = str(err)
+    else:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        message = f"{name} could not be imported ({first})"
+    st.session_state[K_IMPORT_ERROR] = (source, name, message, [], 0)
+
+
+def import_error(source: str) -> tuple[str, list, int] | None:
+    """(message, problems, total) of the last failed import from `source` ("omop" / "mapped")."""
+    err = st.session_state.get(K_IMPORT_ERROR)
+    return (err[2], err[3], err[4]) if err and err[0] == source else None
+
+
+def dismiss_import_error() -> None:
+    st.session_state[K_IMPORT_ERROR] = None
+
+
+def _progress_bar(name: str):
+    bar = st.progress(0.0, text=f"Importing {name}…")
+
+    def progress(fraction: float, message: str) -> None:
+        bar.progress(min(0.9, 0.9 * fraction), text=f"{name}: {message}")
+
+    return bar, progress
+
+
+def _after_import(bar, label: str, seconds: float) -> None:
+    bar.progress(0.92, text="Evaluating every criterion…")
+    engine_for(st.session_state[K_STAGE])
+    bar.progress(1.0, text=f"Ready: {label} in {seconds:.1f} s")
+    st.session_state[tab_key("cohort")] = "Import report"
+
+
+# ---- OMOP CDM zip (Cohort page, "Load data")
+
+OMOP_INDEX_LABELS = {"last": "Each person's last observation", "fixed": "One fixed date"}
+OMOP_ZIP_KEY = W + "omop_zip"
+MAP_FILE_KEY = W + "map_file"
+
+
+def data_source() -> str:
+    """The source chosen in the sidebar (a key of SOURCES)."""
+    return st.session_state[K_SOURCE]
+
+
+def choose_source(source: str) -> None:
+    """Button callback: choose a source without the sidebar (the radio follows on the next run)."""
+    st.session_state[K_SOURCE] = source
+
+
+def request_omop_import() -> None:
+    """The Import button's callback: import on this run, above the page, with progress."""
+    st.session_state[K + "want_omop"] = True
+    st.session_state[K_IMPORT_ERROR] = None
+
+
+def _import_omop() -> None:
+    import datetime as dt
+
+    ss = st.session_state
+    up = ss.get(OMOP_ZIP_KEY)
+    if up is None:
+        _import_failed("omop", "", loading.LoadError("choose the OMOP CDM .zip first"))
+        return
+    t0 = time.perf_counter()
+    index = ss.get(K_OMOP_DATE, dt.date.today()) if ss.get(K_OMOP_INDEX) == "fixed" else "last"
+    bar, progress = _progress_bar(up.name)
+    try:
+        con, cohort, report = loading.import_omop_upload(
+            up.name, up.getvalue(), index, int(ss.get(K_OMOP_LOOKBACK, 30)), bool(ss.get(K_OMOP_CLOSED, True)),
+            progress)
+    except Exception as err:  # noqa: BLE001 - every failure becomes a message, never a traceback
+        bar.empty()
+        _import_failed("omop", up.name, err)
+        return
+    label = f"OMOP {up.name} ({cohort.n:,} patients, index {report.index_date})"
+    _install(con, cohort, label, "omop", time.perf_counter() - t0, report)
+    _after_import(bar, label, time.perf_counter() - t0)
+
+
+# ---- CSV / Excel with a mapping (Cohort page, "Load data")
+
+NOT_MAPPED = "— not mapped —"
+KEEP_VALUE, EMPTY_VALUE = "(keep as written)", "(empty: unknown)"
+
+
+def map_file() -> dict | None:
+    """The file being mapped: {"name", "id", "frame"} (parsed in memory), or None."""
+    return st.session_state.get(K_MAP_FILE)
+
+
+def mapping():
+    return st.session_state.get(K_MAPPING)
+
+
+def map_key(*parts) -> str:
+    return W + "map." + ".".join(str(p) for p in parts) + f"@{st.session_state.get(K_MAP_EPOCH, 0)}"
+
+
+def _new_mapping(m) -> None:
+    st.session_state[K_MAPPING] = m
+    st.session_state[K_MAP_EPOCH] = st.session_state.get(K_MAP_EPOCH, 0) + 1
+
+
+def on_map_file(key: str) -> None:
+    """File-uploader callback: check and parse the file, suggest a mapping (or keep a fitting one)."""
+    from kn026.mapping import suggest_mapping
+
+    up = st.session_state.get(key)
+    st.session_state[K_IMPORT_ERROR] = None
+    if up is None:
+        st.session_state[K_MAP_FILE] = None
+        return
+    try:
+        frame = loading.read_foreign(up.name, up.getvalue())
+    except Exception as err:  # noqa: BLE001 - a message, never a traceback
+        st.session_state[K_MAP_FILE] = None
+        _import_failed("mapped", up.name, err)
+        return
+    st.session_state[K_MAP_FILE] = {"name": up.name, "id": up.file_id, "frame": frame}
+    old = mapping()
+    if old is not None and old.columns and all(c.source in frame.columns for c in old.columns if c.source):
+        old.unmatched = [h for h in frame.columns if h not in {c.source for c in old.columns}]
+        _new_mapping(old)  # the same layout again: keep the analyst's mapping
+        return
+    m = suggest_mapping(frame.columns, sample=frame)
+    m.name = Path(up.name).stem
+    _new_mapping(m)
+
+
+def on_map_yaml(key: str) -> None:
+    """Mapping-YAML uploader callback: reuse a saved mapping for the file being mapped."""
+    up = st.session_state.get(key)
+    st.session_state[K_IMPORT_ERROR] = None
+    f = map_file()
+    if up is None or f is None:
+        return
+    try:
+        m = loading.read_mapping_yaml(up.name, up.getvalue(), f["frame"])
+    except Exception as err:  # noqa: BLE001
+        _import_failed("mapped", up.name, err)
+        return
+    m.unmatched = [h for h in f["frame"].columns if h not in {c.source for c in m.columns}]
+    _new_mapping(m)
+
+
+def mapping_yaml() -> str:
+    m = mapping()
+    return m.to_yaml() if m is not None else ""
+
+
+def map_source_options(target: str) -> list[str]:
+    f, m = map_file(), mapping()
+    options = [NOT_MAPPED, *f["frame"].columns]
+    c = m.get(target)
+    if c is not None and c.constant is not None:
+        options.insert(1, f"constant: {c.constant}")
+    return options
+
+
+def map_source_widget(target: str) -> dict:
+    """Keyword arguments of the file-column selectbox of dictionary column `target`."""
+    c = mapping().get(target)
+    value = NOT_MAPPED if c is None else c.source if c.source is not None else f"constant: {c.constant}"
+    key = map_key("src", target)
+    st.session_state[key] = value
+    return {"key": key, "on_change": _on_map_source, "args": (target, key)}
+
+
+def _on_map_source(target: str, key: str) -> None:
+    from kn026.mapping import suggest_column
+
+    m, f = mapping(), map_file()
+    value = st.session_state[key]
+    old = m.get(target)
+    if value == NOT_MAPPED:
+        m.columns = [c for c in m.columns if c.target != target]
+    elif old is not None and (old.source == value or old.constant is not None and value == f"constant: {old.constant}"):
+        return
+    else:
+        m.set(target, value)  # replaced below by the suggestion for this header (unit, values)
+        m.columns = [c for c in m.columns if c.target != target] + [suggest_column(target, value, f["frame"],
+                                                                                   m.decimal)]
+        m._sort()
+    m.unmatched = [h for h in f["frame"].columns if h not in {c.source for c in m.columns}]
+
+
+def map_units(target: str) -> list[str]:
+    """Units the file's column for `target` may be in (the dictionary unit first); [] if none."""
+    from kn026.mapping import units_for
+
+    return units_for(target)
+
+
+def map_unit_label(target: str, unit: str) -> str:
+    """"in g/dL (× 10 → g/L)", or "in g/L (no conversion)" for the dictionary unit."""
+    from kn026.mapping import unit_factor
+
+    base = map_units(target)[0]
+    if unit == base:
+        return f"in {unit} (no conversion)"
+    return f"in {unit} (× {unit_factor(target, unit):g} → {base})"
+
+
+def map_unit_widget(target: str) -> dict:
+    c = mapping().get(target)
+    units = map_units(target)
+    key = map_key("unit", target)
+    st.session_state[key] = c.unit if c is not None and c.unit in units else units[0]
+    return {"key": key, "on_change": _on_map_unit, "args": (target, key)}
+
+
+def _on_map_unit(target: str, key: str) -> None:
+    c = mapping().get(target)
+    if c is None:
+        return
+    unit = st.session_state[key]
+    c.unit = None if unit == map_units(target)[0] else unit
+    c.factor = None
+
+
+def map_decimal_widget() -> dict:
+    key = map_key("decimal")
+    st.session_state[key] = mapping().decimal
+    return {"key": key, "on_change": _on_map_decimal, "args": (key,)}
+
+
+def _on_map_decimal(key: str) -> None:
+    mapping().decimal = st.session_state[key]
+
+
+def map_value_targets() -> list[str]:
+    """Mapped categorical columns whose values can be translated, in dictionary order."""
+    from kn026.mapping import dictionary_values
+
+    return [c.target for c in mapping().columns
+            if c.source is not None and not c.transform and dictionary_values(c.target)]
+
+
+def map_distinct_values(target: str, limit: int = 40) -> list[tuple[str, int]]:
+    """The file's distinct values of `target`'s column, most frequent first, with counts."""
+    c = mapping().get(target)
+    counts = map_file()["frame"][c.source].dropna().astype(str)
+    counts = counts[counts.str.strip() != ""].value_counts()
+    return [(str(v), int(n)) for v, n in counts.head(limit).items()]
+
+
+def map_value_options(target: str) -> list[str]:
+    from kn026.mapping import dictionary_values
+
+    return [KEEP_VALUE, EMPTY_VALUE, *dictionary_values(target)]
+
+
+def map_value_widget(target: str, value: str) -> dict:
+    from kn026.mapping import translate_value
+
+    c = mapping().get(target)
+    now = translate_value(target, value, c.values)
+    options = map_value_options(target)
+    shown = EMPTY_VALUE if now is None or str(now).strip() == "" else str(now) if str(now) in options else KEEP_VALUE
+    key = map_key("value", target, value)
+    st.session_state[key] = shown
+    return {"key": key, "on_change": _on_map_value, "args": (target, value, key)}
+
+
+def _on_map_value(target: str, value: str, key: str) -> None:
+    c = mapping().get(target)
+    if c is None:
+        return
+    chosen = st.session_state[key]
+    values = dict(c.values)
+    if chosen == KEEP_VALUE:
+        values[value] = value
+    else:
+        values[value] = "" if chosen == EMPTY_VALUE else chosen
+    c.values = values
+
+
+def map_preview():
+    """(Preview of the whole mapped file with load_cohort's problems, or None; error message)."""
+    from kn026.mapping import preview_mapping
+
+    f, m = map_file(), mapping()
+
+    def build():
+        try:
+            return preview_mapping(f["frame"], m, rows=20), ""
+        except ValueError as err:
+            return None, str(err).removeprefix("mapping: ")
+
+    return memo(("map_preview", f["id"], m.to_yaml()), build)
+
+
+def request_mapped_load() -> None:
+    st.session_state[K + "want_mapped"] = True
+    st.session_state[K_IMPORT_ERROR] = None
+
+
+def _load_mapped() -> None:
+    import copy
+
+    from kn026.mapping import value_report
+
+    f, m = map_file(), mapping()
+    if f is None or m is None:
+        _import_failed("mapped", "", loading.LoadError("upload the CSV / Excel file first"))
+        return
+    t0 = time.perf_counter()
+    bar, progress = _progress_bar(f["name"])
+    try:
+        con, cohort = loading.load_mapped(f["frame"], m, progress=lambda x, msg: progress(0.6 * x, msg))
+    except Exception as err:  # noqa: BLE001 - a message, never a traceback
+        bar.empty()
+        _import_failed("mapped", f["name"], err)
+        return
+    report = {"file": f["name"], "rows": len(f["frame"]), "mapping": copy.deepcopy(m),
+              "values": value_report(f["frame"], m), "absent": cohort.absent}
+    label = f"{f['name']} via mapping ({cohort.n:,} patients)"
+    _install(con, cohort, label, "mapped", time.perf_counter() - t0, report)
+    _after_import(bar, label, time.perf_counter() - t0)
+
+
+def import_report():
+    """The loaded cohort's import report: omop.ImportReport, a mapped file's dict, or None."""
+    return st.session_state[K_DATA].report
+
+
+def has_upload(key: str) -> bool:
+    return st.session_state.get(key) is not None
+
+
+def schema_column(name: str):
+    from kn026 import schema
+
+    return schema.BY_NAME[name]
+
+
+def dictionary_columns() -> list[str]:
+    from kn026 import schema
+
+    return [c.name for c in schema.COLUMNS]
+
+
+omop_report_table = loading.omop_report_table
+count_text = loading.count_text
+mapping_table = loading.mapping_table
+value_table = loading.value_table
+
+
+def report_csv(frame: pd.DataFrame) -> str:
+    """A report table as CSV, with spreadsheet formulas neutralised (concept names are data)."""
+    from kn026 import upload
+
+    return upload.neutralise_formulas(frame).to_csv(index=False)
 
 
 def data() -> Bundle:
@@ -402,17 +804,17 @@ def set_param(rule_id: str, param: str, key: str) -> None:
         return
     name = editable_scenario()
     s = scenarios()[name]
-    rule = protocol().rule(rule_id)
+    spec = s.rule_params(protocol(), rule_id)[param]  # a protocol rule or a custom criterion
     dec = to_decimal(round(float(value), 6), f"{rule_id}.{param}")
     over = {r: dict(v) for r, v in s.overrides.items()}
     vals = over.setdefault(rule_id, {})
-    if dec == rule.params[param].default:
+    if dec == spec.default:
         vals.pop(param, None)
     else:
-        vals[param] = rule.params[param].check(dec, rule_id)
+        vals[param] = spec.check(dec, rule_id)
     if not vals:
         over.pop(rule_id)
-    _replace(name, Scenario(s.name, s.description, over, s.disabled, s.order))
+    _replace(name, dataclasses.replace(s, overrides=over))
 
 
 def set_enabled(item_id: str, key: str) -> None:
@@ -428,7 +830,7 @@ def set_enabled_value(item_id: str, enabled: bool) -> None:
         disabled.discard(item_id)
     else:
         disabled.add(item_id)
-    _replace(name, Scenario(s.name, s.description, s.overrides, frozenset(disabled), s.order))
+    _replace(name, dataclasses.replace(s, disabled=frozenset(disabled)))
 
 
 def rename_scenario(key: str) -> None:
@@ -439,7 +841,7 @@ def rename_scenario(key: str) -> None:
         return
     new = _unique_name(new)
     s = scenarios().pop(name)
-    scenarios()[new] = Scenario(new, s.description, s.overrides, s.disabled, s.order)
+    scenarios()[new] = dataclasses.replace(s, name=new)
     orders = st.session_state[K_ORDERS]
     if name in orders:
         orders[new] = orders.pop(name)
@@ -451,7 +853,7 @@ def describe_scenario(key: str) -> None:
     if name == PROTOCOL:
         return
     s = scenarios()[name]
-    _replace(name, Scenario(s.name, str(st.session_state[key]), s.overrides, s.disabled, s.order))
+    _replace(name, dataclasses.replace(s, description=str(st.session_state[key])))
 
 
 def reset_scenario() -> None:
@@ -479,8 +881,11 @@ def upload_scenario(name: str, text: str) -> str | None:
         s = parse_scenario(text, protocol(), source=name)
     except CriteriaError as err:
         return str(err)
+    problem = rules_problem(s)  # custom / rewritten rules must run on the loaded cohort
+    if problem:
+        return problem
     final = s.name if s.name not in scenarios() else _unique_name(s.name)
-    scenarios()[final] = Scenario(final, s.description, s.overrides, s.disabled, ())
+    scenarios()[final] = dataclasses.replace(s, name=final, order=())
     st.session_state[K_ORDERS][final] = ("manual", tuple(s.order)) if s.order else ("protocol", ())
     set_active(final)
     return None
@@ -492,9 +897,23 @@ def on_scenario_upload(key: str) -> None:
     st.session_state[K + "scenario_error"] = None
     if up is None:
         return
-    error = upload_scenario(up.name, up.getvalue().decode("utf-8", errors="replace"))
+    from kn026 import upload
+
+    try:  # checked by content first: size, a renamed binary or HTML page, UTF-8
+        text = upload.sniff_text(up.getvalue(), up.name)
+    except upload.UploadError as err:
+        st.session_state[K + "scenario_error"] = (up.name, str(err))
+        return
+    error = upload_scenario(up.name, text)
     if error:
         st.session_state[K + "scenario_error"] = (up.name, error)
+
+
+def text_upload_limit_mb() -> int:
+    """The scenario / mapping YAML limit in whole MB, for the uploader's own label and check."""
+    from kn026 import upload
+
+    return max(1, upload.MAX_TEXT_BYTES // 2**20)
 
 
 def scenario_upload_error() -> tuple[str, str] | None:
@@ -502,10 +921,292 @@ def scenario_upload_error() -> tuple[str, str] | None:
 
 
 def scenario_yaml(ctx: Ctx) -> str:
-    s = ctx.scenario
+    s = active_scenario()  # as stored: with custom rules this cohort cannot screen, if any
     order = ctx.order if ctx.order_mode != "protocol" else ()
     name = s.name if not ctx.is_protocol else PROTOCOL
-    return Scenario(name, s.description, s.overrides, s.disabled, tuple(order)).to_yaml(ctx.protocol)
+    return dataclasses.replace(s, name=name, order=tuple(order)).to_yaml(ctx.protocol)
+
+
+# --- custom rules
+# Analyst-written criteria and rewritten rule expressions of the active scenario. Text is
+# validated against the loaded cohort (kn026.custom, kn026.rulecheck) and screened once
+# *before* the scenario changes, so a rejected rule changes nothing; the rejection (with the
+# position of the offending token) is kept under K_RULE_ERROR until the next attempt.
+# Applying edits the active scenario like a threshold does (editable_scenario()). Form
+# fields use epoch keys, so switching or resetting the scenario refills them.
+
+
+def rule_field(form: str, name: str) -> str:
+    """Widget key of field `name` of the rule form `form` ("add" or "replace")."""
+    return wkey("rule", form, name)
+
+
+def rule_error(form: str) -> dict | None:
+    """The last rejection in `form`: text, message, position, token (None after a success)."""
+    err = st.session_state.get(K_RULE_ERROR)
+    return err if err and err["form"] == form else None
+
+
+def _reject(form: str, text: str, err: Exception, located: bool = True) -> None:
+    st.session_state[K_RULE_ERROR] = {
+        "form": form, "text": text, "message": getattr(err, "message", None) or str(err),
+        "position": getattr(err, "position", None) if located else None,
+        "token": getattr(err, "token", None) if located else None}
+
+
+def _notice(text: str) -> None:
+    prev = st.session_state.get(K_NOTICE)
+    st.session_state[K_NOTICE] = f"{prev} {text}" if prev else text
+
+
+def _stage_engine() -> Engine:
+    return engine_for(int(st.session_state[K_STAGE]))
+
+
+def _screen_once(candidate: Scenario) -> Scenario:
+    """`candidate` validated against the protocol and screened on the loaded cohort
+    (raises RuleError, CriteriaError, ValueError or a DuckDB error)."""
+    candidate = candidate.validate(protocol())
+    analysis.run(_stage_engine(), candidate)
+    return candidate
+
+
+def _apply(candidate: Scenario, done: str) -> bool:
+    """Store a checked candidate as the active scenario (a new one when the protocol is active)."""
+    name = editable_scenario()
+    _replace(name, dataclasses.replace(candidate, name=name))
+    st.session_state[K_RULE_ERROR] = None
+    _notice(done)
+    return True
+
+
+def _try(form: str, text: str, candidate: Scenario) -> Scenario | None:
+    """The candidate screened once, or None with the rejection kept (nothing changes)."""
+    try:
+        return _screen_once(candidate)
+    except (RuleError, CriteriaError, ValueError) as err:
+        _reject(form, text, err, located=False)  # about the scenario as a whole, not this text
+    except Exception as err:  # noqa: BLE001 - a DuckDB run-time error must not leave a half-applied rule
+        _reject(form, text, RuleError("the rule could not be evaluated on this cohort: "
+                                      + str(err).splitlines()[0][:160]))
+    return None
+
+
+def custom_ids() -> list[str]:
+    return [c.id for c in active_scenario().custom]
+
+
+def add_custom_rule() -> None:
+    """Form callback: add a custom criterion, or update the one with the same ID."""
+    ss = st.session_state
+    field = lambda name: ss.get(rule_field("add", name))  # noqa: E731
+    cid = str(field("id") or "").strip().upper()
+    text = str(field("sql") or "").strip()
+    label = " ".join(str(field("text") or "").split())
+    proto = protocol()
+    try:
+        params = custom.parse_params(field("params"))
+        rule = custom.CustomRule(cid, str(field("kind") or "exclusion"), label or cid, text, params)
+        if not text:
+            raise RuleError("write the condition a patient must meet to pass, for example age_years <= 75")
+        custom.build_custom(rule, _stage_engine().cohort, proto, proto.stages)  # positions point into `text`
+    except (RuleError, CriteriaError) as err:
+        _reject("add", text, err)
+        return
+    s = active_scenario()
+    updating = cid in {c.id for c in s.custom}
+    rules = tuple(rule if c.id == cid else c for c in s.custom) if updating else (*s.custom, rule)
+    over = {r: dict(v) for r, v in s.overrides.items()}
+    if cid in over:  # keep tuned values of parameters the new version still declares
+        over[cid] = {p: v for p, v in over[cid].items() if p in params}
+        if not over[cid]:
+            over.pop(cid)
+    candidate = _try("add", text, dataclasses.replace(s, custom=rules, overrides=over))
+    if candidate is None:
+        return
+    _apply(candidate, f"{cid} {'updated' if updating else 'added'}: it is in the funnel, overlaps and exports.")
+    ss[rule_field("add", "id")] = custom.next_id(custom_ids())
+    for name in ("text", "sql", "params"):
+        ss[rule_field("add", name)] = ""
+
+
+def add_form() -> None:
+    """Seed the add form the first time it is drawn: the first free ID, kind exclusion."""
+    ss = st.session_state
+    ss.setdefault(rule_field("add", "id"), custom.next_id(custom_ids()))
+    ss.setdefault(rule_field("add", "kind"), "exclusion")
+
+
+def edit_custom_rule(cid: str) -> None:
+    """Button callback: put a custom criterion into the add form to change it."""
+    rule = next((c for c in active_scenario().custom if c.id == cid), None)
+    if rule is None:
+        return
+    fill_custom_form(rule)
+
+
+def fill_custom_form(rule: custom.CustomRule) -> None:
+    ss = st.session_state
+    ss[rule_field("add", "id")] = rule.id
+    ss[rule_field("add", "kind")] = rule.kind
+    ss[rule_field("add", "text")] = rule.text
+    ss[rule_field("add", "sql")] = rule.sql
+    ss[rule_field("add", "params")] = custom.format_params(rule.params)
+    ss[K_RULE_ERROR] = None
+
+
+def example_custom_rule() -> None:
+    """Button callback: fill the add form with the worked example (a new free ID)."""
+    fill_custom_form(dataclasses.replace(custom.EXAMPLE_CUSTOM, id=custom.next_id(custom_ids())))
+
+
+def remove_custom_rule(cid: str) -> None:
+    """Button callback: drop a custom criterion with its tuned values, switch and position."""
+    name = active_name()
+    if name == PROTOCOL:
+        return
+    s = scenarios()[name]
+    _replace(name, dataclasses.replace(
+        s, custom=tuple(c for c in s.custom if c.id != cid),
+        overrides={r: v for r, v in s.overrides.items() if r != cid},
+        disabled=frozenset(d for d in s.disabled if d != cid), order=tuple(c for c in s.order if c != cid)))
+    mode, manual = order_state(name)
+    st.session_state[K_ORDERS][name] = (mode, tuple(c for c in manual if c != cid))
+    st.session_state[K_RULE_ERROR] = None
+    _notice(f"{cid} removed.")
+
+
+def replace_choices(stage: int) -> list[str]:
+    """Rule IDs that may be rewritten at `stage` (every protocol rule of the stage)."""
+    return [r.id for r in protocol().rules if stage in r.stages]
+
+
+def replace_form(stage: int) -> str:
+    """Seed the rewrite form (picked rule, its current expression); returns the picked rule."""
+    ss = st.session_state
+    pick, sql = rule_field("replace", "rule"), rule_field("replace", "sql")
+    choices = replace_choices(stage)
+    if ss.get(pick) not in choices:
+        ss[pick] = custom.EXAMPLE_REPLACE[0] if custom.EXAMPLE_REPLACE[0] in choices else choices[0]
+        ss.pop(sql, None)
+    if sql not in ss:
+        ss[sql] = custom.expression_for_edit(protocol(), active_scenario().replace, ss[pick], stage)
+    return ss[pick]
+
+
+def pick_replace_rule(stage: int) -> None:
+    """Selectbox callback: prefill the expression of the newly picked rule."""
+    ss = st.session_state
+    ss[rule_field("replace", "sql")] = custom.expression_for_edit(
+        protocol(), active_scenario().replace, ss[rule_field("replace", "rule")], stage)
+    ss[K_RULE_ERROR] = None
+
+
+def example_replace_rule() -> None:
+    """Button callback: fill the rewrite form with the clearance >= 50 mL/min example."""
+    rid, sql = custom.EXAMPLE_REPLACE
+    st.session_state[rule_field("replace", "rule")] = rid
+    st.session_state[rule_field("replace", "sql")] = sql
+    st.session_state[K_RULE_ERROR] = None
+
+
+def replace_rule_expression() -> None:
+    """Form callback: rewrite the picked rule's expression (the protocol's text again: undo)."""
+    ss = st.session_state
+    rid = str(ss.get(rule_field("replace", "rule")) or "")
+    text = str(ss.get(rule_field("replace", "sql")) or "").strip()
+    proto = protocol()
+    try:
+        rule = proto.rule(rid)
+        if not text:
+            raise RuleError("write the condition a patient must meet to pass this rule")
+        rewritten = custom.replace_rule(rule, text, _stage_engine().cohort, proto)  # positions point into `text`
+        as_written = {s: custom.replace_rule(rule, rule.sql[s], _stage_engine().cohort, proto).sql[s]
+                      for s in rule.stages}
+    except (RuleError, CriteriaError, KeyError) as err:
+        _reject("replace", text, err)
+        return
+    s = active_scenario()
+    replace = dict(s.replace)
+    unchanged = all(rewritten.sql[stg] == as_written[stg] for stg in rule.stages)
+    if unchanged:
+        if rid not in replace:
+            _reject("replace", text, RuleError(f"this is {rid} as the protocol writes it; change it first"))
+            return
+        replace.pop(rid)
+    else:
+        replace[rid] = text
+    candidate = _try("replace", text, dataclasses.replace(s, replace=replace))
+    if candidate is None:
+        return
+    _apply(candidate, f"{rid} back to the protocol's expression." if unchanged else f"{rid} rewritten.")
+
+
+def remove_replacement(rid: str) -> None:
+    """Button callback: give a rewritten rule its protocol expression back."""
+    name = active_name()
+    if name == PROTOCOL:
+        return
+    s = scenarios()[name]
+    _replace(name, dataclasses.replace(s, replace={r: v for r, v in s.replace.items() if r != rid}))
+    if st.session_state.get(rule_field("replace", "rule")) == rid:
+        st.session_state.pop(rule_field("replace", "sql"), None)  # prefill the protocol's text again
+    st.session_state[K_RULE_ERROR] = None
+    _notice(f"{rid} back to the protocol's expression.")
+
+
+def rules_problem(s: Scenario) -> str | None:
+    """Why `s`'s custom or rewritten rules cannot run on the loaded cohort (None: they can)."""
+    if not s.custom and not s.replace:
+        return None
+    try:
+        analysis.engine_for(_stage_engine(), s)
+    except (RuleError, CriteriaError, ValueError) as err:
+        return str(err)
+    return None
+
+
+def screening(base: Engine, scen: Scenario) -> tuple[Engine, Scenario, list[str]]:
+    """The engine screening `scen` (its custom and rewritten rules), the scenario as screened,
+    and what had to be left out: a rule naming a column this cohort lacks (after loading
+    another file, say) is dropped here with a message instead of breaking every page."""
+    if not scen.custom and not scen.replace:
+        return base, scen, []
+    try:
+        return analysis.engine_for(base, scen), scen, []
+    except (RuleError, CriteriaError, ValueError):
+        pass
+    proto, problems, keep, replace = base.protocol, [], [], {}
+    for c in scen.custom:
+        try:
+            custom.build_custom(c, base.cohort, proto, proto.stages)
+            keep.append(c)
+        except (RuleError, CriteriaError) as err:
+            problems.append(f"{c.id}: {err}")
+    for rid, sql in scen.replace.items():
+        try:
+            custom.replace_rule(proto.rule(rid), sql, base.cohort, proto)
+            replace[rid] = sql
+        except (RuleError, CriteriaError, KeyError) as err:
+            problems.append(f"{rid} (rewritten): {err}")
+
+    def without(ids, customs, rewrites):
+        return dataclasses.replace(scen, custom=tuple(customs), replace=rewrites,
+                                   overrides={r: v for r, v in scen.overrides.items() if r not in ids},
+                                   disabled=frozenset(d for d in scen.disabled if d not in ids))
+
+    ids = {c.id for c in scen.custom}
+    kept = without(ids - {c.id for c in keep}, keep, replace)
+    try:
+        return analysis.engine_for(base, kept), kept, problems
+    except (RuleError, CriteriaError, ValueError) as err:
+        return base, without(ids, (), {}), [*problems, str(err)]
+
+
+def rule_columns(ctx: Ctx) -> pd.DataFrame:
+    """The names a rule may use on the loaded cohort (kind, unit, meaning), for the help."""
+    return memo(("rule_columns", ctx.data.token),
+                lambda: pd.DataFrame(custom.column_help(ctx.data.cohort, protocol())))
 
 
 # --------------------------------------------------------------------------- order
@@ -594,11 +1295,14 @@ def resolved_order(engine: Engine, scenario: Scenario, mode: str, manual: tuple[
 def scenario_key(s: Scenario) -> tuple:
     over = tuple(sorted((rid, tuple(sorted((p, format_number(v)) for p, v in vals.items())))
                         for rid, vals in s.overrides.items()))
-    return over, tuple(sorted(s.disabled))
+    rules = (tuple(repr(c.to_doc()) for c in s.custom), tuple(sorted(s.replace.items())))
+    return over, tuple(sorted(s.disabled)), rules
 
 
 def engine_key(engine: Engine) -> tuple:
-    return (st.session_state[K_DATA].token, engine.stage)
+    # an engine extended with a scenario's custom / rewritten rules has more rules than the
+    # stage's engine (analysis.engine_for marks it with the rules' key)
+    return (st.session_state[K_DATA].token, engine.stage, getattr(engine, "_scenario_key", None))
 
 
 def memo(key, fn):
@@ -616,8 +1320,9 @@ def memo(key, fn):
 def result(ctx: Ctx, scenario: Scenario | None = None, order=None) -> analysis.Result:
     s = ctx.scenario if scenario is None else scenario
     o = ctx.order if order is None else tuple(order)
-    return memo(("run", engine_key(ctx.engine), scenario_key(s), o),
-                lambda: analysis.run(ctx.engine, s, order=list(o) or None))
+    base = ctx.data.engines[ctx.stage]  # not ctx.engine: `s` (the protocol, say) brings its own rules
+    return memo(("run", engine_key(base), scenario_key(s), o),
+                lambda: analysis.run(base, s, order=list(o) or None))
 
 
 def protocol_result(ctx: Ctx) -> analysis.Result:
@@ -743,6 +1448,13 @@ def _on_source() -> None:
     _sync("source")
     if st.session_state[K_SOURCE] == "builtin" and st.session_state[K_DATA].kind != "builtin":
         st.session_state[K + "want_builtin"] = True
+    if st.session_state[K_SOURCE] in WIZARD_SOURCES:
+        open_load_data()
+
+
+def open_load_data() -> None:
+    """Go to the Cohort page's "Load data" tab (on this run, from `_sidebar_data`)."""
+    st.session_state[K + "goto_load"] = True
 
 
 def _on_generate() -> None:
@@ -756,20 +1468,36 @@ def _on_scenario() -> None:
     bump_epoch()
 
 
-def _sidebar_data(bundle: Bundle) -> None:
+def _sidebar_data(bundle: Bundle, title: str = "") -> None:
     sb = st.sidebar
     sb.markdown("### Data")
     sb.radio("Cohort", list(SOURCES), format_func=SOURCES.get, key=_seed("source"), on_change=_on_source,
              label_visibility="collapsed")
     source = st.session_state[K_SOURCE]
+    if st.session_state.pop(K + "goto_load", False):
+        st.session_state[tab_key("cohort")] = "Load data"
+        if title != "Cohort":
+            st.switch_page("pages/cohort.py")
     if source == "upload":
         up = sb.file_uploader("Cohort file (CSV, Parquet or Excel)", type=["csv", "txt", "tsv", "parquet", "xlsx",
                                                                            "xlsm"],
-                              key=W + "upload", help="One row per patient, columns as in the data dictionary. "
-                                                     "The file stays in this session; nothing is stored.")
+                              key=W + "upload", max_upload_size=upload_limit_mb(),
+                              help="One row per patient, columns as in the data dictionary. The file is checked "
+                                   f"and read in memory (at most {upload_limit_mb()} MB); nothing is written to disk.")
         if up is not None and st.session_state.get(K_UPLOAD_SEEN) != up.file_id:
             st.session_state[K_UPLOAD_SEEN] = up.file_id
             _load_upload(up)
+    elif source in WIZARD_SOURCES:
+        what = "OMOP zip" if source == "omop" else "file and its mapping"
+        sb.caption(f"Choose the {what} on the **Cohort** page, tab **Load data**.")
+        sb.button("Open Load data", icon=":material/upload_file:", key=W + "open_load", width="stretch",
+                  on_click=open_load_data)
+    if st.session_state.pop(K + "want_omop", False):
+        with st.container(border=True):  # main area, above the page: progress stays in view
+            _import_omop()
+    if st.session_state.pop(K + "want_mapped", False):
+        with st.container(border=True):
+            _load_mapped()
     elif source == "generate":
         with sb.form(W + "generate_form", border=False):
             st.number_input("Patients", min_value=100, max_value=5_000_000, step=10_000, key=_seed("gen_n"))
@@ -803,7 +1531,8 @@ def _sidebar_analysis(ctx_protocol: Protocol) -> None:
     s = active_scenario()
     if not s.is_protocol:
         changes = s.changes(ctx_protocol)
-        sb.caption(f"{len(changes)} change(s): " + "; ".join(changes[:3]) + (" …" if len(changes) > 3 else ""))
+        short = [c if len(c) <= 70 else c[:69] + "…" for c in changes[:3]]  # rewritten rules carry their SQL
+        sb.caption(f"{len(changes)} change(s): " + "; ".join(short) + (" …" if len(changes) > 3 else ""))
     sb.radio("Unknown values", list(POLICY_LABELS), format_func=POLICY_LABELS.get, horizontal=True,
              key=_seed("policy"), on_change=_sync, args=("policy",),
              help="Strict: a patient with an unknown value on a criterion counts as failing it. "
@@ -841,7 +1570,7 @@ def page_start(title: str, icon: str | None = None) -> Ctx:
     _defaults()
     proto = protocol()
     bundle = data()
-    _sidebar_data(bundle)
+    _sidebar_data(bundle, title)
     _sidebar_analysis(proto)
     _sidebar_suppression()
     apply_order_edits()
@@ -849,13 +1578,16 @@ def page_start(title: str, icon: str | None = None) -> Ctx:
     stage = int(st.session_state[K_STAGE])
     engine = engine_for(stage)
     name = active_name()
-    scen = active_scenario()
-    scen = Scenario(scen.name, scen.description, scen.overrides, scen.disabled, ())
+    scen = dataclasses.replace(active_scenario(), order=())
+    engine, scen, rule_problems = screening(engine, scen)  # custom / rewritten rules (see "custom rules")
     mode, manual = order_state(name)
     order = resolved_order(engine, scen, mode, manual)
     k = int(st.session_state[K_THRESHOLD]) if st.session_state[K_SUPPRESS] else None
-    ctx = Ctx(proto, bundle, engine, stage, scen, name, order, mode, st.session_state[K_POLICY], k)
+    ctx = Ctx(engine.protocol, bundle, engine, stage, scen, name, order, mode, st.session_state[K_POLICY], k)
     _messages()
+    if rule_problems:
+        st.warning("Left out because this cohort cannot screen them (the scenario keeps them): "
+                   + "; ".join(rule_problems), icon=":material/warning:")
     return ctx
 
 
@@ -867,10 +1599,15 @@ def _messages() -> None:
     if err:
         name, problems, total = err
         with st.container(border=True):
-            st.error(f"**{name} could not be loaded** — {total:,} problem(s) found. Fix them in the file and "
-                     "upload it again; the app keeps using the cohort it had before.", icon=":material/error:")
-            st.dataframe(problems_frame(problems), hide_index=True, width="stretch")
-            st.caption("Row numbers count data rows: row 1 is the first line under the header.")
+            if problems and all(p.column == "file" and p.row is None for p in problems):
+                # the file itself was refused (type, size, encoding): one message, no table
+                st.error(f"**{name} could not be loaded.** " + " ".join(p.message for p in problems)
+                         + " The app keeps using the cohort it had before.", icon=":material/error:")
+            else:
+                st.error(f"**{name} could not be loaded** — {total:,} problem(s) found. Fix them in the file and "
+                         "upload it again; the app keeps using the cohort it had before.", icon=":material/error:")
+                st.dataframe(problems_frame(problems), hide_index=True, width="stretch")
+                st.caption("Row numbers count data rows: row 1 is the first line under the header.")
             st.button("Dismiss", key=W + "dismiss_error", on_click=_dismiss_error)
 
 
@@ -1032,3 +1769,285 @@ def left_out(ctx: Ctx, res) -> None:
     items += [f"sub-rule **{r}** (disabled)" for r in off_rules]
     if items:
         st.info("Left out of the funnel: " + "; ".join(items), icon=":material/info:")
+
+
+# --- recruitment
+# State of the Recruitment page (pages/recruitment.py): persistent input values under
+# `kn026.rec.*` (widgets `kn026.w.rec.*`, seeded on every run like the sidebar, so the
+# inputs survive page switches), and per-session memos of the site estimate, the
+# forecasts and the figures. The computations themselves are in kn026.recruitment.
+
+K_REC = K + "rec."
+
+
+def rec_state(name: str, default) -> dict:
+    """Keyword arguments (key, on_change, args) for Recruitment input `name`: the widget is
+    seeded from the persistent value (`default` the first time) and writes back on change."""
+    ss = st.session_state
+    ss.setdefault(K_REC + name, default)
+    ss[W + "rec." + name] = ss[K_REC + name]
+    return {"key": W + "rec." + name, "on_change": _rec_sync, "args": (name,)}
+
+
+def _rec_sync(name: str) -> None:
+    st.session_state[K_REC + name] = st.session_state[W + "rec." + name]
+
+
+def rec_token() -> int:
+    """Identity of the loaded cohort (memo keys, per-cohort defaults such as the approach share)."""
+    return st.session_state[K_DATA].token
+
+
+def rec_estimated_sites(ctx: Ctx):
+    """(SiteInputs estimated from the cohort's site_id / screening_date, or None; why not)."""
+    def build():
+        from kn026 import forecast, recruitment
+
+        frame = recruitment.cohort_site_frame(ctx.data.cohort)
+        if frame is None:
+            return None, "the cohort has no site_id and screening_date columns"
+        try:
+            return forecast.estimate_sites(frame), ""
+        except ValueError as err:
+            return None, str(err)
+
+    return memo(("rec_sites", rec_token()), build)
+
+
+def rec_totals(ctx: Ctx) -> dict[str, dict[str, int | None]]:
+    """Funnel totals of the protocol and, when one is active, of the scenario, keyed by name;
+    counts hidden by small-cell suppression are None (as on the Funnel page)."""
+    active = totals(ctx)
+    if ctx.is_protocol:
+        return {PROTOCOL: active}
+    tot = compare_tables(ctx)[0].masked().set_index("measure")
+    base = {m: (None if pd.isna(tot.loc[m, "base"]) else int(tot.loc[m, "base"]))
+            for m in ("strict", "optimistic", "unknown")}
+    return {PROTOCOL: {"screened": active["screened"], **base}, ctx.scenario_name: active}
+
+
+def rec_hidden_sites(ctx: Ctx) -> tuple[str, ...]:
+    """Sites whose screened count the Sites page hides under small-cell suppression."""
+    if not ctx.k:
+        return ()
+    tables = site_tables(ctx)
+    if tables is None:
+        return ()
+    sites = tables[0]
+    return tuple(sites.frame.loc[sites.hidden["screened"].to_numpy(), "site"].astype(str))
+
+
+def rec_outcome(ctx: Ctx, plan, sites, bound: str, fraction: float | None, label: str, with_need: bool = True):
+    """One bound's forecast for `plan` (memoised per cohort, plan, bound, fraction and label)."""
+    from kn026 import recruitment
+
+    key = ("rec_run", rec_token(), plan, bound, fraction, label, with_need)
+    return memo(key, lambda: recruitment.run_bound(plan, sites, bound, fraction, ctx.data.cohort.n,
+                                                   label=label, with_need=with_need))
+
+
+def rec_figure(name: str, key: tuple, build):
+    """A Recruitment figure, built once per cohort and `key`."""
+    return memo(("rec_fig", name, rec_token(), *key), build)
+
+
+# --- network
+# State of the Network page (pages/network.py): the site histogram files uploaded in this
+# session (read from memory once, kept across page switches under `kn026.net.files`), the
+# page's inputs under `kn026.net.*` (widgets `kn026.w.net.*`), and memos of this session's
+# own histogram and of the merged network. Reading, merging and the file format are in
+# kn026.federated; nothing here writes to disk.
+
+K_NET = K + "net."
+K_NET_FILES = K_NET + "files"  # {sha256 of the bytes: NetFile}, in upload order
+K_NET_UPLOADER = K_NET + "uploader"  # version of the uploader widget (bumped to empty it)
+K_NET_IN_WIDGET = K_NET + "in_widget"  # file keys the uploader held at its last change
+
+
+@dataclass(frozen=True)
+class NetFile:
+    """One uploaded histogram file: its document, or why it was refused."""
+
+    key: str  # SHA-256 of the bytes: the same file uploaded twice is kept once
+    name: str
+    doc: dict | None
+    error: str | None
+
+
+@dataclass(frozen=True)
+class Network:
+    """A merged network and the (suppressed) tables the page shows."""
+
+    hist: fm.Histogram
+    meta: dict
+    result: analysis.Result
+    attrition: suppression.Table  # network funnel + per-criterion statistics
+    sites: suppression.Table  # screened / strict / optimistic / unknown per site
+    files: suppression.Table  # per site: engine, its own suppression, rules n/a there
+    download: bytes  # the merged network histogram (kn026-histogram JSON)
+
+
+def net_state(name: str, default) -> dict:
+    """Keyword arguments (key, on_change, args) for Network input `name`, persisted like the sidebar's."""
+    ss = st.session_state
+    ss.setdefault(K_NET + name, default)
+    ss[W + "net." + name] = ss[K_NET + name]
+    return {"key": W + "net." + name, "on_change": _net_sync, "args": (name,)}
+
+
+def _net_sync(name: str) -> None:
+    st.session_state[K_NET + name] = st.session_state[W + "net." + name]
+
+
+def net_value(name: str, default=None):
+    return st.session_state.get(K_NET + name, default)
+
+
+def net_files() -> list[NetFile]:
+    return list(st.session_state.setdefault(K_NET_FILES, {}).values())
+
+
+def net_add_files(files) -> list[NetFile]:
+    """Read uploaded histogram files, given as (name, bytes) pairs, into the session.
+
+    A malformed file is kept with its error message (shown next to its name), so the
+    analyst sees which file to fix; only valid files take part in a merge.
+    """
+    import hashlib
+
+    from kn026 import federated
+
+    store = st.session_state.setdefault(K_NET_FILES, {})
+    added = []
+    for name, data in files:
+        key = hashlib.sha256(data).hexdigest()
+        if key not in store:
+            try:
+                store[key] = NetFile(key, name, federated.histogram_from_bytes(data, name), None)
+            except federated.FederatedError as err:
+                store[key] = NetFile(key, name, None, str(err))
+        added.append(store[key])
+    return added
+
+
+def net_uploader_key() -> str:
+    """Key of the site-file uploader; a fresh uploader (after a page switch) holds none of the kept files."""
+    key = W + f"net.upload.{st.session_state.get(K_NET_UPLOADER, 0)}"
+    if not st.session_state.get(key):
+        st.session_state[K_NET_IN_WIDGET] = ()
+    return key
+
+
+def net_on_upload(key: str) -> None:
+    """Uploader callback: add new files; drop the ones removed from the uploader (its ✕)."""
+    current = net_add_files((f.name, f.getvalue()) for f in (st.session_state.get(key) or []))
+    keys = tuple(f.key for f in current)
+    store = st.session_state[K_NET_FILES]
+    for gone in set(st.session_state.get(K_NET_IN_WIDGET, ())) - set(keys):
+        store.pop(gone, None)
+    st.session_state[K_NET_IN_WIDGET] = keys
+
+
+def net_clear() -> None:
+    """Button callback: forget every uploaded site file (and empty the uploader)."""
+    st.session_state[K_NET_FILES] = {}
+    st.session_state[K_NET_IN_WIDGET] = ()
+    st.session_state[K_NET_UPLOADER] = st.session_state.get(K_NET_UPLOADER, 0) + 1
+
+
+def net_scenario(ctx: Ctx) -> Scenario:
+    """The active scenario as the sites must all run it: its funnel order as in its YAML file.
+
+    The order is part of the scenario fingerprint (it is the network funnel's default
+    order): a hand-made order is kept as stored (as a scenario file gives it), the most
+    restrictive order as resolved on this cohort (as the scenario download writes it).
+    """
+    mode, manual = order_state(ctx.scenario_name)
+    order = manual if mode == "manual" else ctx.order if mode == "restrictive" else ()
+    return dataclasses.replace(ctx.scenario, order=tuple(order))
+
+
+def net_site_doc(ctx: Ctx, site: str, below: int | None) -> dict:
+    """This session's cohort as a site's histogram document (stage and scenario of the sidebar)."""
+    from kn026 import federated
+
+    scen = net_scenario(ctx)
+    key = ("net_doc", engine_key(ctx.engine), scenario_key(scen), scen.order, str(site).strip(), below)
+    return memo(key, lambda: federated.export_histogram(ctx.engine.histogram(scen.overrides), ctx.engine, scen,
+                                                        site, below))
+
+
+def histogram_json(doc: dict) -> bytes:
+    """A histogram document as the file a site shares (as `python -m kn026 histogram` writes it)."""
+    import json
+
+    return (json.dumps(doc, indent=1) + "\n").encode("utf-8")
+
+
+def _session_mismatch(own: dict, first: dict) -> str | None:
+    """Why this session's histogram cannot join the uploaded ones, in terms of the sidebar."""
+    if own["protocol"] != first["protocol"]:
+        return (f"the uploaded files screen {first['protocol']}, this session {own['protocol']}; leave this "
+                "session's cohort out")
+    if own["stage"] != first["stage"]:
+        return (f"the uploaded files are for stage {first['stage']}, this session's cohort is screened at stage "
+                f"{own['stage']}: pick Stage {first['stage']} in the sidebar, or leave this session's cohort out")
+    if own["scenario"]["fingerprint"] != first["scenario"]["fingerprint"]:
+        name = first["scenario"]["name"]
+        return (f"the uploaded files ran scenario “{name}”, this session runs “{own['scenario']['name']}”: "
+                f"select the same scenario in the sidebar (upload its YAML on the Criteria page, with its "
+                f"funnel order), or leave this session's cohort out")
+    if own["criteria_fingerprint"] != first["criteria_fingerprint"]:
+        return ("the uploaded files were screened with other criteria or thresholds than this session; "
+                "leave this session's cohort out")
+    return None
+
+
+def net_merge(ctx: Ctx, include_session: bool, site: str) -> tuple[Network | None, str | None]:
+    """Merge the valid uploaded files (and this session's cohort if asked): (network, None) or (None, why not)."""
+    from kn026 import federated
+
+    docs = [f.doc for f in net_files() if f.doc is not None]
+    own = None
+    if include_session:
+        try:
+            own = net_site_doc(ctx, site, None)
+        except federated.FederatedError as err:
+            return None, f"This session's cohort cannot join the network: {err} (the Share tab's site name)."
+        if docs:
+            why = _session_mismatch(own, docs[0])
+            if why:
+                return None, f"This session's cohort cannot join the network: {why}."
+        docs = [*docs, own]
+    if not docs:
+        return None, None
+    key = ("net_merge", tuple(f.key for f in net_files() if f.doc is not None),
+           None if own is None else (engine_key(ctx.engine), scenario_key(net_scenario(ctx)), own["site"]),
+           ctx.k)
+
+    def build():
+        try:
+            federated.check_no_overlap(docs)
+            hist, meta = federated.merge_histograms(docs)
+            res, by_site = federated.network_result(hist, meta)
+        except (federated.FederatedError, ValueError, CriteriaError) as err:
+            return None, str(err)
+        frame = export.attrition_frame(res, labels(ctx), kinds(ctx))
+        sites = patients.with_rates(by_site.assign(excluded=by_site["screened"] - by_site["optimistic"]))
+        rows = pd.DataFrame([{"site": s["site"], "engine": s["engine"] or "",
+                              "suppress_below": s["suppress_below"], "suppressed": s["suppressed"],
+                              "not_assessable": ", ".join(s["not_assessable"])} for s in meta["sites"]])
+        if ctx.k:
+            table = suppression.suppress_attrition(frame, ctx.k)
+            site_table = suppression.suppress_margins(
+                sites, ["strict", "unknown", "excluded"], "screened", ctx.k,
+                sums={"optimistic": ["strict", "unknown"]}, also={"pct_strict": "strict",
+                                                                   "pct_optimistic": "optimistic"})
+            files = suppression.suppress_independent(rows, ["suppressed"], ctx.k)
+        else:
+            table, site_table, files = (suppression.unsuppressed(frame), suppression.unsuppressed(sites),
+                                        suppression.unsuppressed(rows))
+        body = histogram_json(federated.network_histogram(hist, meta))
+        return Network(hist, meta, res, table, site_table, files, body), None
+
+    return memo(key, build)

@@ -1,4 +1,7 @@
-"""Cohort: size, sites and countries; completeness and assessability; key distributions."""
+"""Cohort: size, sites and countries; completeness and assessability; key distributions;
+loading data through the OMOP and column-mapping wizards, and their import report."""
+
+import datetime as dt
 
 import streamlit as st
 
@@ -15,8 +18,8 @@ ui.context_line(ctx)
 facts = ui.memo(("facts", ui.engine_key(ctx.engine)), lambda: patients.cohort_facts(ctx.engine))
 c = st.columns(4)
 c[0].metric("Patients", f"{cohort.n:,}", border=True)
-c[1].metric("Sites", f"{facts['sites']:,}" if facts["sites"] is not None else "—", border=True)
-c[2].metric("Countries", f"{facts['countries']:,}" if facts["countries"] is not None else "—", border=True,
+c[1].metric("Sites", f"{facts['sites']:,}" if facts["sites"] else "—", border=True)
+c[2].metric("Countries", f"{facts['countries']:,}" if facts["countries"] else "—", border=True,
             help=facts["country_list"] or None)
 c[3].metric("Screening period", f"{facts['months']} months" if facts["months"] else "—", border=True,
             delta=facts["dates"] or None, delta_color="off", delta_arrow="off")
@@ -26,7 +29,8 @@ n_mostly = int((coverage["status"] == "mostly unknown").sum())
 n_often = int((coverage["status"] == "often unknown").sum())
 absent = [col for col, present in zip(columns["column"], columns["present"], strict=True) if not present]
 
-tab_complete, tab_dist, tab_columns = ui.tabs("cohort", ["Completeness", "Distributions", "Columns"])
+tab_complete, tab_dist, tab_columns, tab_load, tab_report = ui.tabs(
+    "cohort", ["Completeness", "Distributions", "Columns", "Load data", "Import report"])
 
 
 def completeness_tab():
@@ -142,7 +146,251 @@ def columns_tab():
         st.caption("Other columns kept as read (not in the dictionary): " + ", ".join(cohort.extra))
 
 
-for tab, body in ((tab_complete, completeness_tab), (tab_dist, distributions_tab), (tab_columns, columns_tab)):
+def show_import_error(source: str) -> None:
+    err = ui.import_error(source)
+    if err is None:
+        return
+    message, problems, _total = err
+    with st.container(border=True):
+        st.error(message, icon=":material/error:")
+        if problems:
+            st.dataframe(ui.problems_frame(problems), hide_index=True, width="stretch")
+            st.caption("Row numbers count data rows: row 1 is the first line under the header.")
+        st.button("Dismiss", key=ui.W + "dismiss_import_error", on_click=ui.dismiss_import_error)
+
+
+def omop_wizard():
+    st.subheader("Import an OMOP CDM (zip)")
+    st.caption(f"A .zip of the CDM 5.3 / 5.4 tables as CSV or Parquet (PERSON, OBSERVATION_PERIOD, MEASUREMENT, "
+               f"CONDITION_OCCURRENCE, DRUG_EXPOSURE, CONCEPT, ...), at most {ui.upload_limit_mb()} MB. It is "
+               "read in memory, in this session only; nothing is written to disk.")
+    st.file_uploader("OMOP CDM zip", type=["zip"], key=ui.OMOP_ZIP_KEY, max_upload_size=ui.upload_limit_mb())
+    c1, c2, c3 = st.columns([2, 1, 1], gap="large")
+    with c1:
+        index = st.radio("Index date", list(ui.OMOP_INDEX_LABELS), format_func=ui.OMOP_INDEX_LABELS.get,
+                         horizontal=True, **ui.load_setting("omop_index", "last"),
+                         help="The date each person is screened at. Only records up to it are used.")
+        if index == "fixed":
+            st.date_input("Fixed index date", min_value=dt.date(1900, 1, 1), max_value=dt.date(2100, 12, 31),
+                          format="YYYY-MM-DD", **ui.load_setting("omop_date", dt.date.today()))
+    c2.number_input("Look-back for labs (days)", min_value=0, max_value=36500, step=1,
+                    **ui.load_setting("omop_lookback", 30),
+                    help="Each lab is the latest value within this many days up to the index date.")
+    with c3:
+        st.write("")
+        st.toggle("No record means no", **ui.load_setting("omop_closed", True),
+                  help="On: a condition or drug with no record counts as absent (false / none / 0), as for "
+                       "a full health record. Off: it is unknown.")
+    st.button("Import the OMOP CDM", type="primary", icon=":material/database:", key=ui.W + "omop_import",
+              on_click=ui.request_omop_import, disabled=not ui.has_upload(ui.OMOP_ZIP_KEY))
+    show_import_error("omop")
+    if ctx.data.kind == "omop":
+        st.success(f"In use: {ctx.data.label}. What each column was filled from is in the **Import report** tab.",
+                   icon=":material/check_circle:")
+
+
+def mapped_columns_grid(targets):
+    """One row per dictionary column: name and unit | file column | unit of the file's values."""
+    for target in targets:
+        col = ui.schema_column(target)
+        c1, c2, c3 = st.columns([3, 3, 2], vertical_alignment="center")
+        c1.markdown(f"`{target}`" + (f" ({col.unit})" if col.unit else ""), help=col.description or None)
+        source = c2.selectbox(target, ui.map_source_options(target), label_visibility="collapsed",
+                              **ui.map_source_widget(target))
+        units = ui.map_units(target)
+        if units and source != ui.NOT_MAPPED and not source.startswith("constant: "):
+            c3.selectbox(f"Unit of {source}", units, label_visibility="collapsed",
+                         format_func=lambda u, t=target: ui.map_unit_label(t, u), **ui.map_unit_widget(target))
+
+
+def mapping_wizard():
+    st.subheader("Import a CSV / Excel file with a column mapping")
+    st.caption("For exports in another layout: map the file's columns to the data dictionary, choose units and "
+               f"value translations, check the preview, load. At most {ui.upload_limit_mb()} MB; read in memory, "
+               "in this session only; nothing is written to disk.")
+    c1, c2 = st.columns(2, gap="large")
+    c1.file_uploader("1 · The file (CSV UTF-8, Excel .xlsx or Parquet)", type=["csv", "txt", "tsv", "xlsx",
+                                                                               "parquet"],
+                     key=ui.MAP_FILE_KEY, on_change=ui.on_map_file, args=(ui.MAP_FILE_KEY,),
+                     max_upload_size=ui.upload_limit_mb())
+    f = ui.map_file()
+    if f is not None:
+        yaml_key = ui.map_key("yaml")
+        c2.file_uploader("Reuse a saved mapping (YAML)", type=["yaml", "yml"], key=yaml_key,
+                         on_change=ui.on_map_yaml, args=(yaml_key,), max_upload_size=ui.text_upload_limit_mb(),
+                         help="A mapping downloaded from this wizard (or written by hand, see docs/importers.md).")
+    show_import_error("mapped")
+    if f is None:
+        return
+    m = ui.mapping()
+    frame = f["frame"]
+    st.markdown(f"**{f['name']}**: {len(frame):,} rows, {len(frame.columns)} columns; {len(m.columns)} mapped to "
+                "the dictionary" + (f"; not used: {', '.join(m.unmatched)}" if m.unmatched else "") + ".")
+
+    st.markdown("#### 2 · Columns and units")
+    st.radio("Decimal separator in the file", [".", ","], horizontal=True,
+             format_func={".": "12.5 (point)", ",": "12,5 (comma)"}.get, **ui.map_decimal_widget())
+    mapped = [c.target for c in m.columns]
+    h1, h2, h3 = st.columns([3, 3, 2])
+    h1.caption("Dictionary column (unit)")
+    h2.caption("File column")
+    h3.caption("The file's unit (converted)")
+    mapped_columns_grid(mapped)
+    others = [c for c in ui.dictionary_columns() if c not in mapped]
+    # fixed label (the expander's identity); its content runs only when open
+    more = st.expander("Map more dictionary columns", key=ui.expander_key("map_more"), on_change="rerun")
+    if more.open:
+        with more:
+            st.caption(f"{len(others)} dictionary column(s) are not mapped; rules that need them are not "
+                       "assessable. Choose the file column that holds one:")
+            mapped_columns_grid(others)
+
+    targets = ui.map_value_targets()
+    if targets:
+        st.markdown("#### 3 · Values")
+        target = st.selectbox("Translate the values of", targets, key=ui.map_key("value_target"),
+                              format_func=lambda t: f"{t} (file column {m.get(t).source})")
+        options = ui.map_value_options(target)
+        distinct = ui.map_distinct_values(target)
+        cols = st.columns(3)
+        for i, (value, count) in enumerate(distinct):
+            cols[i % 3].selectbox(f"“{value}” ({count:,} rows)", options, **ui.map_value_widget(target, value))
+        if not distinct:
+            st.caption("The column is empty in the file.")
+
+    st.markdown("#### 4 · Preview and validation")
+    preview, error = ui.map_preview()
+    if error:
+        st.error(f"The mapping cannot be applied: {error}", icon=":material/error:")
+    elif preview is not None:
+        if preview.ok:
+            st.success(f"All {preview.n_rows:,} rows pass the data dictionary's checks. {len(preview.present)} "
+                       f"dictionary column(s) filled; {len(preview.absent)} absent (rules needing them are "
+                       "not assessable).", icon=":material/check_circle:")
+        else:
+            st.error(f"{preview.total_problems:,} problem(s) in the mapped file. Fix the mapping (units, "
+                     "values) above, or the file.", icon=":material/error:")
+            st.dataframe(ui.problems_frame(preview.problems), hide_index=True, width="stretch")
+        st.caption("First rows after mapping (dictionary columns and units):")
+        st.dataframe(preview.frame, hide_index=True, width="stretch", height=240)
+        if not preview.values.empty:
+            with st.expander("Categorical values: what each file value becomes", expanded=not preview.ok):
+                st.dataframe(preview.values, hide_index=True, width="stretch", column_config={
+                    "valid": st.column_config.CheckboxColumn("Valid"),
+                    "maps_to": st.column_config.TextColumn("Becomes"),
+                })
+    b1, b2, _ = st.columns([2, 2, 3])
+    b1.button("Load this cohort", type="primary", icon=":material/upload:", key=ui.W + "map_load",
+              on_click=ui.request_mapped_load, disabled=preview is None or not preview.ok, width="stretch")
+    b2.download_button("Download the mapping (YAML)", ui.mapping_yaml(), file_name=f"{m.name or 'mapping'}.yaml",
+                       mime="application/x-yaml", icon=":material/download:", key=ui.W + "map_download",
+                       on_click="ignore", width="stretch")
+    if ctx.data.kind == "mapped":
+        st.success(f"In use: {ctx.data.label}.", icon=":material/check_circle:")
+
+
+def load_tab():
+    source = ui.data_source()
+    if source == "omop":
+        omop_wizard()
+    elif source == "mapped":
+        mapping_wizard()
+    else:
+        st.subheader("Load data")
+        st.markdown(f"**In use:** {ctx.data.label}. The built-in cohort, a file already in the data dictionary's "
+                    "shape, and a generated cohort are chosen in the sidebar. Data in another shape is imported "
+                    "here:")
+        c1, c2, _ = st.columns([2, 2, 3])
+        c1.button(ui.SOURCES["omop"], icon=":material/database:", key=ui.W + "choose_omop", width="stretch",
+                  on_click=ui.choose_source, args=("omop",))
+        c2.button(ui.SOURCES["mapped"], icon=":material/table_view:", key=ui.W + "choose_mapped", width="stretch",
+                  on_click=ui.choose_source, args=("mapped",))
+
+
+def omop_report(rep):
+    c = st.columns(4)
+    c[0].metric("Persons imported", f"{ui.count_text(rep.n_persons, ctx.k)} of {rep.n_source_persons:,}",
+                border=True)
+    last = rep.index_date == "last"
+    c[1].metric("Index date", "Per person" if last else "Fixed", border=True, delta_color="off", delta_arrow="off",
+                delta="each person's last observation" if last else rep.index_date,
+                help="The end of each person's last observation period, else their latest record."
+                     if last else "One date for everyone.")
+    c[2].metric("Look-back for labs", f"{rep.lookback_days} days", border=True)
+    c[3].metric("CDM version", rep.cdm_version, border=True,
+                help="Closed world: no record means no." if rep.closed_world else "Open world: no record is unknown.")
+    st.caption(f"Source: {rep.source}. Rows per table: "
+               + ", ".join(f"{t} {ui.count_text(n, ctx.k)}" for t, n in rep.tables.items()))
+    if rep.excluded:
+        st.info("Left out: " + "; ".join(f"{ui.count_text(n, ctx.k)} {reason}" for reason, n in rep.excluded.items()),
+                icon=":material/person_off:")
+    if rep.warnings:
+        with st.expander(f"{len(rep.warnings)} warning(s)"):
+            if ctx.k:
+                st.caption("Warnings are patient-level (they name patient_ids) and are not suppressed; share them "
+                           "only under your data agreement.")
+            for w in rep.warnings:
+                st.markdown(f"- {w}")
+    table = ui.omop_report_table(rep, ctx.k)
+    st.dataframe(table, hide_index=True, width="stretch", height=560, placeholder="suppressed" if ctx.k else "—",
+                 key="import_report_table", column_config={
+                     "column": st.column_config.TextColumn("Dictionary column", width=190),
+                     "status": st.column_config.TextColumn("Status", width=80,
+                                                           help="derived: from records; index: PERSON / index "
+                                                                "date; absent: OMOP cannot provide it (n/a)"),
+                     "with_value": st.column_config.NumberColumn("With a value", format="localized", width=100,
+                                                                 help="Patients with a value in this column"),
+                     "pct": st.column_config.ProgressColumn("%", format="%.0f%%", min_value=0, max_value=100,
+                                                            width=100),
+                     "true": st.column_config.TextColumn("Of them true", width=100,
+                                                         help="Flags: patients with the value true"),
+                     "concepts": st.column_config.TextColumn("From concepts (patients)", width="large"),
+                     "units": st.column_config.TextColumn("Units (patients)", width=140),
+                     "source": st.column_config.TextColumn("OMOP source", width=200),
+                     "note": st.column_config.TextColumn("Note", width="large"),
+                 })
+    st.download_button("Download the import report (CSV)", ui.report_csv(table), file_name="omop_import_report.csv",
+                       mime="text/csv", icon=":material/download:", key=ui.W + "report_download", on_click="ignore")
+
+
+def mapped_report(rep):
+    st.markdown(f"**{rep['file']}**: {rep['rows']:,} rows mapped onto {len(rep['mapping'].columns)} dictionary "
+                f"column(s); {len(rep['absent'])} absent (rules needing them are not assessable).")
+    table = ui.mapping_table(rep["mapping"])
+    if not table["transform"].astype(bool).any():
+        table = table.drop(columns="transform")
+    st.dataframe(table, hide_index=True, width="stretch", column_config={
+        "column": st.column_config.TextColumn("Dictionary column"),
+        "from": st.column_config.TextColumn("File column"),
+        "unit": st.column_config.TextColumn("Unit conversion"),
+        "transform": st.column_config.TextColumn("Date transform"),
+        "values": st.column_config.TextColumn("Value translations", width="large"),
+    })
+    if not rep["values"].empty:
+        st.markdown("**Categorical values**")
+        st.dataframe(ui.value_table(rep["values"], ctx.k), hide_index=True, width="stretch",
+                     placeholder="suppressed" if ctx.k else "—",
+                     column_config={"valid": st.column_config.CheckboxColumn("Valid"),
+                                    "maps_to": st.column_config.TextColumn("Becomes")})
+    st.download_button("Download the mapping (YAML)", rep["mapping"].to_yaml(),
+                       file_name=f"{rep['mapping'].name or 'mapping'}.yaml", mime="application/x-yaml",
+                       icon=":material/download:", key=ui.W + "report_mapping_download", on_click="ignore")
+
+
+def report_tab():
+    st.subheader("Import report")
+    rep = ui.import_report()
+    if rep is None:
+        st.info(f"{ctx.data.label} was not imported through a wizard, so there is no import report. Import an "
+                "OMOP CDM or a mapped file in the **Load data** tab.", icon=":material/info:")
+    elif isinstance(rep, dict):
+        mapped_report(rep)
+    else:
+        omop_report(rep)
+
+
+for tab, body in ((tab_complete, completeness_tab), (tab_dist, distributions_tab), (tab_columns, columns_tab),
+                  (tab_load, load_tab), (tab_report, report_tab)):
     if tab.open:
         with tab:
             body()

@@ -1,5 +1,6 @@
 """Criteria: protocol text, readable rules and thresholds; enable / disable; order; scenarios."""
 
+import dataclasses
 import math
 import re
 from decimal import Decimal
@@ -8,9 +9,8 @@ import pandas as pd
 import streamlit as st
 
 import ui_state as ui
-from kn026 import patients
+from kn026 import custom, patients, rulecheck
 from kn026.criteria import format_number
-from kn026.scenario import Scenario
 
 INTEGRAL_UNITS = {"years", "lines", "lesions", "ECOG", "NYHA class", "CTCAE grade", "days", "half-lives"}
 PARAM_NAMES = {
@@ -32,12 +32,20 @@ def md_escape(text: str) -> str:
     return _MD.sub(r"\\\1", text)
 
 
+def change_md(change: str) -> str:
+    """One scenario change as markdown; a rule's SQL as code, so `>=` is not typeset as ≥."""
+    head, sep, sql = change.partition(": ")
+    if sep and (head.endswith(" rewritten") or " added (" in head):
+        return f"{md_escape(head)}: `{sql.replace('`', chr(39))}`"
+    return md_escape(change)
+
+
 def decimals(value: Decimal) -> int:
     exp = value.normalize().as_tuple().exponent
     return max(0, -exp) if isinstance(exp, int) else 0
 
 
-def number_widget(ctx, rule, pname: str, column) -> None:
+def number_widget(ctx, rule, pname: str, column, origin: str = "Protocol", unused: bool = False) -> None:
     param = rule.params[pname]
     current = ui.param_value(ctx, rule.id, pname)
     key = ui.wkey("param", rule.id, pname)
@@ -47,12 +55,12 @@ def number_widget(ctx, rule, pname: str, column) -> None:
     name = PARAM_NAMES.get(pname, pname.replace("_", " ").capitalize())
     label = f"{name} ({unit})" if unit and unit not in name else name
     allowed = f"allowed {format_number(param.low)}–{format_number(param.high)}" if param.low is not None else ""
-    help_text = f"Protocol: {format_number(param.default)} {unit}. {allowed}".strip()
+    help_text = f"{origin}: {format_number(param.default)} {unit}. {allowed}".strip()
     if integral:
         column.number_input(label, min_value=int(param.low) if param.low is not None else None,
                             max_value=int(param.high) if param.high is not None else None,
                             value=int(current), step=1, key=key, on_change=ui.set_param,
-                            args=(rule.id, pname, key), help=help_text)
+                            args=(rule.id, pname, key), help=help_text, disabled=unused)
     else:
         if unit in ("× ULN", "ratio") or abs(param.default) < 10:
             step = 0.1 if decimals(param.default) <= 1 else 10.0 ** -decimals(param.default)
@@ -62,9 +70,11 @@ def number_widget(ctx, rule, pname: str, column) -> None:
         column.number_input(label, min_value=float(param.low) if param.low is not None else None,
                             max_value=float(param.high) if param.high is not None else None,
                             value=float(current), step=step, format=f"%.{places}f", key=key,
-                            on_change=ui.set_param, args=(rule.id, pname, key), help=help_text)
+                            on_change=ui.set_param, args=(rule.id, pname, key), help=help_text, disabled=unused)
     if current != param.default:
-        column.caption(f":violet[changed] · protocol {format_number(param.default)}")
+        column.caption(f":violet[changed] · {origin.lower()} {format_number(param.default)}")
+    if unused:
+        column.caption("not used by the rewritten expression")
 
 
 ctx = ui.page_start("Criteria", ":material/rule:")
@@ -74,7 +84,7 @@ criteria = [c for c in proto.criteria if stage in c.stages]
 all_ids = [c.id for c in criteria]
 shown_ids = list(ctx.order) or all_ids
 res = ui.result(ctx)
-everything = Scenario(overrides=ctx.scenario.overrides)
+everything = dataclasses.replace(ctx.scenario, disabled=frozenset())  # every criterion, with its changes
 stats_all = ui.result(ctx, everything, ()).stats.set_index("criterion")
 _, coverage = ui.cohort_profile(ctx)
 leaf = coverage.set_index("rule")
@@ -100,7 +110,7 @@ with st.container(border=True):
                       args=(dkey,), placeholder="Why this scenario (for example: another registry version)")
         changes = ctx.scenario.changes(proto)
         if changes:
-            st.markdown("**Changes from the protocol:** " + " · ".join(md_escape(c) for c in changes))
+            st.markdown("**Changes from the protocol:** " + " · ".join(change_md(c) for c in changes))
         else:
             st.markdown("**No changes from the protocol yet.**")
     b1, b2, b3, b4 = st.columns([1.2, 1, 1, 2.4], vertical_alignment="bottom")
@@ -115,7 +125,7 @@ with st.container(border=True):
     with b4:
         ukey = ui.W + "scenario_upload"
         st.file_uploader("Upload a scenario (YAML)", type=["yaml", "yml"], key=ukey, label_visibility="collapsed",
-                         on_change=ui.on_scenario_upload, args=(ukey,),
+                         on_change=ui.on_scenario_upload, args=(ukey,), max_upload_size=ui.text_upload_limit_mb(),
                          help="A scenario file downloaded from here (or written by hand): name, changed "
                               "thresholds, disabled criteria and an optional order.")
     problem = ui.scenario_upload_error()
@@ -134,6 +144,7 @@ with c2:
                "switches to *by hand*). Counts are patients failing or unknown on each criterion alone.")
 disabled = ctx.scenario.disabled
 na = res.plan.not_assessable
+custom_ids = {c.id for c in ctx.scenario.custom}
 rows = []
 for pos, cid in enumerate(shown_ids, start=1):
     crit = proto.criterion(cid)
@@ -145,7 +156,8 @@ for pos, cid in enumerate(shown_ids, start=1):
         "Short name": labels[cid],
         "Fail": int(stats_all.loc[cid, "failed"]) if cid in stats_all.index else None,
         "Unknown": int(stats_all.loc[cid, "unknown"]) if cid in stats_all.index else None,
-        "Note": ("not assessable" if cid in na else
+        "Note": ("not assessable" if cid in na else "custom" if cid in custom_ids else
+                 "rewritten" if any(r.id in ctx.scenario.replace for r in crit.rules) else
                  "changed" if any(r.id in ctx.scenario.overrides or r.id in disabled for r in crit.rules) else ""),
     })
 editor = pd.DataFrame(rows)
@@ -169,6 +181,134 @@ st.data_editor(
         "Note": st.column_config.TextColumn(width="small"),
     })
 
+# ---------------------------------------------------------------- custom criteria and rewritten rules
+st.subheader("Custom criteria and rewritten rules")
+st.caption("Write a rule as one SQL condition over the cohort's columns: the condition a patient must meet to "
+           "**pass** (for an exclusion: *not* to be excluded). It is checked against an allow-list before it "
+           "runs, then takes part in the funnel, overlaps, scenario comparison and exports like a protocol "
+           "rule. The first rule added to the protocol starts a new scenario.")
+stored = ui.active_scenario()  # as stored: may hold rules this cohort cannot screen (warned above)
+screened_ids = {c.id for c in ctx.scenario.custom} | set(ctx.scenario.replace)
+if stored.custom or stored.replace:
+    with st.container(border=True):
+        st.markdown(f"**In “{md_escape(ctx.scenario_name)}”**")
+        for c in stored.custom:
+            r1, r2 = st.columns([5, 1.4], vertical_alignment="center")
+            badge = ":blue-badge[custom]" + ("" if c.id in screened_ids else " :red-badge[not screened]")
+            params = "; ".join(custom.format_params(c.params).splitlines())
+            r1.markdown(f"**{c.id}** {badge} {c.kind} · {md_escape(c.text or c.id)}"
+                        + (f"  \n:gray[parameters: {md_escape(params)}]" if params else ""))
+            r1.code(c.sql, language="sql", wrap_lines=True)
+            r2.button("Edit", key=ui.W + f"rule_edit_{c.id}", on_click=ui.edit_custom_rule, args=(c.id,),
+                      icon=":material/edit:", width="stretch", help=f"Load {c.id} into the form below to change it")
+            r2.button("Remove", key=ui.W + f"rule_remove_{c.id}", on_click=ui.remove_custom_rule, args=(c.id,),
+                      icon=":material/delete:", width="stretch", help=f"Remove {c.id} from this scenario")
+        for rid, sql in sorted(stored.replace.items()):
+            r1, r2 = st.columns([5, 1.4], vertical_alignment="center")
+            badge = ":violet-badge[rewritten]" + ("" if rid in screened_ids else " :red-badge[not screened]")
+            r1.markdown(f"**{rid}** {badge} {md_escape(proto.rule(rid).label)}")
+            r1.code(sql, language="sql", wrap_lines=True)
+            r2.button("Undo rewrite", key=ui.W + f"rule_restore_{rid}", on_click=ui.remove_replacement,
+                      args=(rid,), icon=":material/undo:", width="stretch",
+                      help=f"Give {rid} its protocol expression back")
+
+
+def rule_error_box(form: str, verb: str) -> None:
+    """The last rejection of `form`: the message, and the text with carets under the token."""
+    err = ui.rule_error(form)
+    if not err:
+        return
+    st.error(f"**Not {verb}; nothing changed.** {md_escape(err['message'])}", icon=":material/error:")
+    pointer = rulecheck.point_at(err["text"], err["position"], err["token"], width=44)  # fits half the page
+    if pointer:
+        st.code(pointer, language=None)
+
+
+add_col, rewrite_col = st.columns(2, gap="medium")
+with add_col, st.container(border=True):
+    with st.container(horizontal=True, vertical_alignment="center"):
+        st.markdown("**Add a criterion**", width="stretch")
+        st.button("Example: age ≤ 75", on_click=ui.example_custom_rule, icon=":material/lightbulb:",
+                  key=ui.W + "rule_example_custom", width="content",
+                  help="Fill the form with an exclusion of patients older than 75 years (age_years <= :max_age); "
+                       "then press Add criterion")
+    ui.add_form()
+    with st.form(ui.W + "rule_add_form", border=False):
+        f1, f2 = st.columns([1, 2], vertical_alignment="bottom")
+        f1.text_input("ID", key=ui.rule_field("add", "id"), max_chars=16,
+                      help="2-16 capital letters, digits or _, starting with a letter (CUST01). "
+                           "An ID already in this scenario updates that criterion.")
+        f2.segmented_control("Kind", ["inclusion", "exclusion"], key=ui.rule_field("add", "kind"),
+                             required=True)
+        st.text_input("Text (its name in tables and charts)", key=ui.rule_field("add", "text"), max_chars=200,
+                      placeholder="e.g. Older than 75 years at screening")
+        st.text_area("SQL condition to pass", key=ui.rule_field("add", "sql"), height=96,
+                     placeholder="e.g. age_years <= :max_age", max_chars=2000,
+                     help="One boolean expression; NULL (a missing value) makes the patient unknown on it.")
+        st.text_area("Parameters (one per line: name = value unit)", key=ui.rule_field("add", "params"), height=68,
+                     placeholder="e.g. max_age = 75 years",
+                     help="Use them as :name in the condition; each gets a number box below, like a protocol "
+                          "threshold.")
+        st.form_submit_button("Add criterion", on_click=ui.add_custom_rule, type="primary",
+                              icon=":material/add:")
+    rule_error_box("add", "added")
+
+with rewrite_col, st.container(border=True):
+    with st.container(horizontal=True, vertical_alignment="center"):
+        st.markdown("**Rewrite a rule's expression**", width="stretch")
+        st.button("Example: CrCl ≥ 50", on_click=ui.example_replace_rule, icon=":material/lightbulb:",
+                  key=ui.W + "rule_example_replace", width="content",
+                  help="Fill the form with INCL07.CRCL asking creatinine clearance >= 50 mL/min (another "
+                       "registry version of KN026-001); then press Rewrite rule")
+    picked = ui.replace_form(stage)
+    base_rules = {rid: proto.rule(rid) for rid in ui.replace_choices(stage)}
+    st.selectbox("Rule", list(base_rules), key=ui.rule_field("replace", "rule"),
+                 format_func=lambda rid: f"{rid} · {base_rules[rid].label}",
+                 on_change=ui.pick_replace_rule, args=(stage,))
+    prule = base_rules[picked]
+    notes = [f":{p} = {format_number(ui.param_value(ctx, picked, p))} {prule.params[p].unit}".rstrip()
+             for p in prule.params]
+    st.caption((f"Parameters: {md_escape(', '.join(notes))}. " if notes else "No parameters. ")
+               + ("Stage 1 and 2 differ in the protocol; a rewrite applies to both. "
+                  if len(set(prule.sql.values())) > 1 else "")
+               + "Submit the protocol's text again to undo a rewrite.")
+    with st.form(ui.W + "rule_replace_form", border=False):
+        st.text_area("SQL condition to pass", key=ui.rule_field("replace", "sql"), height=150, max_chars=2000)
+        st.form_submit_button("Rewrite rule", on_click=ui.replace_rule_expression, type="primary",
+                              icon=":material/edit_note:")
+    rule_error_box("replace", "rewritten")
+
+help_box = st.expander("Help: columns, parameters, operators and functions", icon=":material/help:",
+                       key=ui.expander_key("rule_help"), on_change="rerun")
+if help_box.open:
+    with help_box:
+        g1, g2 = st.columns([2, 3.4], gap="medium")
+        with g1:
+            st.markdown(
+                "**How a rule reads**\n\n"
+                "* The condition says who **passes**. For an exclusion write the opposite of the reason to "
+                "exclude: `age_years <= 75` excludes patients older than 75.\n"
+                "* A missing value makes the comparison NULL: the patient is **unknown** on the rule (strict "
+                "counts fail, optimistic counts pass). `x IS NULL` / `coalesce(x, 0)` decide it yourself.\n"
+                "* Parameters: declare `name = value unit`, write `:name`. A rewritten rule keeps the "
+                "protocol rule's parameters.\n"
+                f"* Custom criteria apply at every stage; at most {64 - len(ui.protocol().rules)} fit beside "
+                "the protocol's rules.\n\n"
+                "**Allowed**: column names; numbers; `'text'`; `TRUE` `FALSE` `NULL`; `:parameters`; "
+                "`=` `<>` `!=` `<` `<=` `>` `>=`; `AND` `OR` `NOT`; `+` `-` `*` `/`; parentheses; "
+                "`CASE WHEN … THEN … ELSE … END`; `IS [NOT] NULL`; `[NOT] IN (values)`; "
+                "`[NOT] BETWEEN … AND …`.\n\n"
+                "**Functions**: " + ", ".join(f"`{f}`" for f in rulecheck.ALLOWED_FUNCTIONS) + ".\n\n"
+                "**Refused**, with the position: other functions (file readers, settings), subqueries, "
+                "several statements (`;`), comments, casts, `LIKE`, table names.")
+        with g2:
+            st.markdown("**Columns of the loaded cohort**")
+            st.dataframe(ui.rule_columns(ctx), hide_index=True, width="stretch", height=560,
+                         column_config={"name": st.column_config.TextColumn("Name", width=270),
+                                        "kind": st.column_config.TextColumn("Type", width="small"),
+                                        "unit": st.column_config.TextColumn("Unit", width="small"),
+                                        "meaning": st.column_config.TextColumn("Meaning", width="large")})
+
 # ---------------------------------------------------------------- thresholds
 st.subheader("Criteria, rules and thresholds")
 show = st.segmented_control("Show", ["All", "Inclusion", "Exclusion", "Changed"], default="All",
@@ -177,7 +317,8 @@ st.caption("Each criterion's protocol text, then its rule(s) as applied with the
            "Changing a value updates every page at once.")
 for crit in criteria:
     rules = [r for r in crit.rules if stage in r.stages]
-    changed = any(r.id in ctx.scenario.overrides or r.id in disabled for r in rules) or crit.id in disabled
+    changed = (any(r.id in ctx.scenario.overrides or r.id in disabled or r.id in ctx.scenario.replace
+                   for r in rules) or crit.id in disabled or crit.id in custom_ids)
     if show == "Inclusion" and crit.kind != "inclusion" or show == "Exclusion" and crit.kind != "exclusion":
         continue
     if show == "Changed" and not changed:
@@ -187,7 +328,11 @@ for crit in criteria:
         status.append(":red-badge[off]")
     if crit.id in na:
         status.append(":gray-badge[not assessable]")
-    if changed and crit.id not in disabled:
+    if crit.id in custom_ids:
+        status.append(":blue-badge[custom]")
+    elif any(r.id in ctx.scenario.replace for r in rules):
+        status.append(":violet-badge[rewritten]")
+    elif changed and crit.id not in disabled:
         status.append(":violet-badge[changed]")
     if crit.id in stats_all.index and not ctx.k:
         status.append(f":gray[{int(stats_all.loc[crit.id, 'failed']):,} fail · "
@@ -219,9 +364,11 @@ for crit in criteria:
                           on_change=ui.set_enabled,
                           args=(rule.id, rkey), disabled=crit.id in disabled)
             names = patients.stage_params(rule, stage)
+            unused = custom.unused_params(rule, stage, proto) if rule.id in ctx.scenario.replace else []
             if names:
                 cols = st.columns(3)
                 for i, pname in enumerate(names):
-                    number_widget(ctx, rule, pname, cols[i % 3])
+                    number_widget(ctx, rule, pname, cols[i % 3], origin="Default" if crit.id in custom_ids
+                                  else "Protocol", unused=pname in unused)
 
 ui.page_end()

@@ -28,9 +28,10 @@ from kn026 import synth  # noqa: E402
 
 APP = str(ROOT / "app.py")
 TIMEOUT = 120
-PAGES = ["pages/funnel.py", "pages/cohort.py", "pages/criteria.py", "pages/patients.py", "pages/sites.py"]
+PAGES = [path for path, *_ in ui_state.PAGES]  # every registered page
 TITLES = {"pages/funnel.py": "Eligibility funnel", "pages/cohort.py": "Cohort", "pages/criteria.py": "Criteria",
-          "pages/patients.py": "Patients", "pages/sites.py": "Sites and countries"}
+          "pages/patients.py": "Patients", "pages/sites.py": "Sites and countries",
+          "pages/recruitment.py": "Recruitment forecast", "pages/network.py": "Network feasibility"}
 
 
 # --------------------------------------------------------------------------- helpers

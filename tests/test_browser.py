@@ -35,6 +35,8 @@ PAGES = [
     ("Criteria", "criteria", ["Criteria", "Funnel order and criteria in use", "Criteria, rules and thresholds"]),
     ("Patients", "patients", ["Patients", "Filter patients"]),
     ("Sites", "sites", ["Sites and countries", "By site", "By country"]),
+    ("Recruitment", "recruitment", ["Recruitment forecast", "Readout"]),
+    ("Network", "network", ["Network feasibility"]),
 ]
 
 pytestmark = pytest.mark.browser
