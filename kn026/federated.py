@@ -47,7 +47,6 @@ per-criterion table and the per-site breakdown from it exactly as for one cohort
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import sys
@@ -61,7 +60,7 @@ import numpy as np
 
 from kn026 import analysis
 from kn026 import funnel as fm
-from kn026.criteria import CriteriaError, Protocol, format_number, load_protocol
+from kn026.criteria import Protocol, format_number, load_protocol
 from kn026.funnel import Histogram
 from kn026.portable import (
     NO_SITE,
@@ -657,21 +656,6 @@ def main_merge(args) -> int:
     return 0
 
 
-def main(argv=None) -> int:  # python -m kn026.federated histogram|merge ...
-    parser = argparse.ArgumentParser(prog="python -m kn026.federated")
-    sub = parser.add_subparsers(dest="command", required=True)
-    add_cli(sub)
-    args = parser.parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except (CriteriaError, ValueError, OSError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-
-
 __all__ = ["FederatedError", "MAX_FILE_BYTES", "MergedEngine", "NO_SITE", "add_cli", "check_no_overlap",
            "differences", "export_histogram", "histogram_from_bytes", "merge_histograms", "network_histogram",
            "network_result", "read_histogram", "scenario_of", "write_histogram"]
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -57,7 +57,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -645,17 +644,3 @@ def main_sql(args) -> int:
     return 0
 
 
-def main(argv=None) -> int:  # python -m kn026.portable sql ...
-    parser = argparse.ArgumentParser(prog="python -m kn026.portable")
-    sub = parser.add_subparsers(dest="command", required=True)
-    add_cli(sub)
-    args = parser.parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except (CriteriaError, ValueError, OSError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

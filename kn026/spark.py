@@ -1,7 +1,6 @@
 """Screening on Apache Spark: the portable histogram query run where the data lives.
 
-    python -m kn026 funnel --engine spark --cohort cohort.parquet --stage 1
-    python -m kn026.spark --cohort cohort.parquet --stage 1 [--master spark://host:7077]
+    python -m kn026 funnel --engine spark --cohort cohort.parquet --stage 1 [--spark-master URL]
 
 The Spark SQL text is :func:`kn026.portable.screening_sql` for dialect ``spark``; Spark
 returns only the histogram rows ``(f, u, n)``, which become a
@@ -23,17 +22,15 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
-import time
 import warnings
 from pathlib import Path
 
 from kn026 import schema
-from kn026.criteria import CriteriaError, Protocol, load_protocol
+from kn026.criteria import Protocol
 from kn026.funnel import Histogram
 from kn026.portable import ALL_COLUMNS, QueryEngine, histogram_from_arrow, histogram_from_rows
-from kn026.scenario import Scenario, load_scenario
+from kn026.scenario import Scenario
 
 DEFAULT_MASTER = "local[*]"
 DEFAULT_DRIVER_MEMORY = "8g"  # the machine has 24 GB; leaves room for DuckDB and the OS
@@ -174,35 +171,3 @@ def engine_from_args(args, protocol: Protocol):
         raise ValueError(f"--engine spark reads Parquet cohorts; {path.name} is not .parquet "
                          "(convert it with the DuckDB engine or `python -m kn026 synth`)")
     return spark_engine(args.cohort, protocol, args.stage, master=args.spark_master)
-
-
-def main(argv=None) -> int:
-    """``python -m kn026.spark``: the funnel of a Parquet cohort screened on Spark."""
-    from kn026 import analysis
-
-    p = argparse.ArgumentParser(prog="python -m kn026.spark", description=main.__doc__)
-    p.add_argument("--cohort", required=True)
-    p.add_argument("--stage", type=int, required=True)
-    p.add_argument("--scenario")
-    p.add_argument("--protocol")
-    p.add_argument("--master", default=DEFAULT_MASTER)
-    args = p.parse_args(argv)
-    try:
-        protocol = load_protocol(args.protocol)
-        scenario = load_scenario(args.scenario, protocol) if args.scenario else Scenario()
-        start = time.perf_counter()
-        engine = spark_engine(args.cohort, protocol, args.stage, master=args.master)
-        result = analysis.run(engine, scenario)
-    except (CriteriaError, ValueError, OSError, SparkUnavailable) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    t = result.totals
-    print(f"{protocol.name} stage {args.stage} on Spark ({args.master}), scenario {scenario.name!r}: "
-          f"{t['screened']} screened, {t['strict']} eligible (strict), {t['optimistic']} eligible "
-          f"(optimistic), {time.perf_counter() - start:.1f} s")
-    print(result.funnel.to_string(index=False, float_format=lambda v: f"{v:.1f}"))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections import Counter
 from decimal import Decimal
 from pathlib import Path
 
@@ -12,28 +11,19 @@ import pandas as pd
 import pytest
 
 from kn026 import analysis, federated, portable, synth
-from kn026 import funnel as fm
+from kn026.cli import main as cli_main
 from kn026.cohort import connect, load_cohort
 from kn026.criteria import DEFAULT_PROTOCOL, load_protocol
 from kn026.custom import CustomRule
 from kn026.engine import Engine
 from kn026.scenario import Scenario
 from tests import cohorts
+from tests.cohorts import as_counter
 
 PROTOCOL = load_protocol()
 SCENARIO = Scenario("crcl50", overrides={"INCL07.CRCL": {"min": Decimal(50)},
                                          "EXCL03": {"washout_min_days": Decimal(21)}},
                     disabled=frozenset({"INCL06"}))
-
-
-def as_counter(h: fm.Histogram) -> Counter:
-    out: Counter = Counter()
-    for i in range(len(h)):
-        key = (int(h.fail[i]), int(h.unknown[i]))
-        if h.site is not None:
-            key += (h.sites[int(h.site[i])],)
-        out[key] += int(h.count[i])
-    return +out
 
 
 @pytest.fixture(scope="module")
@@ -192,11 +182,11 @@ def test_cli_histogram_and_merge(tmp_path, pooled, capsys):
         csv_path = tmp_path / f"{s}.csv"
         part.to_csv(csv_path, index=False)
         out = tmp_path / f"{s}.json"
-        assert federated.main(["histogram", "--cohort", str(csv_path), "--stage", "1", "--site", s,
+        assert cli_main(["histogram", "--cohort", str(csv_path), "--stage", "1", "--site", s,
                                "--out", str(out), "--suppress-below", "3"]) == 0
         files.append(str(out))
     capsys.readouterr()
-    assert federated.main(["merge", *files, "--json"]) == 0
+    assert cli_main(["merge", *files, "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)
     pooled3 = pooled[pooled["site_id"].isin(sites)].reset_index(drop=True)
     want = analysis.run(Engine(load_cohort(pooled3, connect()), PROTOCOL, 1))
@@ -204,17 +194,17 @@ def test_cli_histogram_and_merge(tmp_path, pooled, capsys):
     assert doc["totals"]["strict"] <= want.totals["strict"] <= want.totals["optimistic"] \
         <= doc["totals"]["optimistic"]
     assert [s["site"] for s in doc["sites"]] == sites
-    assert federated.main(["merge", *files]) == 0
+    assert cli_main(["merge", *files]) == 0
     text = capsys.readouterr().out
     assert "network of 3 site(s)" in text and "suppressed small cells" in text
     # a refused merge: exit status 2 and one line naming the problem
     other = tmp_path / "stage2.json"
     part = pooled[pooled["site_id"] == sites[0]]
     part.to_csv(tmp_path / "s2.csv", index=False)
-    assert federated.main(["histogram", "--cohort", str(tmp_path / "s2.csv"), "--stage", "2",
+    assert cli_main(["histogram", "--cohort", str(tmp_path / "s2.csv"), "--stage", "2",
                            "--site", "other", "--out", str(other)]) == 0
     capsys.readouterr()
-    assert federated.main(["merge", files[0], str(other)]) == 2
+    assert cli_main(["merge", files[0], str(other)]) == 2
     assert "stage differs" in capsys.readouterr().err
 
 
@@ -229,10 +219,10 @@ def test_cli_histogram_from_exported_query_rows(tmp_path, pooled, capsys):
     rows.to_csv(tmp_path / "rows.csv", index=False)
     scen = tmp_path / "s.yaml"
     scen.write_text(SCENARIO.to_yaml(PROTOCOL))
-    assert federated.main(["histogram", "--rows", str(tmp_path / "rows.csv"), "--columns", columns,
+    assert cli_main(["histogram", "--rows", str(tmp_path / "rows.csv"), "--columns", columns,
                            "--stage", "1", "--scenario", str(scen), "--site", "A",
                            "--out", str(tmp_path / "rows.json")]) == 0
-    assert federated.main(["histogram", "--cohort", str(_write(part, tmp_path / "a.parquet")),
+    assert cli_main(["histogram", "--cohort", str(_write(part, tmp_path / "a.parquet")),
                            "--stage", "1", "--scenario", str(scen), "--site", "A",
                            "--out", str(tmp_path / "cohort.json")]) == 0
     a = federated.read_histogram(tmp_path / "rows.json")
@@ -348,13 +338,13 @@ def test_cli_merge_out_is_a_site_file_that_merges_again(tmp_path, pooled, capsys
         csv_path = tmp_path / f"{s}.csv"
         pooled[pooled["site_id"] == s].to_csv(csv_path, index=False)
         files.append(tmp_path / f"{s}.json")
-        assert federated.main(["histogram", "--cohort", str(csv_path), "--stage", "1", "--site", s,
+        assert cli_main(["histogram", "--cohort", str(csv_path), "--stage", "1", "--site", s,
                                "--out", str(files[-1])]) == 0
     region = tmp_path / "region.json"
-    assert federated.main(["merge", *map(str, files[:2]), "--out", str(region)]) == 0
+    assert cli_main(["merge", *map(str, files[:2]), "--out", str(region)]) == 0
     capsys.readouterr()
     assert federated.read_histogram(region)["total"] == int(pooled["site_id"].isin(sites[:2]).sum())
-    assert federated.main(["merge", str(region), *map(str, files[2:]), "--json"]) == 0
+    assert cli_main(["merge", str(region), *map(str, files[2:]), "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)
     want = analysis.run(Engine(load_cohort(pooled, connect()), PROTOCOL, 1))
     assert doc["totals"] == want.totals
