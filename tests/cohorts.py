@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import csv
 import io
+from collections import Counter
 
 from hypothesis import strategies as st
 
+from kn026 import funnel as fm
 from kn026 import schema
 
 FLAG = (None, True, False)
@@ -111,3 +113,14 @@ def _text(value) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     return str(value)
+
+
+def as_counter(h: fm.Histogram) -> Counter:
+    """Histogram as {(fail, unknown[, site name]): n}, independent of row order."""
+    out: Counter = Counter()
+    for i in range(len(h)):
+        key = (int(h.fail[i]), int(h.unknown[i]))
+        if h.site is not None:
+            key += (h.sites[int(h.site[i])],)
+        out[key] += int(h.count[i])
+    return +out

@@ -24,6 +24,7 @@ from kn026.custom import CustomRule
 from kn026.engine import Engine, compile_rule
 from kn026.scenario import Scenario
 from tests import cohorts
+from tests.cohorts import as_counter
 
 PROTOCOL = load_protocol()
 GOLDEN = sorted((Path(__file__).parent / "golden").glob("*.csv"))
@@ -38,17 +39,6 @@ SCENARIOS = {
                                           "EXCL11.QTCF": {"max_male": Decimal(440)},
                                           "INCL01": {"min_age": Decimal(65)}}),
 }
-
-
-def as_counter(h: fm.Histogram) -> Counter:
-    """Histogram as {(fail, unknown[, site name]): n}, independent of row order."""
-    out: Counter = Counter()
-    for i in range(len(h)):
-        key = (int(h.fail[i]), int(h.unknown[i]))
-        if h.site is not None:
-            key += (h.sites[int(h.site[i])],)
-        out[key] += int(h.count[i])
-    return +out
 
 
 _SQL: dict = {}

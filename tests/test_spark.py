@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import random
 import shutil
-from collections import Counter
 from decimal import Decimal
 
 import pytest
@@ -18,13 +17,13 @@ if shutil.which("java") is None:  # pragma: no cover - Java is on the machine im
     pytest.skip("Spark needs Java 17+", allow_module_level=True)
 
 from kn026 import analysis, synth  # noqa: E402
-from kn026 import funnel as fm  # noqa: E402
 from kn026 import spark as kspark  # noqa: E402
 from kn026.cohort import connect, load_cohort  # noqa: E402
 from kn026.criteria import load_protocol  # noqa: E402
 from kn026.engine import Engine  # noqa: E402
 from kn026.scenario import Scenario  # noqa: E402
 from tests import cohorts  # noqa: E402
+from tests.cohorts import as_counter  # noqa: E402
 
 PROTOCOL = load_protocol()
 WASHOUT = Scenario("washout", overrides={"EXCL03": {"washout_min_days": Decimal(30),
@@ -32,16 +31,6 @@ WASHOUT = Scenario("washout", overrides={"EXCL03": {"washout_min_days": Decimal(
                                          "INCL07.CRCL": {"min": Decimal(50)}})
 MIXED = Scenario("mixed", overrides={"INCL07.COAG": {"max_x_uln": Decimal("1.25")},
                                      "EXCL11.QTCF": {"max_male": Decimal(440)}})
-
-
-def as_counter(h: fm.Histogram) -> Counter:
-    out: Counter = Counter()
-    for i in range(len(h)):
-        key = (int(h.fail[i]), int(h.unknown[i]))
-        if h.site is not None:
-            key += (h.sites[int(h.site[i])],)
-        out[key] += int(h.count[i])
-    return +out
 
 
 @pytest.fixture(scope="module")
