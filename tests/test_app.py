@@ -7,27 +7,31 @@ are read from their JSON spec; plotly 7 encodes numeric arrays as {"dtype", "bda
 
 from __future__ import annotations
 
-import base64
 import io
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from streamlit.testing.v1 import AppTest
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+import ui_state
+from kn026 import synth
+from tests.app_support import (
+    APP,
+    charts,
+    decode,
+    metrics,
+    new_app,
+    number,
+    ok,
+    open_expander,
+    open_tab,
+    sidebar_radio,
+)
+from tests.app_support import go as _go
 
-from streamlit.testing.v1 import AppTest  # noqa: E402
-
-import ui_state  # noqa: E402
-from kn026 import synth  # noqa: E402
-
-APP = str(ROOT / "app.py")
-TIMEOUT = 120
 PAGES = [path for path, *_ in ui_state.PAGES]  # every registered page
 TITLES = {"pages/funnel.py": "Eligibility funnel", "pages/cohort.py": "Cohort", "pages/criteria.py": "Criteria",
           "pages/patients.py": "Patients", "pages/sites.py": "Sites and countries",
@@ -37,79 +41,14 @@ TITLES = {"pages/funnel.py": "Eligibility funnel", "pages/cohort.py": "Cohort", 
 # --------------------------------------------------------------------------- helpers
 
 
-def new_app() -> AppTest:
-    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
-    at.run()
-    ok(at)
-    return at
-
-
-def ok(at: AppTest) -> None:
-    """No exception and no unexpected error box on the page."""
-    assert not at.exception, [e.value for e in at.exception]
-
-
 def go(at: AppTest, page: str) -> AppTest:
-    at.switch_page(page).run()
-    ok(at)
-    assert at.title[0].value == TITLES[page]
-    return at
-
-
-def open_tab(at: AppTest, page: str, label: str) -> AppTest:
-    """Select a tab (tabs run their content lazily, only when selected)."""
-    at.session_state[ui_state.tab_key(page)] = label
-    at.run()
-    ok(at)
-    return at
-
-
-def open_expander(at: AppTest, item: str) -> AppTest:
-    at.session_state[ui_state.expander_key(item)] = True
-    at.run()
-    ok(at)
-    return at
-
-
-def metrics(at: AppTest) -> dict[str, str]:
-    out = {}
-    for m in at.metric:
-        label = m.label.split("] ", 1)[-1]
-        out[label] = m.value
-    return out
-
-
-def number(text: str) -> int:
-    return int(text.replace(",", ""))
-
-
-def sidebar_radio(at: AppTest, label: str):
-    return next(r for r in at.sidebar.radio if r.label == label)
+    return _go(at, page, TITLES[page])
 
 
 def by_key_prefix(widgets, prefix: str):
     found = [w for w in widgets if w.key and w.key.startswith(prefix)]
     assert found, f"no widget with key starting {prefix!r}: {[w.key for w in widgets]}"
     return found[0]
-
-
-def decode(arr):
-    """A plotly-7 array: a list, or {"dtype", "bdata"} base64."""
-    if isinstance(arr, dict) and "bdata" in arr:
-        return np.frombuffer(base64.b64decode(arr["bdata"]), dtype=np.dtype(arr["dtype"])).tolist()
-    return list(arr)
-
-
-def chart(at: AppTest, key: str) -> dict:
-    for c in at.get("plotly_chart"):
-        spec = json.loads(c.proto.spec)
-        if key in (getattr(c.proto, "id", "") or ""):
-            return spec
-    raise AssertionError(f"no plotly chart with key {key!r}")
-
-
-def charts(at: AppTest) -> list[dict]:
-    return [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
 
 
 def small_cohort(n: int = 300, seed: int = 5) -> pd.DataFrame:

@@ -18,26 +18,21 @@ from __future__ import annotations
 
 import datetime as dt
 import io
-import sys
 import zipfile
 from pathlib import Path
 
 import duckdb
 import pandas as pd
 import pytest
+from streamlit.testing.v1 import AppTest
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+import ui_state
+from kn026 import analysis, export, sandbox, synth
+from kn026.custom import CustomRule
+from kn026.scenario import Scenario
+from tests import app_support
+from tests.app_support import ROOT, go, ok, open_expander, sidebar_radio
 
-from streamlit.testing.v1 import AppTest  # noqa: E402
-
-import ui_state  # noqa: E402
-from kn026 import analysis, export, sandbox, synth  # noqa: E402
-from kn026.custom import CustomRule  # noqa: E402
-from kn026.scenario import Scenario  # noqa: E402
-
-APP = str(ROOT / "app.py")
 TIMEOUT = 180
 FIXTURES = ROOT / "tests" / "fixtures" / "omop"
 SAMPLE = ROOT.parent / "shared" / "data" / "omop" / "Synthea27Nj_5.4.zip"
@@ -52,31 +47,7 @@ needs_sample = pytest.mark.skipif(not SAMPLE.is_file(), reason=f"OMOP sample {SA
 
 
 def new_app() -> AppTest:
-    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
-    at.run()
-    ok(at)
-    return at
-
-
-def ok(at: AppTest) -> None:
-    assert not at.exception, [e.value for e in at.exception]
-
-
-def go(at: AppTest, page: str) -> AppTest:
-    at.switch_page(page).run()
-    ok(at)
-    return at
-
-
-def open_tab(at: AppTest, page: str, label: str) -> AppTest:
-    at.session_state[ui_state.tab_key(page)] = label
-    at.run()
-    ok(at)
-    return at
-
-
-def sidebar_radio(at: AppTest, label: str):
-    return next(r for r in at.sidebar.radio if r.label == label)
+    return app_support.new_app(timeout=TIMEOUT)
 
 
 def uploader(at: AppTest, key: str):
@@ -182,9 +153,7 @@ def test_builtin_session_connection_is_locked_and_the_app_still_works():
     assert screened == "20,000"
     # threshold change on the Criteria page (re-evaluates one rule on the locked connection)
     go(at, "pages/criteria.py")
-    at.session_state[ui_state.expander_key("INCL07")] = True
-    at.run()
-    ok(at)
+    open_expander(at, "INCL07")
     crcl = next(w for w in at.number_input if w.key and w.key.startswith(ui_state.W + "param.INCL07.CRCL.min@"))
     crcl.set_value(60.0).run()
     ok(at)
@@ -435,9 +404,7 @@ def test_mapping_yaml_round_trip_and_unmapping():
     assert "Creat_mgdl" not in text and "unit: g/dL" in text
     # map it again from "Map more dictionary columns" (lazy: runs only when open)
     assert not [s for s in at.selectbox if s.key and ".src.albumin_g_l@" in s.key]
-    at.session_state[ui_state.expander_key("map_more")] = True
-    at.run()
-    ok(at)
+    open_expander(at, "map_more")
     _select(at, "src.creatinine_umol_l").set_value("Creat_mgdl").run()
     ok(at)
     again = at.session_state[ui_state.K_MAPPING].get("creatinine_umol_l")

@@ -10,28 +10,21 @@ user would get.
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import pandas as pd
 import pytest
+from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
+from streamlit.testing.v1 import AppTest
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+import ui_state
+from kn026 import analysis, federated, synth
+from kn026.cohort import connect, load_cohort
+from kn026.criteria import load_protocol
+from kn026.engine import Engine
+from kn026.scenario import Scenario
+from tests import app_support
+from tests.app_support import metrics, number, ok, open_tab
 
-from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage  # noqa: E402
-from streamlit.testing.v1 import AppTest  # noqa: E402
-
-import ui_state  # noqa: E402
-from kn026 import analysis, federated, synth  # noqa: E402
-from kn026.cohort import connect, load_cohort  # noqa: E402
-from kn026.criteria import load_protocol  # noqa: E402
-from kn026.engine import Engine  # noqa: E402
-from kn026.scenario import Scenario  # noqa: E402
-
-APP = str(ROOT / "app.py")
-TIMEOUT = 120
 PAGE = "pages/network.py"
 PROTOCOL = load_protocol()
 
@@ -39,25 +32,8 @@ PROTOCOL = load_protocol()
 # --------------------------------------------------------------------------- helpers
 
 
-def ok(at: AppTest) -> None:
-    assert not at.exception, [e.value for e in at.exception]
-
-
 def network_page() -> AppTest:
-    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
-    at.run()
-    ok(at)
-    at.switch_page(PAGE).run()
-    ok(at)
-    assert at.title[0].value == "Network feasibility"
-    return at
-
-
-def open_tab(at: AppTest, name: str, label: str) -> AppTest:
-    at.session_state[ui_state.tab_key(name)] = label
-    at.run()
-    ok(at)
-    return at
+    return app_support.new_app(PAGE, "Network feasibility")
 
 
 def uploader(at: AppTest):
@@ -68,14 +44,6 @@ def upload(at: AppTest, files: dict[str, bytes]) -> AppTest:
     uploader(at).set_value([(name, data, "application/json") for name, data in files.items()]).run()
     ok(at)
     return at
-
-
-def metrics(at: AppTest) -> dict[str, str]:
-    return {m.label.split("] ", 1)[-1]: m.value for m in at.metric}
-
-
-def number(text: str) -> int:
-    return int(text.replace(",", ""))
 
 
 TABLES = {"net_files": "File", "net_attrition_table": "step", "net_sites_table": "not_assessable"}
@@ -133,9 +101,10 @@ def pooled_totals(*parts: pd.DataFrame, stage: int = 1) -> dict:
 # --------------------------------------------------------------------------- share
 
 
-def test_page_is_registered_after_sites():
+def test_page_is_registered_last():
+    """Network is the advanced page: after the single-cohort pages and Recruitment."""
     urls = [url for *_, url in ui_state.PAGES]
-    assert urls.index("network") == urls.index("sites") + 1
+    assert urls[-1] == "network" and urls.index("recruitment") > urls.index("sites")
 
 
 def test_share_downloads_this_cohorts_histogram(downloads, tmp_path):

@@ -7,32 +7,24 @@ arrays as {"dtype", "bdata"} base64).
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
 import json
 import re
-import sys
-from pathlib import Path
 
-import numpy as np
 import pytest
+from streamlit.testing.v1 import AppTest
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+import ui_state
+from kn026 import analysis, synth
+from kn026 import forecast as fc
+from kn026 import recruitment as rc
+from kn026.cohort import connect, load_cohort
+from kn026.criteria import load_protocol
+from kn026.engine import Engine
+from kn026.scenario import Scenario
+from tests import app_support
+from tests.app_support import decode, ok
 
-from streamlit.testing.v1 import AppTest  # noqa: E402
-
-import ui_state  # noqa: E402
-from kn026 import analysis, synth  # noqa: E402
-from kn026 import forecast as fc  # noqa: E402
-from kn026 import recruitment as rc  # noqa: E402
-from kn026.cohort import connect, load_cohort  # noqa: E402
-from kn026.criteria import load_protocol  # noqa: E402
-from kn026.engine import Engine  # noqa: E402
-from kn026.scenario import Scenario  # noqa: E402
-
-APP = str(ROOT / "app.py")
 PAGE = "pages/recruitment.py"
 TIMEOUT = 180
 W = ui_state.W + "rec."
@@ -42,18 +34,8 @@ READOUT = re.compile(r"median (\d+\.\d) months, 80 % interval (\d+\.\d)-(\d+\.\d
 # --------------------------------------------------------------------------- helpers
 
 
-def ok(at: AppTest) -> None:
-    assert not at.exception, [e.value for e in at.exception]
-
-
 def open_page() -> AppTest:
-    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
-    at.run()
-    ok(at)
-    at.switch_page(PAGE).run()
-    ok(at)
-    assert at.title[0].value == "Recruitment forecast"
-    return at
+    return app_support.new_app(PAGE, "Recruitment forecast", timeout=TIMEOUT)
 
 
 def set_input(at: AppTest, name: str, value) -> AppTest:
@@ -63,10 +45,7 @@ def set_input(at: AppTest, name: str, value) -> AppTest:
 
 
 def open_tab(at: AppTest, label: str) -> AppTest:
-    at.session_state[ui_state.tab_key("recruitment")] = label
-    at.run()
-    ok(at)
-    return at
+    return app_support.open_tab(at, "recruitment", label)
 
 
 def readout(at: AppTest, bound: str) -> str:
@@ -86,12 +65,6 @@ def table(at: AppTest, *columns: str):
         if set(columns) <= set(d.value.columns):
             return d.value
     raise AssertionError(f"no table with columns {columns}")
-
-
-def decode(arr):
-    if isinstance(arr, dict) and "bdata" in arr:
-        return np.frombuffer(base64.b64decode(arr["bdata"]), dtype=np.dtype(arr["dtype"])).tolist()
-    return list(arr)
 
 
 @pytest.fixture(scope="module")

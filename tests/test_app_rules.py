@@ -8,26 +8,19 @@ leave the session exactly as it was.
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pandas as pd
 import pytest
+from streamlit.testing.v1 import AppTest
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+import ui_state
+from kn026 import analysis, custom
+from kn026.cohort import connect, load_cohort
+from kn026.criteria import load_protocol
+from kn026.engine import Engine
+from kn026.scenario import Scenario, parse_scenario
+from tests import app_support
+from tests.app_support import go, number, ok, open_expander, open_tab
 
-from streamlit.testing.v1 import AppTest  # noqa: E402
-
-import ui_state  # noqa: E402
-from kn026 import analysis, custom  # noqa: E402
-from kn026.cohort import connect, load_cohort  # noqa: E402
-from kn026.criteria import load_protocol  # noqa: E402
-from kn026.engine import Engine  # noqa: E402
-from kn026.scenario import Scenario, parse_scenario  # noqa: E402
-
-APP = str(ROOT / "app.py")
 TIMEOUT = 180
 PROTOCOL = load_protocol()
 NEW_RULE = dict(id="HB100", kind="inclusion", text="Haemoglobin at least 100 g/L",
@@ -43,25 +36,8 @@ def engine() -> Engine:
     return Engine(load_cohort(str(ui_state.BUILTIN), connect()), PROTOCOL, 1)
 
 
-def ok(at: AppTest) -> None:
-    assert not at.exception, [e.value for e in at.exception]
-
-
 def criteria_page() -> AppTest:
-    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
-    at.run()
-    ok(at)
-    at.switch_page("pages/criteria.py").run()
-    ok(at)
-    assert at.title[0].value == "Criteria"
-    return at
-
-
-def go(at: AppTest, page: str, title: str) -> AppTest:
-    at.switch_page(page).run()
-    ok(at)
-    assert at.title[0].value == title
-    return at
+    return app_support.new_app("pages/criteria.py", "Criteria", timeout=TIMEOUT)
 
 
 def click(at: AppTest, label: str) -> AppTest:
@@ -96,7 +72,7 @@ def errors(at: AppTest) -> list[str]:
 
 
 def metrics(at: AppTest) -> dict[str, int]:
-    return {m.label.split("] ", 1)[-1]: int(m.value.replace(",", "")) for m in at.metric}
+    return {label: number(value) for label, value in app_support.metrics(at).items()}
 
 
 def totals_of(at: AppTest) -> dict[str, int]:
@@ -116,10 +92,7 @@ def stored(at: AppTest) -> Scenario:
 
 
 def funnel_tab(at: AppTest, label: str) -> AppTest:
-    at.session_state[ui_state.tab_key("funnel")] = label
-    at.run()
-    ok(at)
-    return at
+    return open_tab(at, "funnel", label)
 
 
 def frame(at: AppTest, column: str) -> pd.DataFrame:
@@ -232,9 +205,7 @@ def test_changing_a_rule_recomputes_and_removing_restores(engine):
     first = totals_of(at)
     assert first == expected_totals(engine, Scenario("x", custom=(new_rule(NEW_RULE),)))
     # its parameter is a threshold like any other: a number box in its expander
-    at.session_state[ui_state.expander_key("HB100")] = True
-    at.run()
-    ok(at)
+    open_expander(at, "HB100")
     box = next(n for n in at.number_input if n.key and n.key.startswith(ui_state.W + "param.HB100.min_hb@"))
     box.set_value(110).run()
     ok(at)

@@ -9,24 +9,13 @@ or Playwright is absent.
 
 from __future__ import annotations
 
-import os
 import re
-import socket
-import subprocess
 import sys
 import time
-import urllib.request
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
-CHROMIUM = "/usr/bin/chromium"
-STREAMLIT = Path(sys.executable).with_name("streamlit")
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync", "--no-first-run"]
-TIMEOUT_MS = 120_000  # generous: CI machines are small and may be busy
+from tests.browser_support import ARTIFACTS, ROOT, TIMEOUT_MS, main_text, no_exception, settle
 
 PAGES = [
     # (nav label, url path, key texts)
@@ -42,83 +31,6 @@ PAGES = [
 pytestmark = pytest.mark.browser
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _serve():
-    """Start `streamlit run app.py` on a free port; yield its URL; stop it."""
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"{CHROMIUM} is not installed")
-    pytest.importorskip("playwright.sync_api")
-    port = _free_port()
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen(
-        [str(STREAMLIT), "run", "app.py", "--server.headless", "true", "--server.port", str(port),
-         "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(url + "/_stcore/health", timeout=2) as r:
-                if r.status == 200:
-                    break
-        except OSError:
-            time.sleep(0.3)
-        if proc.poll() is not None:
-            raise RuntimeError("streamlit exited:\n" + proc.stdout.read().decode(errors="replace"))
-    else:
-        proc.kill()
-        raise RuntimeError("streamlit did not become healthy within 90 s")
-    yield url
-    proc.terminate()
-    try:
-        proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-
-
-@pytest.fixture(scope="module")
-def server():
-    yield from _serve()
-
-
-@pytest.fixture
-def fresh_server():
-    """A server whose very first request comes from the test (Streamlit's legacy first run)."""
-    yield from _serve()
-
-
-@pytest.fixture(scope="module")
-def browser(server):
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
-        yield b
-        b.close()
-
-
-def _settle(page) -> None:
-    """Wait until the script run is over (no running indicator) and the page is quiet."""
-    page.wait_for_timeout(400)
-    page.wait_for_selector('[data-testid="stStatusWidget"]', state="detached", timeout=TIMEOUT_MS)
-    page.wait_for_load_state("networkidle", timeout=TIMEOUT_MS)
-    page.wait_for_timeout(600)
-
-
-def _no_exception(page, where: str) -> None:
-    boxes = page.locator('[data-testid="stException"]')
-    assert boxes.count() == 0, f"{where}: exception shown: {boxes.first.inner_text()[:2000]}"
-
-
-def _main_text(page) -> str:
-    return page.locator('[data-testid="stMain"]').inner_text()
-
-
 def test_every_page_renders_and_sidebar_state_persists(server, browser):
     ARTIFACTS.mkdir(exist_ok=True)
     page = browser.new_page(viewport={"width": 1400, "height": 900})
@@ -126,18 +38,18 @@ def test_every_page_renders_and_sidebar_state_persists(server, browser):
     page.goto(server + "/?timing=1", timeout=TIMEOUT_MS)
     page.wait_for_selector(".js-plotly-plot", timeout=TIMEOUT_MS)
     first_funnel = time.perf_counter() - t0
-    _settle(page)
+    settle(page)
     (ARTIFACTS / "first_funnel_seconds.txt").write_text(f"{first_funnel:.2f}\n")
 
     for label, _url, texts in PAGES:
         if label != "Funnel":
             page.locator('[data-testid="stSidebarNav"]').get_by_role("link", name=label).click()
             page.wait_for_selector(f"h1:has-text('{texts[0]}')", timeout=TIMEOUT_MS)
-            _settle(page)
-        body = _main_text(page)
+            settle(page)
+        body = main_text(page)
         for text in texts:
             assert text in body, f"{label}: {text!r} not on the page"
-        _no_exception(page, label)
+        no_exception(page, label)
         page.screenshot(path=str(ARTIFACTS / f"page_{label.lower()}.png"))
 
     # A sidebar setting survives page switches: choose stage 2, visit two pages, come back.
@@ -147,18 +59,18 @@ def test_every_page_renders_and_sidebar_state_persists(server, browser):
     sidebar = page.locator('[data-testid="stSidebar"]')
     sidebar.get_by_text("Stage 2", exact=True).click()
     expect(main.get_by_text("Stage 2 (randomised)").first).to_be_visible(timeout=TIMEOUT_MS)
-    _settle(page)
+    settle(page)
     page.locator('[data-testid="stSidebarNav"]').get_by_role("link", name="Funnel").click()
     page.wait_for_selector("h1:has-text('Eligibility funnel')", timeout=TIMEOUT_MS)
-    _settle(page)
-    assert "Stage 2 (randomised)" in _main_text(page), "stage 2 was lost on the way to the Funnel page"
+    settle(page)
+    assert "Stage 2 (randomised)" in main_text(page), "stage 2 was lost on the way to the Funnel page"
     page.locator('[data-testid="stSidebarNav"]').get_by_role("link", name="Cohort").click()
     page.wait_for_selector("h1:has-text('Cohort')", timeout=TIMEOUT_MS)
-    _settle(page)
-    assert "Stage 2 (randomised)" in _main_text(page), "stage 2 was lost on the way to the Cohort page"
+    settle(page)
+    assert "Stage 2 (randomised)" in main_text(page), "stage 2 was lost on the way to the Cohort page"
     checked = sidebar.locator("label:has-text('Stage 2') input")
     assert checked.is_checked(), "the Stage radio no longer shows stage 2"
-    _no_exception(page, "after stage switch")
+    no_exception(page, "after stage switch")
     page.close()
 
 
@@ -167,7 +79,7 @@ def test_scenario_funnel_and_compare(server, browser):
     page = browser.new_page(viewport={"width": 1400, "height": 900})
     page.goto(server + "/", timeout=TIMEOUT_MS)
     page.wait_for_selector(".js-plotly-plot", timeout=TIMEOUT_MS)
-    _settle(page)
+    settle(page)
     sidebar = page.locator('[data-testid="stSidebar"]')
     sidebar.locator('[data-testid="stSelectbox"]').first.click()
     page.get_by_role("option", name="Creatinine clearance").click()
@@ -175,16 +87,16 @@ def test_scenario_funnel_and_compare(server, browser):
 
     expect(page.locator('[data-testid="stMain"]').get_by_text("vs protocol").first).to_be_visible(
         timeout=TIMEOUT_MS)
-    _settle(page)
+    settle(page)
     page.get_by_role("tab", name="Scenario vs protocol").click()
     page.wait_for_timeout(800)
-    assert "vs the protocol" in _main_text(page)
-    _no_exception(page, "scenario comparison")
+    assert "vs the protocol" in main_text(page)
+    no_exception(page, "scenario comparison")
     page.screenshot(path=str(ARTIFACTS / "funnel_compare.png"), full_page=False)
     for tab in ("Per-criterion table", "Overlap"):
         page.get_by_role("tab", name=tab).click()
         page.wait_for_timeout(800)
-        _no_exception(page, tab)
+        no_exception(page, tab)
         page.screenshot(path=str(ARTIFACTS / f"funnel_{tab.split()[0].lower().replace('-', '_')}.png"))
     page.close()
 
@@ -194,12 +106,12 @@ def test_deep_link_first_request(server, browser):
     page = browser.new_page(viewport={"width": 1400, "height": 900})
     page.goto(server + "/sites", timeout=TIMEOUT_MS)
     page.wait_for_selector("h1:has-text('Sites and countries')", timeout=TIMEOUT_MS)
-    _settle(page)
+    settle(page)
     nav = page.locator('[data-testid="stSidebarNav"]').inner_text()
     for label, _, _ in PAGES:
         assert label in nav
     assert "app" not in nav.split()
-    _no_exception(page, "deep link")
+    no_exception(page, "deep link")
     page.close()
 
 
@@ -215,7 +127,7 @@ def test_edit_a_threshold_and_inspect_details(fresh_server, browser):
     page = browser.new_page(viewport={"width": 1400, "height": 900})
     page.goto(server + "/criteria", timeout=TIMEOUT_MS)
     page.wait_for_selector("h1:has-text('Criteria')", timeout=TIMEOUT_MS)
-    _settle(page)
+    settle(page)
     main = page.locator('[data-testid="stMain"]')
     main.get_by_text("INCL07 · Neutrophils", exact=False).first.click()
     crcl = main.get_by_label(re.compile(r"^Minimum \(mL/min\)"))
@@ -224,38 +136,38 @@ def test_edit_a_threshold_and_inspect_details(fresh_server, browser):
     crcl.press("Enter")
     expect(page.locator('[data-testid="stSidebar"]').get_by_text("1 change(s)")).to_be_visible(
         timeout=TIMEOUT_MS)
-    _settle(page)
-    assert "INCL07.CRCL min: 30 -> 50" in _main_text(page).replace("→", "->")
-    _no_exception(page, "threshold change")
+    settle(page)
+    assert "INCL07.CRCL min: 30 -> 50" in main_text(page).replace("→", "->")
+    no_exception(page, "threshold change")
     crcl.scroll_into_view_if_needed()
     page.screenshot(path=str(ARTIFACTS / "criteria_edit.png"))
 
     page.locator('[data-testid="stSidebarNav"]').get_by_role("link", name="Cohort").click()
     page.wait_for_selector("h1:has-text('Cohort')", timeout=TIMEOUT_MS)
-    _settle(page)
+    settle(page)
     page.get_by_role("tab", name="Distributions").click()
     page.wait_for_selector("text=Key distributions", timeout=TIMEOUT_MS)
-    _settle(page)
-    _no_exception(page, "distributions")
+    settle(page)
+    no_exception(page, "distributions")
     page.get_by_text("Key distributions").scroll_into_view_if_needed()
     page.screenshot(path=str(ARTIFACTS / "cohort_distributions.png"))
 
     page.locator('[data-testid="stSidebarNav"]').get_by_role("link", name="Patients").click()
     page.wait_for_selector("h1:has-text('Patients')", timeout=TIMEOUT_MS)
-    _settle(page)
+    settle(page)
     main.get_by_text("fails only EXCL09", exact=True).click()
-    _settle(page)
-    assert "fails only EXCL09" in _main_text(page)
+    settle(page)
+    assert "fails only EXCL09" in main_text(page)
     page.get_by_text("One patient, rule by rule").scroll_into_view_if_needed()
-    _no_exception(page, "patient detail")
+    no_exception(page, "patient detail")
     page.screenshot(path=str(ARTIFACTS / "patients_detail.png"))
 
     page.locator('[data-testid="stSidebarNav"]').get_by_role("link", name="Sites").click()
     page.wait_for_selector("h1:has-text('Sites and countries')", timeout=TIMEOUT_MS)
-    _settle(page)
+    settle(page)
     page.get_by_role("tab", name="By country").click()
-    _settle(page)
-    _no_exception(page, "countries")
+    settle(page)
+    no_exception(page, "countries")
     page.screenshot(path=str(ARTIFACTS / "sites_countries.png"))
 
     # small-cell suppression from the sidebar: hidden cells read "suppressed"
@@ -264,8 +176,8 @@ def test_edit_a_threshold_and_inspect_details(fresh_server, browser):
     sidebar.get_by_text("Hide small counts").click()
     expect(main.get_by_text("Small-cell suppression is on").first).to_be_visible(timeout=TIMEOUT_MS)
     page.get_by_role("tab", name="By site").click()
-    _settle(page)
-    _no_exception(page, "suppression")
+    settle(page)
+    no_exception(page, "suppression")
     page.screenshot(path=str(ARTIFACTS / "sites_suppressed.png"))
     page.close()
 
@@ -287,24 +199,24 @@ def test_upload_report_and_suppressed_funnel(server, browser, tmp_path):
     page = browser.new_page(viewport={"width": 1400, "height": 900})
     page.goto(server + "/", timeout=TIMEOUT_MS)
     page.wait_for_selector(".js-plotly-plot", timeout=TIMEOUT_MS)
-    _settle(page)
+    settle(page)
     sidebar = page.locator('[data-testid="stSidebar"]')
     main = page.locator('[data-testid="stMain"]')
     sidebar.get_by_text("Upload a file", exact=True).click()
-    _settle(page)
+    settle(page)
     sidebar.locator('input[type="file"]').set_input_files(str(tmp_path / "bad_cohort.csv"))
     expect(main.get_by_text("bad_cohort.csv could not be loaded").first).to_be_visible(timeout=TIMEOUT_MS)
-    _settle(page)
-    _no_exception(page, "bad upload")
-    assert "Row numbers count data rows" in _main_text(page)
+    settle(page)
+    no_exception(page, "bad upload")
+    assert "Row numbers count data rows" in main_text(page)
     page.screenshot(path=str(ARTIFACTS / "upload_report.png"))
 
     sidebar.locator('input[type="file"]').set_input_files(str(tmp_path / "small_cohort.csv"))
     expect(sidebar.get_by_text("small_cohort.csv (400 patients)").first).to_be_visible(timeout=TIMEOUT_MS)
-    _settle(page)
-    _no_exception(page, "good upload")
-    assert "counts below 5 hidden" in _main_text(page)
+    settle(page)
+    no_exception(page, "good upload")
+    assert "counts below 5 hidden" in main_text(page)
     page.get_by_role("tab", name="Per-criterion table").click()
-    _settle(page)
+    settle(page)
     page.screenshot(path=str(ARTIFACTS / "funnel_suppressed.png"))
     page.close()

@@ -9,100 +9,24 @@ look at. Skipped when /usr/bin/chromium or Playwright is absent.
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
 import sys
-import time
-import urllib.request
 import zipfile
-from pathlib import Path
 
 import pandas as pd
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
+from tests.browser_support import ARTIFACTS, ROOT, TIMEOUT_MS, main_text, no_exception, settle
+
 FIXTURES = ROOT / "tests" / "fixtures" / "omop"
-CHROMIUM = "/usr/bin/chromium"
-STREAMLIT = Path(sys.executable).with_name("streamlit")
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync", "--no-first-run"]
-TIMEOUT_MS = 120_000
 
 pytestmark = pytest.mark.browser
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def server():
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"{CHROMIUM} is not installed")
-    pytest.importorskip("playwright.sync_api")
-    port = _free_port()
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen(
-        [str(STREAMLIT), "run", "app.py", "--server.headless", "true", "--server.port", str(port),
-         "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(url + "/_stcore/health", timeout=2) as r:
-                if r.status == 200:
-                    break
-        except OSError:
-            time.sleep(0.3)
-        if proc.poll() is not None:
-            raise RuntimeError("streamlit exited:\n" + proc.stdout.read().decode(errors="replace"))
-    else:
-        proc.kill()
-        raise RuntimeError("streamlit did not become healthy within 90 s")
-    yield url
-    proc.terminate()
-    try:
-        proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-
-
-@pytest.fixture(scope="module")
-def browser(server):
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
-        yield b
-        b.close()
-
-
-def _settle(page) -> None:
-    page.wait_for_timeout(400)
-    page.wait_for_selector('[data-testid="stStatusWidget"]', state="detached", timeout=TIMEOUT_MS)
-    page.wait_for_load_state("networkidle", timeout=TIMEOUT_MS)
-    page.wait_for_timeout(600)
-
-
-def _no_exception(page, where: str) -> None:
-    boxes = page.locator('[data-testid="stException"]')
-    assert boxes.count() == 0, f"{where}: exception shown: {boxes.first.inner_text()[:2000]}"
-
-
-def _main_text(page) -> str:
-    return page.locator('[data-testid="stMain"]').inner_text()
 
 
 def _open(browser, server):
     page = browser.new_page(viewport={"width": 1400, "height": 900})
     page.goto(server + "/", timeout=TIMEOUT_MS)
     page.wait_for_selector(".js-plotly-plot", timeout=TIMEOUT_MS)
-    _settle(page)
+    settle(page)
     return page
 
 
@@ -110,7 +34,7 @@ def _choose(page, label: str) -> None:
     """Pick a source in the sidebar: the app opens the Cohort page's Load data tab."""
     page.locator('[data-testid="stSidebar"]').get_by_text(label, exact=True).click()
     page.wait_for_selector("h1:has-text('Cohort')", timeout=TIMEOUT_MS)
-    _settle(page)
+    settle(page)
 
 
 def _uploader(page, label: str):
@@ -131,16 +55,16 @@ def test_omop_zip_upload_and_import_report(server, browser, tmp_path):
     page = _open(browser, server)
     main = page.locator('[data-testid="stMain"]')
     _choose(page, "OMOP CDM (zip upload)")
-    assert "Import an OMOP CDM (zip)" in _main_text(page)
+    assert "Import an OMOP CDM (zip)" in main_text(page)
     _uploader(page, "OMOP CDM zip").set_input_files(str(zpath))
-    _settle(page)
+    settle(page)
     page.screenshot(path=str(ARTIFACTS / "import_omop_wizard.png"))
     main.get_by_role("button", name="Import the OMOP CDM").click()
     expect(main.get_by_text("Persons imported").first).to_be_visible(timeout=TIMEOUT_MS)
-    _settle(page)
+    settle(page)
     page.screenshot(path=str(ARTIFACTS / "import_omop_report.png"))
-    _no_exception(page, "OMOP import")
-    body = _main_text(page)  # the report table itself is a canvas grid: checked in test_app_import.py
+    no_exception(page, "OMOP import")
+    body = main_text(page)  # the report table itself is a canvas grid: checked in test_app_import.py
     assert "6 of 6" in body and "Index date" in body and "Download the import report (CSV)" in body
     sidebar = page.locator('[data-testid="stSidebar"]').inner_text()
     assert "OMOP planted_cdm.zip (6 patients" in sidebar
@@ -173,15 +97,15 @@ def test_mapping_wizard_and_refused_binary(server, browser, tmp_path):
     inp = _uploader(page, "The file")
     inp.set_input_files(str(tmp_path / "renamed.csv"))
     expect(main.get_by_text("renamed.csv is a PNG image, not a CSV file").first).to_be_visible(timeout=TIMEOUT_MS)
-    _settle(page)
-    _no_exception(page, "renamed binary")
+    settle(page)
+    no_exception(page, "renamed binary")
     page.screenshot(path=str(ARTIFACTS / "import_mapping_refused.png"))
 
     inp.set_input_files(str(tmp_path / "site_export.csv"))
     expect(main.get_by_text("All 80 rows pass").first).to_be_visible(timeout=TIMEOUT_MS)
-    _settle(page)
-    _no_exception(page, "mapping wizard")
-    assert "site_export.csv" in _main_text(page) and "not used: Comments" in _main_text(page)
+    settle(page)
+    no_exception(page, "mapping wizard")
+    assert "site_export.csv" in main_text(page) and "not used: Comments" in main_text(page)
     # the wizard, section by section (the page scrolls inside Streamlit's main container)
     for i, heading in enumerate(("2 · Columns and units", "3 · Values", "4 · Preview and validation")):
         main.get_by_text(heading, exact=True).evaluate("e => e.scrollIntoView({block: 'start'})")
@@ -192,8 +116,8 @@ def test_mapping_wizard_and_refused_binary(server, browser, tmp_path):
     main.get_by_role("button", name="Load this cohort").click()
     expect(page.locator('[data-testid="stSidebar"]').get_by_text("site_export.csv via mapping (80 patients)")
            .first).to_be_visible(timeout=TIMEOUT_MS)
-    _settle(page)
+    settle(page)
     page.screenshot(path=str(ARTIFACTS / "import_mapping_report.png"))
-    _no_exception(page, "mapped load")
-    assert "site_export.csv: 80 rows mapped onto 8 dictionary column(s)" in _main_text(page)
+    no_exception(page, "mapped load")
+    assert "site_export.csv: 80 rows mapped onto 8 dictionary column(s)" in main_text(page)
     page.close()

@@ -19,34 +19,10 @@ from kn026 import analysis, federated, synth
 from kn026.cohort import connect, load_cohort
 from kn026.criteria import load_protocol
 from kn026.engine import Engine
-from tests.test_browser import (
-    ARGS,
-    ARTIFACTS,
-    CHROMIUM,
-    TIMEOUT_MS,
-    _main_text,
-    _no_exception,
-    _serve,
-    _settle,
-)
+from tests.browser_support import ARTIFACTS, TIMEOUT_MS, main_text, metric, no_exception, settle
 
 pytestmark = pytest.mark.browser
 PROTOCOL = load_protocol()
-
-
-@pytest.fixture(scope="module")
-def server():
-    yield from _serve()
-
-
-@pytest.fixture(scope="module")
-def browser(server):
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
-        yield b
-        b.close()
 
 
 def _site_file(path, part: pd.DataFrame, name: str, stage: int = 1):
@@ -56,12 +32,6 @@ def _site_file(path, part: pd.DataFrame, name: str, stage: int = 1):
     return path
 
 
-def _metric(page, label: str) -> int:
-    card = page.locator('[data-testid="stMetric"]').filter(has_text=label).first
-    value = card.locator('[data-testid="stMetricValue"]').inner_text()
-    return int(value.replace(",", ""))
-
-
 def test_network_page_in_the_browser(server, browser, tmp_path):
     from playwright.sync_api import expect
 
@@ -69,12 +39,12 @@ def test_network_page_in_the_browser(server, browser, tmp_path):
     page = browser.new_page(viewport={"width": 1400, "height": 900})
     page.goto(server + "/network", timeout=TIMEOUT_MS)
     page.wait_for_selector("h1:has-text('Network feasibility')", timeout=TIMEOUT_MS)
-    _settle(page)
+    settle(page)
     assert "Network" in page.locator('[data-testid="stSidebarNav"]').inner_text()
-    body = _main_text(page)
+    body = main_text(page)
     for text in ("Share this cohort's histogram", "Merge site histograms", "No patient rows", "Criteria fingerprint"):
         assert text in body, text
-    _no_exception(page, "share")
+    no_exception(page, "share")
     page.screenshot(path=str(ARTIFACTS / "network_share.png"))
 
     # this cohort's histogram, as the browser downloads it
@@ -85,7 +55,7 @@ def test_network_page_in_the_browser(server, browser, tmp_path):
     info.value.save_as(saved)
     doc = federated.read_histogram(saved)
     assert doc["total"] == 20_000 and doc["site"] == "My site" and doc["stage"] == 1
-    assert doc["criteria_fingerprint"][:23] in _main_text(page)
+    assert doc["criteria_fingerprint"][:23] in main_text(page)
 
     # two sites' files through the real file input
     cohort = synth.generate(1000, seed=43, sites=4)
@@ -96,19 +66,19 @@ def test_network_page_in_the_browser(server, browser, tmp_path):
              _site_file(tmp_path / "south.json", south, "Hospital South")]
     page.get_by_role("tab", name="Merge site histograms").click()
     page.wait_for_selector("text=Site histogram files", timeout=TIMEOUT_MS)
-    _settle(page)
+    settle(page)
     page.screenshot(path=str(ARTIFACTS / "network_merge_empty.png"))
     page.locator('[data-testid="stFileUploader"] input[type="file"]').set_input_files([str(f) for f in files])
     expect(main.get_by_text("Network funnel · 2 sites")).to_be_visible(timeout=TIMEOUT_MS)
     page.wait_for_selector(".js-plotly-plot", timeout=TIMEOUT_MS)
-    _settle(page)
-    _no_exception(page, "merge")
+    settle(page)
+    no_exception(page, "merge")
     want = analysis.run(Engine(load_cohort(cohort, connect()), PROTOCOL, 1)).totals
-    assert _metric(page, "Screened") == want["screened"] == 1000
+    assert metric(page, "Screened") == want["screened"] == 1000
     # both sites dropped rows below 3: the strict bound can only be lower, the optimistic one higher
-    assert _metric(page, "Eligible · strict") <= want["strict"]
-    assert _metric(page, "Eligible · optimistic") >= want["optimistic"]
-    assert "dropped small cells before sharing" in _main_text(page)
+    assert metric(page, "Eligible · strict") <= want["strict"]
+    assert metric(page, "Eligible · optimistic") >= want["optimistic"]
+    assert "dropped small cells before sharing" in main_text(page)
     page.screenshot(path=str(ARTIFACTS / "network_merged.png"))
     main.get_by_text("Network funnel · 2 sites").scroll_into_view_if_needed()
     page.mouse.wheel(0, 500)
@@ -116,13 +86,13 @@ def test_network_page_in_the_browser(server, browser, tmp_path):
     page.screenshot(path=str(ARTIFACTS / "network_funnel.png"))
     for tab in ("Per site", "Per criterion"):
         page.get_by_role("tab", name=tab).click()
-        _settle(page)
-        _no_exception(page, tab)
+        settle(page)
+        no_exception(page, tab)
         page.screenshot(path=str(ARTIFACTS / f"network_{tab.split()[1]}.png"))
         main.get_by_role("button", name=re.compile("Download the network histogram")).scroll_into_view_if_needed()
         page.wait_for_timeout(300)
         page.screenshot(path=str(ARTIFACTS / f"network_{tab.split()[1]}_table.png"))
-    text = _main_text(page)
+    text = main_text(page)
     assert "Hospital North" in text and "Hospital South" in text
 
     with page.expect_download(timeout=TIMEOUT_MS) as info:
@@ -134,25 +104,25 @@ def test_network_page_in_the_browser(server, browser, tmp_path):
     # this session's cohort (the built-in 20,000) joins as a third site
     main.get_by_text("Add this session's cohort as a site").click()
     expect(main.get_by_text("Network funnel · 3 sites")).to_be_visible(timeout=TIMEOUT_MS)
-    _settle(page)
-    assert _metric(page, "Screened") == 21_000
-    _no_exception(page, "session cohort added")
+    settle(page)
+    assert metric(page, "Screened") == 21_000
+    no_exception(page, "session cohort added")
     page.get_by_role("tab", name="Per site").click()
-    _settle(page)
+    settle(page)
     page.get_by_role("tab", name="Per site").scroll_into_view_if_needed()
     page.screenshot(path=str(ARTIFACTS / "network_with_session.png"))
     main.get_by_text("Add this session's cohort as a site").click()
     expect(main.get_by_text("Network funnel · 2 sites")).to_be_visible(timeout=TIMEOUT_MS)
-    _settle(page)
+    settle(page)
 
     # a site that screened stage 2 is refused, naming the site and the fix
     other = _site_file(tmp_path / "east.json", south.head(200), "Hospital East", stage=2)
     page.locator('[data-testid="stFileUploader"] input[type="file"]').set_input_files([str(other)])
     expect(main.get_by_text("The files cannot be merged")).to_be_visible(timeout=TIMEOUT_MS)
-    _settle(page)
-    text = _main_text(page)
+    settle(page)
+    text = main_text(page)
     assert "stage differs" in text and "Hospital East" in text and "Merge histograms of one stage only" in text
-    _no_exception(page, "refused")
+    no_exception(page, "refused")
     main.get_by_text("The files cannot be merged").scroll_into_view_if_needed()
     page.screenshot(path=str(ARTIFACTS / "network_refused.png"))
     page.close()

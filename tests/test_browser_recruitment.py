@@ -14,40 +14,16 @@ import time
 
 import pytest
 
-from tests.test_browser import (
-    ARGS,
-    ARTIFACTS,
-    CHROMIUM,
-    TIMEOUT_MS,
-    _main_text,
-    _no_exception,
-    _serve,
-    _settle,
-)
+from tests.browser_support import ARTIFACTS, TIMEOUT_MS, main_text, no_exception, settle
 
 pytestmark = pytest.mark.browser
 
 READOUT = re.compile(r"Strict \(46\.5% eligible\): median (\d+\.\d) months, 80 % interval (\d+\.\d)-(\d+\.\d) months")
 
 
-@pytest.fixture(scope="module")
-def server():
-    yield from _serve()
-
-
-@pytest.fixture(scope="module")
-def browser(server):
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
-        yield b
-        b.close()
-
-
 def _readout(page) -> tuple[float, float, float]:
-    m = READOUT.search(_main_text(page))
-    assert m, _main_text(page)[:3000]
+    m = READOUT.search(main_text(page))
+    assert m, main_text(page)[:3000]
     return float(m.group(1)), float(m.group(2)), float(m.group(3))
 
 
@@ -55,7 +31,7 @@ def _changed_median(page, old: float) -> float:
     """The strict median once the page shows a new one (the rerun has finished)."""
     deadline = time.monotonic() + TIMEOUT_MS / 1000
     while time.monotonic() < deadline:
-        _settle(page)
+        settle(page)
         value = _readout(page)[0]
         if value != old:
             return value
@@ -71,17 +47,17 @@ def test_recruitment_page_in_the_browser(server, browser):
     page.goto(server + "/recruitment", timeout=TIMEOUT_MS)
     page.wait_for_selector("h1:has-text('Recruitment forecast')", timeout=TIMEOUT_MS)
     page.wait_for_selector(".js-plotly-plot", timeout=TIMEOUT_MS)
-    _settle(page)
+    settle(page)
     main = page.locator('[data-testid="stMain"]')
     nav = page.locator('[data-testid="stSidebarNav"]').inner_text()
     assert "Recruitment" in nav and "Sites" in nav
-    body = _main_text(page)
+    body = main_text(page)
     for text in ("Readout", "Optimistic (51.9% eligible)", "Target enrolment", "Share approached (%)",
                  "1.20 screened per site-month", "Fan chart", "Per site", "Protocol vs scenario", "Method"):
         assert text in body, text
     median, lo, hi = _readout(page)
     assert lo <= median <= hi and 3 < median < 60  # months, not the "1 month" of the raw synthetic volume
-    _no_exception(page, "recruitment")
+    no_exception(page, "recruitment")
     assert page.locator(".js-plotly-plot").count() == 1
     page.screenshot(path=str(ARTIFACTS / "recruitment_page.png"))
     main.get_by_text("Share approached (%)").scroll_into_view_if_needed()
@@ -98,8 +74,8 @@ def test_recruitment_page_in_the_browser(server, browser):
 
     page.get_by_role("tab", name="Per site").click()
     page.wait_for_selector("text=Expected patients each site contributes", timeout=TIMEOUT_MS)
-    _settle(page)
-    _no_exception(page, "per site")
+    settle(page)
+    no_exception(page, "per site")
     main.get_by_text("Expected patients each site contributes").scroll_into_view_if_needed()
     page.screenshot(path=str(ARTIFACTS / "recruitment_sites.png"))
     main.locator('[data-testid="stDataFrame"]').last.scroll_into_view_if_needed()
@@ -109,12 +85,12 @@ def test_recruitment_page_in_the_browser(server, browser):
     sidebar = page.locator('[data-testid="stSidebar"]')
     sidebar.locator('[data-testid="stSelectbox"]').first.click()
     page.get_by_role("option", name="Creatinine clearance").click()
-    _settle(page)
+    settle(page)
     page.get_by_role("tab", name="Protocol vs scenario").click()
     expect(main.get_by_text("weeks on the median time to 400 patients").first).to_be_visible(timeout=TIMEOUT_MS)
-    _settle(page)
-    assert "costs" in _main_text(page)  # CrCl >= 50 excludes more patients: it takes longer
-    _no_exception(page, "scenario comparison")
+    settle(page)
+    assert "costs" in main_text(page)  # CrCl >= 50 excludes more patients: it takes longer
+    no_exception(page, "scenario comparison")
     main.get_by_text("weeks on the median time").first.scroll_into_view_if_needed()
     page.screenshot(path=str(ARTIFACTS / "recruitment_compare.png"))
     page.locator(".js-plotly-plot").scroll_into_view_if_needed()
@@ -122,13 +98,13 @@ def test_recruitment_page_in_the_browser(server, browser):
 
     # sites from inputs, with a zero rate: a clear message, no traceback
     main.get_by_text("From inputs", exact=True).click()
-    _settle(page)
+    settle(page)
     rate = main.get_by_role("spinbutton", name="Screened / site-month")
     rate.fill("0")
     rate.press("Enter")
     expect(main.get_by_text("target unreachable").first).to_be_visible(timeout=TIMEOUT_MS)
-    _settle(page)
-    _no_exception(page, "zero rate")
+    settle(page)
+    no_exception(page, "zero rate")
     page.evaluate("window.scrollTo(0, 0)")
     page.screenshot(path=str(ARTIFACTS / "recruitment_zero_rate.png"))
     page.close()
@@ -140,7 +116,7 @@ def test_uploaded_cohort_with_suppressed_sites(server, browser, tmp_path):
 
     from playwright.sync_api import expect
 
-    from tests.test_browser import ROOT
+    from tests.browser_support import ROOT
 
     sys.path.insert(0, str(ROOT))
     from kn026 import synth
@@ -149,20 +125,20 @@ def test_uploaded_cohort_with_suppressed_sites(server, browser, tmp_path):
     page = browser.new_page(viewport={"width": 1400, "height": 900})
     page.goto(server + "/recruitment", timeout=TIMEOUT_MS)
     page.wait_for_selector("h1:has-text('Recruitment forecast')", timeout=TIMEOUT_MS)
-    _settle(page)
+    settle(page)
     sidebar = page.locator('[data-testid="stSidebar"]')
     main = page.locator('[data-testid="stMain"]')
     sidebar.get_by_text("Upload a file", exact=True).click()
-    _settle(page)
+    settle(page)
     sidebar.locator('input[type="file"]').set_input_files(str(tmp_path / "small_sites.csv"))
     expect(sidebar.get_by_text("small_sites.csv (300 patients)").first).to_be_visible(timeout=TIMEOUT_MS)
-    _settle(page)
+    settle(page)
     assert main.get_by_role("spinbutton", name="Share approached (%)").input_value() == "100.0"
-    assert "counts below 5 hidden" in _main_text(page)
+    assert "counts below 5 hidden" in main_text(page)
     page.get_by_role("tab", name="Per site").click()
     expect(main.get_by_text("Small-cell suppression is on").first).to_be_visible(timeout=TIMEOUT_MS)
-    _settle(page)
-    _no_exception(page, "suppressed sites")
+    settle(page)
+    no_exception(page, "suppressed sites")
     main.get_by_text("Small-cell suppression is on").first.scroll_into_view_if_needed()
     page.screenshot(path=str(ARTIFACTS / "recruitment_suppressed_sites.png"))
     page.close()

@@ -11,96 +11,19 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 import re
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from kn026 import analysis, custom  # noqa: E402
-from kn026.cohort import connect, load_cohort  # noqa: E402
-from kn026.criteria import load_protocol  # noqa: E402
-from kn026.engine import Engine  # noqa: E402
-from kn026.scenario import Scenario, parse_scenario  # noqa: E402
-
-ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
-CHROMIUM = "/usr/bin/chromium"
-STREAMLIT = Path(sys.executable).with_name("streamlit")
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync", "--no-first-run"]
-TIMEOUT_MS = 120_000
+from kn026 import analysis, custom
+from kn026.cohort import connect, load_cohort
+from kn026.criteria import load_protocol
+from kn026.engine import Engine
+from kn026.scenario import Scenario, parse_scenario
+from tests.browser_support import ARTIFACTS, ROOT, TIMEOUT_MS, main_text, metric, no_exception, settle
 
 pytestmark = pytest.mark.browser
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def server():
-    """`streamlit run app.py` on a free port; its URL; stopped afterwards."""
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"{CHROMIUM} is not installed")
-    pytest.importorskip("playwright.sync_api")
-    port = _free_port()
-    proc = subprocess.Popen(
-        [str(STREAMLIT), "run", "app.py", "--server.headless", "true", "--server.port", str(port),
-         "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"],
-        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(url + "/_stcore/health", timeout=2) as r:
-                if r.status == 200:
-                    break
-        except OSError:
-            time.sleep(0.3)
-        if proc.poll() is not None:
-            raise RuntimeError("streamlit exited:\n" + proc.stdout.read().decode(errors="replace"))
-    else:
-        proc.kill()
-        raise RuntimeError("streamlit did not become healthy within 90 s")
-    yield url
-    proc.terminate()
-    try:
-        proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-
-
-@pytest.fixture(scope="module")
-def browser(server):
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
-        yield b
-        b.close()
-
-
-def _settle(page) -> None:
-    page.wait_for_timeout(400)
-    page.wait_for_selector('[data-testid="stStatusWidget"]', state="detached", timeout=TIMEOUT_MS)
-    page.wait_for_load_state("networkidle", timeout=TIMEOUT_MS)
-    page.wait_for_timeout(600)
-
-
-def _no_exception(page, where: str) -> None:
-    boxes = page.locator('[data-testid="stException"]')
-    assert boxes.count() == 0, f"{where}: exception shown: {boxes.first.inner_text()[:2000]}"
 
 
 def _button(page, name: str):
@@ -109,18 +32,8 @@ def _button(page, name: str):
 
 def _click(page, name: str) -> None:
     _button(page, name).click()
-    _settle(page)
-    _no_exception(page, name)
-
-
-def _main_text(page) -> str:
-    return page.locator('[data-testid="stMain"]').inner_text()
-
-
-def _metric(page, label: str) -> int:
-    card = page.locator('[data-testid="stMetric"]').filter(has_text=label).first
-    value = card.locator('[data-testid="stMetricValue"]').inner_text()
-    return int(value.replace(",", ""))
+    settle(page)
+    no_exception(page, name)
 
 
 def _shot(page, anchor: str, name: str, block: str = "start") -> None:
@@ -137,12 +50,12 @@ def test_rule_editor_end_to_end(server, browser, tmp_path):
     page = browser.new_page(viewport={"width": 1400, "height": 900}, accept_downloads=True)
     page.goto(server + "/criteria", timeout=TIMEOUT_MS)
     page.wait_for_selector("h1:has-text('Criteria')", timeout=TIMEOUT_MS)
-    _settle(page)
-    _no_exception(page, "criteria")
+    settle(page)
+    no_exception(page, "criteria")
     _shot(page, "Custom criteria and rewritten rules", "editor_empty")
 
     # a hostile expression: refused, the token underlined, nothing changes
-    before = _metric(page, "Eligible · strict")
+    before = metric(page, "Eligible · strict")
     add_sql = page.locator("textarea[aria-label='SQL condition to pass']").first
     page.locator("input[aria-label='ID']").fill("BAD01")
     add_sql.fill("age_years > 18 AND read_csv('/etc/passwd') IS NOT NULL")
@@ -152,7 +65,7 @@ def test_rule_editor_end_to_end(server, browser, tmp_path):
     code = page.locator('[data-testid="stCode"]').filter(has_text="^^^^^^^^").first.inner_text()
     line, marks = code.splitlines()[-2:]  # the text (cut to a window around the token), carets under it
     assert line[marks.index("^"):marks.index("^") + 8] == "read_csv" and "/etc/passwd" in line
-    assert _metric(page, "Eligible · strict") == before
+    assert metric(page, "Eligible · strict") == before
     assert "Protocol as written" in page.locator('[data-testid="stMain"]').inner_text()
     _shot(page, "Not added; nothing changed.", "hostile_refused", block="center")
 
@@ -161,7 +74,7 @@ def test_rule_editor_end_to_end(server, browser, tmp_path):
     _shot(page, "Custom criteria and rewritten rules", "crcl50_filled")
     _click(page, "Rewrite rule")
     by_param = analysis.run(engine, Scenario("p", overrides={"INCL07.CRCL": {"min": 50}})).totals
-    assert _metric(page, "Eligible · strict") == by_param["strict"]
+    assert metric(page, "Eligible · strict") == by_param["strict"]
 
     # a brand-new criterion (example button), then applied
     _click(page, "Example: age ≤ 75")
@@ -170,8 +83,8 @@ def test_rule_editor_end_to_end(server, browser, tmp_path):
     assert "CUST01" in main and "INCL07.CRCL" in main and "Not added" not in main
     want = analysis.run(engine, Scenario("check", custom=(custom.EXAMPLE_CUSTOM,),
                                          replace=dict([custom.EXAMPLE_REPLACE])))
-    assert _metric(page, "Eligible · strict") == want.totals["strict"]
-    assert _metric(page, "Eligible · optimistic") == want.totals["optimistic"]
+    assert metric(page, "Eligible · strict") == want.totals["strict"]
+    assert metric(page, "Eligible · optimistic") == want.totals["optimistic"]
     _shot(page, "Custom criteria and rewritten rules", "rules_added")
     page.locator("h1").first.evaluate("el => el.scrollIntoView({block: 'start'})")
     page.wait_for_timeout(300)
@@ -180,11 +93,11 @@ def test_rule_editor_end_to_end(server, browser, tmp_path):
     # the new criterion's and the rewritten rule's expanders: its threshold box, the rewrite
     for item in ("CUST01 ·", "INCL07 ·"):
         page.locator('[data-testid="stExpander"] summary').filter(has_text=item).first.click()
-        _settle(page)
-    _no_exception(page, "expanders")
+        settle(page)
+    no_exception(page, "expanders")
     box = page.locator('[data-testid="stExpander"]').filter(has_text="CUST01 ·").first
     assert re.search(r"CUST01 · age_years (<=|≤) 75", box.inner_text()) and "Max age (years)" in box.inner_text()
-    assert "not used by the rewritten expression" in _main_text(page)
+    assert "not used by the rewritten expression" in main_text(page)
     box.evaluate("el => el.scrollIntoView({block: 'center'})")
     page.wait_for_timeout(300)
     page.screenshot(path=str(ARTIFACTS / "rules_expander_custom.png"))
@@ -192,7 +105,7 @@ def test_rule_editor_end_to_end(server, browser, tmp_path):
 
     # the help: columns with types, allowed functions
     page.get_by_text("Help: columns, parameters, operators and functions").click()
-    _settle(page)
+    settle(page)
     help_text = page.locator('[data-testid="stExpander"]').filter(has_text="Help: columns").inner_text()
     assert "coalesce" in help_text and "Columns of the loaded cohort" in help_text
     _shot(page, "Help: columns, parameters, operators and functions", "help")
@@ -207,9 +120,9 @@ def test_rule_editor_end_to_end(server, browser, tmp_path):
     # the Funnel page shows the new criterion
     page.locator('[data-testid="stSidebarNav"]').get_by_role("link", name="Funnel").click()
     page.wait_for_selector(".js-plotly-plot", timeout=TIMEOUT_MS)
-    _settle(page)
-    _no_exception(page, "funnel")
-    assert _metric(page, "Eligible · strict") == want.totals["strict"]
+    settle(page)
+    no_exception(page, "funnel")
+    assert metric(page, "Eligible · strict") == want.totals["strict"]
     assert "CUST01" in page.locator(".js-plotly-plot").first.inner_text()
     page.locator(".js-plotly-plot").first.evaluate("el => el.scrollIntoView({block: 'end'})")
     page.wait_for_timeout(300)
@@ -218,9 +131,9 @@ def test_rule_editor_end_to_end(server, browser, tmp_path):
     # the screening log (Patients page, Downloads) has a column for it, with the engine's verdicts
     page.locator('[data-testid="stSidebarNav"]').get_by_role("link", name="Patients").click()
     page.wait_for_selector("h1:has-text('Patients')", timeout=TIMEOUT_MS)
-    _settle(page)
+    settle(page)
     page.get_by_role("tab", name="Downloads").click()
-    _settle(page)
+    settle(page)
     with page.expect_download(timeout=TIMEOUT_MS) as info:
         _button(page, "Screening log (CSV)").click()
     rows = list(csv.DictReader(io.StringIO(Path(info.value.path()).read_text(encoding="utf-8-sig"))))
