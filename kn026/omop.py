@@ -1560,7 +1560,7 @@ class _Importer:
             cols = {d[0] for d in self.con.execute(f"DESCRIBE {q(info['table'])}").fetchall()}
             if "unit" in cols:
                 units[column] = dict(self.fetch(f"SELECT unit, count(*) FROM {q(info['table'])} "
-                                                f"WHERE value IS NOT NULL GROUP BY 1 ORDER BY 2 DESC"))
+                                                f"WHERE value IS NOT NULL GROUP BY 1 ORDER BY 2 DESC, 1"))
         not_derived = self.doc.get("not_derived") or {}
         builtin_src = {"patient_id": "PERSON.person_id", "site_id": "PERSON.care_site_id",
                        "country": "LOCATION.country_source_value", "screening_date": "index date",
