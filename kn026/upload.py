@@ -189,6 +189,25 @@ def _check_parquet(data: bytes, shown: str) -> None:
                           "truncated or renamed. Export it again as Parquet, or upload CSV.")
 
 
+def _zip_members(data: bytes, broken: str) -> list[zipfile.ZipInfo]:
+    """The archive's directory; UploadError(`broken` with {err} filled) when it cannot be read."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as zf:
+            return zf.infolist()
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, EOFError, OSError) as err:
+        raise UploadError(broken.format(err=err)) from None
+
+
+def _inflation(infos, max_total: int, max_ratio: float) -> tuple[int, int, bool]:
+    """(inflated size, packed size, looks like a ZIP bomb): too large in all, or compressed
+    more than `max_ratio` overall or in any member above 1 MB."""
+    total = sum(i.file_size for i in infos)
+    packed = max(1, sum(i.compress_size for i in infos))
+    bomb = total > max_total or total / packed > max_ratio or any(
+        i.file_size > 1_000_000 and i.file_size / max(1, i.compress_size) > max_ratio for i in infos)
+    return total, packed, bomb
+
+
 def _check_xlsx(data: bytes, shown: str) -> None:
     if not data.startswith(b"PK\x03\x04"):
         what = _binary_kind(data)
@@ -196,12 +215,8 @@ def _check_xlsx(data: bytes, shown: str) -> None:
             raise UploadError(f"{shown} is a password-protected (encrypted) or old-style Excel file; "
                               "remove the password and save as .xlsx, or save as CSV UTF-8")
         raise UploadError(f"{shown} is {what or 'not a ZIP-based workbook'}, not an Excel .xlsx file")
-    try:
-        with zipfile.ZipFile(io.BytesIO(data)) as zf:
-            infos = zf.infolist()
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, EOFError, OSError) as err:
-        raise UploadError(f"{shown} is not a readable .xlsx workbook (broken ZIP: {err}); save it "
-                          "again from Excel or upload CSV") from None
+    infos = _zip_members(data, f"{shown} is not a readable .xlsx workbook (broken ZIP: {{err}}); save it "
+                               "again from Excel or upload CSV")
     if len(infos) > MAX_XLSX_MEMBERS:
         raise UploadError(f"{shown} has {len(infos):,} parts; that is not a normal workbook")
     names = {i.filename for i in infos}
@@ -214,11 +229,8 @@ def _check_xlsx(data: bytes, shown: str) -> None:
                           "or as CSV UTF-8")
     if any(i.flag_bits & 0x1 for i in infos):
         raise UploadError(f"{shown} has encrypted parts; remove the password and save again")
-    total = sum(i.file_size for i in infos)
-    packed = max(1, sum(i.compress_size for i in infos))
-    if total > MAX_XLSX_UNCOMPRESSED or total / packed > MAX_XLSX_RATIO or any(
-            i.file_size > 1_000_000 and i.file_size / max(1, i.compress_size) > MAX_XLSX_RATIO
-            for i in infos):
+    total, packed, bomb = _inflation(infos, MAX_XLSX_UNCOMPRESSED, MAX_XLSX_RATIO)
+    if bomb:
         raise UploadError(f"{shown} expands to {_mb(total)} ({total / packed:.0f}x its size); that "
                           "is not a normal workbook (a ZIP bomb?). Upload CSV or Parquet instead.")
 
@@ -258,21 +270,14 @@ def sniff_zip(data: bytes, filename: str, max_bytes: int = MAX_BYTES,
             what = "an HTML or XML page (a saved web page or a download error page?)"
         raise UploadError(f"{shown} is {what or 'not a ZIP archive'}, not a .zip of OMOP tables; zip the "
                           "folder of CDM tables and upload that")
-    try:
-        with zipfile.ZipFile(io.BytesIO(data)) as zf:
-            infos = zf.infolist()
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, EOFError, OSError) as err:
-        raise UploadError(f"{shown} is not a readable ZIP archive ({err}); it may be truncated. Zip the "
-                          "folder again") from None
+    infos = _zip_members(data, f"{shown} is not a readable ZIP archive ({{err}}); it may be truncated. Zip the "
+                               "folder again")
     if len(infos) > MAX_ZIP_MEMBERS:
         raise UploadError(f"{shown} has {len(infos):,} members; an OMOP CDM has a few dozen tables")
     if any(i.flag_bits & 0x1 for i in infos):
         raise UploadError(f"{shown} has encrypted members; zip the tables without a password")
-    total = sum(i.file_size for i in infos)
-    packed = max(1, sum(i.compress_size for i in infos))
-    if total > max_uncompressed or total / packed > MAX_ZIP_RATIO or any(
-            i.file_size > 1_000_000 and i.file_size / max(1, i.compress_size) > MAX_ZIP_RATIO
-            for i in infos):
+    total, packed, bomb = _inflation(infos, max_uncompressed, MAX_ZIP_RATIO)
+    if bomb:
         raise UploadError(f"{shown} expands to {_mb(total)} ({total / packed:.0f}x its size); the limit is "
                           f"{_mb(max_uncompressed)} at most {MAX_ZIP_RATIO}x. Zip fewer tables, or a zip bomb?")
     return "zip"
