@@ -89,7 +89,7 @@ def cmd_funnel(args) -> int:
             "funnel": result.funnel.to_dict(orient="records"),
             "criteria": result.stats.to_dict(orient="records"),
         }
-        print(json.dumps(doc, indent=2, default=_jsonable))
+        print(json.dumps(doc, indent=2, default=jsonable))
         return 0
     t = result.totals
     print(f"{engine.protocol.name} stage {args.stage}, scenario {scenario.name!r}: "
@@ -97,16 +97,24 @@ def cmd_funnel(args) -> int:
           f"{t['optimistic']} eligible (optimistic), {t['unknown']} unknown")
     for cid, cols in result.plan.not_assessable.items():
         print(f"  {cid}: n/a (missing column(s) {', '.join(cols)})")
-    print()
-    print(result.funnel.to_string(index=False, float_format=lambda v: f"{v:.1f}"))
-    print()
-    cols = ["criterion", "passed", "failed", "unknown", "unique", "unique_strict",
-            "shapley_strict", "shapley_optimistic"]
-    print(result.stats[cols].to_string(index=False, float_format=lambda v: f"{v:.1f}"))
+    print_tables(result)
     return 0
 
 
-def _jsonable(value):
+STATS_COLUMNS = ["criterion", "passed", "failed", "unknown", "unique", "unique_strict",
+                 "shapley_strict", "shapley_optimistic"]
+
+
+def print_tables(result) -> None:
+    """The funnel and the per-criterion table as text (the `funnel` and `merge` commands)."""
+    print()
+    print(result.funnel.to_string(index=False, float_format=lambda v: f"{v:.1f}"))
+    print()
+    print(result.stats[STATS_COLUMNS].to_string(index=False, float_format=lambda v: f"{v:.1f}"))
+
+
+def jsonable(value):
+    """json.dumps default for numpy scalars and anything else printable."""
     if hasattr(value, "item"):
         return value.item()
     return str(value)

@@ -610,13 +610,9 @@ def main_histogram(args) -> int:
     return 0
 
 
-def _jsonable(value):
-    if hasattr(value, "item"):
-        return value.item()
-    return str(value)
-
-
 def main_merge(args) -> int:
+    from kn026.cli import jsonable, print_tables  # the command line's own text and JSON forms
+
     docs = [read_histogram(path) for path in args.files]
     hist, meta = merge_histograms(docs)
     order = [t.strip() for t in (args.order or "").split(",") if t.strip()] or None
@@ -632,7 +628,7 @@ def main_merge(args) -> int:
                "disabled": list(result.plan.disabled),
                "funnel": result.funnel.to_dict(orient="records"),
                "criteria": result.stats.to_dict(orient="records")}
-        print(json.dumps(doc, indent=2, default=_jsonable))
+        print(json.dumps(doc, indent=2, default=jsonable))
         return 0
     t = result.totals
     print(f"{meta['protocol']} stage {meta['stage']}, scenario {meta['scenario']['name']!r}, "
@@ -647,12 +643,7 @@ def main_merge(args) -> int:
         print(f"  {cid}: n/a at every site (missing column(s) {', '.join(cols)})")
     print()
     print(sites.to_string(index=False))
-    print()
-    print(result.funnel.to_string(index=False, float_format=lambda v: f"{v:.1f}"))
-    print()
-    cols = ["criterion", "passed", "failed", "unknown", "unique", "unique_strict",
-            "shapley_strict", "shapley_optimistic"]
-    print(result.stats[cols].to_string(index=False, float_format=lambda v: f"{v:.1f}"))
+    print_tables(result)
     return 0
 
 
