@@ -73,6 +73,11 @@ class Rule:
     template: dict[int, str]
     params: dict[str, Param] = field(default_factory=dict)
     columns: dict[int, frozenset[str]] = field(default_factory=dict)  # base columns per stage
+    # alternative sets of columns, one of which must be present for the rule to be
+    # assessable (dictionary section 1 "Absent columns"); per stage
+    requires: dict[int, tuple[frozenset[str], ...]] = field(default_factory=dict)
+    # record-based columns whose NULL this rule reads as unknown, not "none on record"
+    null_is_unknown: frozenset[str] = frozenset()
 
     @property
     def stages(self) -> tuple[int, ...]:
@@ -112,6 +117,7 @@ class Protocol:
     derived: dict[str, Derived]
     criteria: tuple[Criterion, ...]
     source: str = ""
+    split: dict[str, tuple[str, ...]] = field(default_factory=dict)  # retired rule ID -> its successors
 
     @property
     def rules(self) -> tuple[Rule, ...]:
@@ -121,7 +127,18 @@ class Protocol:
         for r in self.rules:
             if r.id == rule_id:
                 return r
+        if rule_id in self.split:
+            raise CriteriaError(self.split_message(rule_id))
         raise CriteriaError(f"unknown rule ID {rule_id!r}; known: {', '.join(self.rule_ids())}")
+
+    def split_message(self, rule_id: str) -> str:
+        """Why a retired rule ID is refused, naming the rules that replace it and their parameters."""
+        parts = []
+        for new in self.split[rule_id]:
+            params = next((r.params for r in self.rules if r.id == new), {})
+            parts.append(f"{new} ({', '.join(params)})" if params else new)
+        return (f"{rule_id} is no longer a rule of {self.name}: it was split into {', '.join(parts)}; "
+                f"name those IDs instead (parameters in brackets)")
 
     def criterion(self, criterion_id: str) -> Criterion:
         for c in self.criteria:
@@ -255,13 +272,56 @@ def build_protocol(doc: dict, source: str = "") -> Protocol:
         if not rules:
             raise CriteriaError(f"{cid}: a criterion needs at least one rule")
         criteria.append(Criterion(cid, kind, " ".join(str(cdoc.get("text", "")).split()), tuple(rules)))
-    leaves = sum(len(c.rules) for c in criteria)
-    if leaves > 64:
-        raise CriteriaError(f"{leaves} rules: the engine's bitmasks hold at most 64")
+    split = _split_ids(doc.get("split") or {}, {r.id for c in criteria for r in c.rules})
     return Protocol(
         name=str(doc.get("protocol", "protocol")), title=str(doc.get("title", "")),
         registry=str(doc.get("registry", "")), stages=stages, derived=derived,
-        criteria=tuple(criteria), source=source)
+        criteria=tuple(criteria), source=source, split=split)
+
+
+def _split_ids(doc, rule_ids: set[str]) -> dict[str, tuple[str, ...]]:
+    """The file's `split:` map (retired rule ID -> current rule IDs), checked."""
+    if not isinstance(doc, dict):
+        raise CriteriaError("'split' must map a retired rule ID to the list of rules replacing it")
+    out = {}
+    for old, new in doc.items():
+        new = [new] if isinstance(new, str) else new
+        if not isinstance(new, list) or not new or any(n not in rule_ids for n in new):
+            raise CriteriaError(f"split {old}: list the current rule IDs that replace it")
+        if old in rule_ids:
+            raise CriteriaError(f"split {old}: a retired ID cannot also be a current rule ID")
+        out[str(old)] = tuple(str(n) for n in new)
+    return out
+
+
+def _requires(value, stage: int, cols: set[str], rid: str) -> tuple[frozenset[str], ...]:
+    """A rule's alternative required column sets at one stage (dictionary section 5, `requires`).
+
+    Each item is one alternative: a column, or a list of columns that must all be present.
+    Without `requires`, a rule reading exactly one column requires that column; a rule
+    reading several must say which (an absent column outside every set reads as unknown).
+    """
+    if value is None:
+        if len(cols) != 1:
+            raise CriteriaError(
+                f"{rid}: the rule reads {len(cols)} columns ({', '.join(sorted(cols))}); "
+                "declare `requires:` (the alternative sets of columns one of which must be present)")
+        return (frozenset(cols),)
+    if isinstance(value, dict):
+        value = value.get(stage, value.get(str(stage)))
+        if value is None:
+            raise CriteriaError(f"{rid}: `requires` has no entry for stage {stage}")
+    if not isinstance(value, list) or not value:
+        raise CriteriaError(f"{rid}: `requires` must be a list of alternatives (a column or a list of columns)")
+    sets = []
+    for item in value:
+        group = frozenset([item] if isinstance(item, str) else item if isinstance(item, list) else [None])
+        bad = sorted(str(c) for c in group if c not in cols)
+        if not group or bad:
+            raise CriteriaError(f"{rid}: `requires` names {', '.join(bad) or 'nothing'}, "
+                                "which the rule does not read at this stage")
+        sets.append(group)
+    return tuple(sets)
 
 
 def _build_rule(rdoc: dict, cid: str, kind: str, stages: list[int],
@@ -309,4 +369,11 @@ def _build_rule(rdoc: dict, cid: str, kind: str, stages: list[int],
             if name not in params:
                 raise CriteriaError(f"{rid}: readable rule mentions undeclared {{{name}}}")
         columns[stage] = frozenset(base)
-    return Rule(rid, cid, kind, str(rdoc.get("label", rid)), sql, template, params, columns)
+    requires = {stage: _requires(rdoc.get("requires"), stage, set(columns[stage]), rid) for stage in sql}
+    null_is_unknown = rdoc.get("null_is_unknown") or []
+    if not isinstance(null_is_unknown, list) or any(
+            c not in schema.BY_NAME or not schema.BY_NAME[c].record_based
+            or not any(c in cols for cols in columns.values()) for c in null_is_unknown):
+        raise CriteriaError(f"{rid}: `null_is_unknown` must list record-based columns the rule reads")
+    return Rule(rid, cid, kind, str(rdoc.get("label", rid)), sql, template, params, columns,
+                requires, frozenset(null_is_unknown))

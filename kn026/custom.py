@@ -102,12 +102,18 @@ def build_custom(custom: CustomRule, cohort, protocol: Protocol, stages) -> Rule
     stages = tuple(stages)
     text = " ".join(custom.text.split()) or custom.id
     template = sql_template(checked.sql, params)
+    # only present columns pass the allow-list, so a custom rule requires every column it reads
     return Rule(custom.id, custom.id, custom.kind, text, {s: checked.sql for s in stages},
-                {s: template for s in stages}, params, {s: cols for s in stages})
+                {s: template for s in stages}, params, {s: cols for s in stages},
+                {s: (cols,) for s in stages})
 
 
 def replace_rule(rule: Rule, sql: str, cohort, protocol: Protocol) -> Rule:
-    """The rule with an analyst-written expression (same ID, parameters and stages)."""
+    """The rule with an analyst-written expression (same ID, parameters and stages).
+
+    It keeps the protocol rule's `requires`: whether a rule is assessable depends on the
+    cohort's columns alone, never on a scenario (dictionary section 1).
+    """
     checked = rulecheck.check_expression(sql, column_kinds(cohort, protocol), rule.defaults())
     cols = _base_columns(checked, protocol)
     template = "rewritten: " + sql_template(checked.sql, rule.params)
@@ -149,10 +155,6 @@ def extend(protocol: Protocol, cohort, custom: list[CustomRule] = (),
         rule = build_custom(c, cohort, protocol, protocol.stages)
         criteria.append(Criterion(c.id, c.kind, rule.label, (rule,)))
         changed.add(c.id)
-    total = sum(len(c.rules) for c in criteria)
-    if total > 64:
-        raise CriteriaError(f"{total} rules: at most 64 fit the engine's masks "
-                            f"({64 - len(protocol.rules)} custom rules for this protocol)")
     return dataclasses.replace(protocol, criteria=tuple(criteria)), frozenset(changed)
 
 

@@ -75,10 +75,12 @@ def compile_rule(rule: Rule, stage: int, values: dict[str, Decimal], present: fr
                  protocol: Protocol, untrusted: bool = False) -> str:
     """The rule's predicate as DuckDB SQL with parameters bound as exact literals.
 
-    Derived values are expanded, record-based columns read NULL as "none on record",
-    and absent optional columns (ULNs, overrides) read as NULL. An `untrusted` rule
-    (analyst-written, already allow-listed by kn026.rulecheck) also gets its arithmetic
-    in DOUBLE so no value can make DuckDB raise an overflow.
+    Derived values are expanded; record-based columns read NULL as "none on record"
+    unless the rule lists them in `null_is_unknown`; every absent column reads as NULL
+    (unknown; an absent ULN then takes its default through the rule's COALESCE).
+    Whether the rule is assessable at all is `missing_columns`' business. An
+    `untrusted` rule (analyst-written, already allow-listed by kn026.rulecheck) also
+    gets its arithmetic in DOUBLE so no value can make DuckDB raise an overflow.
     """
     tree = parse_predicate(rule.sql[stage], rule.id)
     derived = {name: parse_predicate(d.sql, name) for name, d in protocol.derived.items()}
@@ -100,7 +102,7 @@ def compile_rule(rule: Rule, stage: int, values: dict[str, Decimal], present: fr
             if node.name not in present:
                 return exp.cast(exp.Null(), col.sql_type)
             ref = exp.column(node.name, quoted=True)
-            if col.record_based:
+            if col.record_based and node.name not in rule.null_is_unknown:
                 return exp.Coalesce(this=ref, expressions=[exp.Literal.number(int(col.record_none))])
             return ref
         return node
@@ -114,9 +116,16 @@ def compile_rule(rule: Rule, stage: int, values: dict[str, Decimal], present: fr
 
 
 def missing_columns(rule: Rule, stage: int, present: frozenset[str]) -> list[str]:
-    """Required columns of `rule` absent from the cohort (non-empty: the rule is n/a)."""
-    return sorted(c for c in rule.columns[stage]
-                  if c not in present and not schema.BY_NAME[c].optional)
+    """Why `rule` is not assessable on a cohort with columns `present` ([] when it is).
+
+    A rule is assessable when one of its `requires` sets is fully present (dictionary
+    section 1); otherwise the absent columns of every set are listed, so the message
+    names what to bring. Decided from the columns alone, never from values.
+    """
+    sets = rule.requires.get(stage) or (rule.columns[stage],)
+    if any(s <= present for s in sets):
+        return []
+    return sorted({c for s in sets for c in s if c not in present})
 
 
 class Engine:

@@ -65,6 +65,8 @@ class Scenario:
         criteria = {c.id for c in protocol.criteria} | set(custom_ids)
         known = criteria | set(protocol.rule_ids())
         for cid in self.disabled | set(self.order):
+            if cid in protocol.split and cid not in known:
+                raise CriteriaError(f"scenario {self.name!r}: {protocol.split_message(cid)}")
             if cid not in known:
                 raise CriteriaError(f"scenario {self.name!r}: unknown criterion ID {cid!r}")
         for cid in self.order:  # the funnel orders whole criteria, each once

@@ -27,7 +27,7 @@ VALUES: dict[str, tuple] = {
     "sex": (None, "F", "M"),
     "weight_kg": (None, 30, 40, 70.5, 100),
     "primary_site": (None, "stomach", "gej", "colon"),
-    "histology": (None, "adenocarcinoma", "squamous"),
+    "histology": (None, "adenocarcinoma", "squamous", "signet_ring_cell_carcinoma", "poorly_cohesive_carcinoma"),
     "disease_extent": (None, "locally_advanced_unresectable", "recurrent", "metastatic", "resectable"),
     "her2_ihc": (None, 0, 1, 2, 3),
     "her2_ish": (None, "positive", "negative"),
@@ -80,10 +80,11 @@ for _c in schema.COLUMNS:
         VALUES.setdefault(_c.name, FLAG)
     elif _c.name.startswith("days_since_"):
         VALUES.setdefault(_c.name, DAYS)
-MISSING = sorted(set(c.name for c in schema.COLUMNS) - set(VALUES) - {"patient_id"})
+MISSING = sorted(set(c.name for c in schema.COLUMNS) - set(VALUES) - {"patient_id", "stale_columns"})
 assert not MISSING, MISSING
 
-# Columns that may be dropped from a random cohort (absent -> n/a or default ULN).
+# Columns that may be dropped from a random cohort (dictionary v2: a rule none of whose
+# required sets is present is n/a; any other absent column reads as unknown, ULNs default).
 DROPPABLE = sorted(VALUES)
 
 
@@ -94,8 +95,10 @@ def rows(min_size: int = 1, max_size: int = 25):
 
 
 def cohorts(max_size: int = 25):
-    """(rows, absent columns): a random cohort and the columns it lacks."""
-    return st.tuples(rows(1, max_size), st.sets(st.sampled_from(DROPPABLE), max_size=4))
+    """(rows, absent columns): a random cohort and the columns it lacks (a few, or most)."""
+    absent = st.one_of(st.sets(st.sampled_from(DROPPABLE), max_size=4),
+                       st.sets(st.sampled_from(DROPPABLE), min_size=20, max_size=len(DROPPABLE)))
+    return st.tuples(rows(1, max_size), absent)
 
 
 def to_csv(patients: list[dict], absent: set[str] = frozenset()) -> str:

@@ -132,7 +132,12 @@ COLUMN_TYPES: dict[str, str] = {
     "weight_loss_pct_1m": NUM,
     "refuses_chemotherapy": BOOL,
     "investigator_deems_unfit": BOOL,
+    "stale_columns": TEXT,
 }
+
+# Section 1: record-based columns, where NULL (column present) means "none on record".
+RECORD_BASED = frozenset(c for c in COLUMN_TYPES if c.startswith("days_since_")) | {
+    "anthracycline_doxorubicin_eq_mg_m2", "corticosteroid_prednisone_eq_mg_day"}
 
 # Section 3: default upper limits of normal, used where the *_uln* column is absent or NULL.
 DEFAULT_ULN: dict[str, Decimal] = {
@@ -145,8 +150,10 @@ DEFAULT_ULN: dict[str, Decimal] = {
     "pt_uln_s": Decimal("13.5"),
 }
 
-# Optional columns: their absence never makes a rule n/a (absent is read as NULL).
-OPTIONAL_COLUMNS = frozenset(DEFAULT_ULN) | {"creatinine_clearance_ml_min", "qtcf_ms"}
+# Section 4: histology values that are adenocarcinoma (the WHO subtypes included).
+ADENOCARCINOMA = ("adenocarcinoma", "tubular_adenocarcinoma", "papillary_adenocarcinoma",
+                  "mucinous_adenocarcinoma", "signet_ring_cell_carcinoma", "poorly_cohesive_carcinoma",
+                  "mixed_adenocarcinoma")
 
 # --------------------------------------------------------------------------------------
 # Three-valued logic and exact comparisons
@@ -227,15 +234,36 @@ def lt(v: object, limit: Decimal | int | str) -> bool | None:
     return None if d is None else d < Decimal(limit)
 
 
-def within_days(days: object, n: Decimal | int) -> bool:
-    """Record-based `days_since_* < n`: NULL means the event never happened (false)."""
-    d = dec(days)
+class _Row:
+    """Column access: a column absent from the table reads as NULL (section 1)."""
+
+    def __init__(self, row: dict, columns: set[str]):
+        self.row = row
+        self.columns = columns
+
+    def __getitem__(self, col: str):
+        v = self.row.get(col) if col in self.columns else None
+        return None if is_null(v) else v
+
+    def uln(self, col: str) -> Decimal:
+        v = dec(self[col])
+        return DEFAULT_ULN[col] if v is None else v
+
+
+def within_days(r: _Row, col: str, n: Decimal | int) -> bool | None:
+    """Record-based `days_since_* < n`: NULL means the event never happened (false);
+    an absent column is unknown (section 1: only a present column is a record)."""
+    if col not in r.columns:
+        return None
+    d = dec(r[col])
     return False if d is None else d < Decimal(n)
 
 
-def dose(v: object) -> Decimal:
-    """Record-based dose: NULL means none on record, i.e. 0."""
-    d = dec(v)
+def dose(r: _Row, col: str) -> Decimal | None:
+    """Record-based dose: NULL means none on record, i.e. 0; an absent column is unknown."""
+    if col not in r.columns:
+        return None
+    d = dec(r[col])
     return Decimal(0) if d is None else d
 
 
@@ -265,22 +293,6 @@ def _sex(v: object) -> str | None:
 # --------------------------------------------------------------------------------------
 
 
-class _Row:
-    """Column access: a column absent from the table (e.g. an optional one) reads as NULL."""
-
-    def __init__(self, row: dict, columns: set[str]):
-        self.row = row
-        self.columns = columns
-
-    def __getitem__(self, col: str):
-        v = self.row.get(col) if col in self.columns else None
-        return None if is_null(v) else v
-
-    def uln(self, col: str) -> Decimal:
-        v = dec(self[col])
-        return DEFAULT_ULN[col] if v is None else v
-
-
 def _her2(r: _Row, stage: int) -> bool | None:
     ihc = dec(r["her2_ihc"])
     ish = r["her2_ish"]
@@ -290,20 +302,15 @@ def _her2(r: _Row, stage: int) -> bool | None:
     return or3(ihc3, and3(ihc2, ish_pos))
 
 
-def _incl03(r: _Row, stage: int) -> bool | None:
+def _incl03_lines(r: _Row, stage: int) -> bool | None:
     lines = dec(r["prior_systemic_lines"])
     if lines is None:
-        lines_ok = None
-    elif stage == 1:
-        lines_ok = lines >= 1
-    else:
-        lines_ok = lines == 1
-    return and3(
-        truth(r["progressed_on_prior"]),
-        truth(r["first_line_anti_her2"]),
-        or3(truth(r["first_line_platinum"]), truth(r["first_line_fluoropyrimidine"])),
-        lines_ok,
-    )
+        return None
+    return lines >= 1 if stage == 1 else lines == 1
+
+
+def _incl03_chemo(r: _Row, stage: int) -> bool | None:
+    return or3(truth(r["first_line_platinum"]), truth(r["first_line_fluoropyrimidine"]))
 
 
 def _incl04(r: _Row, stage: int) -> bool | None:
@@ -402,12 +409,13 @@ def _washout(half_life: object) -> Decimal:
     return max(Decimal(14), min(Decimal(28), 5 * hl))
 
 
-def _excl03(r: _Row, stage: int) -> bool | None:
-    washout = _washout(r["last_anticancer_half_life_days"])
-    return and3(
-        not within_days(r["days_since_anticancer_therapy"], washout),
-        not within_days(r["days_since_antitumor_tcm"], 14),
-    )
+def _excl03_washout(r: _Row, stage: int) -> bool | None:
+    """Section 1 exception: a NULL last-therapy date is unknown unless no prior line."""
+    days = dec(r["days_since_anticancer_therapy"])
+    if days is None:
+        lines = dec(r["prior_systemic_lines"])
+        return True if lines == 0 else None
+    return not days < _washout(r["last_anticancer_half_life_days"])
 
 
 def _lvef_drop(r: _Row, stage: int) -> bool | None:
@@ -431,7 +439,15 @@ def _flag_false(col: str):
 
 def _never_within(col: str, n: int):
     def rule(r: _Row, stage: int) -> bool | None:
-        return not within_days(r[col], n)
+        return not3(within_days(r, col, n))
+
+    return rule
+
+
+def _dose_at_most(col: str, limit: int):
+    def rule(r: _Row, stage: int) -> bool | None:
+        d = dose(r, col)
+        return None if d is None else not d > limit
 
     return rule
 
@@ -443,182 +459,148 @@ def _cmp(col: str, op, limit: str):
     return rule
 
 
-# leaf id -> (columns the rule needs, including optional ones, rule function)
-RULES: dict[str, tuple[tuple[str, ...], object]] = {
-    "INCL01": (("age_years",), _cmp("age_years", ge, "18")),
-    "INCL02.SITE": (
-        ("primary_site",),
-        lambda r, s: _in(r["primary_site"], ("stomach", "gej")),
-    ),
-    "INCL02.HISTOLOGY": (
-        ("histology",),
-        lambda r, s: _in(r["histology"], ("adenocarcinoma",)),
-    ),
+# leaf id -> (requires, rule function). `requires` (section 5): the alternative sets of
+# columns one of which must be present for the rule to be assessable; a dict when it
+# differs by stage.
+RULES: dict[str, tuple[object, object]] = {
+    "INCL01": ([{"age_years"}], _cmp("age_years", ge, "18")),
+    "INCL02.SITE": ([{"primary_site"}], lambda r, s: _in(r["primary_site"], ("stomach", "gej"))),
+    "INCL02.HISTOLOGY": ([{"histology"}], lambda r, s: _in(r["histology"], ADENOCARCINOMA)),
     "INCL02.EXTENT": (
-        ("disease_extent",),
+        [{"disease_extent"}],
         lambda r, s: _in(
             r["disease_extent"], ("locally_advanced_unresectable", "recurrent", "metastatic")
         ),
     ),
-    "INCL02.HER2": (("her2_ihc", "her2_ish"), _her2),
-    "INCL03": (
-        (
-            "prior_systemic_lines",
-            "progressed_on_prior",
-            "first_line_anti_her2",
-            "first_line_platinum",
-            "first_line_fluoropyrimidine",
-        ),
-        _incl03,
-    ),
-    "INCL04": (("measurable_lesions", "nonmeasurable_lesions"), _incl04),  # stage-aware
-    "INCL05": (("ecog",), _ecog),
-    "INCL06": (("life_expectancy_months",), _cmp("life_expectancy_months", ge, "3")),
-    "INCL07.ANC": (("anc_1e9_l",), _cmp("anc_1e9_l", ge, "1.5")),
-    "INCL07.PLT": (("platelets_1e9_l",), _cmp("platelets_1e9_l", ge, "90")),
-    "INCL07.HGB": (("hemoglobin_g_l",), _cmp("hemoglobin_g_l", ge, "90")),
+    "INCL02.HER2": ([{"her2_ihc"}], _her2),
+    "INCL03.PROGRESSED": ([{"progressed_on_prior"}], _flag_true("progressed_on_prior")),
+    "INCL03.ANTI_HER2": ([{"first_line_anti_her2"}], _flag_true("first_line_anti_her2")),
+    "INCL03.CHEMO": ([{"first_line_platinum"}, {"first_line_fluoropyrimidine"}], _incl03_chemo),
+    "INCL03.LINES": ([{"prior_systemic_lines"}], _incl03_lines),
+    "INCL04": ({1: [{"measurable_lesions"}], 2: [{"measurable_lesions"}, {"nonmeasurable_lesions"}]},
+               _incl04),
+    "INCL05": ([{"ecog"}], _ecog),
+    "INCL06": ([{"life_expectancy_months"}], _cmp("life_expectancy_months", ge, "3")),
+    "INCL07.ANC": ([{"anc_1e9_l"}], _cmp("anc_1e9_l", ge, "1.5")),
+    "INCL07.PLT": ([{"platelets_1e9_l"}], _cmp("platelets_1e9_l", ge, "90")),
+    "INCL07.HGB": ([{"hemoglobin_g_l"}], _cmp("hemoglobin_g_l", ge, "90")),
     "INCL07.TBIL": (
-        ("bilirubin_total_umol_l", "bilirubin_total_uln_umol_l"),
+        [{"bilirubin_total_umol_l"}],
         lambda r, s: _times_uln(r, "bilirubin_total_umol_l", "bilirubin_total_uln_umol_l", "1.5"),
     ),
     "INCL07.DBIL": (
-        ("bilirubin_direct_umol_l", "bilirubin_direct_uln_umol_l"),
+        [{"bilirubin_direct_umol_l"}],
         lambda r, s: _times_uln(
             r, "bilirubin_direct_umol_l", "bilirubin_direct_uln_umol_l", "1.0"
         ),
     ),
-    "INCL07.AST": (
-        ("ast_u_l", "ast_uln_u_l", "liver_metastases"),
-        _transaminase("ast_u_l", "ast_uln_u_l"),
-    ),
-    "INCL07.ALT": (
-        ("alt_u_l", "alt_uln_u_l", "liver_metastases"),
-        _transaminase("alt_u_l", "alt_uln_u_l"),
-    ),
-    "INCL07.ALB": (("albumin_g_l",), _cmp("albumin_g_l", ge, "28")),
+    "INCL07.AST": ([{"ast_u_l"}], _transaminase("ast_u_l", "ast_uln_u_l")),
+    "INCL07.ALT": ([{"alt_u_l"}], _transaminase("alt_u_l", "alt_uln_u_l")),
+    "INCL07.ALB": ([{"albumin_g_l"}], _cmp("albumin_g_l", ge, "28")),
     "INCL07.CRCL": (
-        ("age_years", "weight_kg", "sex", "creatinine_umol_l", "creatinine_clearance_ml_min"),
+        [{"creatinine_clearance_ml_min"}, {"age_years", "weight_kg", "creatinine_umol_l"}],
         _crcl,
     ),
-    "INCL07.APTT": (
-        ("aptt_s", "aptt_uln_s"),
-        lambda r, s: _times_uln(r, "aptt_s", "aptt_uln_s", "1.5"),
-    ),
-    "INCL07.COAG": (("inr", "inr_uln", "pt_s", "pt_uln_s"), _coag),
+    "INCL07.APTT": ([{"aptt_s"}], lambda r, s: _times_uln(r, "aptt_s", "aptt_uln_s", "1.5")),
+    "INCL07.COAG": ([{"inr"}, {"pt_s"}], _coag),
     "INCL07.TRANSFUSION": (
-        ("days_since_transfusion",),
+        [{"days_since_transfusion"}],
         _never_within("days_since_transfusion", 14),
     ),
     "INCL07.CYTOKINE": (
-        ("days_since_growth_factor",),
+        [{"days_since_growth_factor"}],
         _never_within("days_since_growth_factor", 7),
     ),
-    "INCL08": (("lvef_pct",), _cmp("lvef_pct", ge, "50")),
-    "INCL09": (("nyha_class",), _cmp("nyha_class", le, "1")),
-    "INCL10": (("childbearing_potential", "contraception_agreed"), _incl10),
-    "INCL11": (("consent_signed",), _flag_true("consent_signed")),
-    "INCL12": (("able_to_comply",), _flag_true("able_to_comply")),
-    "EXCL01": (("brain_metastases",), _brain),
+    "INCL08": ([{"lvef_pct"}], _cmp("lvef_pct", ge, "50")),
+    "INCL09": ([{"nyha_class"}], _cmp("nyha_class", le, "1")),
+    "INCL10": ([{"childbearing_potential"}, {"contraception_agreed"}], _incl10),
+    "INCL11": ([{"consent_signed"}], _flag_true("consent_signed")),
+    "INCL12": ([{"able_to_comply"}], _flag_true("able_to_comply")),
+    "EXCL01": ([{"brain_metastases"}], _brain),
     "EXCL02": (
-        ("days_since_investigational_drug",),
+        [{"days_since_investigational_drug"}],
         _never_within("days_since_investigational_drug", 28),
     ),
-    "EXCL03": (
-        (
-            "days_since_anticancer_therapy",
-            "last_anticancer_half_life_days",
-            "days_since_antitumor_tcm",
-        ),
-        _excl03,
+    "EXCL03.WASHOUT": ([{"days_since_anticancer_therapy"}], _excl03_washout),
+    "EXCL03.TCM": ([{"days_since_antitumor_tcm"}], _never_within("days_since_antitumor_tcm", 14)),
+    "EXCL04.RECENT": ([{"days_since_radiotherapy"}], _never_within("days_since_radiotherapy", 14)),
+    "EXCL04.TOXICITY": (
+        [{"radiotherapy_toxicity_unresolved"}],
+        _flag_false("radiotherapy_toxicity_unresolved"),
     ),
-    "EXCL04": (
-        ("days_since_radiotherapy", "radiotherapy_toxicity_unresolved"),
-        lambda r, s: and3(
-            not within_days(r["days_since_radiotherapy"], 14),
-            not3(truth(r["radiotherapy_toxicity_unresolved"])),
-        ),
-    ),
-    "EXCL05": (
-        ("days_since_major_surgery", "major_surgery_planned"),
-        lambda r, s: and3(
-            not within_days(r["days_since_major_surgery"], 28),
-            not3(truth(r["major_surgery_planned"])),
-        ),
-    ),
+    "EXCL05.RECENT": ([{"days_since_major_surgery"}], _never_within("days_since_major_surgery", 28)),
+    "EXCL05.PLANNED": ([{"major_surgery_planned"}], _flag_false("major_surgery_planned")),
     "EXCL06": (
-        ("anthracycline_doxorubicin_eq_mg_m2",),
-        lambda r, s: not (dose(r["anthracycline_doxorubicin_eq_mg_m2"]) > 320),
+        [{"anthracycline_doxorubicin_eq_mg_m2"}],
+        _dose_at_most("anthracycline_doxorubicin_eq_mg_m2", 320),
     ),
-    "EXCL07": (("pregnant_or_nursing",), _flag_false("pregnant_or_nursing")),
-    "EXCL08": (("allergy_to_study_drug",), _flag_false("allergy_to_study_drug")),
-    "EXCL09": (
-        ("unresolved_ae_grade", "peripheral_neuropathy_grade"),
-        lambda r, s: and3(
-            le(r["unresolved_ae_grade"], 1), le(r["peripheral_neuropathy_grade"], 1)
-        ),
-    ),
-    "EXCL10": (("diarrhea_grade",), _cmp("diarrhea_grade", lt, "2")),
-    "EXCL11.BP": (
-        ("sbp_mmhg", "dbp_mmhg"),
-        lambda r, s: and3(le(r["sbp_mmhg"], 150), le(r["dbp_mmhg"], 100)),
-    ),
-    "EXCL11.HF": (("heart_failure_history",), _flag_false("heart_failure_history")),
-    "EXCL11.LVEF": (
-        ("lvef_drop_on_anti_her2_pct", "lvef_nadir_on_anti_her2_pct"),
-        _lvef_drop,
-    ),
+    "EXCL07": ([{"pregnant_or_nursing"}], _flag_false("pregnant_or_nursing")),
+    "EXCL08": ([{"allergy_to_study_drug"}], _flag_false("allergy_to_study_drug")),
+    "EXCL09.AE": ([{"unresolved_ae_grade"}], _cmp("unresolved_ae_grade", le, "1")),
+    "EXCL09.NEUROPATHY": ([{"peripheral_neuropathy_grade"}], _cmp("peripheral_neuropathy_grade", le, "1")),
+    "EXCL10": ([{"diarrhea_grade"}], _cmp("diarrhea_grade", lt, "2")),
+    "EXCL11.SBP": ([{"sbp_mmhg"}], _cmp("sbp_mmhg", le, "150")),
+    "EXCL11.DBP": ([{"dbp_mmhg"}], _cmp("dbp_mmhg", le, "100")),
+    "EXCL11.HF": ([{"heart_failure_history"}], _flag_false("heart_failure_history")),
+    "EXCL11.LVEF": ([{"lvef_drop_on_anti_her2_pct"}], _lvef_drop),
     "EXCL11.MI": (
-        ("days_since_myocardial_infarction",),
+        [{"days_since_myocardial_infarction"}],
         _never_within("days_since_myocardial_infarction", 183),
     ),
-    "EXCL11.ANGINA": (("days_since_angina",), _never_within("days_since_angina", 91)),
+    "EXCL11.ANGINA": ([{"days_since_angina"}], _never_within("days_since_angina", 91)),
     "EXCL11.ARRHYTHMIA": (
-        ("days_since_arrhythmia_therapy",),
+        [{"days_since_arrhythmia_therapy"}],
         _never_within("days_since_arrhythmia_therapy", 183),
     ),
-    "EXCL11.QTCF": (("qt_ms", "heart_rate_bpm", "sex", "qtcf_ms"), _qtcf),
+    "EXCL11.QTCF": ([{"qtcf_ms"}, {"qt_ms", "heart_rate_bpm"}], _qtcf),
     "EXCL11.OTHER": (
-        ("other_serious_cardiac_condition",),
+        [{"other_serious_cardiac_condition"}],
         _flag_false("other_serious_cardiac_condition"),
     ),
-    "EXCL12": (("uncontrolled_systemic_disease",), _flag_false("uncontrolled_systemic_disease")),
+    "EXCL12": ([{"uncontrolled_systemic_disease"}], _flag_false("uncontrolled_systemic_disease")),
     "EXCL13": (
-        ("active_infection_systemic_therapy",),
+        [{"active_infection_systemic_therapy"}],
         _flag_false("active_infection_systemic_therapy"),
     ),
     "EXCL14": (
-        ("corticosteroid_prednisone_eq_mg_day",),
-        lambda r, s: not (dose(r["corticosteroid_prednisone_eq_mg_day"]) > 10),
+        [{"corticosteroid_prednisone_eq_mg_day"}],
+        _dose_at_most("corticosteroid_prednisone_eq_mg_day", 10),
     ),
     "EXCL15": (
-        ("interstitial_lung_disease_history",),
+        [{"interstitial_lung_disease_history"}],
         _flag_false("interstitial_lung_disease_history"),
     ),
     "EXCL16": (
-        ("immunodeficiency_or_transplant",),
+        [{"immunodeficiency_or_transplant"}],
         _flag_false("immunodeficiency_or_transplant"),
     ),
-    "EXCL17.HBV": (("hbv_active",), _flag_false("hbv_active")),
-    "EXCL17.HCV": (("hcv_active",), _flag_false("hcv_active")),
-    "EXCL17.HIV": (("hiv_positive",), _flag_false("hiv_positive")),
-    "EXCL17.SYPHILIS": (("syphilis_positive",), _flag_false("syphilis_positive")),
-    "EXCL18": (("other_malignancy_5y",), _flag_false("other_malignancy_5y")),
-    "EXCL19": (("effusion_drainage_2w",), _flag_false("effusion_drainage_2w")),
-    "EXCL20": (("weight_loss_pct_1m",), _cmp("weight_loss_pct_1m", lt, "5")),
-    "EXCL21": (("refuses_chemotherapy",), _flag_false("refuses_chemotherapy")),
-    "EXCL22": (("investigator_deems_unfit",), _flag_false("investigator_deems_unfit")),
+    "EXCL17.HBV": ([{"hbv_active"}], _flag_false("hbv_active")),
+    "EXCL17.HCV": ([{"hcv_active"}], _flag_false("hcv_active")),
+    "EXCL17.HIV": ([{"hiv_positive"}], _flag_false("hiv_positive")),
+    "EXCL17.SYPHILIS": ([{"syphilis_positive"}], _flag_false("syphilis_positive")),
+    "EXCL18": ([{"other_malignancy_5y"}], _flag_false("other_malignancy_5y")),
+    "EXCL19": ([{"effusion_drainage_2w"}], _flag_false("effusion_drainage_2w")),
+    "EXCL20": ([{"weight_loss_pct_1m"}], _cmp("weight_loss_pct_1m", lt, "5")),
+    "EXCL21": ([{"refuses_chemotherapy"}], _flag_false("refuses_chemotherapy")),
+    "EXCL22": ([{"investigator_deems_unfit"}], _flag_false("investigator_deems_unfit")),
 }
 
 LEAVES: list[str] = list(RULES)
 CRITERIA: list[str] = list(dict.fromkeys(leaf.split(".")[0] for leaf in LEAVES))
 
 
-def required_columns(leaf: str, stage: int) -> set[str]:
-    """Columns whose absence makes `leaf` n/a at `stage` (optional columns excluded)."""
-    needed = set(RULES[leaf][0]) - OPTIONAL_COLUMNS
-    if leaf == "INCL04" and stage == 1:
-        needed = {"measurable_lesions"}
-    return needed
+def requires(leaf: str, stage: int) -> list[set[str]]:
+    """The alternative column sets of `leaf` at `stage`, one of which must be present."""
+    sets = RULES[leaf][0]
+    return sets[stage] if isinstance(sets, dict) else sets
+
+
+def missing_columns(leaf: str, stage: int, columns: set[str]) -> list[str]:
+    """Absent columns that make `leaf` n/a ([] when one required set is present)."""
+    sets = requires(leaf, stage)
+    if any(s <= columns for s in sets):
+        return []
+    return sorted({c for s in sets for c in s} - columns)
 
 
 # --------------------------------------------------------------------------------------
@@ -643,8 +625,8 @@ def evaluate_leaves(
     columns = set(columns)
     r = _Row(row, columns)
     out: dict[str, str] = {}
-    for leaf, (_cols, rule) in RULES.items():
-        if not required_columns(leaf, stage) <= columns:
+    for leaf, (_sets, rule) in RULES.items():
+        if missing_columns(leaf, stage, columns):
             out[leaf] = NA
         else:
             out[leaf] = _verdict(rule(r, stage))

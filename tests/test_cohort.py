@@ -11,6 +11,7 @@ import csv
 import datetime as dt
 import hashlib
 import math
+from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
@@ -723,18 +724,27 @@ def _full_row() -> dict[str, str]:
 
 
 @pytest.mark.parametrize("column, stage, expected", [
+    # dictionary v2: a rule is n/a only when none of its required column sets is present
     ("ecog", 1, {"INCL05": ["ecog"]}),
-    ("age_years", 1, {"INCL01": ["age_years"], "INCL07.CRCL": ["age_years"]}),
-    ("sex", 1, {"INCL07.CRCL": ["sex"], "EXCL11.QTCF": ["sex"]}),
-    ("liver_metastases", 1, {"INCL07.AST": ["liver_metastases"], "INCL07.ALT": ["liver_metastases"]}),
-    ("pt_s", 2, {"INCL07.COAG": ["pt_s"]}),
-    ("last_anticancer_half_life_days", 1, {"EXCL03": ["last_anticancer_half_life_days"]}),
-    ("heart_rate_bpm", 2, {"EXCL11.QTCF": ["heart_rate_bpm"]}),
-    ("first_line_platinum", 1, {"INCL03": ["first_line_platinum"]}),
+    ("age_years", 1, {"INCL01": ["age_years"]}),  # CRCL: the clearance column is present
+    ("liver_metastases", 1, {}),  # optional: reads as unknown
+    ("pt_s", 2, {}),  # INR is present
+    ("inr", 2, {}),  # PT is present
+    ("last_anticancer_half_life_days", 1, {}),  # the 28-day washout applies
+    ("days_since_antitumor_tcm", 1, {"EXCL03.TCM": ["days_since_antitumor_tcm"]}),  # not the washout
+    ("days_since_anticancer_therapy", 1, {"EXCL03.WASHOUT": ["days_since_anticancer_therapy"]}),
+    ("heart_rate_bpm", 2, {}),  # qtcf_ms is present
+    ("first_line_platinum", 1, {}),  # fluoropyrimidine is present
+    ("prior_systemic_lines", 1, {"INCL03.LINES": ["prior_systemic_lines"]}),
     ("nonmeasurable_lesions", 1, {}),  # stage 1 counts measurable lesions only
-    ("nonmeasurable_lesions", 2, {"INCL04": ["nonmeasurable_lesions"]}),
+    ("nonmeasurable_lesions", 2, {}),  # measurable lesions are present
+    ("measurable_lesions", 1, {"INCL04": ["measurable_lesions"]}),
+    ("measurable_lesions", 2, {}),
+    ("dbp_mmhg", 1, {"EXCL11.DBP": ["dbp_mmhg"]}),
+    ("radiotherapy_toxicity_unresolved", 1, {"EXCL04.TOXICITY": ["radiotherapy_toxicity_unresolved"]}),
     ("hcv_active", 1, {"EXCL17.HCV": ["hcv_active"]}),
     ("days_since_transfusion", 1, {"INCL07.TRANSFUSION": ["days_since_transfusion"]}),
+    ("sex", 1, {}),  # CRCL and QTcF are decided three-valued
     # optional columns: absent reads as NULL (default ULN, computed value)
     ("bilirubin_total_uln_umol_l", 1, {}),
     ("inr_uln", 1, {}),
@@ -907,3 +917,30 @@ def test_unit_guard_on_the_median_limit_loads(tmp_path):
     assert cohort.n == 10
     cohort = load_cohort(_column_csv(tmp_path, "platelets_1e9_l", ["50"] * 10))
     assert cohort.n == 10
+
+
+def _unit_guard_cases():
+    path = Path(__file__).parent / "golden" / "loader" / "unit_guard.csv"
+    with path.open(newline="", encoding="utf-8") as fh:
+        for i, case in enumerate(csv.DictReader(fh), start=2):
+            yield pytest.param(case, id=f"{case['column']}-line{i}")
+
+
+@pytest.mark.parametrize("case", list(_unit_guard_cases()))
+def test_unit_guard_golden(tmp_path, case):
+    """Hand-written cases (tests/golden/loader/unit_guard.csv): each column in the wrong unit."""
+    values = case["values"].split(";")
+    path = _column_csv(tmp_path, case["column"], values)
+    if case["outcome"] == "loaded":
+        assert load_cohort(path).n == len(values)
+        return
+    with pytest.raises(CohortError) as info:
+        load_cohort(path)
+    problems = info.value.problems
+    assert {p.column for p in problems} == {case["column"]}
+    assert all(case["names"] in str(p) for p in problems), problems
+    if case["outcome"] == "refused median":
+        assert [p.row for p in problems] == [None]
+    else:
+        rows = [int(r) for r in case["outcome"].removeprefix("refused rows ").split()]
+        assert [p.row for p in problems] == rows

@@ -8,6 +8,7 @@ the message it must produce).
 from __future__ import annotations
 
 import copy
+import re
 from decimal import Decimal
 
 import pytest
@@ -31,9 +32,14 @@ PROTOCOL = load_protocol()
 CRITERIA = [f"INCL{i:02d}" for i in range(1, 13)] + [f"EXCL{i:02d}" for i in range(1, 23)]
 SUB_RULES = {
     "INCL02": ["SITE", "HISTOLOGY", "EXTENT", "HER2"],
+    "INCL03": ["PROGRESSED", "ANTI_HER2", "CHEMO", "LINES"],
     "INCL07": ["ANC", "PLT", "HGB", "TBIL", "DBIL", "AST", "ALT", "ALB", "CRCL", "APTT", "COAG",
                "TRANSFUSION", "CYTOKINE"],
-    "EXCL11": ["BP", "HF", "LVEF", "MI", "ANGINA", "ARRHYTHMIA", "QTCF", "OTHER"],
+    "EXCL03": ["WASHOUT", "TCM"],
+    "EXCL04": ["RECENT", "TOXICITY"],
+    "EXCL05": ["RECENT", "PLANNED"],
+    "EXCL09": ["AE", "NEUROPATHY"],
+    "EXCL11": ["SBP", "DBP", "HF", "LVEF", "MI", "ANGINA", "ARRHYTHMIA", "QTCF", "OTHER"],
     "EXCL17": ["HBV", "HCV", "HIV", "SYPHILIS"],
 }
 
@@ -49,7 +55,7 @@ def test_rule_ids():
     for cid in CRITERIA:
         expected += [f"{cid}.{s}" for s in SUB_RULES[cid]] if cid in SUB_RULES else [cid]
     assert PROTOCOL.rule_ids() == expected
-    assert len(set(expected)) == len(expected) == 59
+    assert len(set(expected)) == len(expected) == 67  # dictionary version 2
 
 
 def test_protocol_header():
@@ -68,8 +74,8 @@ def test_every_criterion_has_its_protocol_text():
 # Dictionary section 5 thresholds, as (rule, parameter, default).
 DEFAULTS = [
     ("INCL01", "min_age", "18"),
-    ("INCL03", "min_prior_lines", "1"),
-    ("INCL03", "stage2_prior_lines", "1"),
+    ("INCL03.LINES", "min_prior_lines", "1"),
+    ("INCL03.LINES", "stage2_prior_lines", "1"),
     ("INCL04", "min_lesions", "1"),
     ("INCL05", "max_ecog", "1"),
     ("INCL06", "min_months", "3"),
@@ -98,17 +104,18 @@ DEFAULTS = [
     ("INCL08", "min", "50"),
     ("INCL09", "max_class", "1"),
     ("EXCL02", "window_days", "28"),
-    ("EXCL03", "washout_min_days", "14"),
-    ("EXCL03", "washout_max_days", "28"),
-    ("EXCL03", "washout_half_lives", "5"),
-    ("EXCL03", "tcm_days", "14"),
-    ("EXCL04", "window_days", "14"),
-    ("EXCL05", "window_days", "28"),
+    ("EXCL03.WASHOUT", "washout_min_days", "14"),
+    ("EXCL03.WASHOUT", "washout_max_days", "28"),
+    ("EXCL03.WASHOUT", "washout_half_lives", "5"),
+    ("EXCL03.TCM", "tcm_days", "14"),
+    ("EXCL04.RECENT", "window_days", "14"),
+    ("EXCL05.RECENT", "window_days", "28"),
     ("EXCL06", "max_dose", "320"),
-    ("EXCL09", "max_grade", "1"),
+    ("EXCL09.AE", "max_grade", "1"),
+    ("EXCL09.NEUROPATHY", "max_grade", "1"),
     ("EXCL10", "excluded_grade", "2"),
-    ("EXCL11.BP", "max_sbp", "150"),
-    ("EXCL11.BP", "max_dbp", "100"),
+    ("EXCL11.SBP", "max_sbp", "150"),
+    ("EXCL11.DBP", "max_dbp", "100"),
     ("EXCL11.LVEF", "drop_with_low_nadir", "10"),
     ("EXCL11.LVEF", "low_nadir", "50"),
     ("EXCL11.LVEF", "drop_any", "15"),
@@ -144,15 +151,17 @@ def test_parameters_are_exact_and_in_range(rule):
 COLUMNS = [
     ("INCL01", 1, {"age_years"}),
     ("INCL02.HER2", 1, {"her2_ihc", "her2_ish"}),
-    ("INCL03", 2, {"progressed_on_prior", "first_line_anti_her2", "first_line_platinum",
-                   "first_line_fluoropyrimidine", "prior_systemic_lines"}),
+    ("INCL03.CHEMO", 2, {"first_line_platinum", "first_line_fluoropyrimidine"}),
+    ("INCL03.LINES", 2, {"prior_systemic_lines"}),
     ("INCL04", 1, {"measurable_lesions"}),
     ("INCL04", 2, {"measurable_lesions", "nonmeasurable_lesions"}),
     ("INCL07.AST", 1, {"ast_u_l", "ast_uln_u_l", "liver_metastases"}),
     ("INCL07.CRCL", 1, {"age_years", "weight_kg", "sex", "creatinine_umol_l", "creatinine_clearance_ml_min"}),
     ("INCL07.COAG", 1, {"inr", "inr_uln", "pt_s", "pt_uln_s"}),
     ("INCL10", 1, {"childbearing_potential", "contraception_agreed"}),
-    ("EXCL03", 1, {"days_since_anticancer_therapy", "last_anticancer_half_life_days", "days_since_antitumor_tcm"}),
+    ("EXCL03.WASHOUT", 1, {"days_since_anticancer_therapy", "last_anticancer_half_life_days",
+                           "prior_systemic_lines"}),
+    ("EXCL03.TCM", 1, {"days_since_antitumor_tcm"}),
     ("EXCL11.LVEF", 1, {"lvef_drop_on_anti_her2_pct", "lvef_nadir_on_anti_her2_pct"}),
     ("EXCL11.QTCF", 2, {"qtcf_ms", "qt_ms", "heart_rate_bpm", "sex"}),
     ("EXCL17.SYPHILIS", 1, {"syphilis_positive"}),
@@ -167,20 +176,94 @@ def test_rule_columns(rule_id, stage, columns):
 def test_every_dictionary_column_used_by_some_rule():
     used = set().union(*(cols for r in PROTOCOL.rules for cols in r.columns.values()))
     unused = {c.name for c in schema.COLUMNS} - used
-    assert unused == {"patient_id", "site_id", "country", "screening_date"}
+    assert unused == {"patient_id", "site_id", "country", "screening_date", "stale_columns"}
+
+
+# Dictionary section 5, `requires`: the alternative column sets, one of which must be present.
+REQUIRES = [
+    ("INCL01", 1, [{"age_years"}]),
+    ("INCL02.HER2", 1, [{"her2_ihc"}]),
+    ("INCL03.PROGRESSED", 1, [{"progressed_on_prior"}]),
+    ("INCL03.ANTI_HER2", 2, [{"first_line_anti_her2"}]),
+    ("INCL03.CHEMO", 1, [{"first_line_platinum"}, {"first_line_fluoropyrimidine"}]),
+    ("INCL03.LINES", 2, [{"prior_systemic_lines"}]),
+    ("INCL04", 1, [{"measurable_lesions"}]),
+    ("INCL04", 2, [{"measurable_lesions"}, {"nonmeasurable_lesions"}]),
+    ("INCL07.TBIL", 1, [{"bilirubin_total_umol_l"}]),
+    ("INCL07.DBIL", 1, [{"bilirubin_direct_umol_l"}]),
+    ("INCL07.AST", 1, [{"ast_u_l"}]),
+    ("INCL07.ALT", 2, [{"alt_u_l"}]),
+    ("INCL07.CRCL", 1, [{"creatinine_clearance_ml_min"}, {"age_years", "weight_kg", "creatinine_umol_l"}]),
+    ("INCL07.APTT", 1, [{"aptt_s"}]),
+    ("INCL07.COAG", 1, [{"inr"}, {"pt_s"}]),
+    ("INCL10", 1, [{"childbearing_potential"}, {"contraception_agreed"}]),
+    ("EXCL03.WASHOUT", 1, [{"days_since_anticancer_therapy"}]),
+    ("EXCL03.TCM", 1, [{"days_since_antitumor_tcm"}]),
+    ("EXCL04.RECENT", 1, [{"days_since_radiotherapy"}]),
+    ("EXCL04.TOXICITY", 1, [{"radiotherapy_toxicity_unresolved"}]),
+    ("EXCL05.RECENT", 1, [{"days_since_major_surgery"}]),
+    ("EXCL05.PLANNED", 1, [{"major_surgery_planned"}]),
+    ("EXCL09.AE", 1, [{"unresolved_ae_grade"}]),
+    ("EXCL09.NEUROPATHY", 1, [{"peripheral_neuropathy_grade"}]),
+    ("EXCL11.SBP", 1, [{"sbp_mmhg"}]),
+    ("EXCL11.DBP", 1, [{"dbp_mmhg"}]),
+    ("EXCL11.LVEF", 1, [{"lvef_drop_on_anti_her2_pct"}]),
+    ("EXCL11.QTCF", 2, [{"qtcf_ms"}, {"qt_ms", "heart_rate_bpm"}]),
+    ("EXCL17.SYPHILIS", 1, [{"syphilis_positive"}]),
+]
+
+
+@pytest.mark.parametrize("rule_id, stage, sets", REQUIRES, ids=[f"{r}-{s}" for r, s, _ in REQUIRES])
+def test_rule_requires(rule_id, stage, sets):
+    assert [set(s) for s in PROTOCOL.rule(rule_id).requires[stage]] == sets
+
+
+def test_rules_reading_one_column_require_it():
+    """Section 5 "-": every rule not listed above requires its own single column."""
+    listed = {r for r, _, _ in REQUIRES}
+    for rule in PROTOCOL.rules:
+        for stage in rule.stages:
+            if rule.id not in listed and len(rule.columns[stage]) == 1:
+                assert rule.requires[stage] == (rule.columns[stage],), rule.id
+
+
+def test_only_the_washout_reads_a_record_as_unknown():
+    assert {r.id: set(r.null_is_unknown) for r in PROTOCOL.rules if r.null_is_unknown} == {
+        "EXCL03.WASHOUT": {"days_since_anticancer_therapy"}}
+
+
+@pytest.mark.parametrize("doc_rule, message", [
+    ({"id": "X01", "sql": "inr <= 1 OR pt_s <= 2"}, "declare `requires:`"),
+    ({"id": "X01", "sql": "inr <= 1", "requires": [["pt_s"]]}, "does not read"),
+    ({"id": "X01", "sql": "inr <= 1", "requires": "inr"}, "must be a list"),
+    ({"id": "X01", "sql": "inr <= 1", "requires": {1: ["inr"]}}, "no entry for stage 2"),
+    ({"id": "X01", "sql": "inr <= 1", "null_is_unknown": ["inr"]}, "record-based"),
+])
+def test_bad_requires_refused(doc_rule, message):
+    doc = {"protocol": "T", "stages": {1: "one", 2: "two"},
+           "criteria": [{"id": "X01", "kind": "inclusion", "text": "t", "rules": [doc_rule]}]}
+    with pytest.raises(CriteriaError, match=re.escape(message)):
+        build_protocol(doc)
+
+
+@pytest.mark.parametrize("old", ["INCL03", "EXCL03", "EXCL04", "EXCL05", "EXCL09", "EXCL11.BP"])
+def test_split_rule_ids_name_their_successors(old):
+    with pytest.raises(CriteriaError, match=f"{re.escape(old)} is no longer a rule") as info:
+        PROTOCOL.rule(old)
+    for new in PROTOCOL.split[old]:
+        assert new in str(info.value)
 
 
 @pytest.mark.parametrize("rule_id, stage, text", [
     ("INCL01", 1, "age ≥ 18 years"),
-    ("INCL03", 1, "progressed after ≥ 1 line(s) incl. first-line anti-HER2 with platinum and/or "
-                  "fluoropyrimidine"),
-    ("INCL03", 2, "progressed after exactly 1 line(s) incl. first-line anti-HER2 with platinum and/or "
-                  "fluoropyrimidine"),
+    ("INCL03.LINES", 1, "≥ 1 prior line(s) for advanced disease"),
+    ("INCL03.LINES", 2, "exactly 1 prior line(s) for advanced disease"),
     ("INCL07.ANC", 1, "ANC ≥ 1.5 ×10⁹/L"),
     ("INCL07.DBIL", 1, "direct bilirubin ≤ 1 × ULN (default ULN 6.8 µmol/L)"),
     ("INCL07.COAG", 2, "INR or PT ≤ 1.5 × ULN (default ULNs INR 1.2, PT 13.5 s)"),
-    ("EXCL03", 1, "no anti-tumour therapy within the washout (5 half-lives, between 14 and 28 days) and "
-                  "no anti-tumour Chinese medicine within 14 days"),
+    ("EXCL03.WASHOUT", 1, "no anti-tumour therapy within the washout (5 half-lives, between 14 and 28 "
+                          "days); no date on record is unknown after a prior line"),
+    ("EXCL03.TCM", 1, "no anti-tumour Chinese medicine within 14 days"),
     ("EXCL11.QTCF", 1, "QTcF ≤ 450 ms (male) / ≤ 470 ms (female)"),
 ])
 def test_readable_rule_with_defaults(rule_id, stage, text):
@@ -380,9 +463,14 @@ BROKEN = [
     ("params not a mapping", mutated(R_INCL01 + ("params",), ["min_age"]), r"INCL01: 'params' must map"),
     ("stages not numbers", mutated(("stages",), {"first": "x"}), r"'stages' must map stage numbers"),
     ("derived not a mapping", mutated(("derived",), ["x"]), r"'derived' must map names to SQL"),
-    ("too many rules", mutated(("criteria", 1, "rules"), lambda rs: rs + [
-        {"id": f"INCL02.X{i}", "sql": "ecog <= 1"} for i in range(61)]), r"65 rules: the engine's bitmasks hold at most 64"),
 ]
+
+
+def test_no_rule_ceiling():
+    """Masks of any width (dictionary v2 has 67 rules): 200 rules load."""
+    doc = yaml.safe_load(DEFAULT_PROTOCOL.read_text(encoding="utf-8"))
+    doc["criteria"][1]["rules"] += [{"id": f"INCL02.X{i}", "sql": "ecog <= 1"} for i in range(133)]
+    assert len(build_protocol(doc).rules) == 200
 
 
 @pytest.mark.parametrize("doc, message", [(d, m) for _, d, m in BROKEN], ids=[n for n, _, _ in BROKEN])
@@ -421,8 +509,9 @@ VALID = [
                                              {"default": 18, "min": 18, "max": 18})),
     ("no stages: a single stage", _single_stage()),
     ("flag predicate", mutated(R_INCL01, {"id": "INCL01", "sql": "consent_signed"})),
-    ("IN list and CASE", mutated(R_INCL01 + ("sql",),
-                                 "CASE WHEN sex = 'F' THEN age_years >= :min_age ELSE ecog IN (0, 1) END")),
+    ("IN list and CASE", mutated(R_INCL01, {
+        "id": "INCL01", "sql": "CASE WHEN sex = 'F' THEN age_years >= :min_age ELSE ecog IN (0, 1) END",
+        "requires": [["age_years", "ecog"]], "params": {"min_age": 18}})),
     ("exactly 64 rules", mutated(("criteria", 1, "rules"), lambda rs: rs + [
         {"id": f"INCL02.X{i}", "sql": "ecog <= 1"} for i in range(60)])),
 ]

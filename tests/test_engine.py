@@ -85,10 +85,13 @@ def test_absent_columns_make_exactly_their_rules_na():
     cohort = load_cohort(frame, connect())
     engine = Engine(cohort, PROTOCOL, 1)
     assert "INCL01" not in engine.not_assessable
-    assert engine.not_assessable["INCL07.COAG"] == ["pt_s"]
-    assert engine.not_assessable["INCL07.CRCL"] == ["creatinine_umol_l", "sex", "weight_kg"]
-    # optional columns (ULNs, overrides) never make a rule n/a
-    assert all("uln" not in c for cols in engine.not_assessable.values() for c in cols)
+    assert "INCL07.COAG" not in engine.not_assessable  # INR alone: PT reads unknown (v2)
+    # neither alternative present: the absent columns of both are named
+    assert engine.not_assessable["INCL07.CRCL"] == ["creatinine_clearance_ml_min", "creatinine_umol_l",
+                                                    "weight_kg"]
+    assert engine.not_assessable["EXCL03.WASHOUT"] == ["days_since_anticancer_therapy"]
+    # ULNs, sex and other non-required columns never make a rule n/a
+    assert all("uln" not in c and c != "sex" for cols in engine.not_assessable.values() for c in cols)
 
 
 def test_ties_at_limits_are_exact():
@@ -156,7 +159,9 @@ def test_histogram_funnel_equals_direct_sql(random_engine, data):
 @pytest.mark.parametrize("rule_id,values", [
     ("INCL07.PLT", {"min": 75}),
     ("INCL07.COAG", {"max_x_uln": 2}),
-    ("EXCL03", {"washout_max_days": 21, "tcm_days": 7}),
+    ("EXCL03.WASHOUT", {"washout_max_days": 21}),
+    ("EXCL03.TCM", {"tcm_days": 7}),
+    ("EXCL11.SBP", {"max_sbp": 140}),
     ("EXCL11.QTCF", {"max_male": 470}),
     ("INCL07.CRCL", {"min": 50}),
 ])

@@ -22,7 +22,7 @@ from tests.cohorts import as_counter
 
 PROTOCOL = load_protocol()
 SCENARIO = Scenario("crcl50", overrides={"INCL07.CRCL": {"min": Decimal(50)},
-                                         "EXCL03": {"washout_min_days": Decimal(21)}},
+                                         "EXCL03.WASHOUT": {"washout_min_days": Decimal(21)}},
                     disabled=frozenset({"INCL06"}))
 
 
@@ -102,7 +102,7 @@ def test_round_trip_and_validation(tmp_path, pooled):
     assert federated.read_histogram(path) == json.loads(json.dumps(doc))
     assert doc["leaves"] == [r.id for r in portable.stage_rules(PROTOCOL, 1)]
     assert doc["criteria_fingerprint"] == portable.criteria_fingerprint(PROTOCOL, 1, SCENARIO)
-    assert doc["scenario"]["overrides"] == {"EXCL03": {"washout_min_days": "21"}, "INCL07.CRCL": {"min": "50"}}
+    assert doc["scenario"]["overrides"] == {"EXCL03.WASHOUT": {"washout_min_days": "21"}, "INCL07.CRCL": {"min": "50"}}
     bad = dict(doc, total=doc["total"] + 1)
     with pytest.raises(federated.FederatedError, match="add up to"):
         federated.write_histogram(tmp_path / "b.json", bad)

@@ -192,5 +192,5 @@ def test_labels_and_targets(engine, protocol):
     assert "AST" in P.criterion_label(protocol.criterion("INCL07"), 1, width=200)  # acronyms keep their case
     ids = [t for t, _ in P.targets(engine)]
     assert "INCL02" in ids and "INCL02.HER2" in ids and "INCL01.X" not in ids
-    assert P.stage_params(protocol.rule("INCL03"), 1) == ["min_prior_lines"]
-    assert P.stage_params(protocol.rule("INCL03"), 2) == ["stage2_prior_lines"]
+    assert P.stage_params(protocol.rule("INCL03.LINES"), 1) == ["min_prior_lines"]
+    assert P.stage_params(protocol.rule("INCL03.LINES"), 2) == ["stage2_prior_lines"]

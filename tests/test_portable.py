@@ -33,7 +33,7 @@ SCENARIOS = {
     "protocol": Scenario(),
     "crcl50": Scenario("crcl50", overrides={"INCL07.CRCL": {"min": Decimal(50)}}),
     # minimum washout above the maximum: the case where GREATEST/LEAST NULL rules differ
-    "washout": Scenario("washout", overrides={"EXCL03": {"washout_min_days": Decimal(30),
+    "washout": Scenario("washout", overrides={"EXCL03.WASHOUT": {"washout_min_days": Decimal(30),
                                                          "washout_max_days": Decimal(21)}}),
     "mixed": Scenario("mixed", overrides={"INCL07.COAG": {"max_x_uln": Decimal("1.25")},
                                           "EXCL11.QTCF": {"max_male": Decimal(440)},
@@ -178,7 +178,7 @@ def test_greatest_least_null_safe_under_either_null_rule(mins, maxs, halves):
     too. sqlglot writes DuckDB GREATEST without `ignore_nulls` as the NULL-propagating
     CASE, which lets DuckDB play BigQuery here.
     """
-    rule = PROTOCOL.rule("EXCL03")
+    rule = PROTOCOL.rule("EXCL03.WASHOUT")
     vals = {**rule.defaults(), "washout_min_days": Decimal(mins), "washout_max_days": Decimal(maxs),
             "washout_half_lives": Decimal(halves)}
     engine_sql = compile_rule(rule, 1, vals, portable.ALL_COLUMNS, PROTOCOL)

@@ -63,6 +63,9 @@ def test_golden_files_present():
         "renal_crcl.csv", "coag.csv", "cardiac.csv", "washout_records.csv",
         "exclusions_flags.csv", "consent_contraception.csv", "absent_optional.csv",
         "absent_required.csv", "whole_patient.csv",
+        # dictionary version 2: absent columns, the washout without a date
+        "absent_pt.csv", "absent_half_life.csv", "absent_tcm.csv", "absent_dbp.csv",
+        "absent_sex.csv", "override_only.csv",
     } <= names
     assert len(CASES) > 1000
 
@@ -77,11 +80,11 @@ def test_golden_file_shape(path):
     assert all(exp for exp in expectations), "every row states at least one expectation"
 
 
-# Leaves that can never be unknown: every column they read is record-based (NULL = never /
-# none) or has a defined default (the EXCL03 half-life).
+# Leaves that can never be unknown (where assessable): they read one record-based column
+# (NULL = never / none). EXCL03.WASHOUT can: its NULL date is unknown after a prior line.
 NEVER_UNKNOWN = {
-    "INCL07.TRANSFUSION", "INCL07.CYTOKINE", "EXCL02", "EXCL03", "EXCL06",
-    "EXCL11.MI", "EXCL11.ANGINA", "EXCL11.ARRHYTHMIA", "EXCL14",
+    "INCL07.TRANSFUSION", "INCL07.CYTOKINE", "EXCL02", "EXCL03.TCM", "EXCL04.RECENT",
+    "EXCL05.RECENT", "EXCL06", "EXCL11.MI", "EXCL11.ANGINA", "EXCL11.ARRHYTHMIA", "EXCL14",
 }
 
 
@@ -97,12 +100,14 @@ def test_every_rule_is_covered():
     for crit in ref.CRITERIA:
         assert {"pass", "fail"} <= seen.get(crit, set()), crit
     assert seen[ref.ELIGIBLE] == {"yes", "no", "unknown"}
-    # every rule with a partner or optional column has an n/a case (absent_*.csv)
+    # every rule with alternative or optional columns, and every split rule, has an n/a
+    # case: none of its required sets present (absent_*.csv)
     for rule in (
-        "INCL02.HER2", "INCL03", "INCL04", "INCL07.AST", "INCL07.ALT", "INCL07.CRCL",
-        "INCL07.APTT", "INCL07.COAG", "INCL10", "EXCL03", "EXCL04", "EXCL05", "EXCL09",
-        "EXCL11.BP", "EXCL11.LVEF", "EXCL11.QTCF", "EXCL17.HCV", "EXCL17.SYPHILIS",
-        "INCL07", "EXCL11", "EXCL17",
+        "INCL02.HER2", "INCL02.HISTOLOGY", "INCL03", "INCL03.PROGRESSED", "INCL03.CHEMO",
+        "INCL04", "INCL07.ALT", "INCL07.CRCL", "INCL07.APTT", "INCL07.COAG", "INCL07.TBIL",
+        "INCL10", "EXCL03.WASHOUT", "EXCL03.TCM", "EXCL04.TOXICITY", "EXCL05.RECENT",
+        "EXCL09.NEUROPATHY", "EXCL11.DBP", "EXCL11.LVEF", "EXCL11.QTCF", "EXCL17.HCV",
+        "EXCL17.SYPHILIS", "INCL07", "EXCL17",
     ):
         assert "n/a" in seen[rule], rule
 
@@ -169,12 +174,14 @@ def test_note_checks_found():
 # --------------------------------------------------------------------------------------
 
 EXPECTED_LEAVES = [
-    "INCL01", "INCL02.SITE", "INCL02.HISTOLOGY", "INCL02.EXTENT", "INCL02.HER2", "INCL03",
+    "INCL01", "INCL02.SITE", "INCL02.HISTOLOGY", "INCL02.EXTENT", "INCL02.HER2",
+    "INCL03.PROGRESSED", "INCL03.ANTI_HER2", "INCL03.CHEMO", "INCL03.LINES",
     "INCL04", "INCL05", "INCL06", "INCL07.ANC", "INCL07.PLT", "INCL07.HGB", "INCL07.TBIL",
     "INCL07.DBIL", "INCL07.AST", "INCL07.ALT", "INCL07.ALB", "INCL07.CRCL", "INCL07.APTT",
     "INCL07.COAG", "INCL07.TRANSFUSION", "INCL07.CYTOKINE", "INCL08", "INCL09", "INCL10",
-    "INCL11", "INCL12", "EXCL01", "EXCL02", "EXCL03", "EXCL04", "EXCL05", "EXCL06",
-    "EXCL07", "EXCL08", "EXCL09", "EXCL10", "EXCL11.BP", "EXCL11.HF", "EXCL11.LVEF",
+    "INCL11", "INCL12", "EXCL01", "EXCL02", "EXCL03.WASHOUT", "EXCL03.TCM", "EXCL04.RECENT",
+    "EXCL04.TOXICITY", "EXCL05.RECENT", "EXCL05.PLANNED", "EXCL06", "EXCL07", "EXCL08",
+    "EXCL09.AE", "EXCL09.NEUROPATHY", "EXCL10", "EXCL11.SBP", "EXCL11.DBP", "EXCL11.HF", "EXCL11.LVEF",
     "EXCL11.MI", "EXCL11.ANGINA", "EXCL11.ARRHYTHMIA", "EXCL11.QTCF", "EXCL11.OTHER",
     "EXCL12", "EXCL13", "EXCL14", "EXCL15", "EXCL16", "EXCL17.HBV", "EXCL17.HCV",
     "EXCL17.HIV", "EXCL17.SYPHILIS", "EXCL18", "EXCL19", "EXCL20", "EXCL21", "EXCL22",
@@ -183,11 +190,13 @@ EXPECTED_LEAVES = [
 
 def test_leaves_and_criteria():
     assert ref.LEAVES == EXPECTED_LEAVES
+    assert len(ref.LEAVES) == 67  # dictionary version 2
     assert ref.CRITERIA == [f"INCL{i:02d}" for i in range(1, 13)] + [
         f"EXCL{i:02d}" for i in range(1, 23)
     ]
     for leaf in ref.LEAVES:
-        assert set(ref.RULES[leaf][0]) <= set(ref.COLUMN_TYPES)
+        for stage in ref.STAGES:
+            assert all(s and s <= set(ref.COLUMN_TYPES) for s in ref.requires(leaf, stage)), leaf
 
 
 def leaf(rule: str, stage: int = 1, **row) -> str:
@@ -206,8 +215,8 @@ def leaf(rule: str, stage: int = 1, **row) -> str:
         ("INCL07.AST", {"ast_u_l": 100, "liver_metastases": False}, "pass"),
         ("INCL07.AST", {"ast_u_l": 200, "liver_metastases": True}, "pass"),
         ("INCL07.AST", {"ast_u_l": 200, "liver_metastases": None}, "unknown"),
-        ("EXCL11.BP", {"sbp_mmhg": 150, "dbp_mmhg": 100}, "pass"),
-        ("EXCL11.BP", {"sbp_mmhg": 140.0, "dbp_mmhg": 100.0}, "pass"),
+        ("EXCL11.SBP", {"sbp_mmhg": 150}, "pass"),
+        ("EXCL11.DBP", {"dbp_mmhg": 100.0}, "pass"),
         ("INCL07.APTT", {"aptt_s": 55.2, "aptt_uln_s": 36.8}, "pass"),
     ],
 )
@@ -234,9 +243,12 @@ def test_derived_values_exact():
 
 
 def test_stage_specific_columns():
-    # Stage 1 INCL04 needs only measurable_lesions; stage 2 needs both columns.
+    # Stage 1 INCL04 requires measurable_lesions; stage 2 either lesion column.
     assert leaf("INCL04", 1, measurable_lesions=1) == "pass"
-    assert leaf("INCL04", 2, measurable_lesions=1) == "n/a"
+    assert leaf("INCL04", 2, measurable_lesions=1) == "pass"
+    assert leaf("INCL04", 1, nonmeasurable_lesions=1) == "n/a"
+    assert leaf("INCL04", 2, nonmeasurable_lesions=0) == "unknown"  # measurable reads unknown
+    assert leaf("INCL04", 2, nonmeasurable_lesions=1) == "pass"
     with pytest.raises(ValueError):
         ref.evaluate_leaves({}, 3, set())
 
@@ -247,6 +259,24 @@ def test_absent_versus_null_record_column():
     assert leaf("EXCL02") == "n/a"
     assert leaf("EXCL06", anthracycline_doxorubicin_eq_mg_m2=None) == "pass"
     assert leaf("EXCL06") == "n/a"
+
+
+def test_missing_therapy_date_is_unknown_after_a_line():
+    """Dictionary v2 section 1: the exception to "NULL is none on record"."""
+    assert leaf("EXCL03.WASHOUT", days_since_anticancer_therapy=None, prior_systemic_lines=0) == "pass"
+    assert leaf("EXCL03.WASHOUT", days_since_anticancer_therapy=None, prior_systemic_lines=1) == "unknown"
+    assert leaf("EXCL03.WASHOUT", days_since_anticancer_therapy=None) == "unknown"
+    assert leaf("EXCL03.WASHOUT", days_since_anticancer_therapy=27) == "fail"  # half-life absent: 28 d
+    assert leaf("EXCL03.WASHOUT", prior_systemic_lines=0) == "n/a"
+
+
+def test_absent_partner_reads_unknown():
+    """Dictionary v2 section 1: an absent non-required column is unknown in every row."""
+    assert leaf("INCL07.COAG", inr=1.0) == "pass"
+    assert leaf("INCL07.COAG", inr=3) == "unknown"
+    assert leaf("INCL07.COAG", pt_uln_s=13.5) == "n/a"
+    assert leaf("INCL07.CRCL", age_years=30, weight_kg=70, creatinine_umol_l=80) == "pass"  # sex absent
+    assert leaf("INCL07.CRCL", creatinine_clearance_ml_min=29) == "fail"  # override only
 
 
 def test_empty_table_is_all_na():
@@ -344,11 +374,11 @@ def test_read_golden_rejects(tmp_path, text):
 # fail or a fail into a pass (for columns where NULL means "unknown").
 # --------------------------------------------------------------------------------------
 
-NOT_UNKNOWN_WHEN_NULL = ref.OPTIONAL_COLUMNS | {"last_anticancer_half_life_days"} | {
-    c for c in ref.COLUMN_TYPES
-    if c.startswith("days_since_")
-    or c in ("anthracycline_doxorubicin_eq_mg_m2", "corticosteroid_prednisone_eq_mg_day")
-}
+# NULL in these has a meaning other than "unknown": a default ULN, the computed value
+# (overrides), the 28-day washout, or "none on record" (record-based columns; a NULL
+# therapy date after no prior line included).
+NOT_UNKNOWN_WHEN_NULL = set(ref.DEFAULT_ULN) | {
+    "creatinine_clearance_ml_min", "qtcf_ms", "last_anticancer_half_life_days"} | ref.RECORD_BASED
 CATEGORIES = {
     "primary_site": ["stomach", "gej", "other"],
     "histology": ["adenocarcinoma", "squamous"],
@@ -356,7 +386,8 @@ CATEGORIES = {
     "her2_ish": ["positive", "negative"],
     "brain_metastases": ["none", "treated_stable", "active"],
 }
-EVALUATED = sorted({c for cols, _ in ref.RULES.values() for c in cols})
+EVALUATED = sorted(set(ref.COLUMN_TYPES) - {"patient_id", "site_id", "country", "screening_date",
+                                            "stale_columns"})
 
 
 def _value(column: str):

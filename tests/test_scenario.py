@@ -168,7 +168,7 @@ INVALID = [
     ("parameter of a rule without any", "parameters:\n  EXCL22:\n    x: 1\n", r"EXCL22 has no parameter 'x'; its parameters: none"),
     ("value above range", "parameters:\n  INCL07.CRCL:\n    min: 151\n",
      r"INCL07\.CRCL\.min = 151 is outside the allowed range 0\.\.150 mL/min"),
-    ("value below range", "parameters:\n  EXCL11.BP:\n    max_sbp: 79\n", r"EXCL11\.BP\.max_sbp = 79 is outside .*80\.\.250"),
+    ("value below range", "parameters:\n  EXCL11.SBP:\n    max_sbp: 79\n", r"EXCL11\.SBP\.max_sbp = 79 is outside .*80\.\.250"),
     ("value just above range", "parameters:\n  INCL07.ANC:\n    min: 10.001\n", r"INCL07\.ANC\.min = 10\.001 is outside"),
     ("value not a number", "parameters:\n  INCL07.CRCL:\n    min: fifty\n", r"INCL07\.CRCL\.min: expected a number, got 'fifty'"),
     ("value boolean", "parameters:\n  INCL07.CRCL:\n    min: yes\n", r"expected a number, got True"),
@@ -190,7 +190,26 @@ INVALID = [
     ("not YAML", "parameters: [\n", r"is not valid YAML"),
     ("not a mapping", "- INCL01\n", r"expected a mapping with 'scenario', 'parameters', 'disabled'"),
     ("empty document", "", r"expected a mapping"),
+    # rule IDs split by dictionary version 2: refused naming the new IDs and their parameters
+    ("split INCL03 override", "parameters:\n  INCL03:\n    min_prior_lines: 2\n",
+     r"INCL03 is no longer a rule of KN026-001: it was split into INCL03\.PROGRESSED, INCL03\.ANTI_HER2, "
+     r"INCL03\.CHEMO, INCL03\.LINES \(min_prior_lines, stage2_prior_lines\)"),
+    ("split EXCL03 override", "parameters:\n  EXCL03:\n    tcm_days: 7\n",
+     r"EXCL03\.WASHOUT \(washout_min_days, washout_max_days, washout_half_lives\), EXCL03\.TCM \(tcm_days\)"),
+    ("split EXCL04 override", "parameters:\n  EXCL04:\n    window_days: 7\n", r"EXCL04\.RECENT \(window_days\), EXCL04\.TOXICITY"),
+    ("split EXCL05 override", "parameters:\n  EXCL05:\n    window_days: 7\n", r"EXCL05\.RECENT \(window_days\), EXCL05\.PLANNED"),
+    ("split EXCL09 override", "parameters:\n  EXCL09:\n    max_grade: 2\n",
+     r"EXCL09\.AE \(max_grade\), EXCL09\.NEUROPATHY \(max_grade\)"),
+    ("split EXCL11.BP override", "parameters:\n  EXCL11.BP:\n    max_sbp: 160\n",
+     r"EXCL11\.BP is no longer a rule .* EXCL11\.SBP \(max_sbp\), EXCL11\.DBP \(max_dbp\)"),
+    ("split EXCL11.BP disabled", "disabled: [EXCL11.BP]\n", r"EXCL11\.BP is no longer a rule .* EXCL11\.SBP"),
 ]
+
+
+def test_disabling_a_split_criterion_disables_all_its_parts():
+    """A criterion ID (EXCL03) is still a criterion: disabling it keeps its old meaning."""
+    s = parse_scenario("disabled: [INCL03, EXCL03, EXCL04, EXCL05, EXCL09]\n", PROTOCOL)
+    assert s.disabled == {"INCL03", "EXCL03", "EXCL04", "EXCL05", "EXCL09"}
 
 
 @pytest.mark.parametrize("text, message", [(t, m) for _, t, m in INVALID], ids=[n for n, _, _ in INVALID])
