@@ -1723,6 +1723,31 @@ def context_line(ctx: Ctx) -> None:
     if ctx.k:
         parts.append(f"counts below {ctx.k} hidden")
     st.caption(" · ".join(parts))
+    assessability_notice(ctx)
+
+
+def assessability(ctx: Ctx):
+    """How much of the protocol this cohort can assess (None for engines without patient rows)."""
+    if not hasattr(ctx.engine.cohort, "con"):
+        return None
+    return memo(("assess", engine_key(ctx.engine), scenario_key(ctx.scenario)),
+                lambda: patients.assessability(analysis.engine_for(ctx.engine, ctx.scenario), ctx.scenario))
+
+
+def assessability_notice(ctx: Ctx) -> None:
+    """Say beside the counts when rules are n/a (naming the missing columns), and warn when
+    so much is n/a or unknown that the counts say little (dictionary section 1)."""
+    report = assessability(ctx)
+    if report is None or not (report.not_assessable or report.mostly_unknown):
+        return
+    if report.little:
+        st.warning("**Little of the protocol can be assessed on this cohort.**  \n"
+                   + "  \n".join(f"- {m}" for m in report.messages()), icon=":material/report:")
+        return
+    shown = "; ".join(f"{rid} (missing {needs})" for rid, needs in list(report.not_assessable.items())[:8])
+    more = len(report.not_assessable) - 8
+    st.caption(f":material/info: Not assessable, left out of the counts: {shown}"
+               + (f" and {more} more" if more > 0 else "") + ".")
 
 
 def metric_cards(ctx: Ctx) -> None:
@@ -1765,6 +1790,11 @@ def left_out(ctx: Ctx, res) -> None:
     """Note which criteria are not in the funnel, and why."""
     items = [f"**{cid}** (disabled)" for cid in res.plan.disabled]
     items += [f"**{cid}** (not assessable: {', '.join(cols)} absent)" for cid, cols in res.plan.not_assessable.items()]
+    rules = {r.id: r for r in ctx.engine.rules}
+    partly = [rid for rid in analysis.not_assessable_rules(ctx.engine)
+              if rules[rid].criterion != rid and rules[rid].criterion not in res.plan.not_assessable]
+    items += [f"sub-rule **{rid}** (not assessable: {', '.join(ctx.engine.not_assessable[rid])} absent)"
+              for rid in partly]
     off_rules = sorted(r for r in ctx.scenario.disabled if "." in r)
     items += [f"sub-rule **{r}** (disabled)" for r in off_rules]
     if items:

@@ -84,6 +84,22 @@ def plan(engine: Engine, scenario: Scenario | None = None, order=None) -> Plan:
     return Plan(tuple(ids), tuple(masks), na, tuple(disabled))
 
 
+def missing_text(rule, stage: int, present) -> str:
+    """What a not-assessable rule lacks, alternative by alternative.
+
+    "pt_s" for a one-column rule; "creatinine_clearance_ml_min, or weight_kg +
+    creatinine_umol_l" when any of several column sets would do (dictionary section 5).
+    """
+    sets = rule.requires.get(stage) or (rule.columns[stage],)
+    parts = [" + ".join(sorted(c for c in s if c not in present)) for s in sets]
+    return ", or ".join(p for p in parts if p)
+
+
+def not_assessable_rules(engine: Engine) -> dict[str, list[str]]:
+    """Rule ID -> its absent columns, for every rule of the stage that is n/a on this cohort."""
+    return {r.id: engine.not_assessable[r.id] for r in engine.rules if r.id in engine.not_assessable}
+
+
 @dataclass(frozen=True)
 class Result:
     """Funnel outputs for one engine, scenario and order."""

@@ -79,12 +79,17 @@ def cmd_funnel(args) -> int:
         raise ValueError(f"--order lists {', '.join(twice)} more than once; name each criterion once")
     scenario = dataclasses.replace(scenario, disabled=scenario.disabled | set(disabled))
     result = analysis.run(engine, scenario, order or None)
+    na_rules = analysis.not_assessable_rules(screened)
+    warnings = _assessability_warnings(screened, scenario)
     if args.json:
         doc = {
             "protocol": engine.protocol.name, "stage": args.stage, "scenario": scenario.name,
             "changes": scenario.changes(engine.protocol),
             "totals": result.totals,
-            "not_assessable": result.plan.not_assessable,
+            # rule ID -> absent columns (dictionary section 1: n/a only when no required set is present)
+            "not_assessable": na_rules,
+            "not_assessable_criteria": result.plan.not_assessable,
+            "warnings": warnings,
             "disabled": list(result.plan.disabled),
             "funnel": result.funnel.to_dict(orient="records"),
             "criteria": result.stats.to_dict(orient="records"),
@@ -95,10 +100,23 @@ def cmd_funnel(args) -> int:
     print(f"{engine.protocol.name} stage {args.stage}, scenario {scenario.name!r}: "
           f"{t['screened']} screened, {t['strict']} eligible (strict), "
           f"{t['optimistic']} eligible (optimistic), {t['unknown']} unknown")
-    for cid, cols in result.plan.not_assessable.items():
-        print(f"  {cid}: n/a (missing column(s) {', '.join(cols)})")
+    for rid in na_rules:
+        needs = analysis.missing_text(screened.protocol.rule(rid), screened.stage, screened.cohort.present)
+        print(f"  {rid}: n/a, left out (missing {needs})")
+    for line in warnings:
+        print(f"  warning: {line}")
     print_tables(result)
     return 0
+
+
+def _assessability_warnings(engine, scenario) -> list[str]:
+    """The sentences saying how little the cohort lets us assess ([] when it is enough)."""
+    if not hasattr(engine.cohort, "con"):  # a Spark / warehouse engine: no rows to profile here
+        return []
+    from kn026 import patients
+
+    report = patients.assessability(engine, scenario)
+    return report.messages() if report.little else []
 
 
 STATS_COLUMNS = ["criterion", "passed", "failed", "unknown", "unique", "unique_strict",

@@ -431,11 +431,61 @@ def rule_coverage(engine: Engine, scenario: Scenario | None = None,
         gaps = sorted(((missing.get(c, 0.0), c) for c in rule.columns[engine.stage]
                        if schema.BY_NAME[c].null_meaning == "unknown"),
                       reverse=True)
-        gaps = [f"{c} missing for {_pct_text(pct)}" for pct, c in gaps if pct > 0][:3]
+        gaps = [f"{c} missing for {_pct_text(pct)}" if c in engine.cohort.present else f"no {c} column"
+                for pct, c in gaps if pct > 0][:3]
         reason = "; ".join(gaps) if unk else ""
         rows.append({"rule": rule.id, "criterion": rule.criterion, "label": rule.label, "status": status,
                      "unknown": unk, "unknown_pct": 100.0 * share, "failed": failed, "reason": reason})
     return pd.DataFrame(rows)
+
+
+LITTLE_ASSESSABLE = 1 / 3  # above this share of n/a rules, say the cohort says little
+
+
+@dataclass(frozen=True)
+class Assessability:
+    """How much of the protocol a cohort can assess: the n/a rules and the mostly unknown ones.
+
+    A plain green tick on a cohort that leaves a third of the rules n/a, or half of the
+    patients unknown on a rule, would hide that its counts say little; the pages show
+    `messages()` beside their counts instead.
+    """
+
+    rules: int  # rules of the stage
+    not_assessable: dict[str, str]  # rule ID -> what it lacks (analysis.missing_text)
+    mostly_unknown: dict[str, tuple[float, str]]  # rule ID -> (% unknown, why)
+
+    @property
+    def little(self) -> bool:
+        return len(self.not_assessable) > self.rules * LITTLE_ASSESSABLE or bool(self.mostly_unknown)
+
+    def messages(self, limit: int = 6) -> list[str]:
+        """Plain sentences naming the missing columns and the mostly unknown rules."""
+        out = []
+        if self.not_assessable:
+            absent = sorted({c.strip() for text in self.not_assessable.values()
+                             for alt in text.split(", or ") for c in alt.split("+")})
+            shown = ", ".join(absent[:limit]) + (f" and {len(absent) - limit} more" if len(absent) > limit else "")
+            out.append(f"{len(self.not_assessable)} of {self.rules} rules cannot be assessed and are left "
+                       f"out of the counts: these columns are missing: {shown}")
+        for rid, (pct, why) in list(self.mostly_unknown.items())[:limit]:
+            out.append(f"{rid} is unknown for {_pct_text(pct)} of patients" + (f": {why}" if why else ""))
+        if len(self.mostly_unknown) > limit:
+            out.append(f"... and {len(self.mostly_unknown) - limit} more mostly unknown rules")
+        return out
+
+
+def assessability(engine: Engine, scenario: Scenario | None = None,
+                  coverage: pd.DataFrame | None = None) -> Assessability:
+    """The cohort's n/a rules (with what they lack) and its rules unknown for most patients."""
+    coverage = rule_coverage(engine, scenario) if coverage is None else coverage
+    na = {rid: analysis.missing_text(engine.protocol.rule(rid), engine.stage, engine.cohort.present)
+          for rid in analysis.not_assessable_rules(engine)}
+    mostly = {}
+    for row in coverage.itertuples(index=False):
+        if row.status != "n/a" and row.unknown_pct > 100 * MOSTLY_UNKNOWN:  # more than half
+            mostly[row.rule] = (float(row.unknown_pct), row.reason or "")
+    return Assessability(len(engine.rules), na, mostly)
 
 
 def _pct_text(pct: float) -> str:

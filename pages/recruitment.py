@@ -154,6 +154,13 @@ with inputs_box:
 
 with summary:
     st.subheader("Readout")
+    coverage = ui.assessability(ctx)
+    if coverage is not None and coverage.little:
+        st.warning("These forecasts use eligible fractions from a cohort that cannot assess much of the "
+                   f"protocol ({len(coverage.not_assessable)} of {coverage.rules} rules n/a"
+                   + (f", {len(coverage.mostly_unknown)} unknown for most patients" if coverage.mostly_unknown
+                      else "") + "): the optimistic bound is likely too high. See the note under the title.",
+                   icon=":material/report:")
     for b in bounds:
         out = outcomes[b]
         frac = "eligible count suppressed" if out.fraction is None else f"{out.fraction:.1%} eligible"
