@@ -255,9 +255,6 @@ def build_protocol(doc: dict, source: str = "") -> Protocol:
         if not rules:
             raise CriteriaError(f"{cid}: a criterion needs at least one rule")
         criteria.append(Criterion(cid, kind, " ".join(str(cdoc.get("text", "")).split()), tuple(rules)))
-    leaves = sum(len(c.rules) for c in criteria)
-    if leaves > 64:
-        raise CriteriaError(f"{leaves} rules: the engine's bitmasks hold at most 64")
     return Protocol(
         name=str(doc.get("protocol", "protocol")), title=str(doc.get("title", "")),
         registry=str(doc.get("registry", "")), stages=stages, derived=derived,

@@ -149,10 +149,6 @@ def extend(protocol: Protocol, cohort, custom: list[CustomRule] = (),
         rule = build_custom(c, cohort, protocol, protocol.stages)
         criteria.append(Criterion(c.id, c.kind, rule.label, (rule,)))
         changed.add(c.id)
-    total = sum(len(c.rules) for c in criteria)
-    if total > 64:
-        raise CriteriaError(f"{total} rules: at most 64 fit the engine's masks "
-                            f"({64 - len(protocol.rules)} custom rules for this protocol)")
     return dataclasses.replace(protocol, criteria=tuple(criteria)), frozenset(changed)
 
 
