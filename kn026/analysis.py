@@ -14,7 +14,7 @@ import pandas as pd
 
 from kn026 import custom
 from kn026 import funnel as fm
-from kn026.engine import Engine
+from kn026.engine import Engine, meets_sql
 from kn026.scenario import Scenario
 
 ORDERS = ("protocol", "most restrictive first")
@@ -154,11 +154,10 @@ def compare(engine: Engine, scenario: Scenario, base: Scenario | None = None) ->
             fm.compare(a.histogram, b.histogram, a.plan.ids, b.plan.ids))
 
 
-def _status(mask: int, fail: str = "_f", unk: str = "_u") -> str:
+def _status(mask: int) -> str:
     if not mask:
         return "'n/a'"
-    return (f"CASE WHEN {fail} & {mask}::UBIGINT <> 0 THEN 'fail' "
-            f"WHEN {unk} & {mask}::UBIGINT <> 0 THEN 'unknown' ELSE 'pass' END")
+    return f"CASE WHEN {meets_sql(mask, '_f')} THEN 'fail' WHEN {meets_sql(mask, '_u')} THEN 'unknown' ELSE 'pass' END"
 
 
 def screen_log_sql(engine: Engine, scenario: Scenario | None = None, extra: tuple[str, ...] = ()) -> str:
@@ -183,7 +182,7 @@ def screen_log_sql(engine: Engine, scenario: Scenario | None = None, extra: tupl
     union = 0
     for m in p.masks:
         union |= m
-    eligible = (f"CASE WHEN _f & {union}::UBIGINT <> 0 THEN 'no' "
-                f"WHEN _u & {union}::UBIGINT <> 0 THEN 'unknown' ELSE 'yes' END")
+    eligible = (f"CASE WHEN {meets_sql(union, '_f')} THEN 'no' "
+                f"WHEN {meets_sql(union, '_u')} THEN 'unknown' ELSE 'yes' END")
     cols.append(f"{eligible} AS eligible")
     return f"SELECT {', '.join(cols)} FROM ({engine.masks_sql(scenario.overrides)})"

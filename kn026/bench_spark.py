@@ -41,7 +41,7 @@ def _digest(hist) -> str:
     from kn026 import funnel as fm
 
     h = fm.merge(hist)
-    rows = sorted(zip(h.fail.tolist(), h.unknown.tolist(), h.count.tolist(), strict=True))
+    rows = sorted(h.records())
     return hashlib.sha256(json.dumps(rows).encode()).hexdigest()[:16]
 
 

@@ -9,7 +9,7 @@ into one network funnel with a per-site breakdown::
     python -m kn026 histogram --cohort site_a.csv --stage 1 --site "Site A" --out a.json --suppress-below 5
     python -m kn026 merge a.json b.json c.json [--json]
 
-Histogram file (``format: kn026-histogram``, ``version: 1``)
+Histogram file (``format: kn026-histogram``, ``version: 2``)
 ------------------------------------------------------------
 ``protocol``, ``stage``, ``site``, ``engine``; ``criteria_fingerprint``: a SHA-256 of
 the stage's rule IDs, normalised rule SQL, derived values and parameter values after
@@ -17,9 +17,11 @@ the scenario's overrides (:func:`kn026.portable.criteria_fingerprint`); ``scenar
 name, fingerprint (overrides, disabled IDs, analyst rules; not the order) and that content; ``leaves``:
 rule IDs in bit order; ``criteria``: criterion ID -> its leaves (protocol order);
 ``not_assessable``: rule ID -> missing columns at this site; ``total``: patients
-screened; ``rows``: ``[fail, unknown, count]`` with masks as JSON integers (up to
-2**62: read them with a parser that keeps 64-bit integers exact);
-``suppression``: null or ``{"below": k, "suppressed": patients}``.
+screened; ``rows``: ``[fail, unknown, count]`` with each mask a hexadecimal string
+(``"0x1a0"``, bit j = leaf j, any number of leaves: exact in every JSON parser) and the
+count a JSON integer; ``suppression``: null or ``{"below": k, "suppressed": patients}``.
+Version 1 files (masks as JSON integers, at most 63 leaves) are refused with a message
+asking the site to export again.
 
 Small-cell suppression policy (``--suppress-below k``)
 ------------------------------------------------------
@@ -49,6 +51,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import sys
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -60,20 +63,24 @@ import numpy as np
 
 from kn026 import analysis
 from kn026 import funnel as fm
+from kn026 import masks as mw
 from kn026.criteria import Protocol, format_number, load_protocol
 from kn026.funnel import Histogram
 from kn026.portable import (
     NO_SITE,
+    ROWS_VERSION,
     criteria_fingerprint,
     effective_overrides,
     histogram_from_rows,
+    mask_columns,
     scenario_fingerprint,
     stage_rules,
 )
 from kn026.scenario import Scenario, load_scenario
 
 FORMAT = "kn026-histogram"
-VERSION = 1
+VERSION = 2
+_HEX = re.compile(r"^0x[0-9a-f]+$")
 
 
 class FederatedError(ValueError):
@@ -123,8 +130,7 @@ def export_histogram(hist: Histogram, engine_or_meta, scenario: Scenario | None 
     if hist.used_bits >> len(leaves):
         raise FederatedError(f"the histogram uses bits beyond the {len(leaves)} leaves of "
                              f"{protocol.name} stage {stage}; was it made for another protocol or stage?")
-    order = np.lexsort((hist.unknown, hist.fail))
-    fail, unknown, count = hist.fail[order], hist.unknown[order], hist.count[order]
+    fail, unknown, count = _sorted_rows(hist)
     keep = count > 0
     suppression = None
     if suppress_below is not None:
@@ -157,9 +163,26 @@ def export_histogram(hist: Histogram, engine_or_meta, scenario: Scenario | None 
         "not_assessable": {rid: list(cols) for rid, cols in na.items()},
         "total": int(hist.total),
         "suppression": suppression,
-        "rows": [[int(f), int(u), int(n)] for f, u, n in zip(fail[keep], unknown[keep], count[keep],
-                                                              strict=True)],
+        "rows": _rows(fail, unknown, count, keep),
     }
+
+
+def _sorted_rows(hist: Histogram) -> tuple[list[int], list[int], np.ndarray]:
+    """(fail masks, unknown masks as Python ints, counts) in a stable order: by fail, then unknown."""
+    order = np.lexsort([*hist.unknown, *hist.fail])  # the last key sorts first: fail's top word
+    fail, unknown = mw.ints_of(mw.take(hist.fail, order)), mw.ints_of(mw.take(hist.unknown, order))
+    return fail, unknown, hist.count[order]
+
+
+def _rows(fail: list[int], unknown: list[int], count: np.ndarray, keep: np.ndarray) -> list[list]:
+    """The document's ``rows``: ``[fail, unknown, count]`` with masks as hexadecimal strings."""
+    return [[f"{f:#x}", f"{u:#x}", n] for f, u, n, k in zip(fail, unknown, count.tolist(), keep.tolist(),
+                                                             strict=True) if k]
+
+
+def _mask_of(value) -> int | None:
+    """A row's mask from its hexadecimal string, or None when it is not one."""
+    return int(value, 16) if isinstance(value, str) and _HEX.match(value) else None
 
 
 def write_histogram(path: str | Path, doc: dict) -> Path:
@@ -191,8 +214,12 @@ def _validate(doc, where: str) -> dict:
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise FederatedError(f"{where} is not a {FORMAT} file (made by `python -m kn026 histogram`)")
     if doc.get("version") != VERSION:
-        raise FederatedError(f"{where} has format version {doc.get('version')!r}; this program reads "
-                             f"version {VERSION}")
+        older = isinstance(doc.get("version"), int) and doc["version"] < VERSION
+        raise FederatedError(
+            f"{where} has format version {doc.get('version')!r}; this program reads version {VERSION}. "
+            + ("Ask the site to export its histogram again with this version of kn026 "
+               "(`python -m kn026 histogram` or the app's Network page); version 2 writes masks of any "
+               "width as hexadecimal strings." if older else "Use the kn026 version that wrote it."))
     for key, typ in _REQUIRED.items():
         if not isinstance(doc.get(key), typ) or isinstance(doc.get(key), bool) and typ is int:
             raise FederatedError(f"{where}: field {key!r} is missing or not a {typ.__name__}")
@@ -200,16 +227,18 @@ def _validate(doc, where: str) -> dict:
     if not isinstance(scen.get("name"), str) or not isinstance(scen.get("fingerprint"), str):
         raise FederatedError(f"{where}: the scenario needs a name and a fingerprint")
     nbits = len(doc["leaves"])
-    if nbits > 63 or len(set(doc["leaves"])) != nbits:
-        raise FederatedError(f"{where}: 'leaves' must list at most 63 distinct rule IDs")
+    if len(set(doc["leaves"])) != nbits:
+        raise FederatedError(f"{where}: 'leaves' must list distinct rule IDs")
     limit = 1 << nbits
     total = 0
     for i, row in enumerate(doc["rows"]):
-        if (not isinstance(row, list) or len(row) != 3
-                or not all(isinstance(v, int) and not isinstance(v, bool) for v in row)):
-            raise FederatedError(f"{where}: row {i} must be [fail, unknown, count] integers")
-        f, u, n = row
-        if not (0 <= f < limit and 0 <= u < limit) or f & u or n < 0:
+        if not isinstance(row, list) or len(row) != 3:
+            raise FederatedError(f"{where}: row {i} must be [fail, unknown, count]")
+        f, u, n = _mask_of(row[0]), _mask_of(row[1]), row[2]
+        if f is None or u is None or not isinstance(n, int) or isinstance(n, bool):
+            raise FederatedError(f"{where}: row {i} must be [fail, unknown, count]: two masks as hexadecimal "
+                                 f"strings (\"0x1a0\") and a whole number, got {str(row)[:80]}")
+        if not (f < limit and u < limit) or f & u or n < 0:
             raise FederatedError(f"{where}: row {i} {row} is not a valid mask pair and count for "
                                  f"{nbits} leaves")
         total += n
@@ -275,23 +304,24 @@ def merge_histograms(docs: list[dict]) -> tuple[Histogram, dict]:
     bit = {rid: j for j, rid in enumerate(leaves)}
     na_everywhere = set.intersection(*(set(d["not_assessable"]) for d in docs))
     assessable = sum(1 << j for j, rid in enumerate(leaves) if rid not in na_everywhere)
+    width = mw.width_for(len(leaves))
     fails, unknowns, counts, sites = [], [], [], []
     partial: dict[str, list[str]] = {}
     per_site = []
     for code, doc in enumerate(docs):
-        rows = np.array(doc["rows"], dtype=object).reshape(-1, 3)
-        f = rows[:, 0].astype(np.uint64)
-        u = rows[:, 1].astype(np.uint64)
-        n = rows[:, 2].astype(np.int64)
+        rows = doc["rows"]
+        f = mw.words_of([_mask_of(r[0]) for r in rows], width)
+        u = mw.words_of([_mask_of(r[1]) for r in rows], width)
+        n = np.array([r[2] for r in rows], dtype=np.int64)
         local_na = [rid for rid in doc["not_assessable"] if rid not in na_everywhere]
         for rid in local_na:
             partial.setdefault(rid, []).append(doc["site"])
-        na_bits = np.uint64(sum(1 << bit[rid] for rid in local_na))
-        u = (u | na_bits) & ~f
+        na_bits = mw.split(sum(1 << bit[rid] for rid in local_na), width)
+        u = (u | na_bits[:, None]) & ~f
         supp = (doc.get("suppression") or {}).get("suppressed", 0)
         if supp:
-            f = np.append(f, np.uint64(0))
-            u = np.append(u, np.uint64(assessable))
+            f = np.concatenate([f, np.zeros((width, 1), np.uint64)], axis=1)
+            u = np.concatenate([u, mw.split(assessable, width)[:, None]], axis=1)
             n = np.append(n, np.int64(supp))
         fails.append(f)
         unknowns.append(u)
@@ -300,7 +330,7 @@ def merge_histograms(docs: list[dict]) -> tuple[Histogram, dict]:
         per_site.append({"site": doc["site"], "total": doc["total"], "suppressed": supp,
                          "suppress_below": (doc.get("suppression") or {}).get("below"),
                          "engine": doc.get("engine", ""), "not_assessable": sorted(local_na)})
-    hist = Histogram(np.concatenate(fails), np.concatenate(unknowns), np.concatenate(counts),
+    hist = Histogram(np.concatenate(fails, axis=1), np.concatenate(unknowns, axis=1), np.concatenate(counts),
                      np.concatenate(sites), tuple(names))
     missing: dict[str, set[str]] = {}
     for doc in docs:
@@ -451,19 +481,17 @@ def network_histogram(hist: Histogram, meta: dict, name: str | None = None) -> d
     name = (name or "").strip() or f"Network of {len(names)} sites"
     leaves = meta["leaves"]
     merged = fm.merge(Histogram(hist.fail, hist.unknown, hist.count))
-    fail, unknown, count = (merged.fail.astype(np.uint64), merged.unknown.astype(np.uint64),
-                            merged.count.astype(np.int64).copy())
+    count = merged.count.astype(np.int64).copy()
     suppressed = int(meta.get("suppressed", 0))
     if suppressed:
-        assessable = np.uint64(sum(1 << j for j, rid in enumerate(leaves) if rid not in meta["not_assessable"]))
-        at = np.flatnonzero((fail == 0) & (unknown == assessable))
+        assessable = sum(1 << j for j, rid in enumerate(leaves) if rid not in meta["not_assessable"])
+        at = np.flatnonzero(mw.equal(merged.fail, 0) & mw.equal(merged.unknown, assessable))
         if len(at) != 1 or count[at[0]] < suppressed:
             raise FederatedError("the merged histogram does not hold the suppressed patients it should; "
                                  "merge the site files again")
         count[at[0]] -= suppressed
-    order = np.lexsort((unknown, fail))
-    rows = [[int(f), int(u), int(n)] for f, u, n in zip(fail[order], unknown[order], count[order], strict=True)
-            if n > 0]
+    fail, unknown, count = _sorted_rows(Histogram(merged.fail, merged.unknown, count))
+    rows = _rows(fail, unknown, count, count > 0)
     below = max((s["suppress_below"] for s in meta["sites"] if s.get("suppress_below")), default=None)
     doc = {
         "format": FORMAT,
@@ -531,7 +559,7 @@ def add_cli(subparsers) -> None:
                     "f,u,n result of `python -m kn026 sql` run in your own database).")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--cohort", help="cohort file: CSV, Parquet or Excel")
-    src.add_argument("--rows", help="CSV with columns f,u,n: the exported query's result")
+    src.add_argument("--rows", help="CSV with columns f0,..,u0,..,n: the result of the `sql` query")
     p.add_argument("--stage", type=int, required=True, help="protocol stage")
     p.add_argument("--scenario", help="scenario YAML")
     p.add_argument("--protocol", help="criteria file (default: KN026-001)")
@@ -557,18 +585,38 @@ def add_cli(subparsers) -> None:
     m.set_defaults(func=main_merge)
 
 
-def _read_rows_csv(path: str) -> list[tuple[int, int, int]]:
+def _read_rows_csv(path: str, words: int) -> list[tuple[int, ...]]:
+    """Rows ``(f0, .., u0, .., n)`` of the exported query's result saved as CSV.
+
+    The header names the result version: ``f0, .., u0, .., n`` is version 2 (this one);
+    ``f, u, n`` was version 1 (one word) and is refused with what to do.
+    """
+    want = mask_columns(words) + ["n"]
     try:
         with open(path, newline="", encoding="utf-8") as fh:
             reader = csv.DictReader(fh)
             fields = {(f or "").strip().lower(): f for f in reader.fieldnames or []}
-            if not {"f", "u", "n"} <= set(fields):
-                raise FederatedError(f"{path}: expected a header with columns f, u, n (the query's result)")
-            return [(int(r[fields["f"]]), int(r[fields["u"]]), int(r[fields["n"]])) for r in reader]
+            if {"f", "u", "n"} <= set(fields):
+                raise FederatedError(
+                    f"{path}: columns f, u, n are the result of the query of an older kn026 (rows version 1). "
+                    f"Print the query again with `python -m kn026 sql` of this version (rows version "
+                    f"{ROWS_VERSION}, columns {', '.join(want)}), run it and save its result.")
+            missing = [c for c in want if c not in fields]
+            if missing:
+                raise FederatedError(
+                    f"{path}: expected a header with columns {', '.join(want)} (the result of "
+                    f"`python -m kn026 sql` for this protocol, stage, scenario and --columns); "
+                    f"{', '.join(missing)} missing. Was the query made for other criteria?")
+            extra = sorted(f for f in fields if re.fullmatch(r"[fu]\d+", f) and f not in want)
+            if extra:
+                raise FederatedError(f"{path}: columns {', '.join(extra)} are more mask words than this "
+                                     f"protocol and scenario have ({', '.join(want)}); was the query made "
+                                     "for other criteria?")
+            return [tuple(int(r[fields[c]]) for c in want) for r in reader]
     except OSError as err:
         raise FederatedError(f"cannot read {path}: {err.strerror}") from None
     except (TypeError, ValueError) as err:
-        raise FederatedError(f"{path}: f, u and n must be whole numbers ({err})") from None
+        raise FederatedError(f"{path}: {', '.join(want)} must be whole numbers ({err})") from None
 
 
 def main_histogram(args) -> int:
@@ -582,7 +630,12 @@ def main_histogram(args) -> int:
 
         scr = screening(protocol, args.stage, scenario,
                         None if args.columns is None else args.columns.split(","))
-        hist = histogram_from_rows(_read_rows_csv(args.rows))
+        try:
+            hist = histogram_from_rows(_read_rows_csv(args.rows, scr.words))
+        except ValueError as err:
+            if isinstance(err, FederatedError):
+                raise
+            raise FederatedError(f"{args.rows}: {err}") from None
         meta = {"protocol": scr.protocol, "stage": args.stage, "not_assessable": scr.not_assessable,
                 "engine": "sql"}
         doc = export_histogram(hist, meta, scenario, args.site, args.suppress_below)

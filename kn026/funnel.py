@@ -7,8 +7,8 @@ and the functions below, so no patient is rescanned.
 
 Masks and three-valued logic (dictionary, section 2)
 ----------------------------------------------------
-Bit ``j`` of a ``uint64`` mask stands for one rule ("leaf"), or, after :func:`collapse`,
-for one criterion ("unit"). Per row:
+Bit ``j`` of a mask stands for one rule ("leaf"), or, after :func:`collapse`, for one
+criterion ("unit"). Per row:
 
 * bit in ``fail`` (and never in ``unknown``): the patient fails that leaf / criterion;
 * bit in ``unknown`` only: it cannot be assessed (a needed value is NULL);
@@ -17,6 +17,16 @@ for one criterion ("unit"). Per row:
 A criterion made of several leaves fails if any of its leaves fails, else is unknown if
 any is unknown, else passes (:func:`collapse`). A patient is *strictly* eligible when no
 criterion fails and none is unknown, *optimistically* eligible when no criterion fails.
+
+Masks of any width
+------------------
+There is no ceiling on the number of leaves or criteria. ``Histogram.fail`` and
+``.unknown`` are ``uint64`` arrays of shape ``(W, n)`` (:mod:`kn026.masks`): word ``k``
+is the contiguous array ``fail[k]`` holding bits ``64k .. 64k + 63`` of the ``n`` rows.
+Every function below works word by word; ``W == 1`` (at most 64 bits, the common case)
+runs the one-word code paths unchanged. Single masks in arguments (``units``,
+:func:`unit_mask`) are Python ints of any size; :meth:`Histogram.records` gives rows as
+Python ints. :func:`collapse` returns ``max(1, ceil(len(units) / 64))`` words.
 
 Conventions
 -----------
@@ -30,17 +40,19 @@ Conventions
 * Percentages are of the screened total, as floats in 0..100, and 0.0 when nobody was
   screened.
 * Histogram rows are processed with vectorised numpy; Python loops only run over
-  criteria (<= 64), bytes of a mask (<= 8), or output rows.
+  criteria, mask words, bytes or 16-bit chunks of a mask, or output rows.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cache, cached_property
 
 import numpy as np
 import pandas as pd
+
+from kn026 import masks as mw
 
 __all__ = [
     "BOUNDS",
@@ -60,12 +72,11 @@ __all__ = [
 ]
 
 BOUNDS = ("strict", "optimistic")
-MAX_BITS = 64
+_WORD = mw.WORD  # bits per mask word
 
-_U64 = np.dtype(np.uint64)
 _LE_U64 = np.dtype("<u8")
 _ONE = np.uint64(1)
-_ALL_BITS = (1 << MAX_BITS) - 1
+_ALL_BITS = (1 << _WORD) - 1
 # _BYTE_BITS[v, j] == 1.0 when bit j of byte v is set: turns a 256-bin histogram of one
 # mask byte into 8 per-bit sums with one small matrix product.
 _BYTE_BITS = ((np.arange(256)[:, None] >> np.arange(8)[None, :]) & 1).astype(np.float64)
@@ -78,10 +89,12 @@ _BYTE_BITS = ((np.arange(256)[:, None] >> np.arange(8)[None, :]) & 1).astype(np.
 class Histogram:
     """Distinct ``(fail, unknown[, site])`` mask rows with patient counts.
 
-    ``fail`` and ``unknown`` are ``uint64`` bit masks with ``fail & unknown == 0``;
+    ``fail`` and ``unknown`` are ``uint64`` word arrays of shape ``(W, n)`` (see the module
+    docstring) with ``fail & unknown == 0``; 1-D integer arrays are taken as one word,
+    sequences of Python ints as masks of any size (the narrower of the two is padded).
     ``count`` is ``int64`` (>= 0); ``site`` is ``None`` or ``int32`` codes indexing
-    ``sites``. Rows need not be distinct (see :func:`merge`). Inputs are converted to
-    those dtypes and validated; arrays are not copied when they already have them.
+    ``sites``. Rows need not be distinct (see :func:`merge`). Inputs are converted to those
+    dtypes and validated; arrays are not copied when they already have them.
     """
 
     fail: np.ndarray
@@ -91,15 +104,17 @@ class Histogram:
     sites: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        fail = _as_mask(self.fail, "fail")
-        unknown = _as_mask(self.unknown, "unknown")
+        fail = mw.words_of(self.fail, what="fail")
+        unknown = mw.words_of(self.unknown, what="unknown")
+        width = max(len(fail), len(unknown))
+        fail, unknown = mw.widen(fail, width), mw.widen(unknown, width)
         count = np.asarray(self.count)
         if count.dtype.kind not in "iu" and count.size and not np.array_equal(count, np.round(count)):
             raise ValueError("count must hold whole numbers")
         count = count.astype(np.int64, copy=False).reshape(-1) if count.size else np.zeros(0, np.int64)
-        n = len(fail)
-        if len(unknown) != n or len(count) != n:
-            raise ValueError(f"fail, unknown and count lengths differ: {n}, {len(unknown)}, {len(count)}")
+        n = fail.shape[1]
+        if unknown.shape[1] != n or len(count) != n:
+            raise ValueError(f"fail, unknown and count lengths differ: {n}, {unknown.shape[1]}, {len(count)}")
         if n and np.any(count < 0):
             raise ValueError("count must be >= 0")
         if n and np.any(np.bitwise_and(fail, unknown)):
@@ -125,7 +140,8 @@ class Histogram:
 
     @classmethod
     def _trusted(cls, fail, unknown, count, site, sites) -> Histogram:
-        """Build without conversion or validation (arrays already have the right dtypes)."""
+        """Build without conversion or validation (arrays already have the right dtypes and
+        shapes: C-contiguous ``(W, n)`` words of equal width)."""
         h = object.__new__(cls)
         object.__setattr__(h, "fail", fail)
         object.__setattr__(h, "unknown", unknown)
@@ -138,7 +154,7 @@ class Histogram:
     def from_counts(cls, counts: Mapping[tuple[int, ...], int], sites: Sequence[str] = ()) -> Histogram:
         """Build from ``{(fail, unknown): n}`` or, with ``sites``, ``{(fail, unknown, site_code): n}``.
 
-        Handy for tests and hand-made examples.
+        Masks are Python ints of any size. Handy for tests and hand-made examples.
         """
         keys = list(counts)
         with_site = bool(sites)
@@ -146,14 +162,21 @@ class Histogram:
         for key in keys:
             if len(key) != width:
                 raise ValueError(f"key {key!r}: expected {width} items")
-        fail = np.array([k[0] for k in keys], dtype=np.uint64)
-        unknown = np.array([k[1] for k in keys], dtype=np.uint64)
+        fail = [int(k[0]) for k in keys]
+        unknown = [int(k[1]) for k in keys]
+        words = mw.width_for(max((v.bit_length() for v in fail + unknown), default=0))
         count = np.array([counts[k] for k in keys], dtype=np.int64)
         site = np.array([k[2] for k in keys], dtype=np.int32) if with_site else None
-        return cls(fail, unknown, count, site, tuple(sites))
+        return cls(mw.words_of(fail, words, "fail"), mw.words_of(unknown, words, "unknown"), count, site,
+                   tuple(sites))
 
     def __len__(self) -> int:
         return len(self.count)
+
+    @property
+    def width(self) -> int:
+        """Number of 64-bit words per mask."""
+        return len(self.fail)
 
     @property
     def total(self) -> int:
@@ -168,38 +191,26 @@ class Histogram:
     @cached_property
     def used_bits(self) -> int:
         """OR of every fail and unknown mask: the bits that are ever not passed (cached)."""
-        if not len(self):
-            return 0
-        return int(np.bitwise_or.reduce(self.fail)) | int(np.bitwise_or.reduce(self.unknown))
+        return mw.union(self.fail) | mw.union(self.unknown)
+
+    def records(self) -> list[tuple[int, ...]]:
+        """Rows as Python ints: ``(fail, unknown, count)``, or ``(fail, unknown, count, site)``."""
+        cols = [mw.ints_of(self.fail), mw.ints_of(self.unknown), self.count.tolist()]
+        if self.site is not None:
+            cols.append(self.site.tolist())
+        return list(zip(*cols, strict=True))
 
     def __repr__(self) -> str:
         site = f", {len(self.sites)} sites" if self.site is not None else ""
         return f"Histogram({len(self)} rows, {self.total} patients{site})"
 
 
-def _as_mask(values, what: str) -> np.ndarray:
-    arr = np.asarray(values)
-    if arr.size == 0:
-        return np.zeros(0, np.uint64)
-    if arr.dtype == _U64:
-        return arr.reshape(-1)
-    if arr.dtype.kind == "i":
-        if np.any(arr < 0):
-            raise ValueError(f"{what} masks must be >= 0")
-        return arr.astype(np.uint64).reshape(-1)
-    if arr.dtype.kind == "u":
-        return arr.astype(np.uint64).reshape(-1)
-    if arr.dtype == object:  # Python ints beyond int64
-        return np.array([int(v) for v in arr.reshape(-1)], dtype=np.uint64)
-    raise ValueError(f"{what} masks must be integers, got {arr.dtype}")
-
-
 def unit_mask(bits: Sequence[int]) -> int:
     """Mask of a unit (criterion) from its leaf bit positions: ``unit_mask([0, 3]) == 0b1001``."""
     mask = 0
     for b in bits:
-        if not 0 <= int(b) < MAX_BITS:
-            raise ValueError(f"leaf bit {b} outside 0..63")
+        if int(b) < 0:
+            raise ValueError(f"leaf bit {b} is negative")
         mask |= 1 << int(b)
     return mask
 
@@ -212,7 +223,7 @@ def for_site(h: Histogram, site: int | str) -> Histogram:
     if not 0 <= code < len(h.sites):
         raise ValueError(f"unknown site {site!r}")
     keep = h.site == code
-    return Histogram._trusted(h.fail[keep], h.unknown[keep], h.count[keep], None, ())
+    return Histogram._trusted(mw.take(h.fail, keep), mw.take(h.unknown, keep), h.count[keep], None, ())
 
 
 # --------------------------------------------------------------------------- merge
@@ -243,21 +254,34 @@ def _ternary(mask: np.ndarray, tables: list[np.ndarray]) -> np.ndarray:
 def merge(h: Histogram) -> Histogram:
     """Sum rows with identical ``(fail, unknown, site)``; drop rows with a zero count.
 
-    Rows come out in a deterministic order (sorted by an internal key). The grouping key is
-    one ``uint64`` when it fits (plain bit packing up to 32 mask bits less the site bits,
-    base-3 packing up to 40 bits, since ``fail & unknown == 0`` leaves three states per
-    bit), else the three columns are lexsorted.
+    Rows come out in a deterministic order (sorted by an internal key, or by first
+    appearance beyond 64 bits) and keep the input's word width. Up to 64 used bits the
+    grouping key is one ``uint64`` when it fits (plain bit packing up to 32 mask bits less
+    the site bits, base-3 packing up to 40 bits, since ``fail & unknown == 0`` leaves three
+    states per bit), else the three columns are lexsorted; beyond 64 bits the rows are
+    grouped by a hash of every word (:func:`kn026.masks.group_rows`).
     """
     fail, unknown, count, site = h.fail, h.unknown, h.count, h.site
     if len(count) and not np.all(count):
         keep = count != 0
-        fail, unknown, count = fail[keep], unknown[keep], count[keep]
+        fail, unknown, count = mw.take(fail, keep), mw.take(unknown, keep), count[keep]
         site = site[keep] if site is not None else None
     n = len(count)
     if n <= 1:
         return Histogram._trusted(fail, unknown, count, site, h.sites)
-
+    width = len(fail)
     nbits = h.used_bits.bit_length()
+    if nbits > _WORD:
+        used = mw.width_for(nbits)
+        columns = [*fail[:used], *unknown[:used]] + ([site] if site is not None else [])
+        gid, first = mw.group_rows(columns)
+        summed = np.zeros(len(first), np.int64)
+        np.add.at(summed, gid, count)
+        return Histogram._trusted(
+            mw.take(fail, first), mw.take(unknown, first), summed, site[first] if site is not None else None, h.sites)
+
+    # every mask lives in word 0: the one-word paths, widened back at the end
+    fail, unknown = fail[0], unknown[0]
     nsites = max(len(h.sites), 1) if site is not None else 1
     site_bits = (nsites - 1).bit_length()
     if 2 * nbits + site_bits <= 64:
@@ -269,8 +293,8 @@ def merge(h: Histogram) -> Histogram:
         keys, summed, _ = _group_sum(key, count, 2 * nbits + site_bits)
         low = np.uint64((1 << nbits) - 1)
         return Histogram._trusted(
-            keys >> np.uint64(nbits + site_bits),
-            (keys >> np.uint64(site_bits)) & low,
+            _widened(keys >> np.uint64(nbits + site_bits), width),
+            _widened((keys >> np.uint64(site_bits)) & low, width),
             summed,
             (keys & np.uint64((1 << site_bits) - 1)).astype(np.int32) if site is not None else None,
             h.sites,
@@ -297,12 +321,17 @@ def merge(h: Histogram) -> Histogram:
         first = order[starts]
         summed = np.add.reduceat(count[order], starts).astype(np.int64, copy=False)
     return Histogram._trusted(
-        fail[first],
-        unknown[first],
+        _widened(fail[first], width),
+        _widened(unknown[first], width),
         summed,
         site[first] if site is not None else None,
         h.sites,
     )
+
+
+def _widened(word0: np.ndarray, width: int) -> np.ndarray:
+    """A ``(width, n)`` word array whose word 0 is `word0` and the others zero."""
+    return mw.widen(word0.reshape(1, -1), width)
 
 
 _merge = merge  # `collapse` has a keyword argument named `merge`
@@ -311,45 +340,57 @@ _merge = merge  # `collapse` has a keyword argument named `merge`
 # --------------------------------------------------------------------------- collapse
 
 
-def _unit_tables(units: Sequence[int]) -> list[tuple[int, np.ndarray]]:
-    """For each 16-bit chunk c of a leaf mask that any unit touches: (c, table) where
-    ``table[v]`` has bit i set when ``v & (units[i] >> 16c) & 0xFFFF != 0``."""
-    if not units:
-        return []
-    unit_arr = np.array(units, dtype=np.uint64)
-    unit_bits = np.uint64(1) << np.arange(len(units), dtype=np.uint64)
+def _segment_bytes(units: Sequence[int], segment: int) -> tuple[np.ndarray, np.ndarray]:
+    """Low and high byte of 16-bit segment `segment` (bits 16s .. 16s + 15) of each unit."""
+    shift = 16 * segment
+    lo = np.array([(u >> shift) & 0xFF for u in units], dtype=np.uint64)
+    hi = np.array([(u >> (shift + 8)) & 0xFF for u in units], dtype=np.uint64)
+    return lo, hi
+
+
+def _unit_tables(units: Sequence[int], width: int) -> list[list[tuple[int, np.ndarray]]]:
+    """Per output word o (units 64o .. 64o + 63): for each 16-bit segment s of a leaf mask of
+    `width` words that any of those units touches, (s, table) where ``table[v]`` has bit
+    ``i`` set when ``v & (units[64o + i] >> 16s) & 0xFFFF != 0``."""
     v = np.arange(256, dtype=np.uint64)
-    tables = []
-    for chunk in range(4):
-        lo = (unit_arr >> np.uint64(16 * chunk)) & np.uint64(0xFF)
-        hi = (unit_arr >> np.uint64(16 * chunk + 8)) & np.uint64(0xFF)
-        if not (lo.any() or hi.any()):
-            continue
-        t_lo = np.bitwise_or.reduce(
-            np.where((v[:, None] & lo[None, :]) != 0, unit_bits, np.uint64(0)), axis=1
-        )
-        t_hi = np.bitwise_or.reduce(
-            np.where((v[:, None] & hi[None, :]) != 0, unit_bits, np.uint64(0)), axis=1
-        )
-        # index = lo + 256 * hi, the value of the little-endian uint16 chunk
-        tables.append((chunk, (t_hi[:, None] | t_lo[None, :]).reshape(-1)))
-    return tables
+    per_word = []
+    for o in range(mw.width_for(len(units))):
+        group = units[_WORD * o: _WORD * (o + 1)]
+        unit_bits = np.uint64(1) << np.arange(len(group), dtype=np.uint64)
+        tables = []
+        for segment in range(4 * width):
+            lo, hi = _segment_bytes(group, segment)
+            if not (lo.any() or hi.any()):
+                continue
+            t_lo = np.bitwise_or.reduce(np.where((v[:, None] & lo[None, :]) != 0, unit_bits, np.uint64(0)), axis=1)
+            t_hi = np.bitwise_or.reduce(np.where((v[:, None] & hi[None, :]) != 0, unit_bits, np.uint64(0)), axis=1)
+            # index = lo + 256 * hi, the value of the little-endian uint16 chunk
+            tables.append((segment, (t_hi[:, None] | t_lo[None, :]).reshape(-1)))
+        per_word.append(tables)
+    return per_word
+
+
+def _segments(words: np.ndarray, segment: int) -> np.ndarray:
+    """16-bit segment `segment` of every row (a strided uint16 view, no copy)."""
+    w, c = divmod(segment, 4)
+    return words[w].astype(_LE_U64, copy=False).view(np.uint16).reshape(-1, 4)[:, c]
 
 
 def _any_per_unit(
     mask: np.ndarray, tables, out: np.ndarray, buf: np.ndarray, index: np.ndarray
 ) -> np.ndarray:
-    """out bit i = (mask & units[i]) != 0, via one table lookup per 16-bit chunk.
+    """out bit i = (mask & units[i]) != 0, via one table lookup per 16-bit segment.
 
-    ``buf`` (uint64) and ``index`` (intp) are scratch arrays of the same length: casting the
-    chunk into a reused intp array spares ``np.take`` a fresh index array per lookup.
+    ``mask`` is a ``(W, n)`` word array, ``tables`` one output word's list from
+    :func:`_unit_tables`. ``buf`` (uint64) and ``index`` (intp) are scratch arrays of length
+    n: casting the chunk into a reused intp array spares ``np.take`` a fresh index array
+    per lookup.
     """
-    chunks = mask.astype(_LE_U64, copy=False).view(np.uint16).reshape(-1, 4)
     if not tables:
         out[:] = 0
         return out
-    for j, (chunk, table) in enumerate(tables):
-        index[:] = chunks[:, chunk]
+    for j, (segment, table) in enumerate(tables):
+        index[:] = _segments(mask, segment)
         np.take(table, index, out=out if j == 0 else buf, mode="clip")
         if j:
             out |= buf
@@ -359,31 +400,34 @@ def _any_per_unit(
 def collapse(h: Histogram, units: Sequence[int], *, merge: bool = True) -> Histogram:
     """Group leaves into units (criteria): result bit ``i`` stands for ``units[i]``.
 
-    ``units[i]`` is the leaf mask of unit ``i`` (the OR of its leaf bits), in the caller's
-    order; pass only the enabled, assessable criteria. Bit ``i`` of the result *fails* when
-    ``fail & units[i] != 0`` and is *unknown* when it does not fail and
+    ``units[i]`` is the leaf mask of unit ``i`` (the OR of its leaf bits, a Python int), in
+    the caller's order; pass only the enabled, assessable criteria. Bit ``i`` of the result
+    *fails* when ``fail & units[i] != 0`` and is *unknown* when it does not fail and
     ``unknown & units[i] != 0`` (the dictionary's rule: any failing sub-rule fails the
     criterion, else any unknown makes it unknown). Leaves outside every unit are dropped,
     so ordering and toggling criteria are just different ``units`` lists. A unit may share
-    leaves with another; a zero unit always passes.
+    leaves with another; a zero unit always passes. The result has
+    ``max(1, ceil(len(units) / 64))`` words.
 
     With ``merge=False`` the rows are not merged (one output row per input row), which saves
     the sort: every function in this module accepts unmerged histograms.
     """
     units = _check_units(units)
+    width = mw.width_for(len(units))
     identity = all(u == 1 << i for i, u in enumerate(units)) and h.used_bits >> len(units) == 0
     if identity:
-        out = Histogram._trusted(h.fail, h.unknown, h.count, h.site, h.sites)
+        fail, unknown = h.fail[:width], h.unknown[:width]
+        out = Histogram._trusted(mw.widen(fail, width), mw.widen(unknown, width), h.count, h.site, h.sites)
     else:
         n = len(h)
-        tables = _unit_tables(units)
-        fail = np.empty(n, np.uint64)
-        unknown = np.empty(n, np.uint64)
+        fail = np.empty((width, n), np.uint64)
+        unknown = np.empty((width, n), np.uint64)
         buf = np.empty(n, np.uint64)
         index = np.empty(n, np.intp)
-        _any_per_unit(h.fail, tables, fail, buf, index)
-        _any_per_unit(h.unknown, tables, unknown, buf, index)
-        np.bitwise_and(unknown, np.invert(fail, out=buf), out=unknown)
+        for o, tables in enumerate(_unit_tables(units, h.width)):
+            _any_per_unit(h.fail, tables, fail[o], buf, index)
+            _any_per_unit(h.unknown, tables, unknown[o], buf, index)
+            np.bitwise_and(unknown[o], np.invert(fail[o], out=buf), out=unknown[o])
         out = Histogram._trusted(fail, unknown, h.count, h.site, h.sites)
     if merge:
         return _merge(out)
@@ -399,8 +443,6 @@ def _check_name_list(names: Sequence[str]) -> list[str]:
     if isinstance(names, str):
         raise TypeError("names must be a sequence of criterion names, not one string")
     names = [str(n) for n in names]
-    if len(names) > MAX_BITS:
-        raise ValueError(f"at most {MAX_BITS} criteria, got {len(names)}")
     if len(set(names)) != len(names):
         raise ValueError(f"criterion names must be unique: {names}")
     return names
@@ -420,48 +462,52 @@ def _check_names(h: Histogram, names: Sequence[str]) -> list[str]:
 
 def _check_units(units: Sequence[int]) -> list[int]:
     units = [int(u) for u in units]
-    if len(units) > MAX_BITS:
-        raise ValueError(f"at most {MAX_BITS} units, got {len(units)}")
     for u in units:
-        if not 0 <= u <= _ALL_BITS:
-            raise ValueError(f"unit mask {u} outside uint64")
+        if u < 0:
+            raise ValueError(f"unit mask {u} is negative")
     return units
 
 
-def _rank_tables(units: Sequence[int]) -> list[tuple[int, np.ndarray]]:
-    """Per 16-bit chunk c touched by a unit: (c, uint8 table) with ``table[v]`` = the first
-    unit index i with ``v & (units[i] >> 16c) & 0xFFFF != 0``, or 64 when none."""
+def _rank_dtype(none: int) -> type:
+    return np.uint8 if none <= 255 else np.uint16
+
+
+def _rank_tables(units: Sequence[int], width: int, none: int) -> list[tuple[int, np.ndarray]]:
+    """Per 16-bit segment s of a `width`-word leaf mask touched by a unit: (s, table) with
+    ``table[v]`` = the first unit index i with ``v & (units[i] >> 16s) & 0xFFFF != 0``, or
+    `none` when there is none."""
     if not units:
         return []
-    unit_arr = np.array(units, dtype=np.uint64)
     v = np.arange(256, dtype=np.uint64)
+    dtype = _rank_dtype(none)
     tables = []
-    for chunk in range(4):
+    for segment in range(4 * width):
         per_byte = []
-        for shift in (16 * chunk, 16 * chunk + 8):
-            hits = (v[:, None] & ((unit_arr >> np.uint64(shift)) & np.uint64(0xFF))[None, :]) != 0
-            per_byte.append(np.where(hits.any(axis=1), hits.argmax(axis=1), MAX_BITS).astype(np.uint8))
+        for byte in _segment_bytes(units, segment):
+            hits = (v[:, None] & byte[None, :]) != 0
+            per_byte.append(np.where(hits.any(axis=1), hits.argmax(axis=1), none).astype(dtype))
         lo, hi = per_byte
-        if lo.min() == MAX_BITS and hi.min() == MAX_BITS:
+        if lo.min() == none and hi.min() == none:
             continue
-        tables.append((chunk, np.minimum(hi[:, None], lo[None, :]).reshape(-1)))
+        tables.append((segment, np.minimum(hi[:, None], lo[None, :]).reshape(-1)))
     return tables
 
 
-def _first_unit(mask: np.ndarray, tables, index: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-    """Per row the first unit whose leaves meet ``mask`` (uint8), 64 when none.
+def _first_unit(mask: np.ndarray, tables, index: np.ndarray, none: int,
+                out: np.ndarray | None = None) -> np.ndarray:
+    """Per row the first unit whose leaves meet the ``(W, n)`` ``mask``, `none` when none.
 
-    ``index`` is an intp scratch array of the same length (see :func:`_any_per_unit`). With
+    ``index`` is an intp scratch array of length n (see :func:`_any_per_unit`). With
     ``out`` the result is the element-wise minimum with ``out`` (written in place).
     """
+    n = mask.shape[1]
     if out is None:
-        out = np.full(len(mask), MAX_BITS, np.uint8)
-    if len(mask) == 0:
+        out = np.full(n, none, _rank_dtype(none))
+    if n == 0:
         return out
-    chunks = mask.astype(_LE_U64, copy=False).view(np.uint16).reshape(-1, 4)
-    buf = np.empty(len(mask), np.uint8)
-    for chunk, table in tables:
-        index[:] = chunks[:, chunk]
+    buf = np.empty(n, out.dtype)
+    for segment, table in tables:
+        index[:] = _segments(mask, segment)
         np.take(table, index, out=buf, mode="clip")
         np.minimum(out, buf, out=out)
     return out
@@ -477,7 +523,7 @@ def _bound_mask(h: Histogram, bound: str) -> np.ndarray:
 
 
 def _lowest_bit(mask: np.ndarray, scratch: np.ndarray) -> np.ndarray:
-    """Index of the lowest set bit per row (uint8), 64 where the mask is zero.
+    """Index of the lowest set bit per row of one word (uint8), 64 where the word is zero.
 
     ``scratch`` is a uint64 array of the same length, overwritten.
     """
@@ -487,10 +533,24 @@ def _lowest_bit(mask: np.ndarray, scratch: np.ndarray) -> np.ndarray:
     return np.bitwise_count(low)
 
 
+def _lowest_bits(mask: np.ndarray, scratch: np.ndarray) -> np.ndarray:
+    """Index of the lowest set bit per row of a ``(W, n)`` mask, ``64 * W`` where it is zero
+    (uint8 for one word, else uint16)."""
+    if len(mask) == 1:
+        return _lowest_bit(mask[0], scratch)
+    out = np.full(mask.shape[1], _WORD * len(mask), np.uint16)
+    for k in range(len(mask) - 1, -1, -1):
+        low = _lowest_bit(mask[k], scratch).astype(np.uint16)
+        hit = low < _WORD
+        low += np.uint16(_WORD * k)
+        np.copyto(out, low, where=hit)
+    return out
+
+
 def _states(h: Histogram) -> np.ndarray:
     """Per row (uint8): 0 strictly eligible, 1 unknown (optimistic only), 2 excluded."""
-    state = (h.fail != 0).view(np.uint8)  # a fresh array: safe to update in place
-    state += (h.fail | h.unknown) != 0
+    state = mw.nonzero(h.fail).view(np.uint8)  # a fresh array: safe to update in place
+    state += mw.nonzero(h.fail | h.unknown)
     return state
 
 
@@ -526,31 +586,41 @@ def _group_sum(
 
 
 def _bit_pop_sums(mask: np.ndarray, weights: np.ndarray, nbits: int) -> np.ndarray:
-    """``out[i, p]`` = sum of weights over rows whose mask has bit ``i`` and ``p`` bits set.
+    """``out[i, p]`` = sum of weights over rows whose ``(W, n)`` mask has bit ``i`` and ``p``
+    bits set.
 
-    Shape ``(nbits, 65)``. Everything per bit follows: ``out.sum(1)`` counts rows with the
-    bit, ``out[:, 1]`` rows with exactly that bit, ``out @ 1/p`` the Shapley shares. One
-    ``np.bincount`` over (popcount, byte value) per mask byte, no pass per bit.
+    Shape ``(nbits, 64 * W + 1)``. Everything per bit follows: ``out.sum(1)`` counts rows
+    with the bit, ``out[:, 1]`` rows with exactly that bit, ``out @ 1/p`` the Shapley
+    shares. One ``np.bincount`` over (popcount, byte value) per mask byte, no pass per bit.
     """
-    nbytes = (nbits + 7) // 8
-    out = np.zeros((nbytes * 8, MAX_BITS + 1))
-    if len(mask) and nbits:
-        by_byte = mask.astype(_LE_U64, copy=False).view(np.uint8).reshape(-1, 8)
-        pop256 = np.bitwise_count(mask).astype(np.intp)
+    width = len(mask)
+    pops = _WORD * width + 1
+    nbytes = min((nbits + 7) // 8, 8 * width)
+    out = np.zeros((max(nbits, nbytes * 8), pops))
+    n = mask.shape[1]
+    if n and nbits:
+        pop256 = np.bitwise_count(mask[0]).astype(np.intp)
+        for k in range(1, width):
+            pop256 += np.bitwise_count(mask[k])
         pop256 *= 256
-        index = np.empty(len(mask), np.intp)
+        index = np.empty(n, np.intp)
         for b in range(nbytes):
-            np.add(pop256, by_byte[:, b], out=index)
-            per_value = np.bincount(index, weights=weights, minlength=256 * (MAX_BITS + 1))
-            out[8 * b : 8 * b + 8] = (per_value.reshape(MAX_BITS + 1, 256) @ _BYTE_BITS).T
+            w, byte = divmod(b, 8)
+            by_byte = mask[w].astype(_LE_U64, copy=False).view(np.uint8).reshape(-1, 8)[:, byte]
+            np.add(pop256, by_byte, out=index)
+            per_value = np.bincount(index, weights=weights, minlength=256 * pops)
+            out[8 * b : 8 * b + 8] = (per_value.reshape(pops, 256) @ _BYTE_BITS).T
     return out[:nbits]
 
 
-_INV_POP = np.concatenate(([0.0], 1.0 / np.arange(1, MAX_BITS + 1)))
+@cache
+def _inv_pop(pops: int) -> np.ndarray:
+    """``[0, 1, 1/2, ..., 1/(pops - 1)]``: the Shapley weight of a row with p bits set."""
+    return np.concatenate(([0.0], 1.0 / np.arange(1, pops)))
 
 
 def _shapley_from(pop_sums: np.ndarray) -> np.ndarray:
-    return pop_sums @ _INV_POP
+    return pop_sums @ _inv_pop(pop_sums.shape[1])
 
 
 def _to_int(values: np.ndarray) -> np.ndarray:
@@ -608,26 +678,31 @@ def funnel(h: Histogram, names: Sequence[str], units: Sequence[int] | None = Non
     scratch = np.empty(len(h), np.uint64)
     if units is None:
         names = _check_names(h, names)
-        first_optimistic = _lowest_bit(h.fail, scratch)
+        # the "never" value (64 * W) must not be a step: widen when there are more names
+        width = max(h.width, mw.width_for(len(names)))
+        fail, unknown = mw.widen(h.fail, width), mw.widen(h.unknown, width)
+        never = _WORD * width
+        first_optimistic = _lowest_bits(fail, scratch)
         # lowest bit of fail | unknown = the lower of the two lowest bits
-        first_strict = np.minimum(first_optimistic, _lowest_bit(h.unknown, scratch))
+        first_strict = np.minimum(first_optimistic, _lowest_bits(unknown, scratch))
     else:
         units = _check_units(units)
         names = _check_name_list(names)
         if len(units) != len(names):
             raise ValueError(f"{len(units)} units for {len(names)} names")
-        tables = _rank_tables(units)
-        first_optimistic = _first_unit(h.fail, tables, scratch.view(np.intp))
+        never = max(_WORD, len(units))
+        tables = _rank_tables(units, h.width, never)
+        first_optimistic = _first_unit(h.fail, tables, scratch.view(np.intp), never)
         # first unit failed or unknown = the lower of the first failed and first unknown
-        first_strict = _first_unit(h.unknown, tables, scratch.view(np.intp), first_optimistic.copy())
+        first_strict = _first_unit(h.unknown, tables, scratch.view(np.intp), never, first_optimistic.copy())
     k = len(names)
     total = h.total
-    # joint[s, o]: patients leaving the strict funnel at step s and the optimistic at o (64 = never)
+    # joint[s, o]: patients leaving the strict funnel at step s and the optimistic at o (`never`: stays)
+    radix = never + 1
     index = scratch.view(np.intp)
-    np.multiply(first_strict, MAX_BITS + 1, out=index, dtype=np.intp)
+    np.multiply(first_strict, radix, out=index, dtype=np.intp)
     index += first_optimistic
-    joint = np.bincount(index, weights=h._weights, minlength=(MAX_BITS + 1) ** 2)
-    joint = joint.reshape(MAX_BITS + 1, MAX_BITS + 1)
+    joint = np.bincount(index, weights=h._weights, minlength=radix**2).reshape(radix, radix)
     lost_s = _to_int(joint.sum(axis=1)[:k])
     lost_o = _to_int(joint.sum(axis=0)[:k])
     strict = total - np.concatenate(([0], np.cumsum(lost_s)))
@@ -666,12 +741,12 @@ def shapley(h: Histogram, bound: str, n_bits: int | None = None) -> np.ndarray:
     eligible. Unknowns therefore enter only through the choice of bound: strict shares a
     patient also among the criteria it is unknown on; optimistic ignores unknowns.
 
-    Returns ``n_bits`` values (default 64: one per bit of the mask).
+    Returns ``n_bits`` values (default ``64 * h.width``: one per bit of the masks).
     """
     mask = _bound_mask(h, bound)
-    n_bits = MAX_BITS if n_bits is None else int(n_bits)
-    if not 0 <= n_bits <= MAX_BITS:
-        raise ValueError(f"n_bits must lie in 0..{MAX_BITS}")
+    n_bits = _WORD * h.width if n_bits is None else int(n_bits)
+    if n_bits < 0:
+        raise ValueError("n_bits must be >= 0")
     return _shapley_from(_bit_pop_sums(mask, h._weights, n_bits))
 
 
@@ -737,16 +812,22 @@ def combinations(
     """
     names = _check_names(h, names)
     mask = _bound_mask(h, bound)
-    excluded = (mask != 0) & (h.count > 0)
-    masks, counts = mask[excluded], h.count[excluded]
-    if len(masks):
-        masks, counts, _ = _group_sum(masks, counts, len(names))
+    excluded = mw.nonzero(mask) & (h.count > 0)
+    masks, counts = mw.take(mask, excluded), h.count[excluded]
+    if len(counts) and len(masks) == 1:
+        keys, counts, _ = _group_sum(masks[0], counts, len(names))
+        masks = keys.reshape(1, -1)
+    elif len(counts):
+        gid, first = mw.group_rows(list(masks))
+        summed = np.zeros(len(first), np.int64)
+        np.add.at(summed, gid, counts)
+        masks, counts = mw.take(masks, first), summed
     if top is not None and 0 <= top < len(counts):
         # Only rows tied with the top-th largest count or above can make the cut.
         threshold = np.partition(counts, len(counts) - top)[len(counts) - top] if top else np.inf
         keep = counts >= threshold
-        masks, counts = masks[keep], counts[keep]
-    criteria = [_mask_names(int(m), names) for m in masks]
+        masks, counts = mw.take(masks, keep), counts[keep]
+    criteria = [_mask_names(m, names) for m in mw.ints_of(masks)]
     labels = [" + ".join(c) for c in criteria]
     rows = sorted(zip(counts.tolist(), labels, criteria, strict=True), key=lambda r: (-r[0], r[1]))
     if top is not None:

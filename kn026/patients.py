@@ -28,7 +28,7 @@ from kn026 import analysis, schema
 from kn026 import funnel as fm
 from kn026.cohort import q
 from kn026.criteria import Rule, format_number, names_in, parse_predicate
-from kn026.engine import Engine, compile_rule
+from kn026.engine import Engine, compile_rule, mask_columns, meets_sql, row_masks
 from kn026.scenario import Scenario
 
 STATUSES = ("fails", "fails only", "unknown on", "passes")
@@ -115,32 +115,31 @@ class Condition:
 
 
 def condition_sql(engine: Engine, scenario: Scenario, cond: Condition) -> str:
-    """SQL predicate over `_f` / `_u` for one condition (FALSE when the target is n/a)."""
+    """SQL predicate over the mask words `_f*` / `_u*` for one condition (FALSE when the
+    target is n/a)."""
     if cond.status not in STATUSES:
         raise ValueError(f"unknown status {cond.status!r}; choose one of {', '.join(STATUSES)}")
     m = target_mask(engine, scenario, cond.target)
     if not m:
         return "FALSE"
-    mask = f"{m}::UBIGINT"
     if cond.status == "fails":
-        return f"(_f & {mask}) <> 0"
+        return meets_sql(m, "_f")
     if cond.status == "fails only":
         others = scope_mask(engine, scenario) & ~m
-        return f"((_f & {mask}) <> 0 AND (_f & {others}::UBIGINT) = 0)"
+        return f"({meets_sql(m, '_f')} AND NOT {meets_sql(others, '_f')})"
     if cond.status == "unknown on":
-        return f"((_f & {mask}) = 0 AND (_u & {mask}) <> 0)"
-    return f"((_f | _u) & {mask}) = 0"
+        return f"(NOT {meets_sql(m, '_f')} AND {meets_sql(m, '_u')})"
+    return f"NOT {meets_sql(m, '_f', '_u')}"
 
 
 def eligible_sql(scope: int, value: str) -> str:
     """SQL predicate for the eligibility verdict over the scenario's criteria."""
-    s = f"{scope}::UBIGINT"
     if value == "yes":
-        return f"((_f | _u) & {s}) = 0"
+        return f"NOT {meets_sql(scope, '_f', '_u')}"
     if value == "no":
-        return f"(_f & {s}) <> 0"
+        return meets_sql(scope, "_f")
     if value == "unknown":
-        return f"((_f & {s}) = 0 AND (_u & {s}) <> 0)"
+        return f"(NOT {meets_sql(scope, '_f')} AND {meets_sql(scope, '_u')})"
     raise ValueError(f"eligible must be one of {', '.join(ELIGIBLE)}, not {value!r}")
 
 
@@ -169,21 +168,22 @@ def find(engine: Engine, scenario: Scenario, conditions=(), eligible: str | None
     clause = " AND ".join(where) or "TRUE"
     src = engine.masks_sql(scenario.overrides)
     extra = [c for c in ("site_id", "country") if c in present]
-    cols = ", ".join(["patient_id", *extra, "_f", "_u"])
+    words = mask_columns(engine.width)
+    cols = ", ".join(["patient_id", *extra, *words])
     con = engine.con
     total = con.execute(f"SELECT count(*) FROM ({src}) WHERE {clause}", params).fetchall()[0][0]
     rows = con.execute(f"SELECT {cols} FROM ({src}) WHERE {clause} ORDER BY patient_id LIMIT {int(limit)}",
                        params).df()
     p = analysis.plan(engine, scenario)
     failed, unknown, verdict = [], [], []
-    for f, u in zip(rows["_f"].astype("uint64"), rows["_u"].astype("uint64"), strict=True):
-        f, u = int(f), int(u)
+    for row in rows[words].to_dict("records"):
+        f, u = row_masks(row, engine.width)
         fails = [cid for cid, m in zip(p.ids, p.masks, strict=True) if f & m]
         unks = [cid for cid, m in zip(p.ids, p.masks, strict=True) if not f & m and u & m]
         failed.append(", ".join(fails))
         unknown.append(", ".join(unks))
         verdict.append("no" if fails else "unknown" if unks else "yes")
-    out = rows.drop(columns=["_f", "_u"])
+    out = rows.drop(columns=words)
     out["eligible"] = verdict
     out["fails"] = failed
     out["unknown on"] = unknown
@@ -239,7 +239,8 @@ def format_value(value, column: str | None = None) -> str:
 
 
 def patient_row(engine: Engine, scenario: Scenario, patient_id: str) -> dict | None:
-    """The patient's cohort columns plus `_f` / `_u` under the scenario (None if unknown ID)."""
+    """The patient's cohort columns plus the mask words `_f0`.. / `_u0`.. under the scenario
+    (None if unknown ID; :func:`kn026.engine.row_masks` reads them)."""
     src = engine.masks_sql((scenario or Scenario()).overrides)
     cur = engine.con.execute(f"SELECT * FROM ({src}) WHERE patient_id = ? LIMIT 1", [patient_id])
     names = [d[0] for d in cur.description]
@@ -259,7 +260,7 @@ def patient_detail(engine: Engine, scenario: Scenario, patient_id: str) -> pd.Da
     row = patient_row(engine, scenario, patient_id)
     if row is None:
         raise KeyError(f"no patient with patient_id {patient_id!r}")
-    f, u = int(row["_f"]), int(row["_u"])
+    f, u = row_masks(row, engine.width)
     protocol, stage = engine.protocol, engine.stage
     present = engine.cohort.present
     derived_sql = {}
@@ -328,7 +329,7 @@ def patient_summary(engine: Engine, scenario: Scenario, patient_id: str) -> dict
     row = patient_row(engine, scenario, patient_id)
     if row is None:
         raise KeyError(f"no patient with patient_id {patient_id!r}")
-    f, u = int(row["_f"]), int(row["_u"])
+    f, u = row_masks(row, engine.width)
     p = analysis.plan(engine, scenario)
     fails = [cid for cid, m in zip(p.ids, p.masks, strict=True) if f & m]
     unks = [cid for cid, m in zip(p.ids, p.masks, strict=True) if not f & m and u & m]

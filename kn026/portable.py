@@ -6,17 +6,22 @@ Databricks, a cloud warehouse, a hospital's own database) and only the histogram
 travels. This module emits that query for Spark SQL, PostgreSQL, BigQuery, Snowflake,
 Trino and DuckDB from the same criteria file and scenario::
 
-    SELECT f, u, COUNT(*) AS n
-    FROM (SELECT <fail mask> AS f, <unknown mask> AS u
+    SELECT f0, ..., u0, ..., COUNT(*) AS n
+    FROM (SELECT <fail word 0> AS f0, ..., <unknown word 0> AS u0, ...
           FROM (SELECT (<predicate of leaf 0>) AS p0, ... FROM cohort) AS v) AS m
-    GROUP BY f, u
+    GROUP BY f0, ..., u0, ...
 
 Each predicate is the engine's own (``kn026.engine.compile_rule``: parameters bound as
 exact literals, record-based NULLs read as "none on record", computed comparison
 sides rounded to 9 decimals), made portable on the sqlglot tree, then written in the
 target dialect. Bit ``j`` of both masks is leaf ``j`` of the stage in protocol order,
-exactly as in :class:`kn026.engine.Engine`; the masks are signed BIGINT sums of
-``CASE`` terms, so at most 63 leaves fit (KN026-001 has 59).
+exactly as in :class:`kn026.engine.Engine`. Every engine has signed 64-bit BIGINT, so a
+mask is written as words of 63 bits (:data:`WORD_BITS`), never negative: column ``f<k>``
+(``u<k>``) holds leaves ``63k .. 63k + 62`` as a sum of ``CASE`` terms, bit ``j - 63k``
+for leaf ``j``. There is no ceiling on the number of leaves; KN026-001 needs one word,
+``f0`` / ``u0``, and 64 analyst criteria beside it two. This is the result format of
+version 2 (``f, u, n`` was version 1, one word, at most 63 leaves); see
+``docs/beyond-one-machine.md``.
 
 Semantic traps handled (all checked by tests/test_portable.py):
 
@@ -67,6 +72,7 @@ import pandas as pd
 import sqlglot
 from sqlglot import exp
 
+from kn026 import masks as mw
 from kn026 import schema
 from kn026.criteria import CriteriaError, Protocol, Rule, format_number, load_protocol, parse_predicate
 from kn026.engine import compile_rule, missing_columns
@@ -74,7 +80,8 @@ from kn026.funnel import Histogram
 from kn026.scenario import Scenario, load_scenario
 
 DIALECTS = ("spark", "postgres", "bigquery", "snowflake", "trino", "duckdb")
-MAX_LEAVES = 63  # signed BIGINT masks: bits 0..62
+WORD_BITS = 63  # leaves per mask word in the emitted SQL: a signed BIGINT that is never negative
+ROWS_VERSION = 2  # the query's result columns: [site_id,] f0.., u0.., n (version 1: f, u, n)
 NO_SITE = "(no site)"  # site_id NULL, as in kn026.engine.Engine
 ALL_COLUMNS = frozenset(c.name for c in schema.COLUMNS)
 
@@ -227,11 +234,17 @@ def stage_rules(protocol: Protocol, stage: int) -> tuple[Rule, ...]:
     if stage not in protocol.stages:
         raise ValueError(f"stage {stage} is not a stage of {protocol.name}; "
                          f"choose one of {sorted(protocol.stages)}")
-    rules = tuple(r for r in protocol.rules if stage in r.stages)
-    if len(rules) > MAX_LEAVES:
-        raise ValueError(f"{protocol.name} stage {stage} has {len(rules)} rules; the portable "
-                         f"query packs them into signed 64-bit masks, which hold at most {MAX_LEAVES}")
-    return rules
+    return tuple(r for r in protocol.rules if stage in r.stages)
+
+
+def word_count(leaves: int) -> int:
+    """Mask words (columns f0.., u0..) of the emitted query for `leaves` leaves (at least one)."""
+    return max(1, -(-int(leaves) // WORD_BITS))
+
+
+def mask_columns(words: int) -> list[str]:
+    """The query's mask columns: ``f0 .. f{words-1}, u0 .. u{words-1}``."""
+    return [f"f{k}" for k in range(words)] + [f"u{k}" for k in range(words)]
 
 
 def rule_values(rule: Rule, overrides: dict | None) -> dict[str, Decimal]:
@@ -276,6 +289,11 @@ class Screening:
     def bit(self) -> dict[str, int]:
         return {rid: j for j, rid in enumerate(self.leaves)}
 
+    @property
+    def words(self) -> int:
+        """Mask words of the query (columns f0.., u0..)."""
+        return word_count(len(self.leaves))
+
     def tree(self, table: str | exp.Expression = "cohort", by_site: bool = False,
              dialect: str = "duckdb", inline: bool = False) -> exp.Select:
         """The histogram query as a sqlglot tree (DuckDB semantics, portable constructs).
@@ -291,12 +309,15 @@ class Screening:
         site = exp.alias_(exp.Coalesce(this=exp.cast(exp.column("site_id", quoted=True), "VARCHAR"),
                                        expressions=[exp.Literal.string(NO_SITE)]), "site_id")
 
-        def mask(term, ref) -> exp.Expression:
+        def mask(term, ref, word: int) -> exp.Expression:
             total: exp.Expression | None = None
             for rid in self.predicates:
                 j = self.bit[rid]
+                if j // WORD_BITS != word:
+                    continue
+                value = 1 << (j - WORD_BITS * word)
                 case = (exp.Case()
-                        .when(term(ref(rid, j)), exp.cast(exp.Literal.number(1 << j), "BIGINT"))
+                        .when(term(ref(rid, j)), exp.cast(exp.Literal.number(value), "BIGINT"))
                         .else_(exp.cast(exp.Literal.number(0), "BIGINT")))
                 total = case if total is None else exp.Add(this=total, expression=case)
             return total if total is not None else exp.cast(exp.Literal.number(0), "BIGINT")
@@ -315,9 +336,11 @@ class Screening:
                 inner = [exp.alias_(exp.Literal.number(0), "p_none")]
             source = exp.select(*inner).from_(src).subquery("v")
 
-        masks = [exp.alias_(mask(lambda c: exp.Not(this=c), ref), "f"),
-                 exp.alias_(mask(lambda c: exp.Is(this=c, expression=exp.Null()), ref), "u")]
-        keys = ["f", "u"]
+        words = range(self.words)
+        masks = ([exp.alias_(mask(lambda c: exp.Not(this=c), ref, k), f"f{k}") for k in words]
+                 + [exp.alias_(mask(lambda c: exp.Is(this=c, expression=exp.Null()), ref, k), f"u{k}")
+                    for k in words])
+        keys = mask_columns(self.words)
         if by_site:
             masks.insert(0, site.copy() if inline else exp.column("site_id"))
             keys.insert(0, "site_id")
@@ -327,7 +350,7 @@ class Screening:
 
     def sql(self, dialect: str = "duckdb", table: str = "cohort", by_site: bool = False,
             pretty: bool = False, inline: bool = False) -> str:
-        """The histogram query in `dialect`: rows ``[site_id,] f, u, n``."""
+        """The histogram query in `dialect`: rows ``[site_id,] f0.., u0.., n``."""
         return to_dialect(self.tree(table, by_site, dialect, inline), dialect, pretty)
 
     def header(self, dialect: str) -> str:
@@ -335,11 +358,14 @@ class Screening:
         lines = [f"-- {self.protocol.name} stage {self.stage}, scenario {self.scenario.name!r}, "
                  f"dialect {dialect}",
                  f"-- criteria fingerprint {criteria_fingerprint(self.protocol, self.stage, self.scenario)}",
-                 "-- result rows: f = fail mask, u = unknown mask (signed BIGINT), n = patients;"
-                 " bit j = leaf j:"]
+                 f"-- result rows (version {ROWS_VERSION}): {', '.join(mask_columns(self.words))}, n = patients;",
+                 f"-- f<k> / u<k> = fail / unknown mask word k (signed BIGINT): bit j - {WORD_BITS}k "
+                 f"of word k = leaf j:"]
         for j, rid in enumerate(self.leaves):
             na = self.not_assessable.get(rid)
-            lines.append(f"--   bit {j:2d} {rid}" + (f"  (n/a: missing {', '.join(na)})" if na else ""))
+            word, bit = divmod(j, WORD_BITS)
+            lines.append(f"--   leaf {j:2d} = f{word}/u{word} bit {bit:2d} {rid}"
+                         + (f"  (n/a: missing {', '.join(na)})" if na else ""))
         return "\n".join(lines)
 
 
@@ -400,47 +426,52 @@ def screening_sql(protocol: Protocol, stage: int, dialect: str = "duckdb", scena
 # --------------------------------------------------------------------------- results
 
 
-def histogram_from_rows(rows: Iterable[Iterable], by_site: bool = False) -> Histogram:
-    """A Histogram from query rows ``(f, u, n)`` or, with ``by_site``, ``(site_id, f, u, n)``.
-
-    Masks arrive as signed BIGINT (never negative: bit 63 is never used); site names
-    are sorted into codes as in the engine.
-    """
-    rows = [tuple(r) for r in rows]
-    width = 4 if by_site else 3
-    for r in rows[:1]:
-        if len(r) != width:
-            raise ValueError(f"expected rows of {width} values ({'site_id, ' if by_site else ''}f, u, n), "
-                             f"got {len(r)}")
-    off = 1 if by_site else 0
-    fail = np.array([int(r[off]) for r in rows], dtype=object)
-    unknown = np.array([int(r[off + 1]) for r in rows], dtype=object)
-    if any(v < 0 or v >= 1 << 64 for v in (*fail, *unknown)):
-        raise ValueError("masks must be non-negative 64-bit integers")
-    count = np.array([int(r[off + 2]) for r in rows], dtype=np.int64)
-    fail = fail.astype(np.uint64) if len(rows) else np.zeros(0, np.uint64)
-    unknown = unknown.astype(np.uint64) if len(rows) else np.zeros(0, np.uint64)
-    if not by_site:
+def histogram_from_words(fail: list, unknown: list, count, site=None) -> Histogram:
+    """A Histogram from the query's mask words (lists of integer arrays, 63 bits each) and
+    counts; ``site``: site names (None for NULL), sorted into codes as in the engine."""
+    fail = mw.repack(fail, WORD_BITS)
+    unknown = mw.repack(unknown, WORD_BITS)
+    count = np.asarray(count, dtype=np.int64)
+    if site is None:
         return Histogram(fail, unknown, count)
-    names = np.array([NO_SITE if r[0] is None else str(r[0]) for r in rows], dtype=object)
+    names = np.array([NO_SITE if s is None else str(s) for s in site], dtype=object)
     codes, uniques = pd.factorize(names, sort=True)
     return Histogram(fail, unknown, count, codes.astype(np.int32), tuple(str(u) for u in uniques))
+
+
+def histogram_from_rows(rows: Iterable[Iterable], by_site: bool = False) -> Histogram:
+    """A Histogram from query rows ``(f0, .., fW-1, u0, .., uW-1, n)`` or, with ``by_site``,
+    ``(site_id, f0, .., n)``: any number W of 63-bit words (:data:`WORD_BITS`)."""
+    rows = [tuple(r) for r in rows]
+    off = 1 if by_site else 0
+    widths = {len(r) for r in rows}
+    if len(widths) > 1 or any((w - off - 1) % 2 or w - off - 1 < 2 for w in widths):
+        raise ValueError(f"expected rows of {'site_id, ' if by_site else ''}f0.., u0.., n (as many f as u "
+                         f"words), got rows of {sorted(widths)} values")
+    words = (widths.pop() - off - 1) // 2 if rows else 1
+    cols = [np.array([int(r[off + i]) for r in rows], dtype=object) for i in range(2 * words + 1)]
+    if any(v < 0 or v >> WORD_BITS for c in cols[:-1] for v in c):
+        raise ValueError(f"mask words must be whole numbers in 0 .. 2**{WORD_BITS} - 1 (the query's f, u columns)")
+    ints = [c.astype(np.int64) if len(c) else np.zeros(0, np.int64) for c in cols]
+    return histogram_from_words(ints[:words], ints[words:2 * words], ints[-1],
+                                [r[0] for r in rows] if by_site else None)
 
 
 def histogram_from_arrow(table, by_site: bool = False) -> Histogram:
-    """A Histogram from an Arrow table with columns ``[site_id,] f, u, n``."""
-    fail = np.asarray(table.column("f").to_numpy(zero_copy_only=False), dtype=np.int64)
-    unknown = np.asarray(table.column("u").to_numpy(zero_copy_only=False), dtype=np.int64)
-    count = np.asarray(table.column("n").to_numpy(zero_copy_only=False), dtype=np.int64)
-    if len(fail) and (fail.min() < 0 or unknown.min() < 0):
-        raise ValueError("masks must be non-negative")
-    fail, unknown = fail.view(np.uint64), unknown.view(np.uint64)
-    if not by_site:
-        return Histogram(fail, unknown, count)
-    names = np.array([NO_SITE if s is None else str(s) for s in table.column("site_id").to_pylist()],
-                     dtype=object)
-    codes, uniques = pd.factorize(names, sort=True)
-    return Histogram(fail, unknown, count, codes.astype(np.int32), tuple(str(u) for u in uniques))
+    """A Histogram from an Arrow table with columns ``[site_id,] f0.., u0.., n``."""
+    names = set(table.column_names)
+    words = 0
+    while f"f{words}" in names and f"u{words}" in names:
+        words += 1
+    if not words or "n" not in names:
+        raise ValueError(f"expected columns f0.., u0.., n (query result version {ROWS_VERSION}), got "
+                         f"{', '.join(table.column_names)}")
+
+    def column(name):
+        return np.asarray(table.column(name).to_numpy(zero_copy_only=False), dtype=np.int64)
+
+    return histogram_from_words([column(f"f{k}") for k in range(words)], [column(f"u{k}") for k in range(words)],
+                                column("n"), table.column("site_id").to_pylist() if by_site else None)
 
 
 # --------------------------------------------------------------------------- fingerprints

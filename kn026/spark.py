@@ -3,7 +3,7 @@
     python -m kn026 funnel --engine spark --cohort cohort.parquet --stage 1 [--spark-master URL]
 
 The Spark SQL text is :func:`kn026.portable.screening_sql` for dialect ``spark``; Spark
-returns only the histogram rows ``(f, u, n)``, which become a
+returns only the histogram rows ``(f0.., u0.., n)`` (63-bit mask words), which become a
 :class:`kn026.funnel.Histogram`, so everything downstream (funnel, per-criterion
 table, Shapley shares, per-site counts) is the same code as for DuckDB.
 :func:`spark_engine` returns an engine look-alike (:class:`kn026.portable.QueryEngine`)

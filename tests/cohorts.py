@@ -121,9 +121,41 @@ def _text(value) -> str:
 def as_counter(h: fm.Histogram) -> Counter:
     """Histogram as {(fail, unknown[, site name]): n}, independent of row order."""
     out: Counter = Counter()
-    for i in range(len(h)):
-        key = (int(h.fail[i]), int(h.unknown[i]))
-        if h.site is not None:
-            key += (h.sites[int(h.site[i])],)
-        out[key] += int(h.count[i])
+    for row in h.records():
+        key = row[:2] if h.site is None else (*row[:2], h.sites[row[3]])
+        out[key] += row[2]
     return +out
+
+
+def analyst_rules(n: int = 64) -> list:
+    """`n` analyst-written criteria (``CUST01``..) over the columns above, for tests of masks
+    wider than 64 bits: thresholds taken from each column's own boundary values (so every
+    rule fails some patients and is unknown on the NULLs), alternating directions and kinds,
+    with a parameter on every third rule and a flag or text rule now and then."""
+    from kn026.custom import CustomRule
+
+    numeric = [c for c, vals in VALUES.items()
+               if c not in ("site_id", "country", "screening_date")
+               and all(v is None or isinstance(v, (int, float)) and not isinstance(v, bool) for v in vals)]
+    flags = [c for c, vals in VALUES.items() if vals == FLAG]
+    out = []
+    for i in range(n):
+        cid = f"CUST{i + 1:02d}"
+        kind = "exclusion" if i % 2 else "inclusion"
+        if i % 11 == 5:
+            flag = flags[i % len(flags)]
+            out.append(CustomRule(cid, kind, f"No {flag}", f"NOT {flag}"))
+            continue
+        if i % 13 == 7:
+            out.append(CustomRule(cid, kind, "Female or sex unknown", "sex = 'F' OR sex IS NULL"))
+            continue
+        col = numeric[(7 * i) % len(numeric)]
+        values = sorted(v for v in VALUES[col] if v is not None)
+        cut = values[(i // 2) % len(values)]
+        op = ">=" if i % 4 < 2 else "<"
+        if i % 3 == 0:
+            out.append(CustomRule(cid, kind, f"{col} {op} limit", f"{col} {op} :limit",
+                                  {"limit": {"default": cut, "min": -1000, "max": 100000}}))
+        else:
+            out.append(CustomRule(cid, kind, f"{col} {op} {cut}", f"{col} {op} {cut}"))
+    return out

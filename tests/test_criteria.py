@@ -514,6 +514,8 @@ VALID = [
         "requires": [["age_years", "ecog"]], "params": {"min_age": 18}})),
     ("exactly 64 rules", mutated(("criteria", 1, "rules"), lambda rs: rs + [
         {"id": f"INCL02.X{i}", "sql": "ecog <= 1"} for i in range(60)])),
+    ("more than 64 rules (no ceiling)", mutated(("criteria", 1, "rules"), lambda rs: rs + [
+        {"id": f"INCL02.X{i}", "sql": "ecog <= 1"} for i in range(200)])),
 ]
 
 

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import random
+from collections import Counter
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kn026 import analysis
-from kn026 import funnel as fm
+from kn026 import analysis, custom
+from kn026 import engine as engine_module
 from kn026.cohort import connect, load_cohort
 from kn026.criteria import load_protocol
 from kn026.engine import Engine, compile_rule
@@ -168,27 +171,102 @@ def test_histogram_funnel_equals_direct_sql(random_engine, data):
 def test_threshold_change_equals_full_reevaluation(random_engine, rule_id, values):
     """Re-evaluating one rule against stored masks equals evaluating every rule afresh."""
     fast = random_engine.histogram({rule_id: values})
-    sql = random_engine.verdicts_sql({rule_id: values})
-    frame = random_engine.con.execute(sql).df()
-    fail = unk = 0
-    rows = {}
+    assert cohorts.as_counter(fast) == _verdict_counter(random_engine, {rule_id: values})
+
+
+def _verdict_frame(engine, overrides=None):
+    """Per-patient pass / fail / unknown / n/a of every rule, evaluated afresh (no masks)."""
+    return engine.con.execute(engine.verdicts_sql(overrides)).df().set_index("patient_id")
+
+
+def _verdict_counter(engine, overrides=None) -> Counter:
+    """The histogram as {(fail, unknown): n}, built row by row from fresh verdicts."""
+    frame = _verdict_frame(engine, overrides)
+    out: Counter = Counter()
     for rec in frame.itertuples(index=False):
         f = u = 0
-        for rid, bit in random_engine.bit.items():
-            status = getattr(rec, rid.replace(".", "_"), None)
-            status = status if status is not None else rec[list(frame.columns).index(rid)]
-            if status == "fail":
-                f |= 1 << bit
-            elif status == "unknown":
-                u |= 1 << bit
-        rows[(f, u)] = rows.get((f, u), 0) + 1
-        fail, unk = f, u
-    slow = fm.Histogram.from_counts(rows)
-    assert fail >= 0 and unk >= 0
-    a = fm.merge(fast)
-    b = fm.merge(slow)
-    assert sorted(zip(a.fail.tolist(), a.unknown.tolist(), a.count.tolist(), strict=True)) == \
-        sorted(zip(b.fail.tolist(), b.unknown.tolist(), b.count.tolist(), strict=True))
+        for status, rule in zip(rec, engine.rules, strict=True):
+            bit = 1 << engine.bit[rule.id]
+            f |= bit if status == "fail" else 0
+            u |= bit if status == "unknown" else 0
+        out[(f, u)] += 1
+    return out
+
+
+def _verdict_funnel(engine, ids, overrides=None) -> list[tuple[int, int]]:
+    """Strict and optimistic survivors after each criterion of `ids`, from fresh verdicts."""
+    frame = _verdict_frame(engine, overrides)
+    strict = optimistic = pd.Series(True, index=frame.index)
+    out = [(len(frame), len(frame))]
+    for cid in ids:
+        leaves = [r.id for r in engine.protocol.criterion(cid).rules if r.id in engine.bit]
+        fails = (frame[leaves] == "fail").any(axis=1)
+        unknown = (frame[leaves] == "unknown").any(axis=1) & ~fails
+        strict = strict & ~fails & ~unknown
+        optimistic = optimistic & ~fails
+        out.append((int(strict.sum()), int(optimistic.sum())))
+    return out
+
+
+@pytest.fixture(scope="module")
+def wide(random_engine):
+    """The protocol with 64 analyst criteria beside it (59 + 64 = 123 leaves, two mask words)."""
+    protocol, changed = custom.extend(PROTOCOL, random_engine.cohort, cohorts.analyst_rules(64))
+    return protocol, changed
+
+
+def test_64_analyst_criteria_beside_the_protocol(random_engine, wide):
+    protocol, changed = wide
+    base = cohorts.as_counter(random_engine.histogram())
+    ext = random_engine.with_protocol(protocol, changed, untrusted=changed)
+    fresh = Engine(random_engine.cohort, protocol, 1, untrusted=changed)
+    assert len(fresh.rules) == len(random_engine.rules) + 64 and fresh.width == ext.width == 2
+    slow = _verdict_counter(fresh)
+    assert max(f | u for f, u in slow).bit_length() > 64  # bits of the second word are used
+    # folded into the reused pass, one full pass, and fresh per-patient verdicts agree
+    assert cohorts.as_counter(ext.histogram()) == cohorts.as_counter(fresh.histogram()) == slow
+    assert cohorts.as_counter(random_engine.histogram()) == base  # the base engine is untouched
+    for overrides in ({"INCL07.PLT": {"min": 75}}, {"CUST64": {"limit": 1}},
+                      {"CUST01": {"limit": 60}, "EXCL11.QTCF": {"max_male": 470}}):
+        want = _verdict_counter(fresh, overrides)
+        assert cohorts.as_counter(ext.histogram(overrides)) == want
+        assert cohorts.as_counter(fresh.histogram(overrides)) == want
+    by_site = analysis.by_site(ext)
+    assert by_site["screened"].sum() == ext.cohort.n
+    assert by_site["strict"].sum() == analysis.run(ext).totals["strict"]
+
+
+def test_wide_funnel_equals_fresh_verdicts_and_mask_sql(random_engine, wide):
+    protocol, changed = wide
+    ext = random_engine.with_protocol(protocol, changed, untrusted=changed)
+    rng = random.Random(5)
+    ids = [c.id for c in protocol.criteria]
+    rng.shuffle(ids)
+    ids = ids[:70]  # more criteria than one word holds, custom and protocol mixed
+    disabled = frozenset(c.id for c in protocol.criteria) - set(ids)
+    overrides = {"CUST64": {"limit": 1}}
+    scenario = Scenario("wide", overrides=overrides, disabled=disabled)
+    result = analysis.run(ext, scenario, order=ids)
+    assert result.histogram.width == 2 and list(result.plan.ids) == ids
+    got = list(zip(result.funnel["strict"], result.funnel["optimistic"], strict=True))
+    assert got == _verdict_funnel(ext, ids, overrides)
+    assert got == [tuple(r) for r in _direct_counts(ext, ids, overrides)]  # screen log over mask words
+    log = ext.con.execute(analysis.screen_log_sql(ext, scenario)).df().set_index("patient_id")
+    fresh = _verdict_frame(ext, overrides)
+    for rid in ("CUST64", "CUST33", "INCL07.PLT"):
+        assert (log[rid] == fresh[rid]).all()
+
+
+def test_evaluation_streams_record_batches(random_engine, wide, monkeypatch):
+    """Packing per record batch (here 1,000 patients) gives the masks of one big batch."""
+    protocol, changed = wide
+    whole = Engine(random_engine.cohort, protocol, 1, untrusted=changed)
+    whole.evaluate()
+    monkeypatch.setattr(engine_module, "BATCH_ROWS", 1000)
+    batched = Engine(random_engine.cohort, protocol, 1, untrusted=changed)
+    batched.evaluate()
+    assert np.array_equal(whole._f, batched._f) and np.array_equal(whole._u, batched._u)
+    assert whole._f.shape == (2, random_engine.cohort.n) and whole._f[1].any()
 
 
 def test_reorder_and_toggle_never_rescan(random_engine, monkeypatch):

@@ -109,9 +109,11 @@ def test_round_trip_and_validation(tmp_path, pooled):
     for broken, message in [
         ({**doc, "version": 9}, "format version"),
         ({**doc, "format": "csv"}, "not a kn026-histogram"),
-        ({**doc, "rows": [[3, 1, 5]], "total": 5}, "not a valid mask pair"),
-        ({**doc, "rows": [[1 << 59, 0, 5]], "total": 5}, "not a valid mask pair"),
-        ({**doc, "rows": [["1", 0, 5]], "total": 5}, "integers"),
+        ({**doc, "rows": [["0x3", "0x1", 5]], "total": 5}, "not a valid mask pair"),
+        ({**doc, "rows": [[hex(1 << 59), "0x0", 5]], "total": 5}, "not a valid mask pair"),
+        ({**doc, "rows": [["1", "0x0", 5]], "total": 5}, "hexadecimal"),
+        ({**doc, "rows": [[3, 0, 5]], "total": 5}, "hexadecimal"),  # version 1 rows in a version 2 file
+        ({**doc, "rows": [["0x3", "0x0", "5"]], "total": 5}, "whole number"),
         ({k: v for k, v in doc.items() if k != "leaves"}, "'leaves'"),
     ]:
         (tmp_path / "x.json").write_text(json.dumps(broken))
@@ -120,6 +122,89 @@ def test_round_trip_and_validation(tmp_path, pooled):
     (tmp_path / "y.json").write_text("{not json")
     with pytest.raises(federated.FederatedError, match="not a JSON"):
         federated.read_histogram(tmp_path / "y.json")
+
+
+def test_version_1_files_are_refused_with_what_to_do(tmp_path, pooled):
+    doc = site_docs(pooled.head(300), 1, SCENARIO)[0]
+    assert doc["version"] == 2 and all(isinstance(r[0], str) and r[0].startswith("0x") for r in doc["rows"])
+    old = {**doc, "version": 1, "rows": [[int(f, 16), int(u, 16), n] for f, u, n in doc["rows"]]}
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    with pytest.raises(federated.FederatedError, match=r"version 1.*reads version 2.*export its histogram again"):
+        federated.read_histogram(tmp_path / "old.json")
+    with pytest.raises(federated.FederatedError, match="export its histogram again"):
+        federated.histogram_from_bytes(json.dumps(old).encode(), "old.json")
+    with pytest.raises(federated.FederatedError, match="export its histogram again"):
+        federated.merge_histograms([doc, dict(old, site="other")])
+    # the exported query's result: version 1 had columns f, u, n
+    (tmp_path / "rows.csv").write_text("f,u,n\n0,0,5\n")
+    with pytest.raises(federated.FederatedError, match=r"older kn026 \(rows version 1\).*f0, u0, n"):
+        federated.main_histogram(_histogram_args(tmp_path / "rows.csv", tmp_path / "x.json"))
+    (tmp_path / "rows.csv").write_text("f0,u0,f1,u1,n\n0,0,0,0,5\n")
+    with pytest.raises(federated.FederatedError, match="f1, u1 are more mask words"):
+        federated.main_histogram(_histogram_args(tmp_path / "rows.csv", tmp_path / "x.json"))
+    (tmp_path / "rows.csv").write_text("u0,n\n0,5\n")
+    with pytest.raises(federated.FederatedError, match="f0 missing"):
+        federated.main_histogram(_histogram_args(tmp_path / "rows.csv", tmp_path / "x.json"))
+    assert not (tmp_path / "x.json").exists()
+
+
+def _histogram_args(rows, out, scenario=None):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(out=str(out), protocol=None, scenario=scenario, rows=str(rows), stage=1, columns=None,
+                           site="A", suppress_below=None)
+
+
+@pytest.fixture(scope="module")
+def wide():
+    """64 analyst criteria beside the protocol (123 leaves, masks of two words)."""
+    return Scenario("wide", overrides={"CUST64": {"limit": 1}, "INCL07.PLT": {"min": 75}},
+                    custom=tuple(cohorts.analyst_rules(64)))
+
+
+def test_64_analyst_criteria_merge_into_the_pooled_funnel(pooled, wide, tmp_path):
+    docs = []
+    for site, part in pooled.groupby("site_id", sort=True):
+        engine = analysis.engine_for(Engine(load_cohort(part.reset_index(drop=True), connect()), PROTOCOL, 1), wide)
+        docs.append(federated.export_histogram(engine.histogram(wide.overrides), engine, wide, site))
+    assert len(docs[0]["leaves"]) == 123
+    assert any(int(r[0], 16) >> 64 or int(r[1], 16) >> 64 for d in docs for r in d["rows"])
+    paths = [federated.write_histogram(tmp_path / f"{d['site']}.json", d) for d in docs]
+    hist, meta = federated.merge_histograms([federated.read_histogram(p) for p in paths])
+    pooled_engine = analysis.engine_for(Engine(load_cohort(pooled, connect()), PROTOCOL, 1), wide)
+    assert as_counter(hist) == as_counter(pooled_engine.histogram(wide.overrides, by_site=True))
+    result, sites = federated.network_result(hist, meta)
+    want = analysis.run(pooled_engine, wide)
+    assert len(want.plan.ids) > 64 and result.histogram.width == 2
+    pd.testing.assert_frame_equal(result.funnel, want.funnel)
+    pd.testing.assert_frame_equal(result.stats, want.stats)
+    pd.testing.assert_frame_equal(sites, analysis.by_site(pooled_engine, wide))
+    network = federated.network_histogram(hist, meta)
+    again, _ = federated.merge_histograms([network])
+    assert as_counter(fm_merge_sites(again)) == as_counter(pooled_engine.histogram(wide.overrides))
+
+
+def fm_merge_sites(hist):
+    from kn026 import funnel as fm
+
+    return fm.merge(fm.Histogram(hist.fail, hist.unknown, hist.count))
+
+
+def test_64_analyst_criteria_from_exported_query_rows(pooled, wide, tmp_path):
+    """The `sql` query with two mask words, run at the site, becomes the same site file."""
+    part = pooled[pooled["site_id"] == sorted(pooled["site_id"].unique())[0]].reset_index(drop=True)
+    cohort = load_cohort(part, connect())
+    sql = portable.screening_sql(PROTOCOL, 1, "duckdb", wide, present=cohort.present)
+    rows = cohort.con.execute(sql).df()
+    assert list(rows.columns) == ["f0", "f1", "u0", "u1", "n"]
+    rows.to_csv(tmp_path / "rows.csv", index=False)
+    scen = tmp_path / "wide.yaml"
+    scen.write_text(wide.to_yaml(PROTOCOL))
+    assert federated.main_histogram(_histogram_args(tmp_path / "rows.csv", tmp_path / "rows.json", str(scen))) == 0
+    engine = analysis.engine_for(Engine(cohort, PROTOCOL, 1), wide)
+    want = federated.export_histogram(engine.histogram(wide.overrides), engine, wide, "A")
+    got = federated.read_histogram(tmp_path / "rows.json")
+    assert got["rows"] == want["rows"] and got["criteria_fingerprint"] == want["criteria_fingerprint"]
 
 
 def test_mismatches_are_refused(tmp_path, pooled):
@@ -155,9 +240,8 @@ def test_rule_missing_at_one_site_counts_as_unknown_there(pooled):
     hist, meta = federated.merge_histograms(docs)
     assert meta["partially_assessable"] == {"INCL07.COAG": [sites[0]]}
     assert meta["not_assessable"] == {}
-    bit = np.uint64(1 << docs[0]["leaves"].index("INCL07.COAG"))
-    at_a = hist.site == 0
-    assert np.all((hist.unknown[at_a] & bit) == bit)
+    bit = 1 << docs[0]["leaves"].index("INCL07.COAG")
+    assert all(u & bit for _, u, _, site in hist.records() if site == 0)
     result, _ = federated.network_result(hist, meta)
     assert "INCL07" in result.plan.ids
     # dropped everywhere: n/a in the network funnel too

@@ -119,7 +119,7 @@ def test_emitted_sql_parses_back(dialect, stage, by_site):
         sql = scr.sql(dialect, table="warehouse.kn026.cohort", by_site=by_site)
         tree = sqlglot.parse_one(sql, read=dialect)
         assert isinstance(tree, exp.Select)
-        assert [s.alias_or_name for s in tree.selects] == (["site_id"] if by_site else []) + ["f", "u", "n"]
+        assert [s.alias_or_name for s in tree.selects] == (["site_id"] if by_site else []) + ["f0", "u0", "n"]
         assert tree.sql(dialect=dialect) == sql  # stable round trip: nothing was lost in parsing
         # the header is SQL comments: header + query is still one statement
         assert isinstance(sqlglot.parse_one(scr.header(dialect) + "\n" + sql, read=dialect), exp.Select)
@@ -228,27 +228,84 @@ def test_postgres_and_spark_round_is_half_away_from_zero():
         assert got_spark == want, v
 
 
-def test_masks_are_bigint_and_at_most_63_leaves():
+def test_masks_are_bigint_words_of_63_leaves():
     scr = portable.screening(PROTOCOL, 1)
     tree = scr.tree()
     casts = [c for c in tree.find_all(exp.Cast) if c.to.is_type(exp.DataType.Type.BIGINT)]
     values = {int(c.this.this) for c in casts}
     assert values == {0} | {1 << j for j in range(len(scr.leaves))}
-    assert max(values) == 1 << 58  # KN026-001: 59 leaves
+    assert max(values) == 1 << 58  # KN026-001: 59 leaves, one word
+    assert scr.words == 1
 
-    doc = {"protocol": "BIG", "stages": {1: "one"},
-           "criteria": [{"id": f"INCL{i:02d}", "kind": "inclusion", "text": "t",
-                         "rules": [{"id": f"INCL{i:02d}", "sql": "age_years >= 18"}]} for i in range(1, 65)]}
-    big = build_protocol(doc)
-    with pytest.raises(ValueError, match="at most 63"):
-        portable.screening(big, 1)
-    doc["criteria"] = doc["criteria"][:63]
-    scr63 = portable.screening(build_protocol(doc), 1)
     con = duckdb.connect()
     con.execute("CREATE TABLE cohort AS SELECT * FROM (VALUES (10.0), (NULL), (30.0)) t(age_years)")
-    h = portable.histogram_from_rows(con.execute(scr63.sql("duckdb")).fetchall())
-    full = (1 << 63) - 1
-    assert as_counter(h) == Counter({(full, 0): 1, (0, full): 1, (0, 0): 1})
+    for n_leaves, words in ((63, 1), (64, 2), (126, 2), (127, 3)):
+        doc = {"protocol": "BIG", "stages": {1: "one"},
+               "criteria": [{"id": f"INCL{i:03d}", "kind": "inclusion", "text": "t",
+                             "rules": [{"id": f"INCL{i:03d}", "sql": "age_years >= 18"}]}
+                            for i in range(1, n_leaves + 1)]}
+        big = portable.screening(build_protocol(doc), 1)
+        assert big.words == words
+        tree = big.tree()
+        assert [s.alias_or_name for s in tree.selects] == portable.mask_columns(words) + ["n"]
+        values = {int(c.this.this) for c in tree.find_all(exp.Cast) if c.to.is_type(exp.DataType.Type.BIGINT)}
+        assert max(values) == 1 << min(n_leaves - 1, 62)  # never the sign bit
+        h = portable.histogram_from_rows(con.execute(big.sql("duckdb")).fetchall())
+        full = (1 << n_leaves) - 1
+        assert as_counter(h) == Counter({(full, 0): 1, (0, full): 1, (0, 0): 1})
+        assert "leaf 63 = f1/u1 bit  0 INCL064" in big.header("spark") or n_leaves < 64
+
+
+def test_rows_of_other_shapes_are_refused():
+    with pytest.raises(ValueError, match="f0.., u0.., n"):
+        portable.histogram_from_rows([(1, 2)])
+    with pytest.raises(ValueError, match="f0.., u0.., n"):
+        portable.histogram_from_rows([(1, 0, 0, 2)])  # three mask words cannot pair up
+    with pytest.raises(ValueError, match="0 .. 2[*][*]63 - 1"):
+        portable.histogram_from_rows([(-1, 0, 2)])
+    with pytest.raises(ValueError, match="expected columns"):
+        import pyarrow as pa
+
+        portable.histogram_from_arrow(pa.table({"f": [1], "u": [0], "n": [2]}))
+
+
+@pytest.fixture(scope="module")
+def wide_scenario():
+    """64 analyst criteria beside the protocol: 59 + 64 = 123 leaves, two 63-bit words."""
+    return Scenario("wide", overrides={"CUST64": {"limit": 1}, "INCL07.PLT": {"min": 75}},
+                    custom=tuple(cohorts.analyst_rules(64)))
+
+
+def test_64_analyst_criteria_match_the_engine(wide_scenario):
+    """The DuckDB run of the emitted SQL with two mask words equals the engine's histogram."""
+    import random
+
+    from kn026 import analysis
+
+    rng = random.Random(9)
+    patients = [{c: rng.choice(v) for c, v in cohorts.VALUES.items()} for _ in range(2000)]
+    cohort = load_cohort(_csv_frame(patients), connect())
+    extended = analysis.engine_for(Engine(cohort, PROTOCOL, 1), wide_scenario)
+    scr = portable.screening(PROTOCOL, 1, wide_scenario, cohort.present)
+    assert len(scr.leaves) == 123 and scr.words == 2 and extended.width == 2
+    for by_site in (False, True):
+        rows = cohort.con.execute(scr.sql("duckdb", cohort.table, by_site=by_site)).fetchall()
+        got = portable.histogram_from_rows(rows, by_site=by_site)
+        want = extended.histogram(wide_scenario.overrides, by_site=by_site)
+        assert max(f | u for f, u, *_ in want.records()).bit_length() > 64
+        assert as_counter(got) == as_counter(want)
+        arrow = portable.histogram_from_arrow(cohort.con.cursor().sql(
+            scr.sql("duckdb", cohort.table, by_site=by_site)).to_arrow_table(), by_site=by_site)
+        assert as_counter(arrow) == as_counter(want)
+    for dialect in OTHER_DIALECTS:
+        tree = sqlglot.parse_one(scr.sql(dialect), read=dialect)
+        assert [s.alias_or_name for s in tree.selects] == ["f0", "f1", "u0", "u1", "n"]
+
+
+def _csv_frame(patients):
+    import pandas as pd
+
+    return pd.read_csv(io.StringIO(cohorts.to_csv(patients)), dtype=str, keep_default_na=False)
 
 
 def test_absent_columns_make_rules_not_assessable():
@@ -256,7 +313,7 @@ def test_absent_columns_make_rules_not_assessable():
     scr = portable.screening(PROTOCOL, 1, present=present)
     assert scr.not_assessable == {"INCL05": ["ecog"], "INCL07.COAG": ["pt_s"]}
     assert "INCL05" not in scr.predicates and "INCL07.COAG" not in scr.predicates
-    assert "bit  7 INCL05  (n/a: missing ecog)" in scr.header("trino")
+    assert "leaf  7 = f0/u0 bit  7 INCL05  (n/a: missing ecog)" in scr.header("trino")
     # an absent optional column (ULN) reads as NULL, so the default ULN applies
     no_uln = portable.screening(PROTOCOL, 1, present=portable.ALL_COLUMNS - {"aptt_uln_s"})
     assert "INCL07.APTT" in no_uln.predicates
@@ -301,7 +358,7 @@ def test_cli_prints_parseable_sql(dialect, tmp_path):
     assert text.startswith("-- KN026-001 stage 2, scenario 'CrCl 50'")
     assert "INCL07.COAG  (n/a: missing pt_s)" in text
     tree = sqlglot.parse_one(text.rstrip().rstrip(";"), read=dialect)
-    assert [s.alias_or_name for s in tree.selects] == ["site_id", "f", "u", "n"]
+    assert [s.alias_or_name for s in tree.selects] == ["site_id", "f0", "u0", "n"]
     assert tree.find(exp.Table).name == "cohort"
 
 
@@ -392,7 +449,7 @@ def test_postgres_runs_the_emitted_sql(postgres, tmp_path):
                                              present=cohort.present)
                 lines = [line.split(",") for line in postgres("-c", sql).splitlines() if line]
                 if by_site:
-                    lines = [[s or None, f, u, n] for s, f, u, n in lines]
+                    lines = [[s or None, *rest] for s, *rest in lines]
                 got = portable.histogram_from_rows(lines, by_site=by_site)
                 want = engine.histogram(scen.overrides, by_site=by_site)
                 assert as_counter(got) == as_counter(want), (stage, name, by_site)

@@ -98,6 +98,21 @@ def test_spark_engine_drives_the_analysis(spark, tmp_path):
     assert analysis.by_site(engine, MIXED).equals(analysis.by_site(sp, MIXED))
 
 
+def test_64_analyst_criteria_on_spark_equal_duckdb(spark, random_files):
+    """Two mask words (59 + 64 = 123 leaves): Spark's histogram and funnel equal the engine's."""
+    (path, cohort), _ = random_files
+    wide = Scenario("wide", overrides={"CUST64": {"limit": 1}}, custom=tuple(cohorts.analyst_rules(64)))
+    sp = analysis.engine_for(kspark.spark_engine(path, PROTOCOL, 1, spark=spark), wide)
+    engine = analysis.engine_for(Engine(cohort, PROTOCOL, 1), wide)
+    assert len(sp.rules) == 123
+    got = sp.histogram(wide.overrides, by_site=True)
+    want = engine.histogram(wide.overrides, by_site=True)
+    assert max(f | u for f, u, *_ in want.records()).bit_length() > 64
+    assert as_counter(got) == as_counter(want)
+    a, b = analysis.run(engine, wide), analysis.run(sp, wide)
+    assert len(a.plan.ids) > 64 and a.funnel.equals(b.funnel) and a.stats.equals(b.stats)
+
+
 def test_engine_option_helpers():
     import argparse
 
