@@ -205,9 +205,11 @@ def test_funnel_not_assessable(tmp_path, capsys):
     cohort = write_cohort(tmp_path / "c.csv", drop=("ecog",))
     doc = funnel_json(["--cohort", cohort, "--stage", 1], capsys)
     assert doc["not_assessable"] == {"INCL05": ["ecog"]}
+    assert doc["not_assessable_criteria"] == {"INCL05": ["ecog"]}
+    assert doc["warnings"] == []  # one rule of 67 n/a: enough can be assessed
     assert "INCL05" not in [s["criterion"] for s in doc["funnel"]]
     code, out, _ = run(["funnel", "--cohort", cohort, "--stage", 1], capsys)
-    assert code == 0 and "INCL05: n/a (missing column(s) ecog)" in out
+    assert code == 0 and "INCL05: n/a, left out (missing ecog)" in out
 
 
 # -- errors ------------------------------------------------------------------------------------------
@@ -405,3 +407,24 @@ def test_sql_histogram_and_merge_commands(tmp_path, capsys):
     assert [(s["site"], s["strict"]) for s in doc["sites"]] == [("A", 3), ("B", 3)]
     code, _, err = run(["merge", tmp_path / "a.json", tmp_path / "missing.json"], capsys)
     assert code == 2 and "missing.json" in err and "Traceback" not in err
+
+
+def test_funnel_names_missing_columns_per_rule_and_warns(tmp_path, capsys):
+    """Dictionary v2: sub-rules are n/a on their own, with their missing columns; a cohort that
+    leaves more than a third of the rules n/a gets a warning, in JSON and in text."""
+    keep = ["patient_id", "age_years", "inr", "days_since_anticancer_therapy", "sbp_mmhg"]
+    path = tmp_path / "few.csv"
+    path.write_text("\n".join([",".join(keep), "P1,60,3,7,180", "P2,70,1.0,,120"]) + "\n")
+    doc = funnel_json(["--cohort", path, "--stage", 1], capsys)
+    na = doc["not_assessable"]
+    assert na["EXCL03.TCM"] == ["days_since_antitumor_tcm"] and "EXCL03.WASHOUT" not in na
+    assert na["EXCL11.DBP"] == ["dbp_mmhg"] and "EXCL11.SBP" not in na and "INCL07.COAG" not in na
+    assert na["INCL07.CRCL"] == ["creatinine_clearance_ml_min", "creatinine_umol_l", "weight_kg"]
+    assert "EXCL03" not in doc["not_assessable_criteria"]  # the washout still screens
+    assert len(na) == 67 - 4 and doc["warnings"][0].startswith("63 of 67 rules cannot be assessed")
+    assert doc["totals"]["strict"] == 0  # P1: INR 3 unknown, dosed 7 days ago, SBP 180; P2: no date
+    code, out, _ = run(["funnel", "--cohort", path, "--stage", 1], capsys)
+    assert code == 0 and "EXCL03.TCM: n/a, left out (missing days_since_antitumor_tcm)" in out
+    assert "INCL07.CRCL: n/a, left out (missing creatinine_clearance_ml_min, or creatinine_umol_l + " \
+           "weight_kg)" in out
+    assert "warning: 63 of 67 rules cannot be assessed" in out

@@ -102,12 +102,6 @@ def test_extra_columns_can_be_used():
     assert list(log["CUST01"]) == ["fail", "pass", "unknown"]
 
 
-def test_too_many_rules_is_refused(engine):
-    rules = [custom.CustomRule(f"CUST{i:02d}", "exclusion", "x", "age_years > 1") for i in range(6)]
-    with pytest.raises(CriteriaError, match="at most 64"):
-        extended(engine, rules=rules)
-
-
 def test_scenario_yaml_carries_custom_and_replaced_rules(engine):
     from kn026.scenario import parse_scenario
 

@@ -129,7 +129,7 @@ def test_summary(engine):
 
 def test_format_value():
     assert P.format_value(None, "days_since_transfusion") == "none on record"
-    assert P.format_value(None, "inr_uln") == "not recorded (default used)"
+    assert P.format_value(None, "inr_uln") == "not recorded (default ULN used)"
     assert P.format_value(float("nan"), "age_years") == "missing"
     assert P.format_value(True) == "yes" and P.format_value(np.int16(3)) == "3"
     assert P.format_value(1.5000000001) == "1.5"
@@ -144,7 +144,8 @@ def test_completeness_and_coverage(frame, protocol):
     assert cols.loc["days_since_transfusion", "empty_means"] == "none on record"
     assert "INCL02.HER2" in cols.loc["her2_ihc", "used_by"]
     cov = P.rule_coverage(engine, Scenario(), cols.reset_index()).set_index("rule")
-    assert cov.loc["INCL02.HER2", "status"] == "n/a" and "her2_ish" in cov.loc["INCL02.HER2", "reason"]
+    # dictionary v2: an absent her2_ish reads as unknown (IHC 2+ patients), it does not make HER2 n/a
+    assert cov.loc["INCL02.HER2", "status"] != "n/a" and "no her2_ish column" in cov.loc["INCL02.HER2", "reason"]
     assert cov.loc["INCL08", "status"] == "n/a"
     assert cov.loc["INCL05", "status"] in ("ok", "often unknown")
     res = analysis.run(engine)
