@@ -32,10 +32,11 @@ from kn026.custom import CustomRule
 from kn026.scenario import Scenario
 from tests import app_support
 from tests.app_support import ROOT, go, ok, open_expander, sidebar_radio
+from tests.shared_data import OMOP_SAMPLE
 
 TIMEOUT = 180
 FIXTURES = ROOT / "tests" / "fixtures" / "omop"
-SAMPLE = ROOT.parent / "shared" / "data" / "omop" / "Synthea27Nj_5.4.zip"
+SAMPLE = OMOP_SAMPLE
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 64
 HTML = b"<!DOCTYPE html><html><head><title>Sign in</title></head><body>Session expired</body></html>"
 

@@ -15,10 +15,11 @@ import pytest
 from kn026 import loading, omop, sandbox, upload
 from kn026 import mapping as mp
 from kn026.cohort import CohortError
+from tests.shared_data import OMOP_SAMPLE
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "tests" / "fixtures" / "omop"
-SAMPLE = ROOT.parent / "shared" / "data" / "omop" / "Synthea27Nj_5.4.zip"
+SAMPLE = OMOP_SAMPLE
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 64
 HTML = b"<!DOCTYPE html><html><body>Not found</body></html>"
 

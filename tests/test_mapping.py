@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -13,8 +12,9 @@ from hypothesis import strategies as st
 from kn026 import mapping as mp
 from kn026 import schema
 from kn026.cohort import CohortError, load_cohort
+from tests.shared_data import OMOP_SAMPLE
 
-SAMPLE = Path(__file__).resolve().parents[2] / "shared/data/omop/Synthea27Nj_5.4.zip"
+SAMPLE = OMOP_SAMPLE
 
 MESSY = {
     "Subject No.": ("patient_id", None),

@@ -18,8 +18,9 @@ import pytest
 
 from kn026 import omop, schema
 from kn026.cohort import load_cohort
+from tests.shared_data import OMOP_SAMPLE
 
-SAMPLE = Path(__file__).resolve().parents[2] / "shared/data/omop/Synthea27Nj_5.4.zip"
+SAMPLE = OMOP_SAMPLE
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "omop"
 INDEX = dt.date(2024, 6, 30)  # last observation of the planted persons
 
