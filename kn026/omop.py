@@ -60,6 +60,10 @@ BUILTIN = ("patient_id", "site_id", "country", "screening_date", "age_years", "s
 # Record-based kinds (days, doses) are always NULL: the dictionary's "none on record".
 _DEFAULT_ABSENT = {"first_line": False, "lines": 0, "progressed": False, "lvef_drop": 0}
 _RECORD_BASED = ("condition_days", "procedure_days", "drug_days", "dose_cumulative", "dose_daily")
+_DRUG_KINDS = ("drug_days", "first_line", "lines", "progressed", "half_life", "dose_cumulative", "dose_daily",
+               "lvef_drop", "lvef_nadir")
+_SET_TABLE = {"condition": "condition_occurrence", "procedure": "procedure_occurrence",
+              "observation": "observation", "measurement": "measurement"}
 
 
 # ----------------------------------------------------------------------------- importer
@@ -196,13 +200,41 @@ class _Importer(Vocabulary, Columns, Therapy):
         self.step(0.6, "deriving columns")
         self._lab_values()
         specs = self.doc["columns"]
+        self.unsearched: dict[str, str] = {}
         for i, (name, spec) in enumerate(specs.items()):
-            getattr(self, "_col_" + spec["kind"])(name, spec)
+            why = self._unsearched(spec)
+            if why:  # left out: a column never searched must not read as "none on record" or unknown
+                self.unsearched[name] = why
+                if spec.get("uln"):
+                    self.unsearched[spec["uln"]] = why
+            else:
+                getattr(self, "_col_" + spec["kind"])(name, spec)
             self.step(0.6 + 0.3 * (i + 1) / len(specs), f"derived {name}")
         self.step(0.92, "assembling the cohort")
         frame = self._assemble()
         self._report(frame)
         return frame
+
+    def _unsearched(self, spec: dict) -> str | None:
+        """Why a column cannot be searched in this CDM (a table it is searched in is missing or
+        empty; drugs without a CONCEPT table to recognise them), else None."""
+        def filled(table: str) -> bool:
+            return self.report.tables.get(table.upper(), 0) > 0
+
+        sets = [*(spec.get("sets") or []), *(spec.get("unknown_sets") or []), *(spec.get("procedure_sets") or [])]
+        if spec["kind"] == "condition_category":
+            sets += [s for _, s in spec.get("values") or []]
+        for s in dict.fromkeys(sets):
+            tables = [_SET_TABLE[t] for t in self.doc["concept_sets"][s].get("tables") or ["condition"]]
+            if not any(filled(t) for t in tables):
+                return (f"not searched: {' and '.join(t.upper() for t in tables)} "
+                        f"{'is' if len(tables) == 1 else 'are'} missing or empty in this CDM ({s})")
+        if spec["kind"] in _DRUG_KINDS:
+            if not filled("drug_exposure"):
+                return "not searched: DRUG_EXPOSURE is missing or empty in this CDM"
+            if not (self.has_concept or self.has_ancestor):
+                return "not searched: without a CONCEPT table drug exposures cannot be told apart by ingredient"
+        return None
 
     def _cdm_version(self) -> str:
         if self.src.has("cdm_source") and "cdm_version" in self.src.cols["cdm_source"]:
@@ -246,7 +278,8 @@ class _Importer(Vocabulary, Columns, Therapy):
                 {c(table, ts, 'TIMESTAMP', 'sort_ts')}, {c(table, eid, 'BIGINT', 'event_id')},
                 {c(table, 'value_as_number', 'DOUBLE')}, {c(table, 'value_as_concept_id', 'BIGINT')},
                 {c(table, value_text, 'VARCHAR', 'value_text')}, {c(table, 'unit_concept_id', 'BIGINT')},
-                {c(table, 'unit_source_value', 'VARCHAR')}, {c(table, 'range_high', 'DOUBLE')}
+                {c(table, 'unit_source_value', 'VARCHAR')}, {c(table, 'range_high', 'DOUBLE')},
+                {c(table, 'operator_concept_id', 'BIGINT')}
                 FROM {s.views[table]}""")
             unions.append(f"SELECT *, upper(replace(replace(source_value, '.', ''), ' ', '')) AS source_norm "
                           f"FROM _omop_e_{tbl}")
@@ -256,7 +289,7 @@ class _Importer(Vocabulary, Columns, Therapy):
                           "NULL::DATE AS end_date, NULL::TIMESTAMP AS sort_ts, NULL::BIGINT AS event_id, "
                           "NULL::DOUBLE AS value_as_number, NULL::BIGINT AS value_as_concept_id, "
                           "NULL::VARCHAR AS value_text, NULL::BIGINT AS unit_concept_id, "
-                          "NULL::VARCHAR AS unit_source_value, NULL::DOUBLE AS range_high, "
+                          "NULL::VARCHAR AS unit_source_value, NULL::DOUBLE AS range_high, NULL::BIGINT AS operator_concept_id, "
                           "NULL::VARCHAR AS source_norm WHERE FALSE")
         self.sql("CREATE TEMP VIEW _omop_events AS " + " UNION ALL ".join(unions))
         d = "drug_exposure"
@@ -432,7 +465,8 @@ class _Importer(Vocabulary, Columns, Therapy):
                 r.columns.append(ColumnReport(name, "derived", info["source"], int(s.notna().sum()), n_true,
                                               evidence.get(name, []), units.get(name, {}), info["note"]))
             else:
-                reason = not_derived.get(name, "not derived from OMOP (no entry in the concepts file)")
+                reason = self.unsearched.get(name) or not_derived.get(
+                    name, "not derived from OMOP (no entry in the concepts file)")
                 r.columns.append(ColumnReport(name, "absent", "", note=str(reason)))
 
 

@@ -12,7 +12,19 @@ import pandas as pd
 
 from kn026 import schema
 from kn026.cohort import q
-from kn026.omop_concepts import _fmt, _lit, normalise_unit, unit_table
+from kn026.omop_concepts import _fmt, _lit, _numeric_parts, normalise_unit, unit_table
+
+# OMOP operator concepts (MEASUREMENT.operator_concept_id): "<20" is value 20 with operator <.
+_LT, _LE, _GT, _GE = 4171756, 4171754, 4172704, 4171755
+
+
+def at_least(value: str, op: str, limit: float) -> str:
+    """SQL: TRUE when the result `value` (with operator `op`) is >= `limit`, FALSE when below,
+    NULL when its operator leaves it open ("<1000" against 500). Compared in DECIMAL."""
+    v, lim = f"CAST({value} AS DECIMAL(38, 6))", f"CAST({float(limit)!r} AS DECIMAL(38, 6))"
+    return (f"(CASE WHEN {value} IS NULL THEN NULL WHEN {op} = {_LT} THEN CASE WHEN {v} <= {lim} THEN FALSE END "
+            f"WHEN {op} = {_LE} THEN CASE WHEN {v} < {lim} THEN FALSE END "
+            f"WHEN {op} IN ({_GT}, {_GE}) THEN CASE WHEN {v} >= {lim} THEN TRUE END ELSE {v} >= {lim} END)")
 
 
 class Columns:
@@ -31,6 +43,8 @@ class Columns:
     def _lab_values(self) -> None:
         """Every usable, converted measurement of the lab columns (and weight / height for BSA)."""
         labs = {n: s for n, s in self.doc["columns"].items() if s["kind"] in ("lab", "lvef_drop", "lvef_nadir")}
+        for n, s in self.doc["columns"].items():  # numeric results deciding a category or flag
+            labs |= {f"{n}.{part}": s[part] for part in _numeric_parts(s)}
         labs["_bsa_weight"] = {"sets": ["body_weight"], "units": "kg"}
         labs["_bsa_height"] = {"sets": ["body_height"], "units": "cm"}
         lvef = next((s for n, s in self.doc["columns"].items() if s["kind"] == "lab" and "lvef" in s["sets"]), None)
@@ -64,7 +78,8 @@ class Columns:
         for name, spec in labs.items():
             cases.append(f"WHEN h.set_name IN ({self._in(spec['sets'])}) AND u.col = {_lit(name)} THEN TRUE")
         self.sql(f"""CREATE TEMP TABLE _omop_labs AS SELECT u.col, u.unit, h.person_id, h.index_date, h.start_date,
-            h.sort_ts, h.event_id, h.concept_id, {conv.format(x='h.value_as_number')} AS value,
+            h.sort_ts, h.event_id, h.concept_id, h.operator_concept_id AS op,
+            {conv.format(x='h.value_as_number')} AS value,
             CASE WHEN h.range_high > 0 THEN {conv.format(x='h.range_high')} END AS uln
             FROM _omop_hits h JOIN _omop_units u ON u.unit_concept_id IS NOT DISTINCT FROM h.unit_concept_id
                 AND u.unit_source_value IS NOT DISTINCT FROM h.unit_source_value
@@ -124,7 +139,7 @@ class Columns:
 
     def _latest_lab(self, name: str, lookback) -> str:
         window = "" if lookback is None else f"AND start_date >= index_date - INTERVAL {int(lookback)} DAY"
-        return f"""SELECT person_id, value, uln, concept_id, unit FROM (SELECT *, row_number() OVER (
+        return f"""SELECT person_id, value, uln, concept_id, unit, op FROM (SELECT *, row_number() OVER (
             PARTITION BY person_id ORDER BY start_date DESC, sort_ts DESC NULLS LAST, event_id DESC NULLS LAST,
             value DESC) AS rn FROM _omop_labs WHERE col = {_lit(name)} {window}) WHERE rn = 1"""
 
@@ -144,6 +159,13 @@ class Columns:
                         "the lab's reference range upper limit; NULL when not recorded (default ULN applies)")
 
     def _col_lab_category(self, name: str, spec: dict) -> None:
+        lookback = spec.get("lookback_days", self.lookback) if "lookback_days" in spec else self.lookback
+        when = "latest result ever" if lookback is None else f"latest result within {lookback} days"
+        self._store(name, self._category_sql(name, spec), None, "MEASUREMENT " + ", ".join(spec["sets"]),
+                    f"{when}; NULL when not tested")
+
+    def _category_sql(self, name: str, spec: dict) -> str:
+        """SQL (person_id, value, concept_id): the latest result of `spec['sets']` that `values` translate."""
         values = spec.get("values") or {}
         num = spec.get("numeric")
         pairs = self.fetch(f"""SELECT DISTINCT value_as_concept_id, value_text FROM _omop_hits
@@ -181,8 +203,34 @@ class Columns:
                 AND v.value_text IS NOT DISTINCT FROM h.value_text
             WHERE h.set_name IN ({self._in(spec['sets'])}) {window} AND COALESCE({numeric}, v.value) IS NOT NULL)
             WHERE rn = 1"""
+        return sql
+
+    def _col_ish(self, name: str, spec: dict) -> None:
+        """HER2 ISH: the HER2/CEP17 ratio decides; else the laboratory's interpretation; else the copy number."""
+        lookback = spec.get("lookback_days", self.lookback) if "lookback_days" in spec else self.lookback
+        ratio, copies = spec.get("ratio") or {}, spec.get("copy_number") or {}
+        none = "SELECT NULL::VARCHAR AS person_id, NULL::DOUBLE AS value, NULL::BIGINT AS concept_id, " \
+               "NULL::BIGINT AS op WHERE FALSE"
+        r_sql = self._latest_lab(f"{name}.ratio", lookback) if ratio else none
+        c_sql = self._latest_lab(f"{name}.copy_number", lookback) if copies else none
+        r_pos = at_least("r.value", "r.op", ratio.get("positive_at", 2.0))
+        c_pos = at_least("c.value", "c.op", copies.get("positive_at", 6.0))
+        c_mid = at_least("c.value", "c.op", copies.get("negative_below", 4.0))
+        sql = f"""WITH r AS ({r_sql}), i AS ({self._category_sql(name, spec)}), c AS ({c_sql}),
+            p AS (SELECT person_id FROM r UNION SELECT person_id FROM i UNION SELECT person_id FROM c)
+            SELECT p.person_id,
+                CASE WHEN {r_pos} THEN 'positive' WHEN NOT {r_pos} THEN 'negative' WHEN i.value IS NOT NULL THEN i.value
+                     WHEN {c_pos} THEN 'positive' WHEN NOT {c_mid} THEN 'negative' END AS value,
+                CASE WHEN {r_pos} IS NOT NULL THEN r.concept_id WHEN i.value IS NOT NULL THEN i.concept_id
+                     ELSE c.concept_id END AS concept_id
+            FROM p LEFT JOIN r USING (person_id) LEFT JOIN i USING (person_id) LEFT JOIN c USING (person_id)"""
         when = "latest result ever" if lookback is None else f"latest result within {lookback} days"
-        self._store(name, sql, None, "MEASUREMENT " + ", ".join(spec["sets"]), f"{when}; NULL when not tested")
+        note = [f"{when} of each: HER2/CEP17 ratio >= {ratio.get('positive_at')} positive, below negative; "
+                f"without a ratio the laboratory's interpretation; without both, copy number >= "
+                f"{copies.get('positive_at')} positive, < {copies.get('negative_below')} negative, between NULL"]
+        note += [self.unit_notes[k] for k in (f"{name}.ratio", f"{name}.copy_number") if k in self.unit_notes]
+        sets = list(spec["sets"]) + list(ratio.get("sets") or []) + list(copies.get("sets") or [])
+        self._store(name, sql, None, "MEASUREMENT " + ", ".join(sets), "; ".join(note))
 
     def _event_filter(self, spec: dict, alias: str = "h") -> str:
         parts = []
@@ -193,12 +241,17 @@ class Columns:
         return " AND ".join(parts) or "TRUE"
 
     def _col_condition_flag(self, name: str, spec: dict) -> None:
+        """True when a `sets` record passes the window / ongoing filter; NULL when only `unknown_sets`
+        records are on record (filtered too, unless unknown_any_time); a deciding `lab` (the latest
+        result within its look-back, >= true_at true, below false) overrides NULL and absence."""
         f = self._event_filter(spec)
         unknown = spec.get("unknown_sets") or []
-        sql = f"""SELECT person_id, CASE WHEN bool_or(present) THEN TRUE END AS value,
+        uf = "TRUE" if spec.get("unknown_any_time") else f
+        present = f"(h.set_name IN ({self._in(spec['sets'])}) AND {f})"
+        codes = f"""SELECT person_id, CASE WHEN bool_or(present) THEN TRUE END AS value,
             min(CASE WHEN present THEN concept_id END) AS concept_id FROM (
-            SELECT h.person_id, h.concept_id, h.set_name IN ({self._in(spec['sets'])}) AS present FROM _omop_hits h
-            WHERE h.set_name IN ({self._in(list(spec['sets']) + list(unknown))}) AND {f}) GROUP BY person_id"""
+            SELECT h.person_id, h.concept_id, {present} AS present FROM _omop_hits h
+            WHERE {present} OR (h.set_name IN ({self._in(unknown)}) AND {uf})) GROUP BY person_id"""
         when = []
         if spec.get("window_days") is not None:
             when.append(f"within {spec['window_days']} days")
@@ -207,9 +260,39 @@ class Columns:
         absent = self.absent(spec, "condition_flag")
         note = f"true when on record{' ' + ', '.join(when) if when else ''}"
         if unknown:
-            note += f"; NULL when only {', '.join(unknown)} is on record"
+            note += f"; NULL when only {', '.join(unknown)} is on record" + (" (any time)" if uf == "TRUE" else "")
+        sql, source = codes, "CONDITION_OCCURRENCE " + ", ".join(spec["sets"])
+        lab = spec.get("lab")
+        if lab:
+            sql = f"""WITH k AS ({codes}), d AS ({self._deciding_lab(name, lab)})
+                SELECT person_id, CASE WHEN k.value THEN TRUE ELSE d.value END AS value,
+                    CASE WHEN k.value THEN k.concept_id ELSE d.concept_id END AS concept_id
+                FROM k FULL OUTER JOIN d USING (person_id)"""
+            source += ", MEASUREMENT " + ", ".join(lab["sets"])
+            unit = self.doc["unit_groups"][lab["units"]][0]["unit"]
+            note += (f"; the latest {', '.join(lab['sets'])} within {lab.get('lookback_days')} days decides "
+                     f"otherwise: >= {lab['true_at']} {unit} true, below (or not detected) false")
+            if f"{name}.lab" in self.unit_notes:
+                note += f"; {self.unit_notes[name + '.lab']}"
         note += f"; {_fmt(absent)} when none on record"
-        self._store(name, sql, absent, "CONDITION_OCCURRENCE " + ", ".join(spec["sets"]), note)
+        self._store(name, sql, absent, source, note)
+
+    def _deciding_lab(self, name: str, lab: dict) -> str:
+        """SQL (person_id, value TRUE / FALSE / NULL, concept_id) of the latest result of a deciding lab:
+        numeric results in a known unit, and results reported as not detected (below any limit)."""
+        lookback = lab.get("lookback_days")
+        window = "" if lookback is None else f"AND start_date >= index_date - INTERVAL {int(lookback)} DAY"
+        ids = ", ".join(str(int(i)) for i in lab.get("below_ids") or []) or "NULL"
+        texts = self._in(str(x).strip().lower() for x in lab.get("below_text") or [])
+        return f"""SELECT person_id, {at_least('value', 'op', lab['true_at'])} AS value, concept_id FROM (
+            SELECT *, row_number() OVER (PARTITION BY person_id ORDER BY start_date DESC, sort_ts DESC NULLS LAST,
+                event_id DESC NULLS LAST, value DESC) AS rn FROM (
+                SELECT person_id, index_date, start_date, sort_ts, event_id, concept_id, value, op FROM _omop_labs
+                WHERE col = {_lit(name + '.lab')}
+                UNION ALL SELECT person_id, index_date, start_date, sort_ts, event_id, concept_id, 0.0, NULL
+                FROM _omop_hits WHERE set_name IN ({self._in(lab['sets'])}) AND value_as_number IS NULL
+                AND (value_as_concept_id IN ({ids}) OR lower(trim(value_text)) IN ({texts})))
+            WHERE TRUE {window}) WHERE rn = 1"""
 
     def _col_condition_days(self, name: str, spec: dict, table: str = "CONDITION_OCCURRENCE") -> None:
         date = "h.start_date" if table == "CONDITION_OCCURRENCE" else \

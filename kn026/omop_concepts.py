@@ -17,7 +17,7 @@ from kn026 import schema
 
 CONCEPTS_PATH = Path(__file__).with_name("concepts") / "omop_concepts.yaml"
 EVENT_TABLES = ("condition", "procedure", "observation", "measurement")
-KINDS = ("lab", "lab_category", "condition_flag", "condition_days", "condition_category",
+KINDS = ("lab", "lab_category", "ish", "condition_flag", "condition_days", "condition_category",
          "procedure_days", "drug_days", "first_line", "lines", "progressed", "half_life",
          "dose_cumulative", "dose_daily", "lvef_drop", "lvef_nadir", "radiotherapy_toxicity")
 
@@ -53,6 +53,15 @@ def load_concepts(path: str | Path | None = None) -> dict:
     for g in doc.get("antineoplastic_groups") or []:
         if g not in groups:
             raise ValueError(f"{where}: antineoplastic_groups names unknown drug group {g!r}")
+    defaults = doc["defaults"]
+    for key in ("line_anchor_sets", "advanced_disease_sets"):
+        for ref in defaults.get(key) or []:
+            if ref not in sets:
+                raise ValueError(f"{where}: defaults {key} names unknown concept set {ref!r}")
+    for key in ("line_groups", "line_join_groups"):
+        for ref in defaults.get(key) or []:
+            if ref not in groups:
+                raise ValueError(f"{where}: defaults {key} names unknown drug group {ref!r}")
     for name, spec in doc["columns"].items():
         if name not in schema.BY_NAME:
             raise ValueError(f"{where}: column {name!r} is not a dictionary column")
@@ -72,12 +81,37 @@ def load_concepts(path: str | Path | None = None) -> dict:
                 raise ValueError(f"{where}: column {name!r} names unknown drug group {ref!r}")
         if kind == "lab" and spec.get("units") not in units:
             raise ValueError(f"{where}: column {name!r} names unknown unit group {spec.get('units')!r}")
+        for part in _numeric_parts(spec):  # ish ratio / copy number, a condition flag's deciding lab
+            sub = spec[part]
+            if not isinstance(sub, dict) or not sub.get("sets"):
+                raise ValueError(f"{where}: column {name!r} {part} needs sets (concept sets of the result)")
+            for ref in sub["sets"]:
+                if ref not in sets:
+                    raise ValueError(f"{where}: column {name!r} {part} names unknown concept set {ref!r}")
+            if sub.get("units") not in units:
+                raise ValueError(f"{where}: column {name!r} {part} names unknown unit group {sub.get('units')!r}")
+        premed = spec.get("premedication")
+        if premed is not None:
+            for ref in [] if premed.get("groups") in (None, "antineoplastic") else premed["groups"]:
+                if ref not in groups:
+                    raise ValueError(f"{where}: column {name!r} premedication names unknown drug group {ref!r}")
+            known = {str(i["name"]).lower() for items in groups.values() for i in items}
+            for ing in premed.get("ingredients") or []:
+                if str(ing).lower() not in known:
+                    raise ValueError(f"{where}: column {name!r} premedication ingredient {ing!r} is in no drug group")
         if spec.get("uln") and spec["uln"] not in schema.BY_NAME:
             raise ValueError(f"{where}: column {name!r} uln {spec['uln']!r} is not a dictionary column")
     for name in doc["not_derived"]:
         if name not in schema.BY_NAME:
             raise ValueError(f"{where}: not_derived column {name!r} is not a dictionary column")
     return doc
+
+
+def _numeric_parts(spec: dict) -> list[str]:
+    """The sub-entries of a column spec that are numeric results with units (see the file header)."""
+    if spec.get("kind") == "ish":
+        return [k for k in ("ratio", "copy_number") if k in spec]
+    return ["lab"] if spec.get("kind") == "condition_flag" and "lab" in spec else []
 
 
 @cache

@@ -24,50 +24,120 @@ class Therapy:
                     "NULL when none on record")
 
     def _line1(self) -> str:
+        """Line 1 of therapy for advanced disease, per person with line drugs (`_omop_line_status`).
+
+        Line 1 starts at the first line drug on or after the first advanced-disease record
+        (minus line_anchor_days) that follows the tumour's first record; it holds the drugs
+        started within regimen_window_days, plus anti-HER2 drugs added later (up to
+        line_join_days, before any new line drug). Drugs before the advanced-disease record
+        (perioperative / adjuvant) make no line 1 on their own; when they ended less than
+        perioperative_counts_days before it, they may still count as line 1, so a first-line
+        flag is known only when both readings agree.
+        """
         if not hasattr(self, "_line1_done"):
-            onco = self._in(self.doc.get("antineoplastic_groups") or [])
-            anchor = self._in(self.defaults.get("line_anchor_sets") or ["stomach_cancer", "gej_cancer"])
-            days = int(self.defaults.get("line_anchor_days", 30))
-            window = int(self.defaults.get("regimen_window_days", 28))
+            d = self.defaults
+            lg = self._in(d.get("line_groups") or self.doc.get("antineoplastic_groups") or [])
+            jg = self._in(d.get("line_join_groups") or [])
+            anchor = self._in(d.get("line_anchor_sets") or ["stomach_cancer", "gej_cancer"])
+            adv_sets = self._in(d.get("advanced_disease_sets") or ["metastatic_disease"])
+            days = int(d.get("line_anchor_days", 30))
+            window = int(d.get("regimen_window_days", 28))
+            join = int(d.get("line_join_days", window))
+            periop = int(d.get("perioperative_counts_days", 0))
+            self.sql(f"""CREATE TEMP TABLE _omop_ld AS SELECT * FROM _omop_drugs WHERE grp IN ({lg})""")
+            self.sql(f"""CREATE TEMP TABLE _omop_line_status AS
+                WITH dx AS (SELECT person_id, min(start_date) AS dx FROM _omop_hits WHERE set_name IN ({anchor})
+                            GROUP BY 1),
+                adv AS (SELECT h.person_id, min(h.start_date) AS adv FROM _omop_hits h LEFT JOIN dx USING (person_id)
+                        WHERE h.set_name IN ({adv_sets}) AND (dx.dx IS NULL OR h.start_date >= dx.dx - INTERVAL {days} DAY)
+                        GROUP BY 1),
+                st AS (SELECT l.person_id, min(l.start_date) AS line_start FROM _omop_ld l JOIN adv USING (person_id)
+                       WHERE l.start_date >= adv.adv - INTERVAL {days} DAY GROUP BY 1),
+                pre AS (SELECT l.person_id, max(l.last_date) AS pre_last FROM _omop_ld l JOIN adv USING (person_id)
+                        LEFT JOIN dx USING (person_id) WHERE l.start_date < adv.adv - INTERVAL {days} DAY
+                        AND (dx.dx IS NULL OR l.start_date >= dx.dx - INTERVAL {days} DAY) GROUP BY 1)
+                SELECT p.person_id, dx.dx, adv.adv, st.line_start,
+                    COALESCE({periop} > 0 AND pre.pre_last >= adv.adv - INTERVAL {periop} DAY, FALSE) AS ambiguous
+                FROM (SELECT DISTINCT person_id FROM _omop_ld) p LEFT JOIN dx USING (person_id)
+                LEFT JOIN adv USING (person_id) LEFT JOIN st USING (person_id) LEFT JOIN pre USING (person_id)""")
             self.sql(f"""CREATE TEMP TABLE _omop_line AS
-                WITH anc AS (SELECT person_id, min(start_date) AS dx FROM _omop_hits WHERE set_name IN ({anchor})
-                             GROUP BY 1),
-                onco AS (SELECT * FROM _omop_drugs WHERE grp IN ({onco})),
-                st AS (SELECT o.person_id, min(o.start_date) AS line_start FROM onco o LEFT JOIN anc a USING (person_id)
-                       WHERE a.dx IS NULL OR o.start_date >= a.dx - INTERVAL {days} DAY GROUP BY 1)
-                SELECT o.*, st.line_start FROM onco o JOIN st USING (person_id)
-                WHERE o.start_date BETWEEN st.line_start AND st.line_start + INTERVAL {window} DAY""")
-            self.sql(f"CREATE TEMP TABLE _omop_onco AS SELECT DISTINCT person_id FROM _omop_drugs WHERE grp IN ({onco})")
+                WITH core AS (SELECT l.* FROM _omop_ld l JOIN _omop_line_status s USING (person_id)
+                              WHERE l.start_date BETWEEN s.line_start AND s.line_start + INTERVAL {window} DAY),
+                nxt AS (SELECT l.person_id, min(l.start_date) AS next_start FROM _omop_ld l
+                        JOIN _omop_line_status s USING (person_id)
+                        WHERE l.start_date > s.line_start + INTERVAL {window} DAY AND l.grp NOT IN ({jg})
+                        AND l.ingredient NOT IN (SELECT c.ingredient FROM core c WHERE c.person_id = l.person_id)
+                        GROUP BY 1),
+                joined AS (SELECT l.* FROM _omop_ld l JOIN _omop_line_status s USING (person_id)
+                           LEFT JOIN nxt USING (person_id)
+                           WHERE l.grp IN ({jg}) AND l.start_date > s.line_start + INTERVAL {window} DAY
+                           AND l.start_date <= s.line_start + INTERVAL {join} DAY
+                           AND (nxt.next_start IS NULL OR l.start_date < nxt.next_start))
+                SELECT * FROM core UNION ALL SELECT * FROM joined""")
+            # the other reading of line 1 (perioperative drugs), and every line drug since the tumour's record
+            self.sql(f"""CREATE TEMP TABLE _omop_line_pre AS SELECT l.* FROM _omop_ld l
+                JOIN _omop_line_status s USING (person_id)
+                WHERE s.adv IS NOT NULL AND l.start_date < s.adv - INTERVAL {days} DAY
+                AND (s.dx IS NULL OR l.start_date >= s.dx - INTERVAL {days} DAY)""")
+            self.sql(f"""CREATE TEMP TABLE _omop_line_any AS SELECT l.* FROM _omop_ld l
+                JOIN _omop_line_status s USING (person_id)
+                WHERE s.dx IS NULL OR l.start_date >= s.dx - INTERVAL {days} DAY""")
             self._line1_done = True
         return "_omop_line"
 
+    def _no_line(self) -> str:
+        """SQL (over `s`, _omop_line_status): TRUE when the record shows no therapy for advanced disease."""
+        return "(s.adv IS NOT NULL AND s.line_start IS NULL AND NOT s.ambiguous)"
+
     def _col_first_line(self, name: str, spec: dict) -> None:
-        line = self._line1()
-        groups = self._groups(spec)
-        sql = f"""SELECT person_id, bool_or(grp IN ({self._in(groups)})) AS value,
-            min(CASE WHEN grp IN ({self._in(groups)}) THEN drug_concept_id END) AS concept_id
-            FROM {line} GROUP BY person_id"""
-        window = int(self.defaults.get("regimen_window_days", 28))
+        self._line1()
+        g = self._in(self._groups(spec))
+        closed = "FALSE" if self.closed_world else "NULL"
+
+        def agg(table: str) -> str:
+            return (f"(SELECT person_id, bool_or(grp IN ({g})) AS v, min(CASE WHEN grp IN ({g}) THEN "
+                    f"drug_concept_id END) AS cid FROM {table} GROUP BY 1)")
+
+        sql = f"""SELECT s.person_id,
+            CASE WHEN s.line_start IS NOT NULL THEN
+                     CASE WHEN NOT s.ambiguous OR l.v = COALESCE(p.v, FALSE) THEN l.v END
+                 WHEN {self._no_line()} THEN {closed}
+                 WHEN s.adv IS NOT NULL THEN CASE WHEN COALESCE(p.v, FALSE) THEN NULL ELSE FALSE END
+                 ELSE CASE WHEN COALESCE(e.v, FALSE) THEN NULL ELSE FALSE END END AS value,
+            COALESCE(l.cid, p.cid, e.cid) AS concept_id
+            FROM _omop_line_status s LEFT JOIN {agg('_omop_line')} l USING (person_id)
+            LEFT JOIN {agg('_omop_line_pre')} p USING (person_id) LEFT JOIN {agg('_omop_line_any')} e USING (person_id)"""
+        d = self.defaults
         absent = self.absent(spec, "first_line")
-        self._store(name, sql, absent, "DRUG_EXPOSURE " + ", ".join(groups),
-                    f"line 1 = anti-tumour drugs started within {window} days of the first one (on or after the "
-                    f"first gastric/GEJ cancer record); {_fmt(absent)} when no anti-tumour drug is on record")
+        self._store(name, sql, absent, "DRUG_EXPOSURE " + ", ".join(self._groups(spec)) + ", CONDITION_OCCURRENCE "
+                    + ", ".join(d.get("advanced_disease_sets") or []),
+                    f"line 1 = line drugs started within {d.get('regimen_window_days', 28)} days of the first one on "
+                    f"or after the first advanced-disease record (anti-HER2 added up to {d.get('line_join_days')} "
+                    f"days later included); NULL when no advanced-disease record tells line 1 from perioperative "
+                    f"therapy and the group was given, or when perioperative therapy that ended less than "
+                    f"{d.get('perioperative_counts_days', 0)} days before it disagrees; {_fmt(absent)} when no line "
+                    f"drug is on record")
 
     def _col_lines(self, name: str, spec: dict) -> None:
         self._line1()
+        closed = "0" if self.closed_world else "NULL"
         absent = self.absent(spec, "lines")
-        self._store(name, "SELECT person_id, CAST(NULL AS INTEGER) AS value, NULL::BIGINT AS concept_id "
-                          "FROM _omop_onco", absent, "DRUG_EXPOSURE antineoplastic",
-                    f"{_fmt(absent)} when no anti-tumour drug is on record; NULL (unknown) otherwise: "
-                    f"lines for advanced disease cannot be counted reliably from exposures")
+        self._store(name, f"""SELECT s.person_id, CAST(CASE WHEN {self._no_line()} THEN {closed} END AS INTEGER)
+                    AS value, NULL::BIGINT AS concept_id FROM _omop_line_status s""",
+                    absent, "DRUG_EXPOSURE line drugs, CONDITION_OCCURRENCE advanced disease",
+                    f"{_fmt(absent)} when no line drug is on record, or none after the first advanced-disease "
+                    f"record (and no recent perioperative therapy); NULL (unknown) otherwise: lines for advanced "
+                    f"disease cannot be counted reliably from exposures")
 
     def _col_progressed(self, name: str, spec: dict) -> None:
         self._line1()
+        closed = "FALSE" if self.closed_world else "NULL"
         absent = self.absent(spec, "progressed")
-        self._store(name, "SELECT person_id, CAST(NULL AS BOOLEAN) AS value, NULL::BIGINT AS concept_id "
-                          "FROM _omop_onco", absent, "DRUG_EXPOSURE antineoplastic",
-                    f"{_fmt(absent)} when no anti-tumour drug is on record; NULL (unknown) otherwise: "
-                    f"progression is not recorded in OMOP CDM")
+        self._store(name, f"""SELECT s.person_id, CAST(CASE WHEN {self._no_line()} THEN {closed} END AS BOOLEAN)
+                    AS value, NULL::BIGINT AS concept_id FROM _omop_line_status s""",
+                    absent, "DRUG_EXPOSURE line drugs",
+                    f"{_fmt(absent)} when no line of therapy is on record (as prior_systemic_lines = 0); NULL "
+                    f"(unknown) otherwise: progression is not recorded in OMOP CDM")
 
     def _col_half_life(self, name: str, spec: dict) -> None:
         groups = self._groups(spec)
@@ -165,18 +235,43 @@ class Therapy:
         systemic = (f"(d.route_concept_id IS NULL OR d.route_concept_id NOT IN ({', '.join(map(str, local_ids)) or -1}))"
                     f" AND (d.route_concept_id IS NOT NULL AND d.route_concept_id <> 0 OR d.drug_concept_id NOT IN "
                     f"({', '.join(map(str, local_drugs)) or -1}))")
+        premed, premed_note = self._premedication(spec, end)
         base = f"""SELECT d.person_id, d.drug_concept_id, {daily} AS dose FROM _omop_drugs d
             LEFT JOIN {strength} s ON s.drug_concept_id = d.drug_concept_id
                 AND (s.ingredient_concept_id = d.ingredient_concept_id OR d.ingredient_concept_id IS NULL
                      AND s.drug_concept_id IN (SELECT drug_concept_id FROM {strength} GROUP BY 1 HAVING count(*) = 1))
             WHERE d.grp IN ({self._in(groups)}) AND {systemic}
                 AND {end} >= d.index_date - INTERVAL {window} DAY"""
+        if premed != "FALSE":
+            n = self.fetch(f"SELECT count(*) FROM ({base} AND {premed})")[0][0]
+            premed_note += f" ({n} exposures in the window)"
+        base += f" AND NOT ({premed})"
         self._uncomputable(name, f"SELECT * FROM ({base}) WHERE dose IS NULL", "a systemic corticosteroid exposure")
         sql = f"""SELECT person_id, round(max(dose), {self.decimals}) AS value, min(drug_concept_id) AS concept_id
             FROM ({base}) WHERE dose IS NOT NULL GROUP BY person_id"""
         self._store(name, sql, None, "DRUG_EXPOSURE " + ", ".join(groups),
                     f"highest daily prednisone-equivalent dose of systemic exposures overlapping the {window} days "
-                    f"before the index date (local and inhaled forms excluded); NULL when none on record")
+                    f"before the index date (local and inhaled forms excluded){premed_note}; NULL when none on record")
+
+    def _premedication(self, spec: dict, end: str) -> tuple[str, str]:
+        """(SQL over exposure `d` true for premedication around an infusion, report note); ("FALSE", "") if none.
+
+        An exposure of a premedication ingredient counts as premedication when it starts no
+        earlier than days_before before the start of an exposure of the listed groups (an
+        infusion) and ends (`end`) no later than days_after after it.
+        """
+        pm = spec.get("premedication")
+        if not pm:
+            return "FALSE", ""
+        groups = self._groups(pm)
+        ings = [str(i).lower() for i in pm.get("ingredients") or []]
+        before, after = int(pm.get("days_before", 1)), int(pm.get("days_after", 3))
+        sql = f"""(d.ingredient IN ({self._in(ings)}) AND EXISTS (SELECT 1 FROM _omop_drugs c
+            WHERE c.person_id = d.person_id AND c.grp IN ({self._in(groups)})
+            AND d.start_date >= c.start_date - INTERVAL {before} DAY
+            AND {end} <= c.start_date + INTERVAL {after} DAY))"""
+        return sql, (f"; {', '.join(ings)} from {before} day(s) before to {after} day(s) after an anti-tumour "
+                     f"infusion is premedication and not counted")
 
     def _lvef(self, spec: dict) -> str:
         if not hasattr(self, "_lvef_done"):

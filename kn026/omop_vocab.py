@@ -6,6 +6,7 @@ A mixin of the OMOP importer (kn026.omop._Importer): it reads `self.con`, `self.
 
 from __future__ import annotations
 
+import fnmatch
 import re
 
 import pandas as pd
@@ -15,6 +16,15 @@ from kn026.omop_concepts import EVENT_TABLES, _any_like, _like_to_regex, _lit
 ICD10_VOCABS = ("ICD10", "ICD10CM", "ICD10CN", "ICD10GM", "CIM10", "KCD7", "ICD10CA")
 _ICD_SHAPE = re.compile(r"^[A-Z][0-9][0-9A-Z]{0,5}$")
 _LOINC_SHAPE = re.compile(r"^[0-9]{1,7}-[0-9]$")
+# ICD-O-3 morphology with behaviour, optionally with a topography: "8490/3", "8490/3-C16.9"
+# (OMOP's ICDO3 histology and histology-topography codes), dots and spaces removed.
+_ICDO_SHAPE = re.compile(r"^M?([0-9]{4}/[0-9])(?:-(C[0-9]{2,3}))?$")
+
+
+def icdo_parts(code: str) -> tuple[str, str | None] | None:
+    """(morphology with behaviour, topography without dot or None) of an ICD-O-3 code, else None."""
+    m = _ICDO_SHAPE.match(str(code).upper().replace(".", "").replace(" ", ""))
+    return (m.group(1), m.group(2)) if m else None
 
 
 class Vocabulary:
@@ -29,7 +39,8 @@ class Vocabulary:
         for tbl, cid, sid, norm in self.fetch(
                 "SELECT DISTINCT e.tbl, e.concept_id, e.source_concept_id, "
                 "CASE WHEN regexp_matches(e.source_norm, '^[A-Z][0-9][0-9A-Z]{0,5}$') "
-                "OR regexp_matches(e.source_norm, '^[0-9]{1,7}-[0-9]$') THEN e.source_norm END "
+                "OR regexp_matches(e.source_norm, '^[0-9]{1,7}-[0-9]$') "
+                "OR regexp_matches(e.source_norm, '^M?[0-9]{4}/[0-9](-C[0-9]{2,3})?$') THEN e.source_norm END "
                 "FROM _omop_events e JOIN _omop_idx i USING (person_id) WHERE e.start_date <= i.index_date"):
             if cid:
                 self.used[tbl].add(int(cid))
@@ -149,11 +160,29 @@ class Vocabulary:
         prefixes = [str(p).upper().replace(".", "") for p in spec.get("icd10") or []]
         exc_prefixes = [str(p).upper().replace(".", "") for p in spec.get("exclude_icd10") or []]
         loinc = {str(c) for c in (spec.get("codes") or {}).get("LOINC", [])} if spec.get("loinc_source") else set()
+        morphs = [str(x).upper() for x in spec.get("icdo3") or []]
+        sites = [str(x).upper().replace(".", "") for x in spec.get("icdo3_sites") or []]
+
+        def icdo(code: str) -> tuple[bool, bool]:
+            """(included, excluded) for an ICD-O-3 code: morphology (with site) or malignant topography."""
+            parts = icdo_parts(code)
+            if parts is None:
+                return False, False
+            morph, topo = parts
+            site_ok = topo is None or not sites or any(topo.startswith(s) for s in sites)
+            inc = site_ok and any(fnmatch.fnmatchcase(morph, pat) for pat in morphs)
+            primary = topo is not None and morph.endswith("/3")
+            inc = inc or (primary and any(topo.startswith(p) for p in prefixes))
+            return inc, primary and any(topo.startswith(p) for p in exc_prefixes)
+
+        def icdo_concept(cid: int) -> tuple[bool, bool]:
+            info = self.concepts.get(cid)
+            return icdo(info["code"]) if info and info["vocab"] == "ICDO3" else (False, False)
         m = {"tables": tables, "c_in": {}, "c_out": {}, "s_in": {}, "s_out": {}, "v_in": {}, "v_out": {}}
         for tbl in tables:
             used = self.used.get(tbl, set())
-            m["c_in"][tbl] = {c for c in used if matches(c, inc_root, inc_pat)}
-            m["c_out"][tbl] = {c for c in used if matches(c, exc_root, exc_pat)}
+            m["c_in"][tbl] = {c for c in used if matches(c, inc_root, inc_pat) or icdo_concept(c)[0]}
+            m["c_out"][tbl] = {c for c in used if matches(c, exc_root, exc_pat) or icdo_concept(c)[1]}
             s_in, s_out = set(), set()
             for sid in self.used_src.get(tbl, set()):
                 info = self.concepts.get(sid)
@@ -169,6 +198,11 @@ class Vocabulary:
                         s_out.add(sid)
                 if info["vocab"] == "LOINC" and info["code"] in loinc:
                     s_in.add(sid)
+                inc, exc = icdo_concept(sid)
+                if inc:
+                    s_in.add(sid)
+                if exc:
+                    s_out.add(sid)
             m["s_in"][tbl], m["s_out"][tbl] = s_in, s_out
             v_in, v_out = set(), set()
             for val in self.used_vals.get(tbl, set()):
@@ -179,6 +213,12 @@ class Vocabulary:
                         v_out.add(val)
                 elif _LOINC_SHAPE.match(val) and val in loinc:
                     v_in.add(val)
+                else:
+                    inc, exc = icdo(val)
+                    if inc:
+                        v_in.add(val)
+                    if exc:
+                        v_out.add(val)
             m["v_in"][tbl], m["v_out"][tbl] = v_in, v_out
         for ref in spec.get("include_sets") or []:
             other = self._resolve(ref, stack + (name,))
