@@ -56,6 +56,7 @@ Progress = Callable[[float, str], None] | None
 
 GENDER = {8532: "F", 8507: "M"}
 BUILTIN = ("patient_id", "site_id", "country", "screening_date", "age_years", "sex")
+DERIVED_EXTRA = ("stale_columns",)  # filled from the other columns, not from a concepts-file entry
 # What a patient with no matching record gets, per kind, when the column does not say.
 # Record-based kinds (days, doses) are always NULL: the dictionary's "none on record".
 _DEFAULT_ABSENT = {"first_line": False, "lines": 0, "progressed": False, "lvef_drop": 0}
@@ -210,6 +211,7 @@ class _Importer(Vocabulary, Columns, Therapy):
             else:
                 getattr(self, "_col_" + spec["kind"])(name, spec)
             self.step(0.6 + 0.3 * (i + 1) / len(specs), f"derived {name}")
+        self._stale()
         self.step(0.92, "assembling the cohort")
         frame = self._assemble()
         self._report(frame)

@@ -100,11 +100,15 @@ class Columns:
 
     @staticmethod
     def _range_sql(col: schema.Column, value: str) -> str:
+        """True for a value the loader would refuse: outside the column's range or its unit guard."""
         parts = []
         if col.low is not None:
             parts.append(f"{value} {'<=' if col.low_open else '<'} {col.low!r}")
         if col.high is not None:
             parts.append(f"{value} > {col.high!r}")
+        guard = getattr(col, "guard", None)
+        if guard is not None:
+            parts.append(f"{value} < {guard.low!r} OR {value} > {guard.high!r}")
         return " OR ".join(parts)
 
     def _unit_label(self, uid, usrc) -> str:
@@ -139,9 +143,28 @@ class Columns:
 
     def _latest_lab(self, name: str, lookback) -> str:
         window = "" if lookback is None else f"AND start_date >= index_date - INTERVAL {int(lookback)} DAY"
-        return f"""SELECT person_id, value, uln, concept_id, unit, op FROM (SELECT *, row_number() OVER (
+        return f"""SELECT person_id, value, uln, concept_id, unit, op, start_date, index_date FROM (
+            SELECT *, row_number() OVER (
             PARTITION BY person_id ORDER BY start_date DESC, sort_ts DESC NULLS LAST, event_id DESC NULLS LAST,
             value DESC) AS rn FROM _omop_labs WHERE col = {_lit(name)} {window}) WHERE rn = 1"""
+
+    def _stale(self) -> None:
+        """stale_columns: per patient, the lab columns whose value is dated before the protocol's
+        assessment window (`assessment_days` of the column): a retest would decide them."""
+        parts = []
+        for k, (name, spec) in enumerate(self.doc["columns"].items()):
+            window = spec.get("assessment_days")
+            if spec["kind"] == "lab" and window is not None and name in self.columns:
+                parts.append(f"SELECT person_id, {k} AS k, {_lit(name)} AS col FROM {q(self.columns[name]['table'])} "
+                             f"WHERE value IS NOT NULL AND start_date < index_date - INTERVAL {int(window)} DAY")
+        if not parts:
+            return
+        names = [n for n, s in self.doc["columns"].items() if s.get("assessment_days") is not None]
+        self._store("stale_columns", f"SELECT person_id, string_agg(col, ',' ORDER BY k) AS value, "
+                                     f"NULL::BIGINT AS concept_id FROM ({' UNION ALL '.join(parts)}) GROUP BY 1",
+                    None, "MEASUREMENT (dates of the lab values)",
+                    f"lab columns whose value is dated outside the protocol's assessment window "
+                    f"({', '.join(names)}); NULL when none is")
 
     # -------------------------------------------------------------- columns: kinds
     def _col_lab(self, name: str, spec: dict) -> None:
@@ -151,6 +174,10 @@ class Columns:
             note.append(f"{self.implausible[name]} implausible values dropped")
         if name in self.unit_notes:
             note.append(self.unit_notes[name])
+        window = spec.get("assessment_days")
+        if window is not None and (lookback is None or lookback > window):
+            note.append(f"a value dated more than {window} days before the index date (the protocol's "
+                        f"assessment window) is kept and listed in stale_columns")
         src = "MEASUREMENT " + ", ".join(spec["sets"])
         self._store(name, self._latest_lab(name, lookback), None, src, "; ".join(note))
         if spec.get("uln"):

@@ -159,6 +159,15 @@ def test_synthea_default_lookback_keeps_only_recent_labs(raw_measurement):
         assert pd.isna(row["hemoglobin_g_l"]) == recent.empty, pid
     assert frame["hemoglobin_g_l"].notna().sum() == 7
     assert frame.loc["3", "hemoglobin_g_l"] == 129.0  # measured on the index day
+    # dictionary v2: a value older than the protocol's 7-day assessment window is kept and flagged
+    for pid, row in frame.iterrows():
+        week = raw[(raw["person_id"] == pid) & (raw["d"] <= row["screening_date"])
+                   & (raw["d"] >= row["screening_date"] - dt.timedelta(days=7))]
+        stale = "hemoglobin_g_l" in str(row["stale_columns"] or "").split(",")
+        assert stale == (pd.notna(row["hemoglobin_g_l"]) and week.empty), pid
+    assert frame["stale_columns"].notna().any()
+    week_only, _ = omop.import_omop(SAMPLE, "last", lookback_days=7)
+    assert week_only["stale_columns"].isna().all()  # a look-back within the window finds nothing stale
 
 
 @needs_sample
@@ -670,7 +679,7 @@ def test_concepts_file_is_checked(tmp_path):
 
 def test_every_dictionary_column_is_derived_or_documented_as_absent():
     doc = omop.load_concepts()
-    covered = set(omop.BUILTIN) | set(doc["columns"]) | set(doc["not_derived"])
+    covered = set(omop.BUILTIN) | set(omop.DERIVED_EXTRA) | set(doc["columns"]) | set(doc["not_derived"])
     covered |= {s["uln"] for s in doc["columns"].values() if s.get("uln")}
     assert covered == {c.name for c in schema.COLUMNS}
     assert not set(doc["columns"]) & set(doc["not_derived"])
