@@ -102,8 +102,8 @@ class Therapy:
             CASE WHEN s.line_start IS NOT NULL THEN
                      CASE WHEN NOT s.ambiguous OR l.v = COALESCE(p.v, FALSE) THEN l.v END
                  WHEN {self._no_line()} THEN {closed}
-                 WHEN s.adv IS NOT NULL THEN CASE WHEN COALESCE(p.v, FALSE) THEN NULL ELSE FALSE END
-                 ELSE CASE WHEN COALESCE(e.v, FALSE) THEN NULL ELSE FALSE END END AS value,
+                 WHEN s.adv IS NOT NULL THEN CASE WHEN COALESCE(p.v, FALSE) THEN NULL ELSE {closed} END
+                 ELSE CASE WHEN COALESCE(e.v, FALSE) THEN NULL ELSE {closed} END END AS value,
             COALESCE(l.cid, p.cid, e.cid) AS concept_id
             FROM _omop_line_status s LEFT JOIN {agg('_omop_line')} l USING (person_id)
             LEFT JOIN {agg('_omop_line_pre')} p USING (person_id) LEFT JOIN {agg('_omop_line_any')} e USING (person_id)"""

@@ -498,8 +498,12 @@ def test_incl03_perioperative_therapy_and_trastuzumab_added_to_line_1(clinical):
 
 def test_incl03_open_world_leaves_no_line_unknown(clinical_dir):
     frame, _ = omop.import_omop(clinical_dir, "last", closed_world=False)
-    p = frame.set_index("patient_id").loc["1012"]
+    frame = frame.set_index("patient_id")
+    p = frame.loc["1012"]  # no line after the advanced-disease record: unknown in the open world
     assert p[["first_line_anti_her2", "prior_systemic_lines", "progressed_on_prior"]].isna().all()
+    # 1007 never had anti-HER2 on record: false in the closed world, unknown in the open one
+    assert frame.loc["1007", ["first_line_anti_her2", "first_line_platinum"]].isna().all()
+    assert frame.loc["1010", "first_line_anti_her2"] == False  # noqa: E712 - line 1 on record, without it
 
 
 def test_columns_are_left_out_where_their_tables_were_never_searched(tmp_path):
