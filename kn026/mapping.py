@@ -12,9 +12,11 @@ and reused for the next export of the same system.
     preview = preview_mapping(frame, mapping)                # first rows + load_cohort problems
     Path("site_a.yaml").write_text(mapping.to_yaml())
 
-Header matching and value spellings live in `kn026/concepts/column_synonyms.yaml`.
-`add_cli(subparsers)` registers `python -m kn026 import` (a mapped file, or an OMOP
-CDM through kn026.omop). Nothing here imports streamlit.
+Header matching and value spellings live in `kn026/concepts/column_synonyms.yaml`, with
+the headers that must never fill a column without the analyst's choice (a machine QTc is
+not `qtcf_ms`, an eGFR is not a creatinine clearance): they end in `mapping.held`.
+`add_cli(subparsers)` registers `python -m kn026 import` (kn026.import_cli: a mapped file,
+or an OMOP CDM through kn026.omop). Nothing here imports streamlit.
 """
 
 from __future__ import annotations

@@ -17,7 +17,8 @@ How it works:
 3. Matching events up to each person's index date are materialised once
    (`_omop_hits`, `_omop_drugs`); every column is then one SQL statement over them.
 4. The import report counts, per dictionary column, the patients with a value and
-   the concepts the values came from.
+   the concepts the values came from. A column whose CDM tables are missing or empty is
+   left out (never searched: it must not read as "none on record"), with the reason.
 
 The source is only read. Work tables are temporary and dropped at the end.
 """
