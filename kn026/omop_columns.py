@@ -158,6 +158,8 @@ class Columns:
                 parts.append(f"SELECT person_id, {k} AS k, {_lit(name)} AS col FROM {q(self.columns[name]['table'])} "
                              f"WHERE value IS NOT NULL AND start_date < index_date - INTERVAL {int(window)} DAY")
         if not parts:
+            self.unsearched["stale_columns"] = ("not searched: MEASUREMENT is missing or empty in this CDM, or "
+                                                "no lab column has an assessment window (assessment_days)")
             return
         names = [n for n, s in self.doc["columns"].items() if s.get("assessment_days") is not None]
         self._store("stale_columns", f"SELECT person_id, string_agg(col, ',' ORDER BY k) AS value, "

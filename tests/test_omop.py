@@ -516,7 +516,7 @@ def test_columns_are_left_out_where_their_tables_were_never_searched(tmp_path):
     frame, report = omop.import_omop(tmp_path, "last")
     for column in ("days_since_anticancer_therapy", "days_since_transfusion", "days_since_radiotherapy",
                    "corticosteroid_prednisone_eq_mg_day", "anthracycline_doxorubicin_eq_mg_m2",
-                   "first_line_anti_her2", "prior_systemic_lines", "hemoglobin_g_l", "her2_ish"):
+                   "first_line_anti_her2", "prior_systemic_lines", "hemoglobin_g_l", "her2_ish", "stale_columns"):
         assert column not in frame.columns, column
         c = report.column(column)
         assert c.status == "absent" and "not searched" in c.note and "missing or empty" in c.note, column
