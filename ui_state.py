@@ -557,6 +557,28 @@ def _on_map_source(target: str, key: str) -> None:
     m.unmatched = [h for h in f["frame"].columns if h not in {c.source for c in m.columns}]
 
 
+def map_held_targets() -> list[str]:
+    """Dictionary columns a header was offered for but not mapped without asking (QTc, eGFR)."""
+    m = mapping()
+    return [h.target for h in m.held if m.get(h.target) is None]
+
+
+def map_note(target: str) -> tuple[str, str]:
+    """("held" | "chosen", explanation) for a column the analyst must choose by hand, else ("", "")."""
+    from kn026.mapping import caution
+
+    m = mapping()
+    c = m.get(target)
+    if c is None:
+        held = next((h for h in m.held if h.target == target), None)
+        if held is None:
+            return "", ""
+        return "held", (f"“{held.header}” looks like `{target}` but is not mapped without your choice. "
+                        f"{held.why}")
+    why = caution(target, c.source) if c.source else ""
+    return ("chosen", f"“{c.source}” is mapped to `{target}` by your choice. {why}") if why else ("", "")
+
+
 def map_units(target: str) -> list[str]:
     """Units the file's column for `target` may be in (the dictionary unit first); [] if none."""
     from kn026.mapping import units_for

@@ -12,9 +12,11 @@ and reused for the next export of the same system.
     preview = preview_mapping(frame, mapping)                # first rows + load_cohort problems
     Path("site_a.yaml").write_text(mapping.to_yaml())
 
-Header matching and value spellings live in `kn026/concepts/column_synonyms.yaml`.
-`add_cli(subparsers)` registers `python -m kn026 import` (a mapped file, or an OMOP
-CDM through kn026.omop). Nothing here imports streamlit.
+Header matching and value spellings live in `kn026/concepts/column_synonyms.yaml`, with
+the headers that must never fill a column without the analyst's choice (a machine QTc is
+not `qtcf_ms`, an eGFR is not a creatinine clearance): they end in `mapping.held`.
+`add_cli(subparsers)` registers `python -m kn026 import` (kn026.import_cli: a mapped file,
+or an OMOP CDM through kn026.omop). Nothing here imports streamlit.
 """
 
 from __future__ import annotations
@@ -24,7 +26,6 @@ import csv
 import datetime as dt
 import difflib
 import re
-import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import cache
@@ -70,6 +71,15 @@ class ColumnMap:
         return out
 
 
+@dataclass(frozen=True)
+class Held:
+    """A header offered for a dictionary column but not mapped without the analyst's explicit choice."""
+
+    header: str  # the file column
+    target: str  # the dictionary column it looks like
+    why: str  # why it is not mapped without asking (cohort-dictionary.md, section 4)
+
+
 @dataclass
 class Mapping:
     """A saved mapping of one file layout onto the dictionary."""
@@ -81,6 +91,7 @@ class Mapping:
     index_column: str | None = None  # file column with each row's index date (for transforms)
     index_date: str | None = None  # or one fixed index date (ISO)
     unmatched: list[str] = field(default_factory=list, compare=False)  # file columns left out (not saved)
+    held: list[Held] = field(default_factory=list, compare=False)  # offered, not mapped (not saved)
 
     def __post_init__(self) -> None:
         self._sort()
@@ -244,7 +255,35 @@ def load_synonyms(path: str | Path) -> dict:
     doc.setdefault("values", {})
     doc.setdefault("typical", {})
     doc["patterns"] = {k: [re.compile(p, re.I) for p in v] for k, v in (doc.get("patterns") or {}).items()}
+    rules = []
+    for i, rule in enumerate(doc.get("ask_before") or []):
+        if not isinstance(rule, dict) or not rule.get("headers") or not rule.get("targets"):
+            raise ValueError(f"synonyms file {path.name}: ask_before entry {i + 1} needs headers and targets")
+        for col in [*rule["targets"], rule.get("offer")]:
+            if col is not None and col not in schema.BY_NAME:
+                raise ValueError(f"synonyms file {path.name}: ask_before entry {i + 1} names {col!r}, which is "
+                                 f"not a dictionary column")
+        rules.append({"headers": [re.compile(x) for x in rule["headers"]],
+                      "unless": [re.compile(x) for x in rule.get("unless") or []],
+                      "targets": tuple(rule["targets"]), "offer": rule.get("offer"),
+                      "why": " ".join(str(rule.get("why") or "").split())})
+    doc["ask_before"] = rules
     return doc
+
+
+def _ask_rule(header: str) -> dict | None:
+    """The ask_before rule a header falls under ("QTc" for qtcf_ms, "eGFR" for the clearance), if any."""
+    text = " " + re.sub(r"[^0-9a-z]+", " ", str(header).replace("µ", "u").lower()) + " "
+    for rule in _synonyms()["ask_before"]:
+        if any(x.search(text) for x in rule["headers"]) and not any(x.search(text) for x in rule["unless"]):
+            return rule
+    return None
+
+
+def caution(target: str, header: str | None) -> str:
+    """Why file column `header` should not fill `target` unless the analyst means it (empty if fine)."""
+    rule = _ask_rule(header) if header else None
+    return rule["why"] if rule and target in rule["targets"] else ""
 
 
 # ----------------------------------------------------------------------------- units
@@ -329,7 +368,9 @@ def _score(header: str, column: str) -> float:
     outside = re.sub(r"[\(\[][^\)\]]*[\)\]]", " ", str(header))  # not the "/" of "(g/dL)"
     parts = [p for p in re.split(r"[/|;]", outside) if p.strip()]
     best = max((_score_one(p, column) for p in parts), default=0.0) if len(parts) > 1 else 0.0
-    return max(best, _score_one(str(header), column))
+    # "QTc (Fridericia)": text in brackets is usually a unit, but may be what names the column
+    spelled = re.sub(r"[\(\)\[\]]", " ", str(header))
+    return max(best, _score_one(str(header), column), _score_one(spelled, column) if spelled != header else 0.0)
 
 
 def _score_one(header: str, column: str) -> float:
@@ -357,6 +398,8 @@ def suggest_mapping(columns: Iterable[str], sample: pd.DataFrame | None = None,
     """Suggest a Mapping for file headers `columns` (names, synonyms, similarity).
 
     Each dictionary column gets at most one header and vice versa, best matches first.
+    A header the synonyms file's ask_before rules catch ("QTc", "eGFR") is never mapped to
+    their columns; it is offered in `mapping.held` with the reason, for the analyst to choose.
     With `sample` (the file's rows) lab units are guessed from typical values when the
     header does not name one, and categorical value translations are pre-filled from
     the synonyms file for the spellings the sample contains.
@@ -364,7 +407,10 @@ def suggest_mapping(columns: Iterable[str], sample: pd.DataFrame | None = None,
     headers = [str(c) for c in columns]
     scored = []
     for h in headers:
+        rule = _ask_rule(h)
         for col in schema.COLUMNS:
+            if rule and col.name in rule["targets"]:
+                continue  # never without asking: offered below instead
             s = _score(h, col.name)
             if s >= cutoff:
                 scored.append((s, h, col.name))
@@ -385,6 +431,11 @@ def suggest_mapping(columns: Iterable[str], sample: pd.DataFrame | None = None,
             cmap.values = suggest_values(col, sample[h].dropna().unique()[:200])
         mapping.columns.append(cmap)
     mapping._sort()
+    for h in headers:  # headers held back for the analyst's choice, one per dictionary column
+        rule = _ask_rule(h)
+        if rule and h not in used_h and rule["offer"] and rule["offer"] not in used_c:
+            used_c.add(rule["offer"])
+            mapping.held.append(Held(h, rule["offer"], rule["why"]))
     mapping.unmatched = [h for h in headers if h not in used_h]
     if sample is not None:
         numeric = [c.source for c in mapping.columns
@@ -718,7 +769,8 @@ def read_table(path: str | Path, sheet: str | None = None) -> pd.DataFrame:
     suffix = path.suffix.lower()
     try:
         if suffix in (".xlsx", ".xlsm", ".xls"):
-            return pd.read_excel(path, sheet_name=sheet if sheet is not None else 0, dtype=str, keep_default_na=False)
+            return pd.read_excel(path, sheet_name=sheet if sheet is not None else 0, dtype=str, keep_default_na=False,
+                                 engine="openpyxl")
         if suffix == ".parquet":
             return pd.read_parquet(path)
         if suffix in (".csv", ".txt", ".tsv", ""):
@@ -740,73 +792,7 @@ def read_table(path: str | Path, sheet: str | None = None) -> pd.DataFrame:
 
 
 def add_cli(subparsers) -> argparse.ArgumentParser:
-    """Register `import` on an argparse subparsers object (python -m kn026 import ...)."""
-    p = subparsers.add_parser(
-        "import", help="import a cohort: a CSV / Excel file through a mapping, or an OMOP CDM",
-        description="Write a screening cohort (CSV or Parquet, by --out suffix) from a file and a column "
-                    "mapping (--mapping FILE --in PATH), from an OMOP CDM folder / zip / DuckDB file "
-                    "(--omop PATH --index-date DATE|last), or write a suggested mapping for a file "
-                    "(--suggest FILE --in PATH).")
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--mapping", help="mapping YAML (see docs/importers.md)")
-    src.add_argument("--omop", help="OMOP CDM 5.3 / 5.4: folder or zip of CSV / Parquet tables, or a DuckDB file")
-    src.add_argument("--suggest", metavar="MAPPING_OUT", help="write a suggested mapping YAML for --in and stop")
-    p.add_argument("--in", dest="input", help="the file to map (CSV, Excel or Parquet)")
-    p.add_argument("--sheet", help="Excel sheet name (default: the first)")
-    p.add_argument("--out", help="output cohort: .csv or .parquet")
-    p.add_argument("--index-date", help="with --omop: YYYY-MM-DD, or 'last' for each person's last observation")
-    p.add_argument("--lookback-days", type=int, default=30,
-                   help="with --omop: labs are the latest value within N days up to the index date (default 30)")
-    p.add_argument("--open-world", action="store_true",
-                   help="with --omop: a condition or drug not on record is unknown (NULL) instead of false")
-    p.add_argument("--concepts", help="with --omop: concepts file replacing kn026/concepts/omop_concepts.yaml")
-    p.add_argument("--report", help="write the import report here (CSV)")
-    p.set_defaults(func=cmd_import)
-    return p
+    """Register `python -m kn026 import` (kn026.import_cli) on an argparse subparsers object."""
+    from kn026 import import_cli
 
-
-def cmd_import(args) -> int:
-    if args.suggest:
-        if not args.input:
-            raise ValueError("--suggest needs --in PATH: the file whose headers to map")
-        frame = read_table(args.input, args.sheet)
-        mapping = suggest_mapping(frame.columns, sample=frame)
-        mapping.sheet = args.sheet
-        Path(args.suggest).write_text(mapping.to_yaml(), encoding="utf-8")
-        print(f"suggested {len(mapping.columns)} of {len(frame.columns)} columns -> {args.suggest}"
-              + (f"; not mapped: {', '.join(mapping.unmatched)}" if mapping.unmatched else ""), file=sys.stderr)
-        return 0
-    if not args.out:
-        raise ValueError("import needs --out PATH ending in .csv or .parquet")
-    out = Path(args.out)
-    if out.suffix.lower() not in (".csv", ".parquet"):
-        raise ValueError(f"--out {out.name}: end the name in .csv or .parquet")
-    if args.mapping:
-        if not args.input:
-            raise ValueError("--mapping needs --in PATH: the CSV / Excel / Parquet file to map")
-        for flag, value in (("--index-date", args.index_date), ("--concepts", args.concepts)):
-            if value:
-                raise ValueError(f"{flag} applies to --omop only; a mapping sets index_date itself")
-        mapping = Mapping.from_yaml(Path(args.mapping))
-        frame = read_table(args.input, args.sheet or mapping.sheet)
-        mapped = apply_mapping(frame, mapping)
-        _check_loads(mapped)  # CohortError lists every bad cell; nothing is written
-        omop.write_cohort(mapped, out)
-        if args.report:
-            value_report(frame, mapping).to_csv(args.report, index=False)
-        print(f"{len(mapped)} patients, {len(mapped.columns)} dictionary columns -> {out}", file=sys.stderr)
-        return 0
-    if not args.index_date:
-        raise ValueError("--omop needs --index-date YYYY-MM-DD or --index-date last")
-    if args.input:
-        raise ValueError("--in applies to --mapping; give the OMOP folder, zip or DuckDB file to --omop")
-    frame, report = omop.import_omop(args.omop, args.index_date, args.lookback_days, concepts=args.concepts,
-                                     closed_world=not args.open_world)
-    _check_loads(frame)
-    omop.write_cohort(frame, out)
-    if args.report:
-        report.to_frame().to_csv(args.report, index=False)
-    print(report.to_text().splitlines()[0] + f" -> {out}", file=sys.stderr)
-    for w in report.warnings:
-        print(f"warning: {w}", file=sys.stderr)
-    return 0
+    return import_cli.add_cli(subparsers)

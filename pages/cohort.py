@@ -201,6 +201,11 @@ def mapped_columns_grid(targets):
         if units and source != ui.NOT_MAPPED and not source.startswith("constant: "):
             c3.selectbox(f"Unit of {source}", units, label_visibility="collapsed",
                          format_func=lambda u, t=target: ui.map_unit_label(t, u), **ui.map_unit_widget(target))
+        kind, note = ui.map_note(target)  # QTc -> qtcf_ms, eGFR -> clearance: only by the analyst's choice
+        if kind == "held":
+            st.warning(note, icon=":material/help:")
+        elif kind == "chosen":
+            st.info(note, icon=":material/info:")
 
 
 def mapping_wizard():
@@ -231,6 +236,7 @@ def mapping_wizard():
     st.radio("Decimal separator in the file", [".", ","], horizontal=True,
              format_func={".": "12.5 (point)", ",": "12,5 (comma)"}.get, **ui.map_decimal_widget())
     mapped = [c.target for c in m.columns]
+    mapped += [t for t in ui.map_held_targets() if t not in mapped]  # offered, waiting for a choice
     h1, h2, h3 = st.columns([3, 3, 2])
     h1.caption("Dictionary column (unit)")
     h2.caption("File column")

@@ -32,10 +32,11 @@ from kn026.custom import CustomRule
 from kn026.scenario import Scenario
 from tests import app_support
 from tests.app_support import ROOT, go, ok, open_expander, sidebar_radio
+from tests.shared_data import OMOP_SAMPLE
 
 TIMEOUT = 180
 FIXTURES = ROOT / "tests" / "fixtures" / "omop"
-SAMPLE = ROOT.parent / "shared" / "data" / "omop" / "Synthea27Nj_5.4.zip"
+SAMPLE = OMOP_SAMPLE
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 64
 HTML = b"<!DOCTYPE html><html><head><title>Sign in</title></head><body>Session expired</body></html>"
 
@@ -430,6 +431,55 @@ def test_mapping_yaml_round_trip_and_unmapping():
     yaml_up = next(u for u in at2.file_uploader if u.key and u.key.startswith(ui_state.W + "map.yaml@"))
     yaml_up.set_value(("site.yaml", PNG, "application/x-yaml")).run()
     assert "site.yaml is a PNG image" in errors(at2)
+
+
+def _warnings(at: AppTest) -> str:
+    return "\n".join(w.value for w in at.warning)
+
+
+def _infos(at: AppTest) -> str:
+    return "\n".join(i.value for i in at.info)
+
+
+def test_mapping_wizard_asks_before_mapping_qtc_and_egfr():
+    """Dictionary section 4: a machine QTc (usually Bazett) is not qtcf_ms, an eGFR is not a clearance."""
+    at = new_app()
+    choose(at, "mapped")
+    frame = pd.DataFrame({"Subject No.": ["A1", "A2", "A3"], "AGE": ["61", "55", "70"],
+                          "QTc (ms)": ["452", "430", "471"], "QT (ms)": ["400", "390", "410"],
+                          "HR": ["72", "65", "80"], "eGFR (CKD-EPI)": ["58", "90", "44"]})
+    _upload_foreign(at, frame, "ecg_export.csv")
+    m = at.session_state[ui_state.K_MAPPING]
+    assert m.get("qtcf_ms") is None and m.get("creatinine_clearance_ml_min") is None
+    assert m.get("qt_ms").source == "QT (ms)" and m.get("heart_rate_bpm").source == "HR"
+    # offered in the grid, not pre-selected, with the reason beside it
+    assert _select(at, "src.qtcf_ms").value == ui_state.NOT_MAPPED
+    assert _select(at, "src.creatinine_clearance_ml_min").value == ui_state.NOT_MAPPED
+    warned = _warnings(at)
+    assert "“QTc (ms)” looks like `qtcf_ms` but is not mapped without your choice" in warned
+    assert "Fridericia" in warned and "Bazett" in warned
+    assert "“eGFR (CKD-EPI)” looks like `creatinine_clearance_ml_min`" in warned and "Cockcroft-Gault" in warned
+    assert "All 3 rows pass" in texts(at)
+    first = next(d.value for d in at.dataframe if "patient_id" in d.value.columns)
+    assert "qtcf_ms" not in first.columns and "creatinine_clearance_ml_min" not in first.columns
+    # the analyst chooses explicitly: mapped, and the explanation stays in view
+    _select(at, "src.qtcf_ms").set_value("QTc (ms)").run()
+    ok(at)
+    assert at.session_state[ui_state.K_MAPPING].get("qtcf_ms").source == "QTc (ms)"
+    assert "“QTc (ms)” is mapped to `qtcf_ms` by your choice" in _infos(at) and "Fridericia" in _infos(at)
+    assert "“QTc (ms)” looks like" not in _warnings(at) and "“eGFR (CKD-EPI)” looks like" in _warnings(at)
+    assert preview_value(at, "qtcf_ms") == 452
+    # unmapped again: offered again, not mapped
+    _select(at, "src.qtcf_ms").set_value(ui_state.NOT_MAPPED).run()
+    ok(at)
+    assert at.session_state[ui_state.K_MAPPING].get("qtcf_ms") is None
+    assert "“QTc (ms)” looks like `qtcf_ms`" in _warnings(at)
+    # the eGFR by explicit choice too; the download YAML holds only what was chosen
+    _select(at, "src.creatinine_clearance_ml_min").set_value("eGFR (CKD-EPI)").run()
+    ok(at)
+    text = at.session_state[ui_state.K_MAPPING].to_yaml()
+    assert "creatinine_clearance_ml_min:\n    source: eGFR (CKD-EPI)" in text and "qtcf_ms" not in text
+    assert "is mapped to `creatinine_clearance_ml_min` by your choice" in _infos(at)
 
 
 def test_mapping_bad_files_are_refused():

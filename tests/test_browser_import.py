@@ -87,7 +87,8 @@ def test_mapping_wizard_and_refused_binary(server, browser, tmp_path):
         "Date of screening": base["screening_date"].astype(str), "AGE": base["age_years"],
         "Gender": base["sex"].map({"F": "Female", "M": "male"}),
         "HER2 IHC score": base["her2_ihc"].map(lambda v: "" if pd.isna(v) else f"IHC {int(v)}+"),
-        "Hb (g/dL)": (base["hemoglobin_g_l"] / 10).round(2), "ECOG PS": base["ecog"], "Comments": "none"})
+        "Hb (g/dL)": (base["hemoglobin_g_l"] / 10).round(2), "ECOG PS": base["ecog"], "Comments": "none",
+        "QTc (ms)": 430})  # a machine QTc: offered for qtcf_ms, never mapped without the analyst
     (tmp_path / "site_export.csv").write_text(frame.to_csv(index=False))
     (tmp_path / "renamed.csv").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 200)
 
@@ -111,6 +112,10 @@ def test_mapping_wizard_and_refused_binary(server, browser, tmp_path):
         main.get_by_text(heading, exact=True).evaluate("e => e.scrollIntoView({block: 'start'})")
         page.wait_for_timeout(400)
         page.screenshot(path=str(ARTIFACTS / f"import_mapping_wizard_{i + 2}.png"))
+    # the QTc is shown for qtcf_ms, not selected, with the reason (dictionary section 4)
+    expect(main.get_by_text("looks like qtcf_ms but is not mapped without your choice", exact=False).first
+           ).to_be_visible(timeout=TIMEOUT_MS)
+    assert "Fridericia" in main_text(page)
     # the haemoglobin unit was suggested from the header, with its conversion
     expect(main.get_by_role("combobox", name="Unit of Hb (g/dL)")).to_have_value("in g/dL (× 10 → g/L)")
     main.get_by_role("button", name="Load this cohort").click()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -13,8 +12,9 @@ from hypothesis import strategies as st
 from kn026 import mapping as mp
 from kn026 import schema
 from kn026.cohort import CohortError, load_cohort
+from tests.shared_data import OMOP_SAMPLE
 
-SAMPLE = Path(__file__).resolve().parents[2] / "shared/data/omop/Synthea27Nj_5.4.zip"
+SAMPLE = OMOP_SAMPLE
 
 MESSY = {
     "Subject No.": ("patient_id", None),
@@ -84,7 +84,13 @@ def test_guess_decimal(values, decimal):
     ("her2_ish", "Positive", "positive"), ("her2_ish", "Not amplified", "negative"), ("her2_ish", "AMP", "positive"),
     ("primary_site", "Gastric", "stomach"), ("primary_site", "Gastro-oesophageal junction", "gej"),
     ("primary_site", "colon", "colon"),
-    ("histology", "Signet ring cell carcinoma", "adenocarcinoma"), ("histology", "Squamous", "Squamous"),
+    ("histology", "Signet ring cell carcinoma", "signet_ring_cell_carcinoma"), ("histology", "Squamous", "Squamous"),
+    ("histology", "8490/3", "signet_ring_cell_carcinoma"), ("histology", "Tubular", "tubular_adenocarcinoma"),
+    ("histology", "Papillary adenocarcinoma", "papillary_adenocarcinoma"),
+    ("histology", "Mucinous", "mucinous_adenocarcinoma"), ("histology", "Diffuse type", "poorly_cohesive_carcinoma"),
+    ("histology", "Poorly cohesive carcinoma", "poorly_cohesive_carcinoma"),
+    ("histology", "Mixed", "mixed_adenocarcinoma"), ("histology", "Intestinal type", "adenocarcinoma"),
+    ("histology", "8140/3", "adenocarcinoma"),
     ("disease_extent", "Stage IV", "metastatic"), ("disease_extent", "Locally advanced", "locally_advanced_unresectable"),
     ("ecog", "ECOG 1", "1"), ("ecog", "PS 0", "0"), ("nyha_class", "III", "3"), ("nyha_class", "class ii", "2"),
     ("hiv_positive", "Positive", "true"), ("hbv_active", "neg", "false"), ("hcv_active", "yes", "yes"),
@@ -94,6 +100,40 @@ def test_guess_decimal(values, decimal):
 ])
 def test_categorical_values(column, value, expected):
     assert mp.translate_value(column, value) == expected
+
+
+@pytest.mark.parametrize(("header", "held_for"), [
+    ("QTc", "qtcf_ms"), ("QTc (ms)", "qtcf_ms"), ("QTcB", "qtcf_ms"), ("QTc Bazett", "qtcf_ms"),
+    ("QTc interval", "qtcf_ms"), ("Corrected QT", "qtcf_ms"), ("eGFR", "creatinine_clearance_ml_min"),
+    ("eGFR (CKD-EPI)", "creatinine_clearance_ml_min"), ("GFR MDRD", "creatinine_clearance_ml_min"),
+    ("CKD-EPI creatinine", "creatinine_clearance_ml_min"),
+])
+def test_qtc_and_egfr_headers_are_offered_never_mapped(header, held_for):
+    """Dictionary section 4: qtcf_ms is Fridericia only, the clearance is measured or Cockcroft-Gault."""
+    m = mp.suggest_mapping(["Subject", header, "QT (ms)", "HR"])
+    assert m.get(held_for) is None and header in m.unmatched
+    assert [(h.header, h.target) for h in m.held] == [(header, held_for)]
+    why = m.held[0].why
+    assert ("Fridericia" in why and "Bazett" in why) if held_for == "qtcf_ms" else ("eGFR" in why and "Cockcroft" in why)
+    assert m.get("qt_ms").source == "QT (ms)"  # "QTc" never becomes the uncorrected QT either
+    assert mp.caution(held_for, header) == why
+    # the analyst's explicit choice is kept (and still explained)
+    m.set(held_for, header)
+    assert m.get(held_for).source == header and mp.Mapping.from_yaml(m.to_yaml()).get(held_for).source == header
+
+
+@pytest.mark.parametrize(("header", "target"), [
+    ("QTcF", "qtcf_ms"), ("QTc Fridericia", "qtcf_ms"), ("QTc (Fridericia)", "qtcf_ms"),
+    ("Creatinine clearance", "creatinine_clearance_ml_min"), ("CrCl", "creatinine_clearance_ml_min"),
+])
+def test_fridericia_and_clearance_headers_map_as_before(header, target):
+    m = mp.suggest_mapping([header])
+    assert m.get(target).source == header and not m.held and mp.caution(target, header) == ""
+
+
+def test_qtc_is_not_held_when_a_fridericia_column_exists():
+    m = mp.suggest_mapping(["QTcF", "QTc"])
+    assert m.get("qtcf_ms").source == "QTcF" and not m.held and m.unmatched == ["QTc"]
 
 
 def test_user_value_table_wins():
@@ -283,6 +323,17 @@ def test_cli_import_with_mapping_to_csv_and_parquet(tmp_path, capsys):
     assert pd.read_csv(tmp_path / "values.csv")["column"].tolist()[:3] == ["sex"] * 3
     assert _run("import", "--mapping", str(mapping), "--in", str(src), "--out", str(tmp_path / "c.parquet")) == 0
     assert pd.read_parquet(tmp_path / "c.parquet")["hemoglobin_g_l"].tolist() == [125.0, 91.0, 130.0]
+
+
+def test_cli_suggest_names_the_headers_it_did_not_map(tmp_path, capsys):
+    src = tmp_path / "export.csv"
+    pd.DataFrame({"Patient ID": ["1"], "QTc (ms)": ["455"], "eGFR": ["61"]}).to_csv(src, index=False)
+    out = tmp_path / "suggested.yaml"
+    assert _run("import", "--suggest", str(out), "--in", str(src)) == 0
+    err = capsys.readouterr().err
+    assert "not mapped without your choice: 'QTc (ms)' -> qtcf_ms" in err and "Fridericia" in err
+    assert "'eGFR' -> creatinine_clearance_ml_min" in err
+    assert set(mp.Mapping.from_yaml(out).to_dict()["columns"]) == {"patient_id"}
 
 
 def test_cli_suggest_then_import(tmp_path):

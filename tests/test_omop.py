@@ -6,6 +6,7 @@ planted persons are CSV deltas in tests/fixtures/omop appended to a copy of it a
 
 from __future__ import annotations
 
+import copy
 import csv
 import datetime as dt
 import shutil
@@ -18,9 +19,13 @@ import pytest
 
 from kn026 import omop, schema
 from kn026.cohort import load_cohort
+from kn026.omop_columns import at_least
+from kn026.omop_vocab import icdo_parts
+from tests.shared_data import OMOP_SAMPLE
 
-SAMPLE = Path(__file__).resolve().parents[2] / "shared/data/omop/Synthea27Nj_5.4.zip"
+SAMPLE = OMOP_SAMPLE
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "omop"
+CLINICAL = FIXTURES.parent / "omop_clinical"
 INDEX = dt.date(2024, 6, 30)  # last observation of the planted persons
 
 needs_sample = pytest.mark.skipif(not SAMPLE.is_file(), reason=f"OMOP sample {SAMPLE} is not present "
@@ -154,6 +159,15 @@ def test_synthea_default_lookback_keeps_only_recent_labs(raw_measurement):
         assert pd.isna(row["hemoglobin_g_l"]) == recent.empty, pid
     assert frame["hemoglobin_g_l"].notna().sum() == 7
     assert frame.loc["3", "hemoglobin_g_l"] == 129.0  # measured on the index day
+    # dictionary v2: a value older than the protocol's 7-day assessment window is kept and flagged
+    for pid, row in frame.iterrows():
+        week = raw[(raw["person_id"] == pid) & (raw["d"] <= row["screening_date"])
+                   & (raw["d"] >= row["screening_date"] - dt.timedelta(days=7))]
+        stale = "hemoglobin_g_l" in str(row["stale_columns"] or "").split(",")
+        assert stale == (pd.notna(row["hemoglobin_g_l"]) and week.empty), pid
+    assert frame["stale_columns"].notna().any()
+    week_only, _ = omop.import_omop(SAMPLE, "last", lookback_days=7)
+    assert week_only["stale_columns"].isna().all()  # a look-back within the window finds nothing stale
 
 
 @needs_sample
@@ -217,12 +231,15 @@ def test_planted_gastric_cancer_her2_first_line(planted):
     q = frame.loc["1002"]
     assert (q["primary_site"], q["histology"]) == ("gej", "adenocarcinoma")  # ICD-10 C16.0 source value
     assert (q["her2_ihc"], q["her2_ish"]) == (2, "positive")
-    # clinical-drug concepts found by ingredient name; the 2010 epirubicin predates the cancer
-    assert q["first_line_anti_her2"] and q["first_line_platinum"] and q["first_line_fluoropyrimidine"]
+    # clinical-drug concepts found by ingredient name (the 2010 epirubicin predates the cancer), but
+    # no advanced-disease record tells line 1 from perioperative therapy: unknown, not true
+    assert q[["first_line_anti_her2", "first_line_platinum", "first_line_fluoropyrimidine"]].isna().all()
+    assert pd.isna(q["prior_systemic_lines"])
     assert q["days_since_anticancer_therapy"] == (INDEX - dt.date(2023, 10, 5)).days
     assert pd.isna(q["last_anticancer_half_life_days"])  # fluorouracil last: no half-life on file
     assert q["days_since_myocardial_infarction"] == 100
-    assert q["hbv_active"] == True and q["other_malignancy_5y"] == True  # noqa: E712
+    assert pd.isna(q["hbv_active"])  # chronic hepatitis B without an HBV DNA result: activity unknown
+    assert q["other_malignancy_5y"] == True  # noqa: E712
 
     r = frame.loc["1003"]
     assert r["primary_site"] == "stomach" and pd.isna(r["histology"])  # no histology on record
@@ -276,8 +293,9 @@ def test_planted_import_passes_validation_and_report_names_concepts(planted):
     assert load_cohort(frame.reset_index(drop=True)).n == len(frame) == 34
     site = report.column("primary_site")
     assert site.n_value == 34 and {c[0] for c in site.concepts} >= {4248802, 443387}
-    her2 = report.column("first_line_anti_her2")
-    assert her2.n_true == 2 and {c[1] for c in her2.concepts} == {"trastuzumab", "trastuzumab 150 MG Injection"}
+    her2 = report.column("first_line_anti_her2")  # 1002's trastuzumab: no advanced-disease record, unknown
+    assert her2.n_true == 1 and {c[1] for c in her2.concepts} == {"trastuzumab"}
+    assert her2.n_value == 34 - 1
 
 
 @needs_sample
@@ -324,7 +342,7 @@ def test_concept_ancestor_finds_brand_drugs(tmp_path):
     doc = omop.load_concepts()
     doc["defaults"] = {**doc["defaults"], "drug_name_fallback": "always"}
     again, _ = omop.import_omop(folder, "last", concepts=doc)
-    assert again.set_index("patient_id").loc["1002", "first_line_platinum"] == True  # noqa: E712
+    assert pd.isna(again.set_index("patient_id").loc["1002", "first_line_platinum"])  # given; line 1 unknown
 
 
 @needs_sample
@@ -358,6 +376,181 @@ def test_progress_callback_and_connection_left_clean(planted_dir):
     assert all(isinstance(m, str) and m for _, m in seen)
     left = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
     assert left == {"mine"}
+
+
+# ----------------------------------------------------------------------------- clinical cases (issue 12)
+# Persons 1007-1013 (tests/fixtures/omop_clinical, README there) with the six base persons,
+# without the Synthea sample. Every expected value is derived by hand in the README.
+
+
+def _clinical_folder(target: Path) -> Path:
+    """The base and clinical CSV deltas as one CDM folder (columns: the union; missing cells empty)."""
+    target.mkdir(parents=True, exist_ok=True)
+    for base in sorted(FIXTURES.glob("*.csv")):
+        if base.name == "CONCEPT_ANCESTOR.csv":
+            continue
+        parts = [pd.read_csv(base, dtype=str, keep_default_na=False)]
+        extra = CLINICAL / base.name
+        if extra.is_file():
+            parts.append(pd.read_csv(extra, dtype=str, keep_default_na=False))
+        pd.concat(parts).fillna("").to_csv(target / base.name, index=False)
+    return target
+
+
+@pytest.fixture(scope="module")
+def clinical_dir(tmp_path_factory) -> Path:
+    return _clinical_folder(tmp_path_factory.mktemp("omop") / "clinical")
+
+
+@pytest.fixture(scope="module")
+def clinical(clinical_dir):
+    frame, report = omop.import_omop(clinical_dir, "last")
+    return frame.set_index("patient_id"), report
+
+
+def _col(frame: pd.DataFrame, column: str, ids) -> list:
+    return [None if pd.isna(v) else v for v in frame.loc[list(ids), column]]
+
+
+CLIN = ["1007", "1008", "1009", "1010", "1011", "1012", "1013"]
+
+
+def test_hbv_active_needs_hbv_dna_or_an_active_code(clinical):
+    frame, report = clinical
+    # 1007 chronic (B18.1) only; 1008 chronic + DNA 1200 IU/mL; 1009 carrier (Z22.51) + DNA "<20";
+    # 1010 acute (B16.9, 2 months ago) + DNA not detected; 1011 chronic + DNA 3000 IU/mL 18 months
+    # ago (outside 183 days); 1012 chronic + DNA "<1000" (open against 500); 1013 nothing
+    assert _col(frame, "hbv_active", CLIN) == [None, True, False, True, None, None, False]
+    assert "hbv_dna" in report.column("hbv_active").source
+
+
+def test_hbv_dna_threshold_is_a_parameter_of_the_concepts_file(clinical_dir):
+    doc = copy.deepcopy(omop.load_concepts())
+    doc["columns"]["hbv_active"]["lab"]["true_at"] = 1500  # 1008's 1200 IU/mL is now below
+    frame, _ = omop.import_omop(clinical_dir, "last", concepts=doc)
+    assert frame.set_index("patient_id").loc["1008", "hbv_active"] == False  # noqa: E712
+
+
+def test_lower_oesophagus_c15_5_gives_an_unknown_site_not_another_malignancy(clinical):
+    frame, _ = clinical
+    p = frame.loc["1007"]  # C15.5 and 8140/3-C15.5 only: Siewert I or oesophageal, nobody can tell
+    assert pd.isna(p["primary_site"]) and p["histology"] == "adenocarcinoma"
+    assert p["other_malignancy_5y"] == False  # noqa: E712 - possibly the index tumour
+    assert frame.loc["1011", "primary_site"] == "gej"  # C15.5 with C16.0: the junction code decides
+    assert pd.isna(frame.loc["1011", "histology"])  # site codes only
+
+
+def test_histology_who_subtypes_from_icdo3_codes_and_names(clinical):
+    frame, _ = clinical
+    assert _col(frame, "primary_site", ["1008", "1009", "1010"]) == ["stomach", "gej", "stomach"]
+    # 8490/3-C16.9 source value; ICDO3 concept 8480/3-C16.0; "Poorly cohesive carcinoma of stomach"
+    # beside "Adenocarcinoma of stomach" (the subtype wins over NOS)
+    assert _col(frame, "histology", ["1008", "1009", "1010", "1013"]) == [
+        "signet_ring_cell_carcinoma", "mucinous_adenocarcinoma", "poorly_cohesive_carcinoma", "adenocarcinoma"]
+    assert load_cohort(frame.reset_index()).n == 13
+
+
+def test_her2_ish_ratio_decides_then_interpretation_then_copy_number(clinical):
+    frame, _ = clinical
+    # 1007 ratio 2.3 with the lab's "Negative"; 1008 ratio 1.8 with 6.5 copies; 1009 6.2 copies;
+    # 1010 ratio exactly 2.0 with 5.0 copies; 1011 5.0 copies (equivocal); 1012 the lab's
+    # "Positive" (LOINC 85318-4, breast cancer specimen); 1013 3.5 copies
+    assert _col(frame, "her2_ish", CLIN) == ["positive", "negative", "positive", "positive", None, "positive",
+                                             "negative"]
+
+
+def test_her2_loinc_terms_naming_breast_are_kept(clinical):
+    frame, report = clinical
+    assert frame.loc["1012", "her2_ihc"] == 3  # 85319-2 HER2 [Presence] in Breast cancer specimen by Immune stain
+    ihc = {c[0] for c in report.column("her2_ihc").concepts}
+    ish = {c[0] for c in report.column("her2_ish").concepts}
+    assert 2000000205 in ihc and 2000000206 in ish
+
+
+def test_dexamethasone_premedication_does_not_count_for_the_steroid_exclusion(clinical, clinical_dir):
+    frame, report = clinical
+    # 1007: 8 mg/day from the day before to 3 days after oxaliplatin: premedication, NULL (none)
+    # 1008: the same, ending 5 days after: 8 mg x 6.6667 prednisone-equivalent
+    assert pd.isna(frame.loc["1007", "corticosteroid_prednisone_eq_mg_day"])
+    assert frame.loc["1008", "corticosteroid_prednisone_eq_mg_day"] == 53.3336
+    assert "premedication" in report.column("corticosteroid_prednisone_eq_mg_day").note
+    doc = copy.deepcopy(omop.load_concepts())  # the window is data: 1 day after makes 1007's course count
+    doc["columns"]["corticosteroid_prednisone_eq_mg_day"]["premedication"]["days_after"] = 1
+    again, _ = omop.import_omop(clinical_dir, "last", concepts=doc)
+    assert again.set_index("patient_id").loc["1007", "corticosteroid_prednisone_eq_mg_day"] == 53.3336
+
+
+def test_incl03_perioperative_therapy_and_trastuzumab_added_to_line_1(clinical):
+    frame, _ = clinical
+    cols = ["first_line_anti_her2", "first_line_platinum", "first_line_fluoropyrimidine",
+            "prior_systemic_lines", "progressed_on_prior"]
+    got = {pid: [None if pd.isna(v) else v for v in frame.loc[pid, cols]] for pid in CLIN[:6]}
+    assert got == {
+        "1007": [False, None, False, None, None],  # oxaliplatin, no advanced-disease record
+        "1008": [True, True, True, None, None],  # adjuvant a year before metastasis; line 1 after it
+        "1009": [True, True, True, None, None],  # trastuzumab added on day 45 of line 1
+        "1010": [False, True, True, None, None],  # trastuzumab after irinotecan started line 2
+        "1011": [None, True, True, None, None],  # perioperative XELOX ended 61 days before metastasis
+        "1012": [False, False, False, 0, False],  # adjuvant in 2020, metastasis in 2024, nothing since
+    }
+    assert load_cohort(frame.reset_index()).n == 13
+
+
+def test_incl03_open_world_leaves_no_line_unknown(clinical_dir):
+    frame, _ = omop.import_omop(clinical_dir, "last", closed_world=False)
+    frame = frame.set_index("patient_id")
+    p = frame.loc["1012"]  # no line after the advanced-disease record: unknown in the open world
+    assert p[["first_line_anti_her2", "prior_systemic_lines", "progressed_on_prior"]].isna().all()
+    # 1007 never had anti-HER2 on record: false in the closed world, unknown in the open one
+    assert frame.loc["1007", ["first_line_anti_her2", "first_line_platinum"]].isna().all()
+    assert frame.loc["1010", "first_line_anti_her2"] == False  # noqa: E712 - line 1 on record, without it
+
+
+def test_columns_are_left_out_where_their_tables_were_never_searched(tmp_path):
+    """No DRUG_EXPOSURE / PROCEDURE_OCCURRENCE: their columns are absent (n/a), not "none on record"."""
+    (tmp_path / "person.csv").write_text("person_id,gender_concept_id,year_of_birth\n1,8532,1980\n")
+    (tmp_path / "observation_period.csv").write_text(
+        "person_id,observation_period_start_date,observation_period_end_date\n1,2020-01-01,2024-05-31\n")
+    (tmp_path / "condition_occurrence.csv").write_text(
+        "person_id,condition_concept_id,condition_start_date,condition_source_value\n1,0,2024-01-02,C16.3\n")
+    frame, report = omop.import_omop(tmp_path, "last")
+    for column in ("days_since_anticancer_therapy", "days_since_transfusion", "days_since_radiotherapy",
+                   "corticosteroid_prednisone_eq_mg_day", "anthracycline_doxorubicin_eq_mg_m2",
+                   "first_line_anti_her2", "prior_systemic_lines", "hemoglobin_g_l", "her2_ish", "stale_columns"):
+        assert column not in frame.columns, column
+        c = report.column(column)
+        assert c.status == "absent" and "not searched" in c.note and "missing or empty" in c.note, column
+    assert frame["days_since_myocardial_infarction"].isna().all()  # conditions were searched: none on record
+    assert frame["primary_site"].tolist() == ["stomach"]
+    cohort = load_cohort(frame)
+    assert "days_since_anticancer_therapy" in cohort.absent
+    # drug exposures without a CONCEPT table cannot be told apart: not searched either
+    (tmp_path / "drug_exposure.csv").write_text("person_id,drug_concept_id,drug_exposure_start_date\n"
+                                                "1,1318011,2024-05-01\n")
+    frame, report = omop.import_omop(tmp_path, "last")
+    assert "days_since_anticancer_therapy" not in frame.columns
+    assert "CONCEPT" in report.column("days_since_anticancer_therapy").note
+
+
+@pytest.mark.parametrize(("code", "parts"), [
+    ("8490/3", ("8490/3", None)), ("8490/3-C16.9", ("8490/3", "C169")), ("M8140/3", ("8140/3", None)),
+    ("8140/3-c15.5", ("8140/3", "C155")), ("C16.9", None), ("8490", None), ("718-7", None),
+])
+def test_icdo_parts(code, parts):
+    assert icdo_parts(code) == parts
+
+
+@pytest.mark.parametrize(("value", "op", "expected"), [
+    (2.0, None, True), (1.999999, None, False), (2.0, 4172703, True), (500, 4171756, False),
+    (1000, 4171756, None), (499, 4171754, False), (500, 4171754, None), (600, 4172704, True),
+    (100, 4172704, None), (None, None, None),
+])
+def test_at_least_respects_the_result_operator(value, op, expected):
+    limit = 500 if op in (4171756, 4171754, 4172704) else 2.0
+    sql = at_least("v", "o", limit)
+    got = duckdb.connect().execute(f"SELECT {sql} FROM (SELECT ?::DOUBLE AS v, ?::BIGINT AS o)",
+                                   [value, op]).fetchall()[0][0]
+    assert got is expected
 
 
 # ----------------------------------------------------------------------------- units and errors
@@ -490,7 +683,7 @@ def test_concepts_file_is_checked(tmp_path):
 
 def test_every_dictionary_column_is_derived_or_documented_as_absent():
     doc = omop.load_concepts()
-    covered = set(omop.BUILTIN) | set(doc["columns"]) | set(doc["not_derived"])
+    covered = set(omop.BUILTIN) | set(omop.DERIVED_EXTRA) | set(doc["columns"]) | set(doc["not_derived"])
     covered |= {s["uln"] for s in doc["columns"].values() if s.get("uln")}
     assert covered == {c.name for c in schema.COLUMNS}
     assert not set(doc["columns"]) & set(doc["not_derived"])

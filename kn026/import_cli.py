@@ -1,0 +1,86 @@
+"""`python -m kn026 import`: a mapped CSV / Excel / Parquet file, or an OMOP CDM, to a cohort file."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from kn026 import omop
+from kn026.mapping import Mapping, _check_loads, apply_mapping, read_table, suggest_mapping, value_report
+
+
+def add_cli(subparsers) -> argparse.ArgumentParser:
+    """Register `import` on an argparse subparsers object (python -m kn026 import ...)."""
+    p = subparsers.add_parser(
+        "import", help="import a cohort: a CSV / Excel file through a mapping, or an OMOP CDM",
+        description="Write a screening cohort (CSV or Parquet, by --out suffix) from a file and a column "
+                    "mapping (--mapping FILE --in PATH), from an OMOP CDM folder / zip / DuckDB file "
+                    "(--omop PATH --index-date DATE|last), or write a suggested mapping for a file "
+                    "(--suggest FILE --in PATH).")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--mapping", help="mapping YAML (see docs/importers.md)")
+    src.add_argument("--omop", help="OMOP CDM 5.3 / 5.4: folder or zip of CSV / Parquet tables, or a DuckDB file")
+    src.add_argument("--suggest", metavar="MAPPING_OUT", help="write a suggested mapping YAML for --in and stop")
+    p.add_argument("--in", dest="input", help="the file to map (CSV, Excel or Parquet)")
+    p.add_argument("--sheet", help="Excel sheet name (default: the first)")
+    p.add_argument("--out", help="output cohort: .csv or .parquet")
+    p.add_argument("--index-date", help="with --omop: YYYY-MM-DD, or 'last' for each person's last observation")
+    p.add_argument("--lookback-days", type=int, default=30,
+                   help="with --omop: labs are the latest value within N days up to the index date (default 30)")
+    p.add_argument("--open-world", action="store_true",
+                   help="with --omop: a condition or drug not on record is unknown (NULL) instead of false")
+    p.add_argument("--concepts", help="with --omop: concepts file replacing kn026/concepts/omop_concepts.yaml")
+    p.add_argument("--report", help="write the import report here (CSV)")
+    p.set_defaults(func=cmd_import)
+    return p
+
+
+def cmd_import(args) -> int:
+    if args.suggest:
+        if not args.input:
+            raise ValueError("--suggest needs --in PATH: the file whose headers to map")
+        frame = read_table(args.input, args.sheet)
+        mapping = suggest_mapping(frame.columns, sample=frame)
+        mapping.sheet = args.sheet
+        Path(args.suggest).write_text(mapping.to_yaml(), encoding="utf-8")
+        print(f"suggested {len(mapping.columns)} of {len(frame.columns)} columns -> {args.suggest}"
+              + (f"; not mapped: {', '.join(mapping.unmatched)}" if mapping.unmatched else ""), file=sys.stderr)
+        for h in mapping.held:
+            print(f"not mapped without your choice: {h.header!r} -> {h.target}: {h.why} To use it, add "
+                  f"'{h.target}: {{source: {h.header}}}' to the mapping.", file=sys.stderr)
+        return 0
+    if not args.out:
+        raise ValueError("import needs --out PATH ending in .csv or .parquet")
+    out = Path(args.out)
+    if out.suffix.lower() not in (".csv", ".parquet"):
+        raise ValueError(f"--out {out.name}: end the name in .csv or .parquet")
+    if args.mapping:
+        if not args.input:
+            raise ValueError("--mapping needs --in PATH: the CSV / Excel / Parquet file to map")
+        for flag, value in (("--index-date", args.index_date), ("--concepts", args.concepts)):
+            if value:
+                raise ValueError(f"{flag} applies to --omop only; a mapping sets index_date itself")
+        mapping = Mapping.from_yaml(Path(args.mapping))
+        frame = read_table(args.input, args.sheet or mapping.sheet)
+        mapped = apply_mapping(frame, mapping)
+        _check_loads(mapped)  # CohortError lists every bad cell; nothing is written
+        omop.write_cohort(mapped, out)
+        if args.report:
+            value_report(frame, mapping).to_csv(args.report, index=False)
+        print(f"{len(mapped)} patients, {len(mapped.columns)} dictionary columns -> {out}", file=sys.stderr)
+        return 0
+    if not args.index_date:
+        raise ValueError("--omop needs --index-date YYYY-MM-DD or --index-date last")
+    if args.input:
+        raise ValueError("--in applies to --mapping; give the OMOP folder, zip or DuckDB file to --omop")
+    frame, report = omop.import_omop(args.omop, args.index_date, args.lookback_days, concepts=args.concepts,
+                                     closed_world=not args.open_world)
+    _check_loads(frame)
+    omop.write_cohort(frame, out)
+    if args.report:
+        report.to_frame().to_csv(args.report, index=False)
+    print(report.to_text().splitlines()[0] + f" -> {out}", file=sys.stderr)
+    for w in report.warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    return 0
