@@ -161,7 +161,7 @@ def _edge_rows(base: dict) -> list[dict]:
     eligible = dict(base, age_years="60", sex="M", weight_kg="70", prior_systemic_lines="1", ecog="1",
                     inr="1.0", inr_uln="1.2", bilirubin_total_umol_l="10", bilirubin_total_uln_umol_l="21",
                     creatinine_umol_l="70", creatinine_clearance_ml_min="", hemoglobin_g_l="120",
-                    platelets_1e9_l="200", albumin_g_l="40", lvef_drop_on_anti_her2_pct="0",
+                    platelets_1e9_l="250", albumin_g_l="40", lvef_drop_on_anti_her2_pct="0",
                     measurable_lesions="1", nonmeasurable_lesions="0")
     changes = [
         {"inr": "1.8", "inr_uln": "1.2"},  # exactly 1.5 x ULN: passes
@@ -171,7 +171,7 @@ def _edge_rows(base: dict) -> list[dict]:
         {"bilirubin_total_umol_l": "31.5", "bilirubin_total_uln_umol_l": ""},
         {"bilirubin_total_umol_l": "31.6", "bilirubin_total_uln_umol_l": "21"},
         {"age_years": "68", "weight_kg": "30", "creatinine_umol_l": "88.4", "sex": "M"},  # clearance 30
-        {"platelets_1e9_l": "0"},  # zero divisor (custom rule)
+        {"platelets_1e9_l": "200"},  # zero divisor: platelets_1e9_l - 200 (custom rule)
         {"measurable_lesions": "0", "nonmeasurable_lesions": "3"},  # zero divisor (custom rule)
         {"hemoglobin_g_l": "89"},  # ROUND(89 / 2) = 45 (half away; 44 half to even)
         {"lvef_drop_on_anti_her2_pct": "-5"},  # ROUND(-2.5) = -3; SQRT of a negative: NaN
@@ -242,8 +242,8 @@ custom:
     sql: ROUND(hemoglobin_g_l / 2) >= 45 AND ROUND(lvef_drop_on_anti_her2_pct / 2) >= -2
   - id: RATIO
     kind: exclusion
-    text: haemoglobin per platelet, lesions ratio
-    sql: hemoglobin_g_l * 1000 / platelets_1e9_l > $max_ratio OR nonmeasurable_lesions / measurable_lesions > 2
+    text: ratios with zero divisors
+    sql: hemoglobin_g_l * 100 / (platelets_1e9_l - 200) > $max_ratio OR nonmeasurable_lesions / measurable_lesions > 2
     params: {max_ratio: {default: 2000, unit: ratio}}
   - id: ROUNDED
     kind: inclusion
