@@ -39,7 +39,9 @@ Semantic traps handled (all checked by tests/test_portable.py):
 * ``ROUND(x)``: half away from zero in DuckDB, Spark, BigQuery, Snowflake and Trino;
   PostgreSQL rounds double precision half to even, so there it is written
   ``SIGN(y) * FLOOR(ABS(y) + 0.49999999999999994)`` with ``y = CAST(x AS DOUBLE)``
-  (exact for every double, unlike ``+ 0.5``). Spark's ROUND is right but slow on
+  (exact for every double, unlike ``+ 0.5``). PostgreSQL also needs ``ROUND(x, d)``,
+  ``LOG(b, x)`` and NaN/infinity instead of errors for ``LN``, ``SQRT``, ``POWER``,
+  ``EXP`` (:mod:`kn026.pgsql`, checked on a real server). Spark's ROUND is right but slow on
   DOUBLE (a BigDecimal per call) and its FLOOR overflows BIGINT, so Spark gets
   ``SIGN(y) * (z - z % 1)`` with ``z = ABS(y) + 0.49999999999999994``.
 * ``POWER``, ``IN`` lists, ``COALESCE``, ``CASE`` and boolean columns are standard in
@@ -73,7 +75,7 @@ import sqlglot
 from sqlglot import exp
 
 from kn026 import masks as mw
-from kn026 import schema
+from kn026 import pgsql, schema
 from kn026.criteria import CriteriaError, Protocol, Rule, format_number, load_protocol, parse_predicate
 from kn026.engine import compile_rule, missing_columns
 from kn026.funnel import Histogram
@@ -162,22 +164,6 @@ def _post_order(tree: exp.Expression, fun: Callable[[exp.Expression], exp.Expres
     return root
 
 
-def _round_half_away(node: exp.Expression) -> exp.Expression:
-    """ROUND(x) as exact half-away-from-zero arithmetic on doubles (for PostgreSQL).
-
-    ``FLOOR(ABS(y) + 0.5)`` rounds 0.49999999999999994 up and odd integers in
-    [2**52, 2**53) up; adding the largest double below 0.5 instead is exact for every
-    double, and the operand is cast to DOUBLE so NUMERIC columns round like the engine.
-    """
-    if isinstance(node, exp.Round) and node.args.get("decimals") is None:
-        y = _as_double(node.this)
-        below_half = exp.cast(exp.Literal.number("0.49999999999999994"), "DOUBLE")
-        return exp.Paren(this=exp.Mul(
-            this=exp.Sign(this=y.copy()),
-            expression=exp.Floor(this=exp.Add(this=exp.Abs(this=y.copy()), expression=below_half))))
-    return node
-
-
 def _round_half_away_mod(node: exp.Expression) -> exp.Expression:
     """ROUND(x) for Spark without its slow BigDecimal path and without BIGINT overflow.
 
@@ -196,7 +182,7 @@ def _round_half_away_mod(node: exp.Expression) -> exp.Expression:
 
 
 _DIALECT_FIXES: dict[str, Callable[[exp.Expression], exp.Expression]] = {
-    "postgres": _round_half_away,
+    "postgres": pgsql.rewrite,  # ROUND, ROUND(x, d), logarithms, domain errors: see kn026.pgsql
     "spark": _round_half_away_mod,
 }
 

@@ -1,10 +1,11 @@
-"""Fixtures shared by several test files (the browser tests: tests/browser_support.py)."""
+"""Fixtures shared by several test files (browser tests: tests/browser_support.py; PostgreSQL:
+tests/pg_support.py)."""
 
 from __future__ import annotations
 
 import pytest
 
-from tests import browser_support
+from tests import browser_support, pg_support
 
 
 @pytest.fixture(scope="session")
@@ -27,3 +28,9 @@ def fresh_server():
 def browser(server):
     """Headless Debian chromium (skipped, with the reason, like `server`, when it is absent)."""
     yield from browser_support.launch()
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """One throwaway PostgreSQL server (Unix socket only) for every test that runs emitted SQL."""
+    yield from pg_support.serve()

@@ -376,52 +376,9 @@ def test_cli_sql_runs_on_duckdb(tmp_path):
     assert as_counter(h) == as_counter(engine.histogram())
 
 
-# --------------------------------------------------------------------------- a real PostgreSQL (optional)
-
-PG_TYPES = {"VARCHAR": "TEXT", "DOUBLE": "DOUBLE PRECISION", "INTEGER": "INTEGER",
-            "BOOLEAN": "BOOLEAN", "DATE": "DATE"}
-
-
-@pytest.fixture(scope="module")
-def postgres():
-    """A throwaway PostgreSQL server on a Unix socket only (skipped when not installed)."""
-    import glob
-    import os
-    import shutil
-    import subprocess
-    import tempfile
-
-    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
-    if not found or shutil.which("psql") is None:
-        pytest.skip("PostgreSQL server binaries are not installed")
-    bindir = Path(found[-1]).parent
-    base = Path(tempfile.mkdtemp(prefix="kn026-pg-"))
-    as_user: list[str] = []
-    if os.geteuid() == 0:  # initdb refuses root
-        if shutil.which("runuser") is None:
-            pytest.skip("running as root without runuser")
-        shutil.chown(base, "postgres")
-        as_user = ["runuser", "-u", "postgres", "--"]
-    data = base / "data"
-    port = "5499"
-    subprocess.run([*as_user, str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "kn026",
-                    "--no-sync"], check=True, capture_output=True)
-    subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-w", "-l", str(base / "log"),
-                    "-o", f"-c listen_addresses='' -k {base} -p {port} -F", "start"],
-                   check=True, capture_output=True)
-
-    def psql(*args: str) -> str:
-        out = subprocess.run(["psql", "-h", str(base), "-p", port, "-U", "kn026", "-d", "postgres",
-                              "-v", "ON_ERROR_STOP=1", "-At", "-F", ",", *args],
-                             check=True, capture_output=True, text=True)
-        return out.stdout
-
-    try:
-        yield psql
-    finally:
-        subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
-                       capture_output=True)
-        shutil.rmtree(base, ignore_errors=True)
+# --------------------------------------------------------------------------- a real PostgreSQL
+# (the `postgres` fixture: tests/conftest.py and tests/pg_support.py; the command line and
+# the PostgreSQL rewrites are checked in tests/test_postgres.py)
 
 
 def test_postgres_runs_the_emitted_sql(postgres, tmp_path):
@@ -434,12 +391,7 @@ def test_postgres_runs_the_emitted_sql(postgres, tmp_path):
     cohort = load_cohort(path, connect())
     out = tmp_path / "typed.csv"
     cohort.con.execute(f"COPY cohort TO '{out}' (HEADER, DELIMITER ',')")
-    from kn026 import schema
-
-    names = [r[0] for r in cohort.con.execute("DESCRIBE cohort").fetchall()]
-    cols = ", ".join(f'"{n}" {PG_TYPES[schema.BY_NAME[n].sql_type]}' for n in names)
-    postgres("-c", f"DROP TABLE IF EXISTS cohort; CREATE TABLE cohort ({cols})")
-    postgres("-c", f"\\copy cohort FROM '{out}' CSV HEADER")
+    postgres.load_csv("cohort", out)
     for stage in (1, 2):
         engine = Engine(cohort, PROTOCOL, stage)
         for name in ("protocol", "washout", "mixed"):
