@@ -676,7 +676,10 @@ def main_merge(args) -> int:
         doc = {"protocol": meta["protocol"], "stage": meta["stage"], "scenario": meta["scenario"]["name"],
                "criteria_fingerprint": meta["criteria_fingerprint"], "totals": result.totals,
                "sites": sites.to_dict(orient="records"), "site_files": meta["sites"],
-               "suppressed": meta["suppressed"], "not_assessable": result.plan.not_assessable,
+               "suppressed": meta["suppressed"],
+               # as `funnel --json`: rule ID -> missing columns (here: at every site)
+               "not_assessable": dict(meta["not_assessable"]),
+               "not_assessable_criteria": result.plan.not_assessable,
                "partially_assessable": meta["partially_assessable"],
                "disabled": list(result.plan.disabled),
                "funnel": result.funnel.to_dict(orient="records"),

@@ -228,7 +228,7 @@ scenario: PostgreSQL check
 protocol: KN026-001
 parameters:
   INCL01: {min_age: 21}
-  EXCL03: {washout_min_days: 30, washout_max_days: 21}
+  EXCL03.WASHOUT: {washout_min_days: 30, washout_max_days: 21}
   RATIO: {max_ratio: 1500}
 disabled: [INCL12]
 replace:
