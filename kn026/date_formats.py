@@ -160,6 +160,9 @@ def _texts(values: pd.Series) -> tuple[pd.Series, pd.Series]:
         typed = values.dropna()
         typed = typed.dt.tz_localize(None) if typed.dt.tz is not None else typed
         return pd.Series([], dtype=object), typed.astype("datetime64[us]")
+    if pd.api.types.infer_dtype(values, skipna=True) in ("string", "empty"):  # text cells only: vectorised
+        text = values.astype(object).where(values.notna(), None).str.strip()
+        return text[text.notna() & (text != "")].astype(object), pd.Series([], dtype="datetime64[us]")
     is_date = values.map(lambda v: isinstance(v, (dt.date, np.datetime64)) and not pd.isna(v)).astype(bool)
     text = values[~is_date].map(lambda v: None if v is None or (isinstance(v, float) and np.isnan(v))
                                 else str(v).strip())

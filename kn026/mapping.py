@@ -129,7 +129,7 @@ class Mapping:
 
     def to_yaml(self) -> str:
         head = ("# Screening-cohort column mapping (kn026.mapping). Per dictionary column: the file\n"
-                "# column (source) or a constant, the file's unit, value translations, transforms.\n")
+                "# column (source) or a constant, the file's unit, value translations, transforms, date formats.\n")
         return head + yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True, width=100)
 
     def save(self, path: str | Path) -> Path:

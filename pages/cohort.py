@@ -421,7 +421,7 @@ def mapped_report(rep):
         "from": st.column_config.TextColumn("File column"),
         "unit": st.column_config.TextColumn("Unit conversion"),
         "transform": st.column_config.TextColumn("Date transform"),
-        "date_format": st.column_config.TextColumn("Date format"),
+        "date_format": st.column_config.TextColumn("Date format", width=260),
         "values": st.column_config.TextColumn("Value translations", width="large"),
     })
     if not rep["values"].empty:
