@@ -493,6 +493,7 @@ def on_map_file(key: str) -> None:
     old = mapping()
     if old is not None and old.columns and all(c.source in frame.columns for c in old.columns if c.source):
         old.unmatched = [h for h in frame.columns if h not in {c.source for c in old.columns}]
+        _fill_dates(old)
         _new_mapping(old)  # the same layout again: keep the analyst's mapping
         return
     m = suggest_mapping(frame.columns, sample=frame)
@@ -513,6 +514,7 @@ def on_map_yaml(key: str) -> None:
         _import_failed("mapped", up.name, err)
         return
     m.unmatched = [h for h in f["frame"].columns if h not in {c.source for c in m.columns}]
+    _fill_dates(m)
     _new_mapping(m)
 
 
@@ -668,6 +670,148 @@ def _on_map_value(target: str, value: str, key: str) -> None:
     else:
         values[value] = "" if chosen == EMPTY_VALUE else chosen
     c.values = values
+
+
+CHOOSE_DATE = "— choose the date format —"
+
+
+def _date_inference(source: str):
+    """What file column `source` says about its date format (kn026.date_formats.infer), per file."""
+    from kn026 import date_formats
+
+    f = map_file()
+    return memo(("map_date_infer", f["id"], source), lambda: date_formats.infer(f["frame"][source]))
+
+
+def _fill_dates(m) -> None:
+    """Write the formats the file's values prove into mapping `m`, so the downloaded YAML carries them."""
+    from kn026 import date_formats
+
+    date_formats.fill(map_file()["frame"], m, _date_inference)
+
+
+def map_date_columns() -> list:
+    """The mapping's date columns that are in the file (kn026.date_formats.DateColumn)."""
+    from kn026 import date_formats
+
+    frame = map_file()["frame"]
+    return [d for d in date_formats.date_columns(mapping()) if d.source in frame.columns]
+
+
+def _date_reads(source: str, code: str) -> int:
+    """Non-empty rows of file column `source` that format `code` reads."""
+    from kn026 import date_formats
+
+    inf = _date_inference(source)
+    if code in inf.rows or code in date_formats.CATALOGUE:
+        return inf.rows.get(code, 0)
+    f = map_file()
+    return memo(("map_date_reads", f["id"], source, code),
+                lambda: inf.n - int(date_formats.read(f["frame"][source], code)[1].sum()))
+
+
+def map_date_open() -> list:
+    """Date columns whose format is neither chosen nor proven by the values: loading waits for them."""
+    return [d for d in map_date_columns() if not d.given and not _date_inference(d.source).settled]
+
+
+def map_date_wait() -> str:
+    """Why the preview and loading wait for a date format ("" when none is missing)."""
+    asked = map_date_open()
+    if not asked:
+        return ""
+    return ("Choose the date format of " + ", ".join(f"`{d.key}` (file column “{d.source}”)" for d in asked)
+            + " in section 3 first: its dates read in more than one way, and dates are never guessed. "
+            "*Load this cohort* is enabled once every date column has its format.")
+
+
+def map_date_options(d) -> list[str]:
+    """The formats offered for date column `d`: those that read the most of its values first."""
+    from kn026.date_formats import CATALOGUE
+
+    inf = _date_inference(d.source)
+    if inf.status in ("typed", "empty") and not d.given:
+        return []  # typed dates (Parquet, Excel) or no value: nothing to choose
+    codes = sorted(inf.rows, key=lambda c: (-inf.rows[c], CATALOGUE.index(c))) or list(CATALOGUE)
+    if d.given and d.given not in codes:
+        codes.insert(0, d.given)
+    return codes if inf.settled else [CHOOSE_DATE, *codes]
+
+
+def map_date_label(d, code: str) -> str:
+    """"dd/mm/yyyy (day first) · reads all 300"."""
+    from kn026.date_formats import describe
+
+    if code == CHOOSE_DATE:
+        return code
+    inf = _date_inference(d.source)
+    got = _date_reads(d.source, code)
+    return f"{describe(code)} · reads {'all ' + format(got, ',') if got == inf.n else f'{got:,} of {inf.n:,}'}"
+
+
+def map_date_widget(d) -> dict:
+    key = map_key("date", d.key, d.source)
+    inf = _date_inference(d.source)
+    st.session_state[key] = d.given or inf.format or CHOOSE_DATE
+    return {"key": key, "on_change": _on_map_date, "args": (d.key, key)}
+
+
+def _on_map_date(target: str, key: str) -> None:
+    from kn026 import date_formats
+
+    chosen = st.session_state[key]
+    date_formats.set_format(mapping(), target, None if chosen == CHOOSE_DATE else chosen)
+
+
+def map_date_samples(d, n: int = 3) -> list[tuple[str, str]]:
+    """The column's first distinct values and how they read: under its format, or under each candidate."""
+    from kn026 import date_formats
+
+    inf = _date_inference(d.source)
+    texts = map_file()["frame"][d.source].dropna().astype(str).str.strip()
+    firsts = pd.Series(texts[texts != ""].unique()[:n], dtype=object)
+    code = d.given or inf.format
+    codes = [code] if code else list(inf.candidates[:3] if inf.status == "ambiguous" else [])
+    readings = [date_formats.read(firsts, c)[0] for c in codes]
+    out = []
+    for i, value in enumerate(firsts):
+        got = [date_formats.human(r.iloc[i]) if pd.notna(r.iloc[i]) else "not read" for r in readings]
+        out.append((value, " or ".join(got) if got else "?"))
+    return out
+
+
+def map_date_note(d) -> tuple[str, str]:
+    """("asked" | "proven" | "chosen", the sentence to show beside date column `d`)."""
+    from kn026.date_formats import describe
+
+    inf = _date_inference(d.source)
+    if not d.given and not inf.settled:
+        return "asked", (f"“{d.source}”: {inf.why}. Dates are never guessed: choose the format the file uses; "
+                         "the cohort cannot be loaded until you do.")
+    if d.given and not (inf.status == "proven" and inf.format == d.given):
+        not_read = inf.n - _date_reads(d.source, d.given)
+        extra = f" {not_read:,} value(s) do not match it: they are listed as problems below." if not_read else ""
+        return "chosen", f"Read as {describe(d.given)}, as chosen.{extra}"
+    if inf.status == "proven":
+        extra = "" if inf.rows.get(inf.format, 0) == inf.n else \
+            f" {inf.n - inf.rows[inf.format]:,} value(s) are not dates: they are listed as problems below."
+        return "proven", f"Recognised as {describe(inf.format)}: {inf.why}.{extra}"
+    return "proven", inf.why.capitalize() + "."
+
+
+def human_date(value) -> str:
+    from kn026.date_formats import human
+
+    return human(value)
+
+
+def map_date_report() -> pd.DataFrame:
+    """kn026.date_formats.date_report of the file under the current mapping: earliest and latest dates."""
+    from kn026 import date_formats
+
+    f, m = map_file(), mapping()
+    return memo(("map_date_report", f["id"], m.to_yaml()),
+                lambda: date_formats.date_report(f["frame"], m, _date_inference))
 
 
 def map_preview():

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from kn026 import omop
+from kn026 import date_formats, omop
 from kn026.mapping import Mapping, _check_loads, apply_mapping, read_table, suggest_mapping, value_report
 
 
@@ -49,6 +49,9 @@ def cmd_import(args) -> int:
         for h in mapping.held:
             print(f"not mapped without your choice: {h.header!r} -> {h.target}: {h.why} To use it, add "
                   f"'{h.target}: {{source: {h.header}}}' to the mapping.", file=sys.stderr)
+        for d, inf in date_formats.fill(frame, mapping):
+            print(f"date format needed: {date_formats.ask(d, inf).removeprefix('mapping: ')}", file=sys.stderr)
+        _print_dates(frame, mapping)
         return 0
     if not args.out:
         raise ValueError("import needs --out PATH ending in .csv or .parquet")
@@ -63,12 +66,13 @@ def cmd_import(args) -> int:
                 raise ValueError(f"{flag} applies to --omop only; a mapping sets index_date itself")
         mapping = Mapping.from_yaml(Path(args.mapping))
         frame = read_table(args.input, args.sheet or mapping.sheet)
-        mapped = apply_mapping(frame, mapping)
+        mapped = apply_mapping(frame, mapping)  # DateFormatError: a date column's format must be given
         _check_loads(mapped)  # CohortError lists every bad cell; nothing is written
         omop.write_cohort(mapped, out)
         if args.report:
             value_report(frame, mapping).to_csv(args.report, index=False)
         print(f"{len(mapped)} patients, {len(mapped.columns)} dictionary columns -> {out}", file=sys.stderr)
+        _print_dates(frame, mapping)
         return 0
     if not args.index_date:
         raise ValueError("--omop needs --index-date YYYY-MM-DD or --index-date last")
@@ -84,3 +88,14 @@ def cmd_import(args) -> int:
     for w in report.warnings:
         print(f"warning: {w}", file=sys.stderr)
     return 0
+
+
+def _print_dates(frame, mapping) -> None:
+    """One line per date column: the format it is read with, why, and its earliest and latest date."""
+    for r in date_formats.date_report(frame, mapping).itertuples():
+        if not r.shown:
+            continue
+        how = {"chosen": "given in the mapping", "proven": f"proven by its values: {r.why}"}.get(r.how, r.why)
+        span = (f"; {r.dates:,} dates from {r.earliest:%Y-%m-%d} to {r.latest:%Y-%m-%d}" if r.dates else "")
+        fmt = f" with date_format {r.format!r}" if r.format else ""
+        print(f"dates: {r.column} (file column {r.source!r}) read as {r.shown}{fmt}, {how}{span}", file=sys.stderr)

@@ -212,6 +212,8 @@ def load_mapped(frame: pd.DataFrame, mapping, progress: Progress = None):
 
     try:
         mapped = apply_mapping(frame, mapping, progress=progress)
+    except CohortError:
+        raise  # date cells their column's format does not read: listed with the fix
     except ValueError as err:
         raise LoadError(_first_line(err).removeprefix("mapping: ")) from None
     if not len(mapped.columns):
@@ -266,8 +268,9 @@ def omop_report_table(report, k: int | None = None) -> pd.DataFrame:
 
 def mapping_table(mapping) -> pd.DataFrame:
     """What a mapping does per dictionary column: file column or constant, unit conversion (empty:
-    none), date transform, value translations."""
+    none), date transform, date format (empty: not a date), value translations."""
     from kn026 import schema
+    from kn026.date_formats import describe
     from kn026.mapping import unit_factor
 
     rows = []
@@ -278,8 +281,13 @@ def mapping_table(mapping) -> pd.DataFrame:
                      "unit": (f"{c.unit} × {factor:g} → {col.unit}" if c.unit and factor is not None
                               else f"× {factor:g} → {col.unit}" if factor is not None else ""),
                      "transform": c.transform or "",
+                     "date_format": f"{describe(c.date_format)}: {c.date_format}" if c.date_format else "",
                      "values": "; ".join(f"{k} → {v if v != '' else '(empty)'}" for k, v in c.values.items())})
-    return pd.DataFrame(rows, columns=["column", "from", "unit", "transform", "values"])
+    if mapping.index_column_format:
+        rows.append({"column": "(index date)", "from": mapping.index_column, "unit": "", "transform": "",
+                     "date_format": f"{describe(mapping.index_column_format)}: {mapping.index_column_format}",
+                     "values": ""})
+    return pd.DataFrame(rows, columns=["column", "from", "unit", "transform", "date_format", "values"])
 
 
 def value_table(values: pd.DataFrame, k: int | None = None) -> pd.DataFrame:

@@ -4,8 +4,9 @@ A `Mapping` says, per dictionary column, which file column feeds it (or a consta
 the unit the file uses (converted to the dictionary unit with the factors of
 `kn026/concepts/omop_concepts.yaml`), how categorical values translate ("Female" -> F,
 "IHC 3+" -> 3, "Positive" -> positive), and optional date transforms (an event date
-becomes days before the index date, a birth date becomes an age). It is saved as YAML
-and reused for the next export of the same system.
+becomes days before the index date, a birth date becomes an age). Each date column is read
+with ONE format, the mapping's `date_format` or one its values prove, never guessed per
+value (kn026.date_formats). It is saved as YAML and reused for the next export of the same system.
 
     mapping = suggest_mapping(frame.columns, sample=frame)   # names, synonyms, units, values
     cohort = apply_mapping(frame, mapping)                   # dictionary columns only
@@ -34,7 +35,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from kn026 import omop, schema
+from kn026 import date_formats, omop, schema
 from kn026.cohort import CohortError, Problem, connect, load_cohort
 
 SYNONYMS_PATH = Path(__file__).with_name("concepts") / "column_synonyms.yaml"
@@ -90,6 +91,7 @@ class Mapping:
     sheet: str | None = None  # Excel sheet (None: the first)
     index_column: str | None = None  # file column with each row's index date (for transforms)
     index_date: str | None = None  # or one fixed index date (ISO)
+    index_column_format: str | None = None  # strptime format of index_column (date_format: its dates)
     unmatched: list[str] = field(default_factory=list, compare=False)  # file columns left out (not saved)
     held: list[Held] = field(default_factory=list, compare=False)  # offered, not mapped (not saved)
 
@@ -118,7 +120,7 @@ class Mapping:
             doc["name"] = self.name
         if self.decimal != ".":
             doc["decimal"] = self.decimal
-        for key in ("sheet", "index_column", "index_date"):
+        for key in ("sheet", "index_column", "index_date", "index_column_format"):
             if getattr(self, key) is not None:
                 doc[key] = getattr(self, key)
         order = {c.name: i for i, c in enumerate(schema.COLUMNS)}
@@ -127,7 +129,7 @@ class Mapping:
 
     def to_yaml(self) -> str:
         head = ("# Screening-cohort column mapping (kn026.mapping). Per dictionary column: the file\n"
-                "# column (source) or a constant, the file's unit, value translations, transforms.\n")
+                "# column (source) or a constant, the file's unit, value translations, transforms, date formats.\n")
         return head + yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True, width=100)
 
     def save(self, path: str | Path) -> Path:
@@ -139,10 +141,11 @@ class Mapping:
     def from_dict(cls, doc: dict, where: str = "mapping") -> Mapping:
         if not isinstance(doc, dict) or not isinstance(doc.get("columns"), dict):
             raise ValueError(f"{where}: needs a 'columns' mapping of dictionary column -> {{source: ...}}")
-        unknown = set(doc) - {"name", "decimal", "sheet", "index_column", "index_date", "columns"}
+        unknown = set(doc) - {"name", "decimal", "sheet", "index_column", "index_date", "index_column_format",
+                              "columns"}
         if unknown:
             raise ValueError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}; allowed: name, decimal, "
-                             f"sheet, index_column, index_date, columns")
+                             f"sheet, index_column, index_date, index_column_format, columns")
         columns = []
         for target, spec in doc["columns"].items():
             _check_target(str(target), where)
@@ -160,7 +163,8 @@ class Mapping:
                 float(factor) if factor is not None else None, values, _opt_str(spec.get("constant")),
                 _opt_str(spec.get("transform")), _opt_str(spec.get("date_format"))))
         m = cls(columns, str(doc.get("name") or ""), str(doc.get("decimal") or "."), _opt_str(doc.get("sheet")),
-                _opt_str(doc.get("index_column")), _opt_str(doc.get("index_date")))
+                _opt_str(doc.get("index_column")), _opt_str(doc.get("index_date")),
+                _opt_str(doc.get("index_column_format")))
         m.check()
         return m
 
@@ -204,6 +208,15 @@ class Mapping:
                                  f"map screening_date")
             if c.unit is not None and c.factor is None:
                 unit_factor(c.target, c.unit)  # raises with the known units
+            if c.date_format is not None:
+                if not c.transform and schema.BY_NAME[c.target].kind != schema.DATE:
+                    raise ValueError(f"mapping: {c.target!r} is not a date; date_format applies to screening_date "
+                                     f"and the date transforms")
+                date_formats.check_format(c.date_format, f"mapping: {c.target!r} date_format")
+        if self.index_column_format is not None:
+            if self.index_column is None:
+                raise ValueError("mapping: index_column_format needs index_column (the file column it reads)")
+            date_formats.check_format(self.index_column_format, "mapping: index_column_format")
         if self.decimal not in (".", ","):
             raise ValueError(f"mapping: decimal {self.decimal!r} must be '.' or ','")
         if self.index_date is not None:
@@ -445,6 +458,7 @@ def suggest_mapping(columns: Iterable[str], sample: pd.DataFrame | None = None,
             for c in mapping.columns:
                 if c.unit is not None and not _unit_in_header(c.target, c.source or ""):
                     c.unit = guess_unit(c.target, sample[c.source].dropna().head(500), ",")
+        date_formats.fill(sample, mapping)  # formats the values prove; the others are asked
     return mapping
 
 
@@ -460,6 +474,8 @@ def suggest_column(target: str, header: str, sample: pd.DataFrame | None = None,
         cmap.unit = unit
     if sample is not None and header in sample.columns:
         cmap.values = suggest_values(target, sample[header].dropna().unique()[:200])
+        if schema.BY_NAME[target].kind == schema.DATE:
+            cmap.date_format = date_formats.infer(sample[header]).format  # proven, else None: asked
     return cmap
 
 
@@ -617,66 +633,54 @@ def _numbers(series: pd.Series, decimal: str) -> tuple[pd.Series, pd.Series]:
     return nums, bad
 
 
-def _dates(series: pd.Series, fmt: str | None) -> tuple[pd.Series, pd.Series]:
-    text = series.map(lambda v: None if v is None or (isinstance(v, float) and pd.isna(v)) or not str(v).strip()
-                      else v)
-    if fmt:
-        parsed = pd.to_datetime(text, format=fmt, errors="coerce")
-    else:
-        parsed = pd.to_datetime(text, errors="coerce", format="mixed", dayfirst=False)
-    bad = text.notna() & parsed.isna()
-    return parsed, bad
-
-
-def _index_dates(frame: pd.DataFrame, mapping: Mapping) -> pd.Series:
-    if mapping.index_date is not None:
-        return pd.Series(pd.Timestamp(mapping.index_date), index=frame.index)
-    cmap = mapping.get("screening_date")
-    source = mapping.index_column or (cmap.source if cmap else None)
-    if source is None or source not in frame.columns:
-        raise ValueError(f"mapping: the index date column {source!r} is not in the file; set index_column "
-                         f"or index_date")
-    parsed, bad = _dates(frame[source], cmap.date_format if cmap and cmap.source == source else None)
-    if bad.any():
-        row = int(bad.to_numpy().nonzero()[0][0]) + 1
-        raise ValueError(f"mapping: index date {frame[source][bad].iloc[0]!r} (row {row}) in {source!r} is not a "
-                         f"date; give date_format for screening_date")
-    return parsed
-
-
 def apply_mapping(frame: pd.DataFrame, mapping: Mapping, progress: Progress = None) -> pd.DataFrame:
-    """The mapped cohort: dictionary columns only, units converted, values translated.
+    """The mapped cohort: dictionary columns only, units converted, values translated, dates read.
 
     Cells that cannot be read (a word in a number column, an unknown category) are
     passed through unchanged, so `load_cohort` (or `preview_mapping`) reports them with
-    row and patient, instead of turning them silently into NULL.
+    row and patient, instead of turning them silently into NULL. Each date column is read
+    with one format (kn026.date_formats: given, or proven by its values; else
+    DateFormatError, never a guess per value); a date cell it does not read raises
+    CohortError listing the cells with the fix.
     """
+    mapped, problems = _apply(frame, mapping, progress)
+    if problems:
+        raise CohortError(problems, total=_total(problems))
+    return mapped
+
+
+def _total(problems: list[Problem]) -> int:
+    return sum({p.column: p.count for p in problems}.values())
+
+
+def _apply(frame: pd.DataFrame, mapping: Mapping, progress: Progress = None) -> tuple[pd.DataFrame, list[Problem]]:
+    """(The mapped cohort, with None for date cells their format does not read; those cells' problems)."""
     mapping.check()
     missing = [c.source for c in mapping.columns if c.source is not None and c.source not in frame.columns]
     if missing:
         close = difflib.get_close_matches(missing[0], [str(c) for c in frame.columns], n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise ValueError(f"mapping: column {missing[0]!r} is not in the file{hint}; fix the mapping's source names")
-    out = {}
-    index = None
+    formats = date_formats.resolve(frame, mapping)
+    pid = mapping.get("patient_id")
+    ids = frame[pid.source] if pid is not None and pid.source is not None else None
+    out, problems, index = {}, [], None
     order = {c.name: i for i, c in enumerate(schema.COLUMNS)}
     columns = sorted(mapping.columns, key=lambda c: order[c.target])
     for i, c in enumerate(columns):
         col = schema.BY_NAME[c.target]
         if c.constant is not None:
             out[c.target] = pd.Series([c.constant] * len(frame), index=frame.index, dtype=object)
-        elif c.transform:
-            index = _index_dates(frame, mapping) if index is None else index
-            dates, bad = _dates(frame[c.source], c.date_format)
-            if c.transform == "days_since":
-                days = (index - dates).dt.days
-                days = days.where(days >= 0)  # an event after the index date is not "before"
-            else:
-                days = index.dt.year - dates.dt.year - (
-                    (index.dt.month < dates.dt.month)
-                    | ((index.dt.month == dates.dt.month) & (index.dt.day < dates.dt.day))).astype(int)
-            result = days.astype("Int64").astype(object).where(days.notna(), None)
-            out[c.target] = result.where(~bad, frame[c.source])
+        elif c.transform or col.kind == schema.DATE:
+            dates, bad = date_formats.read(frame[c.source], formats.get(c.source))
+            problems += date_formats.bad_cells(frame, c.target, c.source, formats.get(c.source), bad, ids)
+            if c.transform and index is None:
+                index, bad_index, source = date_formats.index_dates(frame, mapping, formats)
+                if source not in {d.source for d in date_formats.date_columns(mapping) if d.key != "index_column"}:
+                    problems += date_formats.bad_cells(frame, "index_column", source, formats.get(source),
+                                                       bad_index, ids)  # else reported with that column
+            out[c.target] = date_formats.elapsed(c.transform, index, dates) if c.transform else \
+                dates.dt.strftime("%Y-%m-%d").astype(object).where(dates.notna(), None)
         elif col.kind in (schema.NUMBER, schema.INTEGER) and c.target not in _synonyms()["patterns"] \
                 and c.target not in _synonyms()["values"]:
             factor = c.factor if c.factor is not None else unit_factor(c.target, c.unit) if c.unit else 1.0
@@ -684,10 +688,6 @@ def apply_mapping(frame: pd.DataFrame, mapping: Mapping, progress: Progress = No
             if factor != 1.0:
                 nums = nums.map(lambda v, f=factor: omop.convert(v, f) if pd.notna(v) else v)
             series = nums.astype(object).where(nums.notna(), None)
-            out[c.target] = series.where(~bad, frame[c.source])
-        elif col.kind == schema.DATE:
-            dates, bad = _dates(frame[c.source], c.date_format)
-            series = dates.dt.strftime("%Y-%m-%d").astype(object).where(dates.notna(), None)
             out[c.target] = series.where(~bad, frame[c.source])
         elif col.kind in (schema.CATEGORY, schema.FLAG, schema.INTEGER):
             out[c.target] = frame[c.source].map(lambda v, c=c: translate_value(c.target, v, c.values))
@@ -700,7 +700,7 @@ def apply_mapping(frame: pd.DataFrame, mapping: Mapping, progress: Progress = No
     result = pd.DataFrame(out, index=frame.index).reset_index(drop=True)
     for name in result.columns:  # one missing-value spelling: None, in object columns
         result[name] = result[name].astype(object).where(result[name].notna(), None)
-    return result
+    return result, problems
 
 
 @dataclass
@@ -750,9 +750,11 @@ def validate(mapped: pd.DataFrame) -> tuple[list[Problem], int]:
 
 
 def preview_mapping(frame: pd.DataFrame, mapping: Mapping, rows: int = 20, progress: Progress = None) -> Preview:
-    """Map the whole file, validate it with kn026.cohort.load_cohort, return the first rows and problems."""
-    mapped = apply_mapping(frame, mapping, progress)
+    """Map the whole file, validate it with kn026.cohort.load_cohort, return the first rows and problems
+    (date cells their column's format does not read first: they are empty in the rows)."""
+    mapped, dated = _apply(frame, mapping, progress)
     problems, total = validate(mapped)
+    problems, total = dated + problems, _total(dated) + total
     present = tuple(c.name for c in schema.COLUMNS if c.name in mapped.columns)
     absent = tuple(c.name for c in schema.COLUMNS if c.name not in mapped.columns)
     return Preview(mapped.head(rows), len(mapped), problems, total, present, absent, value_report(frame, mapping))

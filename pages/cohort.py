@@ -208,6 +208,51 @@ def mapped_columns_grid(targets):
             st.info(note, icon=":material/info:")
 
 
+def dates_section():
+    """One format per date column: recognised when the values prove it, else chosen here."""
+    dates = ui.map_date_columns()
+    if not dates:
+        return
+    st.markdown("#### 3 · Dates")
+    st.caption("Each date column is read with one format for every row, never guessed value by value. A format "
+               "is recognised when the values prove it (ISO 8601 such as 2022-09-05, a month name, or a number "
+               "above 12 that can only be the day); when every date reads both day first and month first, "
+               "choose.")
+    h1, h2, h3 = st.columns([3, 3, 4])
+    h1.caption("Date column ← file column")
+    h2.caption("Format of the file's dates")
+    h3.caption("First values, as read")
+    for d in dates:
+        c1, c2, c3 = st.columns([3, 3, 4], vertical_alignment="center")
+        c1.markdown(f"`{d.key}` ← “{d.source}”")
+        options = ui.map_date_options(d)
+        if options:
+            labels = {code: ui.map_date_label(d, code) for code in options}  # a plain lookup: AppTest calls it
+            c2.selectbox(f"Date format of {d.source}", options, label_visibility="collapsed",
+                         format_func=labels.get, **ui.map_date_widget(d))
+        else:
+            c2.caption("dates already (no format needed)")
+        c3.markdown("  \n".join(f"{value} → **{read}**" for value, read in ui.map_date_samples(d)) or "—")
+        kind, note = ui.map_date_note(d)
+        if kind == "asked":
+            st.warning(note, icon=":material/event:")
+        elif kind == "chosen" and "problems below" in note:
+            st.info(note, icon=":material/info:")
+        else:
+            st.caption(note)
+
+
+def date_ranges():
+    """Earliest and latest date of each date column as read: wrong years or months show at once."""
+    report = ui.map_date_report()
+    report = report[report["dates"] > 0]
+    if report.empty:
+        return
+    lines = [f"- `{r.column}` from “{r.source}” read as {r.shown}: earliest **{ui.human_date(r.earliest)}**, "
+             f"latest **{ui.human_date(r.latest)}** ({r.dates:,} dates)" for r in report.itertuples()]
+    st.markdown("**Dates as read** (check the years and months):\n" + "\n".join(lines))
+
+
 def mapping_wizard():
     st.subheader("Import a CSV / Excel file with a column mapping")
     st.caption("For exports in another layout: map the file's columns to the data dictionary, choose units and "
@@ -251,9 +296,10 @@ def mapping_wizard():
                        "assessable. Choose the file column that holds one:")
             mapped_columns_grid(others)
 
+    dates_section()
     targets = ui.map_value_targets()
     if targets:
-        st.markdown("#### 3 · Values")
+        st.markdown("#### 4 · Values")
         target = st.selectbox("Translate the values of", targets, key=ui.map_key("value_target"),
                               format_func=lambda t: f"{t} (file column {m.get(t).source})")
         options = ui.map_value_options(target)
@@ -264,9 +310,12 @@ def mapping_wizard():
         if not distinct:
             st.caption("The column is empty in the file.")
 
-    st.markdown("#### 4 · Preview and validation")
-    preview, error = ui.map_preview()
-    if error:
+    st.markdown("#### 5 · Preview and validation")
+    waiting = ui.map_date_wait()
+    preview, error = (None, "") if waiting else ui.map_preview()
+    if waiting:
+        st.warning(waiting, icon=":material/event:")
+    elif error:
         st.error(f"The mapping cannot be applied: {error}", icon=":material/error:")
     elif preview is not None:
         if preview.ok:
@@ -277,6 +326,7 @@ def mapping_wizard():
             st.error(f"{preview.total_problems:,} problem(s) in the mapped file. Fix the mapping (units, "
                      "values) above, or the file.", icon=":material/error:")
             st.dataframe(ui.problems_frame(preview.problems), hide_index=True, width="stretch")
+        date_ranges()
         st.caption("First rows after mapping (dictionary columns and units):")
         st.dataframe(preview.frame, hide_index=True, width="stretch", height=240)
         if not preview.values.empty:
@@ -363,13 +413,15 @@ def mapped_report(rep):
     st.markdown(f"**{rep['file']}**: {rep['rows']:,} rows mapped onto {len(rep['mapping'].columns)} dictionary "
                 f"column(s); {len(rep['absent'])} absent (rules needing them are not assessable).")
     table = ui.mapping_table(rep["mapping"])
-    if not table["transform"].astype(bool).any():
-        table = table.drop(columns="transform")
+    for name in ("transform", "date_format"):
+        if not table[name].astype(bool).any():
+            table = table.drop(columns=name)
     st.dataframe(table, hide_index=True, width="stretch", column_config={
         "column": st.column_config.TextColumn("Dictionary column"),
         "from": st.column_config.TextColumn("File column"),
         "unit": st.column_config.TextColumn("Unit conversion"),
         "transform": st.column_config.TextColumn("Date transform"),
+        "date_format": st.column_config.TextColumn("Date format", width=260),
         "values": st.column_config.TextColumn("Value translations", width="large"),
     })
     if not rep["values"].empty:

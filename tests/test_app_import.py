@@ -540,3 +540,97 @@ def test_mapping_wizard_reads_excel():
     at.button(key=ui_state.W + "map_load").click().run()
     ok(at)
     assert bundle(at).kind == "mapped" and bundle(at).cohort.n == 60
+
+
+# --------------------------------------------------------------------------- dates (issue 13, item 3)
+
+
+def dated_frame(visits: list[str]) -> pd.DataFrame:
+    """A site export whose screening dates are written dd/mm/yyyy (or as given)."""
+    n = len(visits)
+    return pd.DataFrame({"Subject No.": [f"P{i:03d}" for i in range(1, n + 1)], "Date of screening": visits,
+                         "AGE": ["61"] * n, "Gender": ["Female"] * n})
+
+
+def _date_select(at: AppTest, source: str):
+    return _select(at, f"date.screening_date.{source}")
+
+
+def _markdown(at: AppTest) -> str:
+    return "\n".join(str(e.value) for e in at.markdown)
+
+
+def test_mapping_wizard_asks_the_date_format_of_an_ambiguous_column():
+    """Every date reads day first and month first: load waits for the analyst's choice; then the
+    preview shows the earliest and latest date as read."""
+    at = new_app()
+    choose(at, "mapped")
+    _upload_foreign(at, dated_frame(["05/09/2022", "01/02/2023", "12/11/2022", "03/04/2022"]), "ambiguous.csv")
+    m = at.session_state[ui_state.K_MAPPING]
+    assert m.get("screening_date").source == "Date of screening" and m.get("screening_date").date_format is None
+    select = _date_select(at, "Date of screening")
+    assert select.value == ui_state.CHOOSE_DATE
+    assert select.options[:3] == [ui_state.CHOOSE_DATE, "dd/mm/yyyy (day first) · reads all 4",
+                                  "mm/dd/yyyy (month first) · reads all 4"]
+    assert "every date reads as dd/mm/yyyy (day first) or mm/dd/yyyy (month first)" in _warnings(at)
+    assert "'05/09/2022' in row 1 is 5 Sep 2022 or 9 May 2022" in _warnings(at)
+    assert "05/09/2022 → **5 Sep 2022 or 9 May 2022**" in _markdown(at)
+    assert "Choose the date format of `screening_date` (file column “Date of screening”)" in _warnings(at)
+    assert not errors(at)
+    assert at.button(key=ui_state.W + "map_load").disabled
+    assert "Dates as read" not in _markdown(at)
+    # the analyst chooses day first: the preview reads every value day first
+    _date_select(at, "Date of screening").set_value("%d/%m/%Y").run()
+    ok(at)
+    assert at.session_state[ui_state.K_MAPPING].get("screening_date").date_format == "%d/%m/%Y"
+    assert not at.button(key=ui_state.W + "map_load").disabled
+    assert "05/09/2022 → **5 Sep 2022**" in _markdown(at)
+    assert ("`screening_date` from “Date of screening” read as dd/mm/yyyy (day first): earliest **3 Apr 2022**, "
+            "latest **1 Feb 2023** (4 dates)") in _markdown(at)
+    assert preview_value(at, "screening_date") == "2022-09-05"
+    assert "    date_format: '%d/%m/%Y'" in at.session_state[ui_state.K_MAPPING].to_yaml()  # the download
+    # month first instead: other dates, shown at once
+    _date_select(at, "Date of screening").set_value("%m/%d/%Y").run()
+    ok(at)
+    assert "earliest **4 Mar 2022**, latest **2 Jan 2023** (4 dates)" in _markdown(at)
+    at.button(key=ui_state.W + "map_load").click().run()
+    ok(at)
+    b = bundle(at)
+    assert b.kind == "mapped" and b.cohort.n == 4, errors(at)
+    got = dict(b.con.execute("SELECT patient_id, CAST(screening_date AS VARCHAR) FROM cohort").fetchall())
+    assert got == {"P001": "2022-05-09", "P002": "2023-01-02", "P003": "2022-12-11", "P004": "2022-03-04"}
+    table = ui_state.mapping_table(b.report["mapping"]).set_index("column")
+    assert table.loc["screening_date", "date_format"] == "mm/dd/yyyy (month first): %m/%d/%Y"
+
+
+def test_mapping_wizard_reads_a_day_first_export_day_first_throughout():
+    """Issue 13: 05/09/2022 and 14/09/2022 in one column are 5 and 14 September, never 9 May."""
+    at = new_app()
+    choose(at, "mapped")
+    frame = dated_frame(["05/09/2022", "14/09/2022", "01/10/2022", "28/02/2023", "n.k."])
+    _upload_foreign(at, frame, "site.csv")
+    assert at.session_state[ui_state.K_MAPPING].get("screening_date").date_format == "%d/%m/%Y"  # proven
+    select = _date_select(at, "Date of screening")
+    assert select.value == "%d/%m/%Y" and ui_state.CHOOSE_DATE not in select.options
+    captions = "\n".join(c.value for c in at.caption)
+    assert "Recognised as dd/mm/yyyy (day first): 2 date(s) have a first number above 12" in captions
+    assert "1 value(s) are not dates" in captions
+    assert "earliest **5 Sep 2022**, latest **28 Feb 2023** (4 dates)" in _markdown(at)
+    # "n.k." is a bad cell with row, column, value and the fix, never a silent NULL
+    problems = next(d.value for d in at.dataframe if "Problem and fix" in d.value.columns)
+    assert problems.iloc[0]["Column"] == "screening_date" and problems.iloc[0]["Row"] == 5
+    assert problems.iloc[0]["Value"] == "n.k." and "dd/mm/yyyy" in problems.iloc[0]["Problem and fix"]
+    assert at.button(key=ui_state.W + "map_load").disabled
+    # the saved mapping carries the format and is reused for the next export
+    text = at.session_state[ui_state.K_MAPPING].to_yaml()
+    assert "date_format: '%d/%m/%Y'" in text
+    at2 = new_app()
+    choose(at2, "mapped")
+    _upload_foreign(at2, dated_frame(["05/09/2022", "01/10/2022"]), "next_export.csv")  # ambiguous alone
+    assert _date_select(at2, "Date of screening").value == ui_state.CHOOSE_DATE
+    yaml_up = next(u for u in at2.file_uploader if u.key and u.key.startswith(ui_state.W + "map.yaml@"))
+    yaml_up.set_value(("site.yaml", text.encode(), "application/x-yaml")).run()
+    ok(at2)
+    assert _date_select(at2, "Date of screening").value == "%d/%m/%Y"
+    assert "earliest **5 Sep 2022**, latest **1 Oct 2022** (2 dates)" in _markdown(at2)
+    assert not at2.button(key=ui_state.W + "map_load").disabled

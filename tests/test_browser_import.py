@@ -108,7 +108,7 @@ def test_mapping_wizard_and_refused_binary(server, browser, tmp_path):
     no_exception(page, "mapping wizard")
     assert "site_export.csv" in main_text(page) and "not used: Comments" in main_text(page)
     # the wizard, section by section (the page scrolls inside Streamlit's main container)
-    for i, heading in enumerate(("2 · Columns and units", "3 · Values", "4 · Preview and validation")):
+    for i, heading in enumerate(("2 · Columns and units", "4 · Values", "5 · Preview and validation")):
         main.get_by_text(heading, exact=True).evaluate("e => e.scrollIntoView({block: 'start'})")
         page.wait_for_timeout(400)
         page.screenshot(path=str(ARTIFACTS / f"import_mapping_wizard_{i + 2}.png"))
@@ -125,4 +125,55 @@ def test_mapping_wizard_and_refused_binary(server, browser, tmp_path):
     page.screenshot(path=str(ARTIFACTS / "import_mapping_report.png"))
     no_exception(page, "mapped load")
     assert "site_export.csv: 80 rows mapped onto 8 dictionary column(s)" in main_text(page)
+    page.close()
+
+
+def test_mapping_wizard_date_format_selector(server, browser, tmp_path):
+    """A dd/mm/yyyy export whose dates all read both ways: the analyst picks the format in the
+    selector, sees the first values as read and the earliest / latest dates, then loads."""
+    from playwright.sync_api import expect
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    visits = ["05/09/2022", "01/10/2022", "12/11/2022", "03/04/2022", "08/02/2023", "11/06/2022"]
+    frame = pd.DataFrame({"Subject No.": [f"P{i:03d}" for i in range(1, 61)],
+                          "Date of screening": [visits[i % len(visits)] for i in range(60)],
+                          "AGE": [str(50 + i % 20) for i in range(60)], "Gender": ["Female", "male"] * 30})
+    (tmp_path / "dates_export.csv").write_text(frame.to_csv(index=False))
+
+    page = _open(browser, server)
+    main = page.locator('[data-testid="stMain"]')
+    _choose(page, "CSV / Excel with mapping")
+    _uploader(page, "The file").set_input_files(str(tmp_path / "dates_export.csv"))
+    expect(main.get_by_text("3 · Dates", exact=True)).to_be_visible(timeout=TIMEOUT_MS)
+    settle(page)
+    no_exception(page, "dates section")
+    select = main.get_by_role("combobox", name="Date format of Date of screening")
+    expect(select).to_have_value("— choose the date format —")
+    assert "5 Sep 2022 or 9 May 2022" in main_text(page)
+    expect(main.get_by_role("button", name="Load this cohort")).to_be_disabled()
+    main.get_by_text("3 · Dates", exact=True).evaluate("e => e.scrollIntoView({block: 'start'})")
+    page.wait_for_timeout(400)
+    page.screenshot(path=str(ARTIFACTS / "import_dates_asked.png"))
+
+    select.click()
+    page.get_by_role("option", name="dd/mm/yyyy (day first) · reads all 60").click()
+    expect(main.get_by_text("All 60 rows pass").first).to_be_visible(timeout=TIMEOUT_MS)
+    settle(page)
+    no_exception(page, "date format chosen")
+    expect(select).to_have_value("dd/mm/yyyy (day first) · reads all 60")
+    body = main_text(page)
+    assert "05/09/2022 → 5 Sep 2022" in body
+    assert "earliest 3 Apr 2022, latest 8 Feb 2023 (60 dates)" in body
+    expect(main.get_by_role("button", name="Load this cohort")).to_be_enabled()
+    main.get_by_text("3 · Dates", exact=True).evaluate("e => e.scrollIntoView({block: 'start'})")
+    page.wait_for_timeout(400)
+    page.screenshot(path=str(ARTIFACTS / "import_dates_chosen.png"))
+    main.get_by_text("Dates as read").evaluate("e => e.scrollIntoView({block: 'center'})")
+    page.wait_for_timeout(400)
+    page.screenshot(path=str(ARTIFACTS / "import_dates_preview.png"))
+    main.get_by_role("button", name="Load this cohort").click()
+    expect(page.locator('[data-testid="stSidebar"]').get_by_text("dates_export.csv via mapping (60 patients)")
+           .first).to_be_visible(timeout=TIMEOUT_MS)
+    settle(page)
+    no_exception(page, "loaded with a date format")
     page.close()

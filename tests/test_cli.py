@@ -428,3 +428,64 @@ def test_funnel_names_missing_columns_per_rule_and_warns(tmp_path, capsys):
     assert "INCL07.CRCL: n/a, left out (missing creatinine_clearance_ml_min, or creatinine_umol_l + " \
            "weight_kg)" in out
     assert "warning: 63 of 67 rules cannot be assessed" in out
+
+
+# -- import --mapping: dates are never guessed (issue 13) ---------------------------------------------
+SITE_EXPORT = ("Subject,Visit date,Hb (g/dL)\n"
+               "S01,05/09/2022,12.1\nS02,01/10/2022,11.4\nS03,12/11/2022,13.0\n")
+SITE_MAPPING = ("name: site A\ncolumns:\n  patient_id: {source: Subject}\n"
+                "  screening_date: {source: Visit date%s}\n  hemoglobin_g_l: {source: Hb (g/dL), unit: g/dL}\n")
+
+
+def _site(tmp_path, date_format: str = "", rows: str = SITE_EXPORT):
+    (tmp_path / "export.csv").write_text(rows, encoding="utf-8")
+    (tmp_path / "site.yaml").write_text(SITE_MAPPING % (f", date_format: '{date_format}'" if date_format else ""),
+                                        encoding="utf-8")
+    return ["import", "--mapping", tmp_path / "site.yaml", "--in", tmp_path / "export.csv",
+            "--out", tmp_path / "cohort.csv"]
+
+
+def test_import_mapping_refuses_an_ambiguous_date_column(tmp_path, capsys):
+    """Every date reads day first and month first: refused, naming the column and date_format."""
+    argv = _site(tmp_path)
+    before = sha256(tmp_path / "export.csv")
+    code, out, err = run(argv, capsys)
+    assert code == 2 and out == "" and sha256(tmp_path / "export.csv") == before
+    assert err.startswith("error: mapping: screening_date (file column 'Visit date'): every date reads as "
+                          "dd/mm/yyyy (day first) or mm/dd/yyyy (month first)")
+    assert "give its date_format: '%d/%m/%Y' for dd/mm/yyyy (day first) or '%m/%d/%Y' for mm/dd/yyyy" in err
+    assert "Traceback" not in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "cohort.csv").exists()
+    # a day above 12 proves day first: no date_format needed, and it is listed
+    code, _, err = run(_site(tmp_path, rows=SITE_EXPORT + "S04,14/09/2022,12.0\n"), capsys)
+    assert code == 0, err
+    assert "dates: screening_date (file column 'Visit date') read as dd/mm/yyyy (day first) with date_format " \
+           "'%d/%m/%Y', proven by its values: 1 date(s) have a first number above 12" in err
+    cohort = (tmp_path / "cohort.csv").read_text().splitlines()
+    assert [line.split(",")[1] for line in cohort[1:]] == ["2022-09-05", "2022-10-01", "2022-11-12", "2022-09-14"]
+
+
+def test_import_mapping_with_an_explicit_date_format(tmp_path, capsys):
+    code, _, err = run(_site(tmp_path, "%m/%d/%Y"), capsys)
+    assert code == 0, err
+    assert ("dates: screening_date (file column 'Visit date') read as mm/dd/yyyy (month first) with date_format "
+            "'%m/%d/%Y', given in the mapping; 3 dates from 2022-01-10 to 2022-12-11") in err
+    rows = {line.split(",")[0]: line.split(",")[1] for line in (tmp_path / "cohort.csv").read_text().splitlines()[1:]}
+    assert rows == {"S01": "2022-05-09", "S02": "2022-01-10", "S03": "2022-12-11"}
+    # a value the given format does not read is a bad cell: row, column, value and fix; nothing written
+    (tmp_path / "cohort.csv").unlink()
+    code, _, err = run(_site(tmp_path, "%m/%d/%Y", SITE_EXPORT + "S04,14/09/2022,12.0\n"), capsys)
+    assert code == 2 and err.splitlines()[0] == "error: the cohort could not be loaded (1 problem(s)):"
+    assert ("screening_date: row 4 (patient_id S04) value '14/09/2022': is not a date in the format mm/dd/yyyy "
+            "(month first) (%m/%d/%Y) of file column 'Visit date'") in err
+    assert not (tmp_path / "cohort.csv").exists()
+
+
+def test_import_mapping_date_refusal_in_a_real_process(tmp_path):
+    argv = _site(tmp_path, rows="Subject,Visit date,Hb (g/dL)\nS01,13/01/2022,12.1\nS02,01/13/2022,11.4\n")
+    proc = _python_m(argv, tmp_path)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert "Traceback" not in proc.stderr
+    assert ("error: mapping: screening_date (file column 'Visit date'): it mixes date formats: '13/01/2022' in row "
+            "1 reads as dd/mm/yyyy (day first), '01/13/2022' in row 2 only as mm/dd/yyyy (month first)") in proc.stderr
+    assert not (tmp_path / "cohort.csv").exists()

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 
 import pandas as pd
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from kn026 import date_formats, schema
 from kn026 import mapping as mp
-from kn026 import schema
 from kn026.cohort import CohortError, load_cohort
 from tests.shared_data import OMOP_SAMPLE
 
@@ -392,3 +393,209 @@ def test_cli_import_omop(tmp_path, capsys):
                 "--out", str(tmp_path / "fixed.csv")) == 0
     fixed = pd.read_csv(tmp_path / "fixed.csv")
     assert (fixed["screening_date"] == "2020-01-01").all() and fixed["heart_failure_history"].isna().all()
+
+
+# ----------------------------------------------------------------------------- dates (issue 13, item 3)
+
+
+def _site_export(n: int = 300, seed: int = 13) -> tuple[pd.DataFrame, list[str]]:
+    """A dd/mm/yyyy site export (as in issue 13) and its true ISO screening dates."""
+    import random
+
+    rng = random.Random(seed)
+    start = dt.date(2022, 1, 1)
+    days = [start + dt.timedelta(days=rng.randrange(400)) for _ in range(n)]
+    frame = pd.DataFrame({"Subject": [f"S{i:04d}" for i in range(n)], "Visit": [d.strftime("%d/%m/%Y") for d in days],
+                          "Age": ["60"] * n})
+    return frame, [d.isoformat() for d in days]
+
+
+def _suggested_format(frame: pd.DataFrame) -> str | None:
+    """The date_format suggest_mapping writes for the Visit column (named as suggest_mapping knows it)."""
+    sample = frame.rename(columns={"Visit": "Date of screening"})
+    return mp.suggest_mapping(sample.columns, sample=sample).get("screening_date").date_format
+
+
+def _dated_mapping(**date) -> mp.Mapping:
+    m = mp.Mapping()
+    m.set("patient_id", "Subject")
+    m.set("screening_date", "Visit", **date)
+    m.set("age_years", "Age")
+    return m
+
+
+def test_day_first_export_is_read_day_first_throughout():
+    """05/09/2022 is 5 September like 14/09/2022 is 14 September: never 9 May (issue 13)."""
+    frame, truth = _site_export()
+    visits = frame["Visit"].str.split("/", expand=True).astype(int)
+    misread = int(((visits[0] <= 12) & (visits[0] != visits[1])).sum())
+    assert misread > 100  # the values a per-value guess read month first
+    guessed = pd.to_datetime(frame["Visit"], format="mixed", dayfirst=False).dt.strftime("%Y-%m-%d")
+    assert int((guessed != pd.Series(truth)).sum()) == misread  # the bug this guards against
+    assert _suggested_format(frame) == "%d/%m/%Y"  # proven: some days above 12
+    out = mp.apply_mapping(frame, _dated_mapping())  # no date_format: the values prove day first
+    assert out["screening_date"].tolist() == truth
+    assert mp.apply_mapping(frame, _dated_mapping(date_format="%d/%m/%Y"))["screening_date"].tolist() == truth
+    two = pd.DataFrame({"Subject": ["A", "B"], "Visit": ["05/09/2022", "14/09/2022"], "Age": ["60", "61"]})
+    assert mp.apply_mapping(two, _dated_mapping())["screening_date"].tolist() == ["2022-09-05", "2022-09-14"]
+    inf = date_formats.infer(two["Visit"])
+    assert (inf.status, inf.format) == ("proven", "%d/%m/%Y")
+    assert "1 date(s) have a first number above 12 (e.g. '14/09/2022' in row 2)" in inf.why
+    assert mp.preview_mapping(frame, _dated_mapping()).ok
+
+
+def test_ambiguous_date_column_is_refused_naming_the_column_and_date_format():
+    frame = pd.DataFrame({"Subject": ["A", "B", "C"], "Visit": ["05/09/2022", "01/10/2022", "12/12/2022"],
+                          "Age": ["60", "61", "62"]})
+    message = (r"mapping: screening_date \(file column 'Visit'\): every date reads as dd/mm/yyyy \(day first\) or "
+               r"mm/dd/yyyy \(month first\) \(e\.g\. '05/09/2022' in row 1 is 5 Sep 2022 or 9 May 2022\); dates are "
+               r"never guessed, give its date_format: '%d/%m/%Y' for dd/mm/yyyy \(day first\) or '%m/%d/%Y' for "
+               r"mm/dd/yyyy \(month first\)")
+    with pytest.raises(date_formats.DateFormatError, match=message):
+        mp.apply_mapping(frame, _dated_mapping())
+    with pytest.raises(ValueError, match=message):
+        mp.preview_mapping(frame, _dated_mapping())
+    assert _suggested_format(frame) is None  # asked
+    # the analyst's format decides, both ways
+    assert mp.apply_mapping(frame, _dated_mapping(date_format="%d/%m/%Y"))["screening_date"].tolist() == [
+        "2022-09-05", "2022-10-01", "2022-12-12"]
+    assert mp.apply_mapping(frame, _dated_mapping(date_format="%m/%d/%Y"))["screening_date"].tolist() == [
+        "2022-05-09", "2022-01-10", "2022-12-12"]
+    # 2-digit years: 14/09/22 is 14 Sep 2022 or 22 Sep 2014
+    inf = date_formats.infer(pd.Series(["14/09/22", "05/09/22"]))
+    assert inf.status == "ambiguous" and inf.candidates == ("%d/%m/%y", "%y/%m/%d")
+
+
+@pytest.mark.parametrize(("visits", "code", "iso"), [
+    (["2022-09-05", "2023-01-02", ""], "%Y-%m-%d", ["2022-09-05", "2023-01-02", None]),
+    (["2022-09-05 00:00:00", "2023-01-02 00:00:00"], "%Y-%m-%d %H:%M:%S", ["2022-09-05", "2023-01-02"]),  # Excel
+    (["2022-09-05T14:30:00", "2023-01-02T08:00:00"], "%Y-%m-%dT%H:%M:%S", ["2022-09-05", "2023-01-02"]),
+    (["20220905", "20230102"], "%Y%m%d", ["2022-09-05", "2023-01-02"]),
+    (["05-SEP-2022", "02-Jan-2023"], "%d-%b-%Y", ["2022-09-05", "2023-01-02"]),
+    (["09/14/2022", "01/02/2023"], "%m/%d/%Y", ["2022-09-14", "2023-01-02"]),  # month first, proven
+])
+def test_proven_formats_pass_without_date_format(visits, code, iso):
+    frame = pd.DataFrame({"Subject": [f"P{i}" for i in range(len(visits))], "Visit": visits,
+                          "Age": ["60"] * len(visits)})
+    inf = date_formats.infer(frame["Visit"])
+    assert (inf.status, inf.format) == ("proven", code)
+    assert mp.apply_mapping(frame, _dated_mapping())["screening_date"].tolist() == iso
+    assert _suggested_format(frame) == code
+
+
+def test_contradictory_date_column_is_refused_and_a_given_format_reports_the_other_cells():
+    frame = pd.DataFrame({"Subject": ["A", "B", "C"], "Visit": ["13/01/2022", "01/13/2022", ""],
+                          "Age": ["60", "61", "62"]})
+    with pytest.raises(date_formats.DateFormatError,
+                       match=r"screening_date \(file column 'Visit'\): it mixes date formats: '13/01/2022' in row 1 "
+                             r"reads as dd/mm/yyyy \(day first\), '01/13/2022' in row 2 only as mm/dd/yyyy \(month "
+                             r"first\); one column takes one format.*give its date_format"):
+        mp.apply_mapping(frame, _dated_mapping())
+    # one format given: the cell it does not read is a bad cell (row, column, value, fix), never NULL
+    with pytest.raises(CohortError) as err:
+        mp.apply_mapping(frame, _dated_mapping(date_format="%d/%m/%Y"))
+    (p,) = err.value.problems
+    assert (p.column, p.row, p.patient_id, p.value, p.count) == ("screening_date", 2, "B", "01/13/2022", 1)
+    assert p.message == ("is not a date in the format dd/mm/yyyy (day first) (%d/%m/%Y) of file column 'Visit'; "
+                         "correct the cell (empty if unknown), or give the format the file uses (date_format)")
+    preview = mp.preview_mapping(frame, _dated_mapping(date_format="%d/%m/%Y"))
+    assert not preview.ok and [q.row for q in preview.problems] == [2] and preview.total_problems == 1
+    assert preview.frame["screening_date"].tolist() == ["2022-01-13", None, None]
+    # ISO and day-first values in one column are mixed too
+    with pytest.raises(date_formats.DateFormatError, match="mixes date formats"):
+        mp.apply_mapping(frame.assign(Visit=["2022-09-05", "14/09/2022", ""]), _dated_mapping())
+
+
+def test_unreadable_values_are_bad_cells_and_unreadable_columns_are_asked():
+    frame = pd.DataFrame({"Subject": ["A", "B", "C"], "Visit": ["14/09/2022", "n.k.", "31/02/2022"],
+                          "Age": ["60", "61", "62"]})
+    inf = date_formats.infer(frame["Visit"])  # n.k. and 31 February read in no format: they prove nothing
+    assert (inf.status, inf.format, inf.unreadable) == ("proven", "%d/%m/%Y", (("n.k.", 2), ("31/02/2022", 3)))
+    with pytest.raises(CohortError) as err:
+        mp.apply_mapping(frame, _dated_mapping())
+    assert [(p.row, p.value, p.count) for p in err.value.problems] == [(2, "n.k.", 2), (3, "31/02/2022", 2)]
+    assert err.value.total == 2
+    words = frame.assign(Visit=["soon", "n.k.", ""])
+    with pytest.raises(date_formats.DateFormatError,
+                       match=r"no common date format reads its values \(e\.g\. 'soon' in row 1\); give its "
+                             r"date_format \(a strptime format such as '%d/%m/%Y'\)"):
+        mp.apply_mapping(words, _dated_mapping())
+
+
+def test_date_transforms_and_index_column_take_one_format_each():
+    frame = pd.DataFrame({"Subject": ["A", "B"], "Visit": ["2024-03-10", "2024-03-20"],
+                          "Transfused": ["05/03/2024", "01/02/2024"], "Born": ["05/09/1960", "01/02/1970"]})
+    m = mp.Mapping()
+    m.set("patient_id", "Subject")
+    m.set("screening_date", "Visit")
+    m.set("days_since_transfusion", "Transfused", transform="days_since")
+    with pytest.raises(date_formats.DateFormatError, match=r"days_since_transfusion \(file column 'Transfused'\)"):
+        mp.apply_mapping(frame, m)
+    m.get("days_since_transfusion").date_format = "%d/%m/%Y"
+    assert mp.apply_mapping(frame, m)["days_since_transfusion"].tolist() == [5, 48]
+    # an index column of its own, with its own format
+    frame["Index"] = ["10/03/2024", "11/03/2024"]  # ambiguous alone
+    m = mp.Mapping(index_column="Index")
+    m.set("patient_id", "Subject")
+    m.set("age_years", "Born", transform="age_from_birth_date", date_format="%d/%m/%Y")
+    assert [d.key for d in date_formats.date_columns(m)] == ["age_years", "index_column"]
+    with pytest.raises(date_formats.DateFormatError, match=r"index_column 'Index'.*give its index_column_format"):
+        mp.apply_mapping(frame, m)
+    m.index_column_format = "%d/%m/%Y"
+    assert mp.apply_mapping(frame, m)["age_years"].tolist() == [63, 54]
+    again = mp.Mapping.from_yaml(m.to_yaml())
+    assert again == m and "index_column_format: '%d/%m/%Y'" in m.to_yaml()
+    frame.loc[1, "Index"] = "2024-03-20"
+    with pytest.raises(CohortError) as err:
+        mp.apply_mapping(frame, m)
+    assert [(p.column, p.row, p.value) for p in err.value.problems] == [("index_column", 2, "2024-03-20")]
+    assert "(index_column_format)" in err.value.problems[0].message
+
+
+def test_date_format_checks_and_yaml_round_trip():
+    m = _dated_mapping(date_format="%d.%m.%Y")
+    assert mp.Mapping.from_yaml(m.to_yaml()) == m and "date_format: '%d.%m.%Y'" in m.to_yaml()
+    for bad, message in [("%m/%Y", "needs exactly one day directive"), ("%d/%m/%Y %z", "'%z' is not a supported"),
+                         ("%d/%d/%Y", "needs exactly one day"), ("", "give a strptime format")]:
+        with pytest.raises(ValueError, match=message):
+            mp.Mapping.from_yaml(f"columns:\n  screening_date: {{source: V, date_format: '{bad}'}}\n")
+    with pytest.raises(ValueError, match="'hemoglobin_g_l' is not a date; date_format applies to screening_date"):
+        mp.Mapping.from_yaml("columns:\n  hemoglobin_g_l: {source: Hb, date_format: '%d/%m/%Y'}\n")
+    with pytest.raises(ValueError, match="index_column_format needs index_column"):
+        mp.Mapping.from_yaml("index_column_format: '%d/%m/%Y'\ncolumns:\n  patient_id: P\n")
+    # a custom strptime format is used as written
+    frame = pd.DataFrame({"Subject": ["A"], "Visit": ["2022 | 5 | 9"], "Age": ["60"]})
+    assert mp.apply_mapping(frame, _dated_mapping(date_format="%Y | %d | %m"))["screening_date"].tolist() == [
+        "2022-09-05"]
+
+
+def test_typed_dates_need_no_format():
+    frame = pd.DataFrame({"Subject": ["A", "B", "C"], "Visit": pd.to_datetime(["2022-09-05", None, "2023-01-02"]),
+                          "Age": ["60", "61", "62"]})
+    assert date_formats.infer(frame["Visit"]).status == "typed"
+    assert mp.apply_mapping(frame, _dated_mapping())["screening_date"].tolist() == ["2022-09-05", None, "2023-01-02"]
+    objects = frame.assign(Visit=[dt.date(2022, 9, 5), None, dt.datetime(2023, 1, 2, 10, 0)])
+    assert mp.apply_mapping(objects, _dated_mapping())["screening_date"].tolist() == ["2022-09-05", None, "2023-01-02"]
+    report = date_formats.date_report(frame, _dated_mapping()).iloc[0]
+    assert (report["how"], report["earliest"], report["latest"], report["dates"]) == (
+        "typed", pd.Timestamp("2022-09-05"), pd.Timestamp("2023-01-02"), 2)
+
+
+_DATES = st.lists(st.dates(min_value=dt.date(1970, 1, 1), max_value=dt.date(2068, 12, 31)), min_size=1, max_size=25)
+
+
+@settings(max_examples=150, deadline=None)
+@given(days=_DATES, code=st.sampled_from(date_formats.CATALOGUE))
+def test_inferred_formats_never_misread_a_date(days, code):
+    """Whatever the values, a proven format reads every date as written; otherwise the writer's format is
+    among those asked about (never a wrong date without asking)."""
+    texts = pd.Series([d.strftime(code) for d in days], dtype=object)
+    inf = date_formats.infer(texts)
+    if inf.status == "proven":
+        dates, bad = date_formats.read(texts, inf.format)
+        assert not bad.any() and [d.date() for d in dates] == days
+    else:
+        assert inf.status == "ambiguous" and code in inf.candidates
+        mixed = {date_formats.order(c) for c in inf.candidates}
+        assert len(mixed) > 1  # asked only when the values truly read in two orders
+    assert date_formats.read(texts, code)[0].dt.date.tolist() == days  # the writer's format reads them back
