@@ -4,19 +4,24 @@ Input is CSV, Parquet, Excel or a DataFrame / Arrow table. Every dictionary colu
 is parsed by its kind (schema.py): boolean and sex spellings are normalised,
 categories lower-cased with whitespace folded, numbers range-checked. A value that
 cannot be read is an error naming the column, row, patient and value, never a
-silent NULL. Validation runs as a few SQL scans, so millions of rows load fast.
-The input file is only read.
+silent NULL. The source is read once (kn026.reader, shared by the command line and
+the app's uploads); text columns are normalised once per distinct value, and each
+chunk is checked in one SQL scan, so millions of rows load fast. The input file is
+only read.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import duckdb
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from kn026 import schema
+from kn026.reader import Progress
 from kn026.schema import CATEGORY, DATE, FLAG, ID, INTEGER, NUMBER, TEXT
 
 EXAMPLES_PER_COLUMN = 5
@@ -77,7 +82,6 @@ class Cohort:
 
 
 COHORT_DB = "cohort_db"
-LOAD_CHUNK = 2_000_000  # rows per insert when loading large cohorts (bounds peak memory)
 
 
 def connect(threads: int | None = None, memory_limit: str | None = None) -> duckdb.DuckDBPyConnection:
@@ -110,68 +114,6 @@ def q(name: str) -> str:
 
 def _lit(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
-
-
-def _raw_relation(con, source, name: str) -> list[str]:
-    """Expose the input to DuckDB as view `name`, reading only; return the header as written.
-
-    DuckDB renames repeated column names (`age_years`, `Age_Years` -> `Age_Years_1`), so
-    the header is read separately to let the loader report duplicates.
-    """
-    if not isinstance(source, (str, Path)):
-        con.register(name + "_frame", source)
-        con.execute(f"CREATE OR REPLACE TEMP VIEW {q(name)} AS SELECT * FROM {q(name + '_frame')}")
-        header = getattr(source, "column_names", None)  # Arrow
-        if header is None:
-            header = getattr(source, "columns", None)  # pandas, polars
-        return _header_or_described(con, name, header)
-    path = Path(source)
-    if not path.is_file():
-        raise CohortError([Problem("file", f"{path} does not exist or is not a file; check the path")])
-    suffix = path.suffix.lower()
-    with path.open("rb") as fh:
-        head = fh.read(8)
-    if suffix == ".parquet" or head[:4] == b"PAR1":
-        reader = f"read_parquet({_lit(str(path))})"
-    elif suffix in (".xlsx", ".xlsm"):
-        import pandas as pd
-
-        try:
-            frame = pd.read_excel(path, dtype=str, keep_default_na=False, header=None)
-        except Exception as err:  # openpyxl raises many kinds
-            raise CohortError([Problem("file", f"{path.name} is not a readable Excel workbook: {err}")]) from None
-        if frame.empty:
-            raise CohortError([Problem("file", f"{path.name}: the first sheet is empty; "
-                                               "put a header row with patient_id on the first sheet")])
-        # header=None: pandas would rename a repeated header to "age_years.1"
-        frame = frame.iloc[1:].set_axis([str(c) for c in frame.iloc[0]], axis=1).reset_index(drop=True)
-        return _raw_relation(con, frame, name)
-    elif suffix in (".csv", ".txt", ".tsv", ".gz") or not suffix:
-        reader = (f"read_csv({_lit(str(path))}, all_varchar = true, header = true, "
-                  f"auto_detect = true, sample_size = -1)")
-    else:
-        raise CohortError([Problem("file", f"{path.name}: unsupported file type {suffix!r}; "
-                                           "use CSV, Parquet or Excel (.xlsx)")])
-    try:
-        con.execute(f"CREATE OR REPLACE TEMP VIEW {q(name)} AS SELECT * FROM {reader}")
-        con.execute(f"SELECT * FROM {q(name)} LIMIT 0")
-    except duckdb.Error as err:
-        # DuckDB's first line ("CSV Error on Line: 2") rarely says why; keep the reason that
-        # follows it, but not the offending line itself (it may hold patient data).
-        lines = str(err).split("\n\n")[0].split("\n")
-        msg = "; ".join([ln.strip() for ln in lines if ln.strip() and not ln.startswith("Original Line")][:2])
-        raise CohortError([Problem("file", f"{path.name} could not be read: {msg.rstrip('.')}; save it as "
-                                           "UTF-8 CSV with a header row, Parquet or Excel (.xlsx)")]) from None
-    try:
-        if reader.startswith("read_parquet"):
-            header = [r[0] for r in con.execute(
-                f"SELECT name FROM parquet_schema({_lit(str(path))})").fetchall()[1:]]
-        else:
-            header = con.execute(f"SELECT * FROM read_csv({_lit(str(path))}, all_varchar = true, "
-                                 f"header = false, auto_detect = true) LIMIT 1").fetchone()
-    except duckdb.Error:
-        header = None
-    return _header_or_described(con, name, header)
 
 
 def _header_or_described(con, name: str, header) -> list[str]:
@@ -236,44 +178,6 @@ def _expressions(col: schema.Column, src: str, src_type: str) -> tuple[str, str]
     return value, bad
 
 
-SMALL_DOMAIN = 64
-
-
-def _use_lookups(con, raw: str, present, by_norm, src_types, values: dict, errors: dict) -> None:
-    """Normalise low-cardinality text columns once per distinct value, not once per row.
-
-    Category, flag and text columns read as text usually hold a handful of spellings;
-    their normalising expressions (trim, lower, regexp) cost most of the load time. The
-    same expressions run on the distinct values only, and the row-level SQL becomes a
-    CASE lookup, so the result is identical by construction.
-    """
-    cols = [c for c in present if c.kind in (CATEGORY, FLAG, TEXT)
-            and src_types[by_norm[c.name]] == "VARCHAR"]
-    if not cols:
-        return
-    approx = con.execute("SELECT " + ", ".join(f"approx_count_distinct({q(by_norm[c.name])})" for c in cols)
-                         + f" FROM {q(raw)}").fetchall()[0]
-    for col, est in zip(cols, approx, strict=True):
-        if est > 2 * SMALL_DOMAIN:
-            continue
-        src = q(by_norm[col.name])
-        rows = con.execute(f"SELECT {src}, {values[col.name]}, {errors[col.name]} FROM "
-                           f"(SELECT DISTINCT {src} FROM {q(raw)} LIMIT {SMALL_DOMAIN + 1}) "
-                           f"WHERE {src} IS NOT NULL").fetchall()
-        if len(rows) > SMALL_DOMAIN:
-            continue
-        cases = " ".join(f"WHEN {_lit(r)} THEN {_sql_value(v)}" for r, v, _ in rows if v is not None)
-        values[col.name] = f"CASE {src} {cases} END" if cases else f"CAST(NULL AS {col.sql_type})"
-        bad = [_lit(r) for r, _, b in rows if b]
-        errors[col.name] = f"{src} IN ({', '.join(bad)})" if bad else "FALSE"
-
-
-def _sql_value(value) -> str:
-    if isinstance(value, bool):
-        return "TRUE" if value else "FALSE"
-    return _lit(str(value))
-
-
 def _range_check(col: schema.Column, value: str) -> str:
     parts = []
     if col.low is not None:
@@ -298,15 +202,74 @@ def _fix_hint(col: schema.Column) -> str:
     return f"expected {what}{' ' + rng if rng else ''}{unit}; leave empty if unknown"
 
 
-def load_cohort(source, con: duckdb.DuckDBPyConnection | None = None, table: str = "cohort",
-                max_examples: int = EXAMPLES_PER_COLUMN) -> Cohort:
-    """Read, normalise and validate `source` into table `table`; raise CohortError listing problems."""
-    con = con or connect()
-    raw = f"_raw_{table}"
-    header = _raw_relation(con, source, raw)
-    described = con.execute(f"DESCRIBE {q(raw)}").fetchall()
-    src_types = {name: str(typ) for name, typ, *_ in described}
-    by_norm: dict[str, str] = {}
+
+_PREP = "__kn026_"  # prefix of the loader's own columns beside a chunk (normalised text, flags, row)
+
+
+def _text_arrays(con, chunk, raw: str, names: list[str]) -> list[pa.Array]:
+    """The chunk's text columns `names` as Arrow string arrays, as DuckDB reads them."""
+    if isinstance(chunk, pa.Table) and all(
+            pa.types.is_string(chunk.schema.field(n).type) or pa.types.is_large_string(chunk.schema.field(n).type)
+            for n in names) and len(set(chunk.column_names)) == chunk.num_columns:
+        return [chunk[n].combine_chunks() for n in names]
+    table = con.sql(f"SELECT {', '.join(q(n) for n in names)} FROM {q(raw)}").to_arrow_table()
+    return [table.column(i).combine_chunks() for i in range(len(names))]
+
+
+def _normalise_text(con, arrays: list[pa.Array], exprs: list[tuple[str, str, str]]) -> list[tuple]:
+    """(values, bad flags) of text columns, each expression evaluated once per distinct value.
+
+    `exprs` holds (SQL type, value SQL, bad SQL) written over a column named "raw". Every
+    column's distinct values (NULL included) go through one SQL statement, then each row
+    takes its value's result: the same expressions as a row-by-row pass, so the same
+    result, but a category or flag column of a million rows costs a handful of
+    evaluations instead of a million trims, lowers and regular expressions.
+    """
+    if not arrays:
+        return []
+    dicts, indices = [], []
+    for arr in arrays:
+        if not pa.types.is_large_string(arr.type):
+            arr = arr.cast(pa.large_string())
+        enc = pc.dictionary_encode(arr, null_encoding="encode")
+        dicts.append(enc.dictionary)
+        indices.append(enc.indices)
+    sizes = np.array([len(d) for d in dicts])
+    lookup = pa.table({"i": pa.array(np.arange(int(sizes.sum()), dtype=np.int64)),
+                       "c": pa.array(np.repeat(np.arange(len(dicts), dtype=np.int32), sizes)),
+                       "raw": pa.concat_arrays(dicts)})
+    types = sorted({t for t, _, _ in exprs})
+    cases = []
+    for sql_type in types:
+        branches = " ".join(f"WHEN {j} THEN CAST({v} AS {sql_type})" for j, (t, v, _) in enumerate(exprs)
+                            if t == sql_type)
+        cases.append(f"CASE c {branches} END AS {q(sql_type)}")
+    bad = " ".join(f"WHEN {j} THEN COALESCE({b}, FALSE)" for j, (_, _, b) in enumerate(exprs))
+    name = "_kn026_lookup"
+    con.register(name, lookup)
+    try:
+        out = con.sql(f"SELECT {', '.join(cases)}, CASE c {bad} END AS bad FROM {name} ORDER BY i").to_arrow_table()
+    finally:
+        con.unregister(name)
+    columns = {t: out[t].combine_chunks() for t in types}
+    flags = out["bad"].combine_chunks()
+    result, start = [], 0
+    for (sql_type, _, _), size, idx in zip(exprs, sizes, indices, strict=True):
+        values = columns[sql_type].slice(start, size).take(idx)
+        result.append((values, flags.slice(start, size).take(idx)))
+        start += size
+    return result
+
+
+def _rows_array(start: int, n: int) -> pa.Array:
+    return pa.array(np.arange(start + 1, start + n + 1, dtype=np.int64))
+
+
+def _duckdb_names(con, raw: str) -> dict[str, str]:
+    return {name: str(typ) for name, typ, *_ in con.execute(f"DESCRIBE {q(raw)}").fetchall()}
+
+
+def _check_header(header: list[str], src_types: dict[str, str]) -> list[Problem]:
     problems: list[Problem] = []
     for names in (header, list(src_types)):  # as written, and as DuckDB named them
         first: dict[str, str] = {}
@@ -316,105 +279,159 @@ def load_cohort(source, con: duckdb.DuckDBPyConnection | None = None, table: str
                 problems.append(Problem(norm, f"appears twice in the header ({first[norm]!r}, {name!r}); "
                                               "keep one column"))
             first.setdefault(norm, name)
-    for name in src_types:
-        by_norm[name.strip().lower()] = name
-    if "patient_id" not in by_norm:
+    if "patient_id" not in {name.strip().lower() for name in src_types}:
         problems.append(Problem("patient_id", "the column is missing; every cohort needs a unique "
                                               "patient_id column"))
+    return problems
+
+
+def _report(progress: Progress, done: float, message: str) -> None:
+    if progress is not None:
+        progress(min(max(done, 0.0), 1.0), message)
+
+
+def load_cohort(source, con: duckdb.DuckDBPyConnection | None = None, table: str = "cohort",
+                max_examples: int = EXAMPLES_PER_COLUMN, progress: Progress = None) -> Cohort:
+    """Read, normalise and validate `source` into table `table`; raise CohortError listing problems.
+
+    `source`: a path (CSV, Parquet, Excel), a `reader.Source` (uploads), or an in-memory
+    table. The source is read once, chunk by chunk (kn026.reader); each chunk's text
+    columns are normalised in one vectorised pass, checked in one SQL scan and appended
+    to a staging table, renamed to `table` only when no problem was found (a failed load
+    leaves an existing `table` as it was). `progress(fraction, message)` hears about each
+    step: reading, normalising, checking (and the row counts).
+    """
+    from kn026 import reader
+
+    con = con or connect()
+    src = reader.open_source(source, progress)
+    raw, prep = f"_raw_{table}", f"_prep_{table}"
+    chunks = iter(src.chunks)
+    chunk = next(chunks)
+    con.register(raw, chunk)
+    try:
+        return _load(con, src, chunk, chunks, raw, prep, table, max_examples, progress)
+    finally:
+        for name in (raw, prep):
+            try:
+                con.unregister(name)
+            except (duckdb.Error, KeyError):
+                pass
+
+
+def _load(con, src, chunk, chunks, raw: str, prep: str, table: str, max_examples: int, progress) -> Cohort:
+    from kn026.reader import READING
+
+    src_types = _duckdb_names(con, raw)
+    header = _header_or_described(con, raw, src.header)
+    problems = _check_header(header, src_types)
     if problems:
-        _drop(con, raw)
         raise CohortError(problems)
-
+    by_norm = {name.strip().lower(): name for name in src_types}
     present = [c for c in schema.COLUMNS if c.name in by_norm]
-    values, errors = {}, {}
+    text = [c for c in present if src_types[by_norm[c.name]] == "VARCHAR"]
+    values, errors, exprs = {}, {}, []
     for col in present:
-        values[col.name], errors[col.name] = _expressions(col, by_norm[col.name], src_types[by_norm[col.name]])
-    _use_lookups(con, raw, present, by_norm, src_types, values, errors)
-    pid_src = q(by_norm["patient_id"])
-    pid = values["patient_id"]
-    checks = [f"count_if({e})" for e in errors.values()]
-    counts = con.execute(
-        f"SELECT count(*), count_if({pid} IS NULL), count(DISTINCT {pid}), {', '.join(checks)} "
-        f"FROM {q(raw)}").fetchone()
-    n, missing_ids, distinct_ids = counts[0], counts[1], counts[2]
-    numbered = f"(SELECT row_number() OVER () AS _row, * FROM {q(raw)})"
-    if missing_ids:
-        rows = con.execute(f"SELECT _row FROM {numbered} WHERE {pid} IS NULL ORDER BY _row LIMIT ?",
-                           [max_examples]).fetchall()
-        for (row,) in rows:
-            problems.append(Problem("patient_id", "is empty; every row needs a patient_id",
-                                    row=row, count=missing_ids))
-    unlisted_dups = 0  # duplicated IDs beyond the examples, still counted in the total
-    if distinct_ids + (1 if missing_ids else 0) < n:
-        dups = con.execute(
-            f"SELECT {pid} AS id, list(_row ORDER BY _row), count(*) OVER () FROM {numbered} "
-            f"WHERE {pid} IS NOT NULL GROUP BY id HAVING count(*) > 1 ORDER BY min(_row) LIMIT ?",
-            [max_examples]).fetchall()
-        unlisted_dups = dups[0][2] - len(dups) if dups else 0
-        for pid_value, rows, _ in dups:
-            problems.append(Problem("patient_id", f"is duplicated (rows {', '.join(map(str, rows[:10]))}); "
-                                                  "patient_id must be unique", patient_id=pid_value))
-    for (col, bad_sql), bad_count in zip(errors.items(), counts[3:], strict=True):
-        if not bad_count:
-            continue
-        spec = schema.BY_NAME[col]
-        rows = con.execute(
-            f"SELECT _row, CAST({pid_src} AS VARCHAR), CAST({q(by_norm[col])} AS VARCHAR) FROM {numbered} "
-            f"WHERE {bad_sql} ORDER BY _row LIMIT ?", [max_examples]).fetchall()
-        for row, patient, value in rows:
-            problems.append(Problem(col, _fix_hint(spec), row=row, patient_id=patient,
-                                    value=value, count=bad_count))
-    if problems:
-        total = sum(p.count for p in {(p.column, p.message): p for p in problems}.values()) + unlisted_dups
-        _drop(con, raw)
-        raise CohortError(problems, total=max(total, len(problems)))
-
+        src_name = by_norm[col.name]
+        if col in text:
+            j = len(exprs)
+            exprs.append((col.sql_type, *_expressions(col, "raw", "VARCHAR")))
+            values[col.name], errors[col.name] = q(f"{_PREP}v{j}"), q(f"{_PREP}b{j}")
+        else:
+            values[col.name], errors[col.name] = _expressions(col, src_name, src_types[src_name])
     extra = [name for norm, name in by_norm.items() if norm not in schema.BY_NAME]
+    pid = values["patient_id"]
+    pid_src = q(by_norm["patient_id"])
+    rel = f"{q(raw)} POSITIONAL JOIN {q(prep)}"
     select = [f"{values[c.name]} AS {q(c.name)}" for c in present]
     select += [f"{q(name)} AS {q(name)}" for name in extra]
-    body = f"SELECT {', '.join(select)} FROM {q(raw)}"
     compressed = con.execute("SELECT count(*) FROM duckdb_databases() WHERE database_name = ?",
                              [COHORT_DB]).fetchall()[0][0]
-    target = f"{COHORT_DB}.main.{q(table)}" if compressed else q(table)
+    db = f"{COHORT_DB}.main." if compressed else ""
+    staging = f"{db}{q('_load_' + table)}"
+    total = src.rows or 0
+    n = missing = 0
+    missing_rows: list[int] = []
+    bad_counts = dict.fromkeys(errors, 0)
+    bad_rows: dict[str, list] = {c: [] for c in errors}
+    what = f"{src.rows:,} rows" if src.rows is not None else "rows"
+    while chunk is not None:
+        rows = len(chunk)
+        _report(progress, READING + (1 - READING) * 0.5 * n / max(total, 1), f"normalising {what}")
+        arrays = _text_arrays(con, chunk, raw, [by_norm[c.name] for c in text])
+        columns = {f"{_PREP}row": _rows_array(n, rows)}
+        for j, (vals, bad) in enumerate(_normalise_text(con, arrays, exprs)):
+            columns[f"{_PREP}v{j}"], columns[f"{_PREP}b{j}"] = vals, bad
+        con.register(prep, pa.table(columns))
+        _report(progress, READING + (1 - READING) * (0.5 * (n + rows) / max(total, 1)), f"checking {what}")
+        counts = con.execute(f"SELECT count_if({pid} IS NULL), "
+                             f"{', '.join(f'count_if({e})' for e in errors.values())} FROM {rel}").fetchall()[0]
+        counts = [int(c or 0) for c in counts]  # count_if over no rows is NULL
+        numbered = f"(SELECT {q(_PREP + 'row')} AS _row, * FROM {rel})"
+        missing += counts[0]
+        if counts[0] and len(missing_rows) < max_examples:
+            missing_rows += [r for (r,) in con.execute(
+                f"SELECT _row FROM {numbered} WHERE {pid} IS NULL ORDER BY _row LIMIT ?",
+                [max_examples - len(missing_rows)]).fetchall()]
+        for (col, bad_sql), count in zip(errors.items(), counts[1:], strict=True):
+            bad_counts[col] += count
+            if count and len(bad_rows[col]) < max_examples:
+                bad_rows[col] += con.execute(
+                    f"SELECT _row, CAST({pid_src} AS VARCHAR), CAST({q(by_norm[col])} AS VARCHAR) FROM {numbered} "
+                    f"WHERE {bad_sql} ORDER BY _row LIMIT ?", [max_examples - len(bad_rows[col])]).fetchall()
+        body = f"SELECT {', '.join(select)} FROM {rel}"
+        if n == 0:
+            con.execute(f"CREATE OR REPLACE TABLE {staging} AS {body}")
+        else:
+            if compressed:  # compress what is stored so far: peak memory stays near one chunk
+                con.execute(f"CHECKPOINT {COHORT_DB}")
+            con.execute(f"INSERT INTO {staging} {body}")
+        n += rows
+        total = max(total, n)
+        chunk = next(chunks, None)
+        if chunk is not None:
+            con.register(raw, chunk)
+    _report(progress, 0.98, f"checking {n:,} patient IDs")
+    try:
+        problems = _id_problems(con, staging, n, missing, missing_rows, max_examples)
+    except BaseException:
+        con.execute(f"DROP TABLE IF EXISTS {staging}")
+        raise
+    unlisted_dups = problems.pop() if problems and isinstance(problems[-1], int) else 0
+    for col, rows in bad_rows.items():
+        spec = schema.BY_NAME[col]
+        for row, patient, value in rows:
+            problems.append(Problem(col, _fix_hint(spec), row=row, patient_id=patient,
+                                    value=value, count=bad_counts[col]))
+    if problems:
+        con.execute(f"DROP TABLE IF EXISTS {staging}")
+        total_problems = sum(p.count for p in {(p.column, p.message): p for p in problems}.values()) + unlisted_dups
+        raise CohortError(problems, total=max(total_problems, len(problems)))
+    target = f"{db}{q(table)}"
     if compressed:
         con.execute(f"DROP VIEW IF EXISTS {q(table)}")
-    if n <= LOAD_CHUNK:
-        con.execute(f"CREATE OR REPLACE TABLE {target} AS {body}")
-    else:  # insert in chunks, compressing each, so peak memory stays near one chunk
-        parquet = _parquet_path(source)
-        for start in range(0, n, LOAD_CHUNK):
-            if parquet:  # row ranges push down to row groups: each chunk reads only its rows
-                chunk = (f"SELECT {', '.join(select)} FROM read_parquet({_lit(parquet)}, file_row_number = true) "
-                         f"WHERE file_row_number >= {start} AND file_row_number < {start + LOAD_CHUNK}")
-            else:
-                chunk = f"{body} LIMIT {LOAD_CHUNK} OFFSET {start}"
-            if start == 0:
-                con.execute(f"CREATE OR REPLACE TABLE {target} AS {chunk}")
-                continue
-            if compressed:
-                con.execute(f"CHECKPOINT {COHORT_DB}")
-            con.execute(f"INSERT INTO {target} {chunk}")
+    con.execute(f"DROP TABLE IF EXISTS {target}")
+    con.execute(f"ALTER TABLE {staging} RENAME TO {q(table)}")
     if compressed:  # compress, and name it in the default catalog for every cursor
         con.execute(f"CHECKPOINT {COHORT_DB}")
         con.execute(f"CREATE OR REPLACE VIEW {q(table)} AS SELECT * FROM {target}")
-    _drop(con, raw)
-    return Cohort(con, table, n, frozenset(c.name for c in present), tuple(extra),
-                  source=str(source) if isinstance(source, (str, Path)) else type(source).__name__)
+    _report(progress, 1.0, f"loaded {n:,} patients")
+    return Cohort(con, table, n, frozenset(c.name for c in present), tuple(extra), source=src.label)
 
 
-def _parquet_path(source) -> str | None:
-    """The path of a Parquet source (for row-range chunked loading), else None."""
-    if not isinstance(source, (str, Path)):
-        return None
-    path = Path(source)
-    with path.open("rb") as fh:
-        magic = fh.read(4)
-    return str(path) if magic == b"PAR1" else None
-
-
-def _drop(con, raw: str) -> None:
-    con.execute(f"DROP VIEW IF EXISTS {q(raw)}")
-    try:
-        con.unregister(raw + "_frame")
-    except (duckdb.Error, KeyError):
-        pass
+def _id_problems(con, staging: str, n: int, missing: int, missing_rows: list[int], max_examples: int) -> list:
+    """Empty and duplicated patient IDs (examples in file order); a trailing int: duplicates not listed."""
+    problems: list = [Problem("patient_id", "is empty; every row needs a patient_id", row=row, count=missing)
+                      for row in missing_rows]
+    distinct = con.execute(f"SELECT count(DISTINCT patient_id) FROM {staging}").fetchall()[0][0]
+    if distinct + (1 if missing else 0) < n:
+        dups = con.execute(
+            f"SELECT patient_id AS id, list(_row ORDER BY _row), count(*) OVER () FROM "
+            f"(SELECT rowid + 1 AS _row, patient_id FROM {staging}) "
+            f"WHERE patient_id IS NOT NULL GROUP BY id HAVING count(*) > 1 ORDER BY min(_row) LIMIT ?",
+            [max_examples]).fetchall()
+        for pid_value, rows, _ in dups:
+            problems.append(Problem("patient_id", f"is duplicated (rows {', '.join(map(str, rows[:10]))}); "
+                                                  "patient_id must be unique", patient_id=pid_value))
+        problems.append(dups[0][2] - len(dups) if dups else 0)
+    return problems
