@@ -13,6 +13,7 @@ only read.
 from __future__ import annotations
 
 import re
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import duckdb
@@ -128,7 +129,7 @@ def _header_or_described(con, name: str, header) -> list[str]:
 def _expressions(col: schema.Column, src: str, src_type: str) -> tuple[str, str]:
     """SQL (value, error) for one column: the normalised value and a flag for bad input."""
     x = q(src)
-    t = f"NULLIF(trim(CAST({x} AS VARCHAR), {_lit(_BLANKS)}), '')"
+    t = _trimmed(x)
     kind = col.kind
     if kind == NUMBER and _NUMERIC.match(src_type):
         value, bad = f"CAST({x} AS DOUBLE)", f"NOT isfinite(CAST({x} AS DOUBLE))"
@@ -216,6 +217,21 @@ def _text_arrays(con, chunk, raw: str, names: list[str]) -> list[pa.Array]:
     return [table.column(i).combine_chunks() for i in range(len(names))]
 
 
+_EDGE_BLANK = "^[" + _BLANKS + "]|[" + _BLANKS + "]$"
+
+
+def _trimmed(x: str) -> str:
+    """SQL of a value as text, blanks trimmed, empty as NULL (the `t` of `_expressions`).
+
+    trim() with a set of characters costs about 0.6 us a value; a value with no blank at
+    either end is its own trim, and testing the two ends with a regular expression is
+    three times cheaper, so only the few values that need it are trimmed.
+    """
+    v = f"CAST({x} AS VARCHAR)"
+    return (f"CASE WHEN regexp_matches({v}, {_lit(_EDGE_BLANK)}) THEN NULLIF(trim({v}, {_lit(_BLANKS)}), '') "
+            f"ELSE NULLIF({v}, '') END")
+
+
 def _normalise_text(con, arrays: list[pa.Array], exprs: list[tuple[str, str, str]]) -> list[tuple]:
     """(values, bad flags) of text columns, each expression evaluated once per distinct value.
 
@@ -223,40 +239,52 @@ def _normalise_text(con, arrays: list[pa.Array], exprs: list[tuple[str, str, str
     column's distinct values (NULL included) go through one SQL statement, then each row
     takes its value's result: the same expressions as a row-by-row pass, so the same
     result, but a category or flag column of a million rows costs a handful of
-    evaluations instead of a million trims, lowers and regular expressions.
+    evaluations instead of a million trims, lowers and regular expressions. Columns with
+    the same expressions (all flags, all day counts, ...) share one CASE branch, and the
+    trimmed text is computed once per value: planning a statement of 90 distinct
+    expressions cost more than running it.
     """
     if not arrays:
         return []
-    dicts, indices = [], []
-    for arr in arrays:
+    def encode(arr):
         if not pa.types.is_large_string(arr.type):
             arr = arr.cast(pa.large_string())
-        enc = pc.dictionary_encode(arr, null_encoding="encode")
-        dicts.append(enc.dictionary)
-        indices.append(enc.indices)
+        return pc.dictionary_encode(arr, null_encoding="encode")
+
+    with ThreadPoolExecutor(2) as pool:  # Arrow releases the GIL: columns encode in parallel
+        encoded = list(pool.map(encode, arrays))
+    dicts, indices = [e.dictionary for e in encoded], [e.indices for e in encoded]
+    groups: dict[tuple[str, str, str], int] = {}
+    for expr in exprs:
+        groups.setdefault(expr, len(groups))
     sizes = np.array([len(d) for d in dicts])
+    group_of = np.array([groups[e] for e in exprs], dtype=np.int32)
     lookup = pa.table({"i": pa.array(np.arange(int(sizes.sum()), dtype=np.int64)),
-                       "c": pa.array(np.repeat(np.arange(len(dicts), dtype=np.int32), sizes)),
+                       "g": pa.array(np.repeat(group_of, sizes)),
                        "raw": pa.concat_arrays(dicts)})
-    types = sorted({t for t, _, _ in exprs})
+    t = _trimmed(q("raw"))
+    types = sorted({sql_type for sql_type, _, _ in groups})
     cases = []
     for sql_type in types:
-        branches = " ".join(f"WHEN {j} THEN CAST({v} AS {sql_type})" for j, (t, v, _) in enumerate(exprs)
-                            if t == sql_type)
-        cases.append(f"CASE c {branches} END AS {q(sql_type)}")
-    bad = " ".join(f"WHEN {j} THEN COALESCE({b}, FALSE)" for j, (_, _, b) in enumerate(exprs))
+        branches = " ".join(f"WHEN {g} THEN CAST({v.replace(t, 't')} AS {sql_type})"
+                            for (typ, v, _), g in groups.items() if typ == sql_type)
+        cases.append(f"CASE g {branches} END AS {q(sql_type)}")
+    bad = " ".join(f"WHEN {g} THEN COALESCE({b.replace(t, 't')}, FALSE)" for (_, _, b), g in groups.items())
     name = "_kn026_lookup"
     con.register(name, lookup)
     try:
-        out = con.sql(f"SELECT {', '.join(cases)}, CASE c {bad} END AS bad FROM {name} ORDER BY i").to_arrow_table()
+        out = con.sql(f"SELECT {', '.join(cases)}, CASE g {bad} END AS bad FROM "
+                      f"(SELECT i, g, raw, {t} AS t FROM {name}) ORDER BY i").to_arrow_table()
     finally:
         con.unregister(name)
-    columns = {t: out[t].combine_chunks() for t in types}
+    columns = {sql_type: out[sql_type].combine_chunks() for sql_type in types}
     flags = out["bad"].combine_chunks()
     result, start = [], 0
     for (sql_type, _, _), size, idx in zip(exprs, sizes, indices, strict=True):
-        values = columns[sql_type].slice(start, size).take(idx)
-        result.append((values, flags.slice(start, size).take(idx)))
+        # each row points at its value's result: Arrow dictionary arrays, which DuckDB
+        # scans as plain columns of the result's type, without copying a value per row
+        result.append((pa.DictionaryArray.from_arrays(idx, columns[sql_type].slice(start, size)),
+                       pa.DictionaryArray.from_arrays(idx, flags.slice(start, size))))
         start += size
     return result
 
@@ -291,7 +319,8 @@ def _report(progress: Progress, done: float, message: str) -> None:
 
 
 def load_cohort(source, con: duckdb.DuckDBPyConnection | None = None, table: str = "cohort",
-                max_examples: int = EXAMPLES_PER_COLUMN, progress: Progress = None) -> Cohort:
+                max_examples: int = EXAMPLES_PER_COLUMN, progress: Progress = None,
+                compress: bool | None = True) -> Cohort:
     """Read, normalise and validate `source` into table `table`; raise CohortError listing problems.
 
     `source`: a path (CSV, Parquet, Excel), a `reader.Source` (uploads), or an in-memory
@@ -299,7 +328,10 @@ def load_cohort(source, con: duckdb.DuckDBPyConnection | None = None, table: str
     columns are normalised in one vectorised pass, checked in one SQL scan and appended
     to a staging table, renamed to `table` only when no problem was found (a failed load
     leaves an existing `table` as it was). `progress(fraction, message)` hears about each
-    step: reading, normalising, checking (and the row counts).
+    step: reading, normalising, checking (and the row counts). `compress`: store the
+    table in the connection's compressed database (`connect`), as the app's sessions
+    need; None: only when the cohort is larger than one chunk (the command line: a
+    one-shot process gains the checkpoint's time and has the memory).
     """
     from kn026 import reader
 
@@ -310,7 +342,7 @@ def load_cohort(source, con: duckdb.DuckDBPyConnection | None = None, table: str
     chunk = next(chunks)
     con.register(raw, chunk)
     try:
-        return _load(con, src, chunk, chunks, raw, prep, table, max_examples, progress)
+        return _load(con, src, chunk, chunks, raw, prep, table, max_examples, progress, compress)
     finally:
         for name in (raw, prep):
             try:
@@ -319,7 +351,9 @@ def load_cohort(source, con: duckdb.DuckDBPyConnection | None = None, table: str
                 pass
 
 
-def _load(con, src, chunk, chunks, raw: str, prep: str, table: str, max_examples: int, progress) -> Cohort:
+def _load(con, src, chunk, chunks, raw: str, prep: str, table: str, max_examples: int, progress,
+          compress: bool | None) -> Cohort:
+    from kn026 import reader
     from kn026.reader import READING
 
     src_types = _duckdb_names(con, raw)
@@ -345,8 +379,10 @@ def _load(con, src, chunk, chunks, raw: str, prep: str, table: str, max_examples
     rel = f"{q(raw)} POSITIONAL JOIN {q(prep)}"
     select = [f"{values[c.name]} AS {q(c.name)}" for c in present]
     select += [f"{q(name)} AS {q(name)}" for name in extra]
-    compressed = con.execute("SELECT count(*) FROM duckdb_databases() WHERE database_name = ?",
-                             [COHORT_DB]).fetchall()[0][0]
+    if compress is None:
+        compress = src.rows is None or src.rows > reader.CHUNK_ROWS
+    compressed = compress and con.execute("SELECT count(*) FROM duckdb_databases() WHERE database_name = ?",
+                                          [COHORT_DB]).fetchall()[0][0]
     db = f"{COHORT_DB}.main." if compressed else ""
     staging = f"{db}{q('_load_' + table)}"
     total = src.rows or 0
@@ -408,15 +444,25 @@ def _load(con, src, chunk, chunks, raw: str, prep: str, table: str, max_examples
         total_problems = sum(p.count for p in {(p.column, p.message): p for p in problems}.values()) + unlisted_dups
         raise CohortError(problems, total=max(total_problems, len(problems)))
     target = f"{db}{q(table)}"
-    if compressed:
-        con.execute(f"DROP VIEW IF EXISTS {q(table)}")
-    con.execute(f"DROP TABLE IF EXISTS {target}")
+    _drop_named(con, table)
     con.execute(f"ALTER TABLE {staging} RENAME TO {q(table)}")
     if compressed:  # compress, and name it in the default catalog for every cursor
         con.execute(f"CHECKPOINT {COHORT_DB}")
         con.execute(f"CREATE OR REPLACE VIEW {q(table)} AS SELECT * FROM {target}")
     _report(progress, 1.0, f"loaded {n:,} patients")
     return Cohort(con, table, n, frozenset(c.name for c in present), tuple(extra), source=src.label)
+
+
+def _drop_named(con, table: str) -> None:
+    """Drop the cohort this load replaces: its table (default or compressed database) and view."""
+    found = con.execute(
+        "SELECT database_name, 'VIEW' FROM duckdb_views() WHERE view_name = $1 AND schema_name = 'main' "
+        "AND NOT internal AND NOT temporary AND database_name IN (current_database(), $2) UNION ALL "
+        "SELECT database_name, 'TABLE' FROM duckdb_tables() WHERE table_name = $1 AND schema_name = 'main' "
+        "AND NOT temporary AND database_name IN (current_database(), $2) ORDER BY 2 DESC",
+        [table, COHORT_DB]).fetchall()
+    for database, kind in found:
+        con.execute(f"DROP {kind} {q(database)}.main.{q(table)}")
 
 
 def _id_problems(con, staging: str, n: int, missing: int, missing_rows: list[int], max_examples: int) -> list:

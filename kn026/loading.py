@@ -158,7 +158,7 @@ def import_omop_upload(name: str, data: bytes, index_date="last", lookback_days:
                             f"{report.index_date} ({'; '.join(f'{n} {r}' for r, n in report.excluded.items()) or 'PERSON is empty'})")
         if progress is not None:
             progress(0.97, f"validating {len(frame):,} patients against the data dictionary")
-        cohort = load_cohort(frame, con)
+        cohort = load_cohort(frame, con, progress=reader.part(progress, 0.97, 1.0))
     except BaseException:
         _close(con)
         raise
@@ -213,12 +213,12 @@ def load_mapped(frame: pd.DataFrame, mapping, progress: Progress = None):
     from kn026.mapping import apply_mapping
 
     try:
-        mapped = apply_mapping(frame, mapping, progress=progress)
+        mapped = apply_mapping(frame, mapping, progress=reader.part(progress, 0.0, 0.5))
     except ValueError as err:
         raise LoadError(_first_line(err).removeprefix("mapping: ")) from None
     if not len(mapped.columns):
         raise LoadError("no dictionary column is mapped; choose the file column of patient_id at least")
-    return load_frame(mapped)
+    return load_frame(mapped, progress=reader.part(progress, 0.5, 1.0))
 
 
 def index_date_text(value) -> str:

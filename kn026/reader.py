@@ -120,12 +120,15 @@ def _sniff_csv(head: bytes) -> tuple[str, list[str]]:
 
 
 def _estimate_rows(head: bytes, total_bytes: int) -> int | None:
-    lines = head.count(b"\n")
-    if lines < 2 or total_bytes <= 0:
+    """Data rows in a file of `total_bytes` whose first bytes are `head` (for progress only)."""
+    start = head.find(b"\n") + 1
+    end = head.rfind(b"\n") + 1
+    lines = head.count(b"\n", start, end)
+    if not start or lines < 1 or total_bytes <= 0:
         return None
     if len(head) >= total_bytes:
-        return max(lines - (0 if head.endswith(b"\n") else -1) - 1, 0)
-    return max(int(total_bytes / (len(head) / lines)) - 1, 1)
+        return lines + (0 if head.endswith(b"\n") else 1)
+    return max(int((total_bytes - start) * lines / (end - start)), 1)
 
 
 def _named_like_duckdb(names: list[str]) -> list[str]:
@@ -192,6 +195,8 @@ def _read_csv(opener: Callable[[], object], size: int, name: str, progress: Prog
         raise ValueError(_csv_error(err, opener, delimiter, names)) from None
     finally:
         counter.raw.close()
+    if progress is not None:
+        progress(READING, f"read {name}: {table.num_rows:,} rows")
     header = list(table.column_names)
     return table.rename_columns(_named_like_duckdb(header)), header
 
@@ -358,3 +363,14 @@ def read_all(src: Source):
 def _first(err: BaseException) -> str:
     text = str(err).strip()
     return text.splitlines()[0] if text else type(err).__name__
+
+
+def part(progress: Progress, start: float, end: float) -> Progress:
+    """`progress` for one step of a longer task: fractions 0..1 mapped onto start..end."""
+    if progress is None:
+        return None
+
+    def report(fraction: float, message: str) -> None:
+        progress(start + (end - start) * min(max(fraction, 0.0), 1.0), message)
+
+    return report
