@@ -188,6 +188,33 @@ def _range_check(col: schema.Column, value: str) -> str:
     return " OR ".join(parts)
 
 
+MEDIAN_MIN_VALUES = 10  # a median of fewer values says little about a column's unit
+
+
+def _guard_sql(col: schema.Column, value: str, bad: str) -> str:
+    """True for a readable value outside the column's plausible range (unit guard)."""
+    g = col.guard
+    return f"(({value} < {g.low!r} OR {value} > {g.high!r}) AND NOT COALESCE({bad}, FALSE))"
+
+
+def _guard_hint(col: schema.Column, number: float) -> str:
+    g = col.guard
+    likely = g.below if number < g.low else g.above
+    return f"outside the plausible range {g.low:g}-{g.high:g} {col.unit}: {likely}"
+
+
+def _median_hint(col: schema.Column, median, filled: int) -> str:
+    """The unit-guard message for a column whose median is typical of another unit ('' if fine)."""
+    g = col.guard
+    if median is None or filled < MEDIAN_MIN_VALUES:
+        return ""
+    if g.median_low is not None and median < g.median_low:
+        return f"the median, {median:g} {col.unit} over {filled} values, {g.median_below}"
+    if g.median_high is not None and median > g.median_high:
+        return f"the median, {median:g} {col.unit} over {filled} values, {g.median_above}"
+    return ""
+
+
 def _fix_hint(col: schema.Column) -> str:
     if col.kind == FLAG:
         return "expected true/false (or 1/0, yes/no, y/n, t/f); leave empty if unknown"
@@ -351,6 +378,43 @@ def load_cohort(source, con: duckdb.DuckDBPyConnection | None = None, table: str
                 pass
 
 
+@dataclass
+class _Findings:
+    """What the checks found so far, over all chunks: counts, and the first examples in row order."""
+
+    max_examples: int
+    missing: int = 0
+    missing_rows: list = field(default_factory=list)
+    bad: dict = field(default_factory=dict)  # column -> [count, [(row, patient, value)]]
+    unguarded: dict = field(default_factory=dict)  # column -> [count, [(row, patient, value, number)]]
+
+    def room(self, examples: list) -> int:
+        return self.max_examples - len(examples)
+
+
+def _check_chunk(con, rel: str, pid: str, pid_src: str, sources: dict, errors: dict, values: dict,
+                 guards: dict, found: _Findings) -> None:
+    """One SQL scan of a chunk for empty IDs, bad values and implausible values; examples for new ones."""
+    checks = [f"count_if({pid} IS NULL)"] + [f"count_if({e})" for e in errors.values()]
+    checks += [f"count_if({g})" for g in guards.values()]
+    counts = [int(c or 0) for c in con.execute(f"SELECT {', '.join(checks)} FROM {rel}").fetchall()[0]]
+    numbered = f"(SELECT {q(_PREP + 'row')} AS _row, * FROM {rel})"
+    found.missing += counts[0]
+    if counts[0] and found.room(found.missing_rows) > 0:
+        found.missing_rows += [r for (r,) in con.execute(
+            f"SELECT _row FROM {numbered} WHERE {pid} IS NULL ORDER BY _row LIMIT ?",
+            [found.room(found.missing_rows)]).fetchall()]
+    kinds = [(found.bad, col, sql, "") for col, sql in errors.items()]
+    kinds += [(found.unguarded, col, sql, f", {values[col]}") for col, sql in guards.items()]  # and the number
+    for (store, col, sql, number), count in zip(kinds, counts[1:], strict=True):
+        entry = store.setdefault(col, [0, []])
+        entry[0] += count
+        if count and found.room(entry[1]) > 0:
+            entry[1] += con.execute(
+                f"SELECT _row, CAST({pid_src} AS VARCHAR), CAST({q(sources[col])} AS VARCHAR){number} "
+                f"FROM {numbered} WHERE {sql} ORDER BY _row LIMIT ?", [found.room(entry[1])]).fetchall()
+
+
 def _load(con, src, chunk, chunks, raw: str, prep: str, table: str, max_examples: int, progress,
           compress: bool | None) -> Cohort:
     from kn026 import reader
@@ -373,9 +437,8 @@ def _load(con, src, chunk, chunks, raw: str, prep: str, table: str, max_examples
             values[col.name], errors[col.name] = q(f"{_PREP}v{j}"), q(f"{_PREP}b{j}")
         else:
             values[col.name], errors[col.name] = _expressions(col, src_name, src_types[src_name])
+    guards = {c.name: _guard_sql(c, values[c.name], errors[c.name]) for c in present if c.guard}
     extra = [name for norm, name in by_norm.items() if norm not in schema.BY_NAME]
-    pid = values["patient_id"]
-    pid_src = q(by_norm["patient_id"])
     rel = f"{q(raw)} POSITIONAL JOIN {q(prep)}"
     select = [f"{values[c.name]} AS {q(c.name)}" for c in present]
     select += [f"{q(name)} AS {q(name)}" for name in extra]
@@ -385,11 +448,9 @@ def _load(con, src, chunk, chunks, raw: str, prep: str, table: str, max_examples
                                           [COHORT_DB]).fetchall()[0][0]
     db = f"{COHORT_DB}.main." if compressed else ""
     staging = f"{db}{q('_load_' + table)}"
+    found = _Findings(max_examples)
     total = src.rows or 0
-    n = missing = 0
-    missing_rows: list[int] = []
-    bad_counts = dict.fromkeys(errors, 0)
-    bad_rows: dict[str, list] = {c: [] for c in errors}
+    n = 0
     what = f"{src.rows:,} rows" if src.rows is not None else "rows"
     while chunk is not None:
         rows = len(chunk)
@@ -399,22 +460,9 @@ def _load(con, src, chunk, chunks, raw: str, prep: str, table: str, max_examples
         for j, (vals, bad) in enumerate(_normalise_text(con, arrays, exprs)):
             columns[f"{_PREP}v{j}"], columns[f"{_PREP}b{j}"] = vals, bad
         con.register(prep, pa.table(columns))
-        _report(progress, READING + (1 - READING) * (0.5 * (n + rows) / max(total, 1)), f"checking {what}")
-        counts = con.execute(f"SELECT count_if({pid} IS NULL), "
-                             f"{', '.join(f'count_if({e})' for e in errors.values())} FROM {rel}").fetchall()[0]
-        counts = [int(c or 0) for c in counts]  # count_if over no rows is NULL
-        numbered = f"(SELECT {q(_PREP + 'row')} AS _row, * FROM {rel})"
-        missing += counts[0]
-        if counts[0] and len(missing_rows) < max_examples:
-            missing_rows += [r for (r,) in con.execute(
-                f"SELECT _row FROM {numbered} WHERE {pid} IS NULL ORDER BY _row LIMIT ?",
-                [max_examples - len(missing_rows)]).fetchall()]
-        for (col, bad_sql), count in zip(errors.items(), counts[1:], strict=True):
-            bad_counts[col] += count
-            if count and len(bad_rows[col]) < max_examples:
-                bad_rows[col] += con.execute(
-                    f"SELECT _row, CAST({pid_src} AS VARCHAR), CAST({q(by_norm[col])} AS VARCHAR) FROM {numbered} "
-                    f"WHERE {bad_sql} ORDER BY _row LIMIT ?", [max_examples - len(bad_rows[col])]).fetchall()
+        _report(progress, READING + (1 - READING) * 0.5 * (n + rows) / max(total, 1), f"checking {what}")
+        _check_chunk(con, rel, values["patient_id"], q(by_norm["patient_id"]), by_norm, errors, values,
+                     guards, found)
         body = f"SELECT {', '.join(select)} FROM {rel}"
         if n == 0:
             con.execute(f"CREATE OR REPLACE TABLE {staging} AS {body}")
@@ -429,20 +477,13 @@ def _load(con, src, chunk, chunks, raw: str, prep: str, table: str, max_examples
             con.register(raw, chunk)
     _report(progress, 0.98, f"checking {n:,} patient IDs")
     try:
-        problems = _id_problems(con, staging, n, missing, missing_rows, max_examples)
+        problems, total_problems = _problems(con, staging, n, found, guards)
     except BaseException:
         con.execute(f"DROP TABLE IF EXISTS {staging}")
         raise
-    unlisted_dups = problems.pop() if problems and isinstance(problems[-1], int) else 0
-    for col, rows in bad_rows.items():
-        spec = schema.BY_NAME[col]
-        for row, patient, value in rows:
-            problems.append(Problem(col, _fix_hint(spec), row=row, patient_id=patient,
-                                    value=value, count=bad_counts[col]))
     if problems:
         con.execute(f"DROP TABLE IF EXISTS {staging}")
-        total_problems = sum(p.count for p in {(p.column, p.message): p for p in problems}.values()) + unlisted_dups
-        raise CohortError(problems, total=max(total_problems, len(problems)))
+        raise CohortError(problems, total=total_problems)
     target = f"{db}{q(table)}"
     _drop_named(con, table)
     con.execute(f"ALTER TABLE {staging} RENAME TO {q(table)}")
@@ -451,6 +492,43 @@ def _load(con, src, chunk, chunks, raw: str, prep: str, table: str, max_examples
         con.execute(f"CREATE OR REPLACE VIEW {q(table)} AS SELECT * FROM {target}")
     _report(progress, 1.0, f"loaded {n:,} patients")
     return Cohort(con, table, n, frozenset(c.name for c in present), tuple(extra), source=src.label)
+
+
+def _problems(con, staging: str, n: int, found: _Findings, guards: dict) -> tuple[list[Problem], int]:
+    """Every problem in the loader's order (IDs, bad values, unit guard), and their total count.
+
+    Column-wide facts are computed on the stored table, whose columns are the normalised
+    values: distinct IDs, and each guarded column's count and median (unit guard).
+    """
+    problems = [Problem("patient_id", "is empty; every row needs a patient_id", row=row, count=found.missing)
+                for row in found.missing_rows]
+    stats = [f"count(DISTINCT {q('patient_id')})"] + [f"count({q(c)}), median({q(c)})" for c in guards]
+    row = con.execute(f"SELECT {', '.join(stats)} FROM {staging}").fetchall()[0]
+    distinct, medians = row[0], row[1:]
+    unlisted_dups = 0  # duplicated IDs beyond the examples, still counted in the total
+    if distinct + (1 if found.missing else 0) < n:
+        dups = con.execute(
+            f"SELECT patient_id AS id, list(_row ORDER BY _row), count(*) OVER () FROM "
+            f"(SELECT rowid + 1 AS _row, patient_id FROM {staging}) "
+            f"WHERE patient_id IS NOT NULL GROUP BY id HAVING count(*) > 1 ORDER BY min(_row) LIMIT ?",
+            [found.max_examples]).fetchall()
+        unlisted_dups = dups[0][2] - len(dups) if dups else 0
+        for pid_value, rows, _ in dups:
+            problems.append(Problem("patient_id", f"is duplicated (rows {', '.join(map(str, rows[:10]))}); "
+                                                  "patient_id must be unique", patient_id=pid_value))
+    for col, (count, rows) in found.bad.items():
+        spec = schema.BY_NAME[col]
+        problems += [Problem(col, _fix_hint(spec), row=r, patient_id=p, value=v, count=count) for r, p, v in rows]
+    for i, col in enumerate(guards):
+        spec = schema.BY_NAME[col]
+        count, rows = found.unguarded.get(col, [0, []])
+        problems += [Problem(col, _guard_hint(spec, number), row=r, patient_id=p, value=v, count=count)
+                     for r, p, v, number in rows]
+        message = _median_hint(spec, medians[2 * i + 1], medians[2 * i])
+        if message:
+            problems.append(Problem(col, message))
+    total = sum(p.count for p in {(p.column, p.message): p for p in problems}.values()) + unlisted_dups
+    return problems, max(total, len(problems))
 
 
 def _drop_named(con, table: str) -> None:
@@ -463,21 +541,3 @@ def _drop_named(con, table: str) -> None:
         [table, COHORT_DB]).fetchall()
     for database, kind in found:
         con.execute(f"DROP {kind} {q(database)}.main.{q(table)}")
-
-
-def _id_problems(con, staging: str, n: int, missing: int, missing_rows: list[int], max_examples: int) -> list:
-    """Empty and duplicated patient IDs (examples in file order); a trailing int: duplicates not listed."""
-    problems: list = [Problem("patient_id", "is empty; every row needs a patient_id", row=row, count=missing)
-                      for row in missing_rows]
-    distinct = con.execute(f"SELECT count(DISTINCT patient_id) FROM {staging}").fetchall()[0][0]
-    if distinct + (1 if missing else 0) < n:
-        dups = con.execute(
-            f"SELECT patient_id AS id, list(_row ORDER BY _row), count(*) OVER () FROM "
-            f"(SELECT rowid + 1 AS _row, patient_id FROM {staging}) "
-            f"WHERE patient_id IS NOT NULL GROUP BY id HAVING count(*) > 1 ORDER BY min(_row) LIMIT ?",
-            [max_examples]).fetchall()
-        for pid_value, rows, _ in dups:
-            problems.append(Problem("patient_id", f"is duplicated (rows {', '.join(map(str, rows[:10]))}); "
-                                                  "patient_id must be unique", patient_id=pid_value))
-        problems.append(dups[0][2] - len(dups) if dups else 0)
-    return problems

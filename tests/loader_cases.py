@@ -1,13 +1,15 @@
 """Tricky loader inputs and a canonical record of what the loader makes of them.
 
 `tests/golden/loader_outcomes.json` holds the outcomes captured from the loader as it
-was before the one-reader rewrite (issue 13), through both entry points: the command
-line's `load_cohort(path)` and the app's `loading.load_upload(name, bytes)`; frames go
+was before the one-reader rewrite (issue 13; main at 9acd685, with the unit guard),
+through both of its entry points: the command line's `load_cohort(path)` (a DuckDB view
+over the file) and the app's `loading.load_upload(name, bytes)` (pyarrow); frames go
 through `load_cohort(frame)`. `tests/test_loader_golden.py` replays every case through
-the current loader and compares. Re-capture (only when the loader's behaviour is meant
-to change, and say so in the commit):
+the current loader and compares. To capture again from a loader of another commit
+(only when its behaviour is meant to change, and say so in the commit):
 
-    .venv/bin/python -m tests.loader_cases > tests/golden/loader_outcomes.json
+    git archive <commit> | tar -x -C /tmp/old && cp tests/loader_cases.py /tmp/old/tests/
+    (cd /tmp/old && PYTHONPATH=. python -m tests.loader_cases) > tests/golden/loader_outcomes.json
 """
 
 from __future__ import annotations
@@ -57,7 +59,7 @@ def _every_kind_rows(n: int, bad: bool) -> tuple[list[str], list[list[str]]]:
             extents[i % len(extents)], ["0", "3.0", "+1", "", "2"][i % 5], ["Positive", " NEGATIVE", ""][i % 3],
             ["0", "1", "2.0", "-0", "", "1e0"][i % 6], flags[i % len(flags)], flags[(i + 3) % len(flags)],
             ["1.8", "0.95", "", " 1.2 "][i % 4], ["091", "", "5", "36500"][i % 4],
-            ["None", "Treated Stable", "active", "treated-stable", ""][i % 5], ["70", "0.001", "", "500"][i % 4],
+            ["None", "Treated Stable", "active", "treated-stable", ""][i % 5], ["70", "20", "", "350"][i % 4],
             ["-100", "100", "0", ""][i % 4], ["0", "", "450.5"][i % 3],
             [" keep  me ", "", "NA", "null", "N/A"][i % 5], ["007", "1.50", ""][i % 3],
         ])
@@ -123,7 +125,28 @@ def csv_cases() -> dict[str, bytes]:
         "only_quotes_header": b'"patient_id"\n"P1"\n',
         "single_quote_values": b"patient_id,note\nP1,'a,b'\nP2,x\n",
     }
+    cases.update(_guard_cases())
     return cases
+
+
+def _guard_cases() -> dict[str, bytes]:
+    """The unit guard (dictionary v2 section 4): implausible values, and medians of another unit."""
+    h = ["patient_id", "hemoglobin_g_l", "weight_kg", "lvef_pct", "anc_1e9_l", "platelets_1e9_l",
+         "albumin_g_l", "creatinine_umol_l"]
+    fine = ["125", "70", "55", "4.1", "250", "40", "80"]
+    rows = [[f"P{i}"] + fine for i in range(14)]
+    rows[1][1], rows[2][1], rows[3][2], rows[4][2] = "12.5", "300", "15", "400"  # hb g/dL, hb odd, weights
+    rows[5][3], rows[6][4], rows[7][5], rows[8][6], rows[9][7] = "0.55", "1500", "0.5", "3.5", "1.1"
+    rows[10][1], rows[11][1] = "-1", "abc"  # bad values, not guarded twice
+    gdl = [[f"G{i}", f"{9 + i * 0.5:.1f}"] for i in range(12)]  # g/dL: every value and the median
+    few = gdl[:9]  # nine values: too few for a median
+    pounds = [[f"L{i}", str(150 + 10 * i), str(21 + i), str(20 + 2 * i)] for i in range(12)]
+    return {
+        "guard_values": _csv(h, rows),
+        "guard_hb_gdl": _csv(["patient_id", "hemoglobin_g_l"], gdl),
+        "guard_hb_gdl_few": _csv(["patient_id", "hemoglobin_g_l"], few),
+        "guard_medians_only": _csv(["patient_id", "weight_kg", "anc_1e9_l", "platelets_1e9_l"], pounds),
+    }
 
 
 def _typed_arrow() -> pa.Table:
@@ -162,6 +185,11 @@ def parquet_cases() -> dict[str, bytes]:
                         ("duplicate_header", pa.Table.from_arrays(
                             [pa.array(["P1"]), pa.array([1]), pa.array([2])], names=["patient_id", "ecog", "ECOG"])),
                         ("int_patient_id", pa.table({"patient_id": pa.array([1, 2, 2]), "ecog": pa.array([0, 1, 2])})),
+                        ("guard_typed", pa.table({
+                            "patient_id": [f"P{i}" for i in range(12)],
+                            "hemoglobin_g_l": pa.array([9.0 + i for i in range(11)] + [None]),
+                            "lvef_pct": pa.array([0.6] + [60] * 11, pa.float64()),
+                            "weight_kg": pa.array([70] * 11 + [1000], pa.int32())})),
                         ("text_numbers", pa.table({"patient_id": ["P1", "P2"], "ecog": ["1", "2.0"],
                                                    "age_years": ["50", " 60.5 "], "hbv_active": ["Y", "n"],
                                                    "screening_date": ["2024-03-31", ""]}))):

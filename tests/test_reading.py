@@ -157,3 +157,15 @@ def test_terminal_progress_draws_one_line_and_throttles():
     bar.close()
     assert out.getvalue() == ("\r[#####...............] reading x\x1b[K\r[####################] done\x1b[K\r\x1b[K")
     assert cli.TerminalProgress.for_stream(io.StringIO()) is None
+
+
+@pytest.mark.parametrize("case", ["every_kind", "every_kind_bad", "wide_domains", "guard_values", "guard_hb_gdl",
+                                  "guard_medians_only", "duplicate_ids", "many_duplicate_ids", "empty_ids"])
+def test_golden_cases_in_chunks_of_three_rows(tmp_path, monkeypatch, case):
+    """Medians, duplicate IDs and first examples span chunks: three-row chunks change nothing."""
+    from tests.test_loader_golden import expected
+
+    path = tmp_path / "c.csv"
+    path.write_bytes(loader_cases.csv_cases()[case])
+    monkeypatch.setattr(reader, "CHUNK_ROWS", 3)
+    assert loader_cases.outcome(lambda: load_cohort(path)) == expected(f"cli/csv/{case}")
