@@ -34,7 +34,7 @@ from kn026.cohort import connect, load_cohort
 from kn026.criteria import load_protocol
 from kn026.engine import Engine
 
-OUT = Path("bench-results")
+OUT = Path(os.environ.get("KN026_BENCH_OUT", "bench-results"))  # children inherit the parent's
 TARGETS = {
     "reorder_ms": {1_000_000: 10, 10_000_000: 50},
     "threshold_ms": {1_000_000: 50, 10_000_000: 400},
@@ -219,7 +219,8 @@ def run_pandas(n: int, repeat: int) -> dict:
 
 def _child(kind: str, n: int, repeat: int) -> dict:
     cmd = [sys.executable, "-m", "kn026.bench", "--child", kind, "--n", str(n), "--repeat", str(repeat)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False,
+                          env={**os.environ, "KN026_BENCH_OUT": str(OUT)})
     if proc.returncode:
         raise RuntimeError(f"{kind} benchmark at n={n} failed:\n{proc.stderr[-2000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
