@@ -234,14 +234,11 @@ def _fix_hint(col: schema.Column) -> str:
 _PREP = "__kn026_"  # prefix of the loader's own columns beside a chunk (normalised text, flags, row)
 
 
-def _text_arrays(con, chunk, raw: str, names: list[str]) -> list[pa.Array]:
-    """The chunk's text columns `names` as Arrow string arrays, as DuckDB reads them."""
-    if isinstance(chunk, pa.Table) and all(
-            pa.types.is_string(chunk.schema.field(n).type) or pa.types.is_large_string(chunk.schema.field(n).type)
-            for n in names) and len(set(chunk.column_names)) == chunk.num_columns:
-        return [chunk[n].combine_chunks() for n in names]
-    table = con.sql(f"SELECT {', '.join(q(n) for n in names)} FROM {q(raw)}").to_arrow_table()
-    return [table.column(i).combine_chunks() for i in range(len(names))]
+def _as_arrow(con, raw: str, chunk) -> pa.Table:
+    """The chunk as an Arrow table: as given, or as DuckDB reads a pandas (or other) frame."""
+    if isinstance(chunk, pa.Table):
+        return chunk
+    return con.sql(f"SELECT * FROM {q(raw)}").to_arrow_table()
 
 
 _EDGE_BLANK = "^[" + _BLANKS + "]|[" + _BLANKS + "]$"
@@ -364,18 +361,17 @@ def load_cohort(source, con: duckdb.DuckDBPyConnection | None = None, table: str
 
     con = con or connect()
     src = reader.open_source(source, progress)
-    raw, prep = f"_raw_{table}", f"_prep_{table}"
+    raw = f"_raw_{table}"
     chunks = iter(src.chunks)
     chunk = next(chunks)
     con.register(raw, chunk)
     try:
-        return _load(con, src, chunk, chunks, raw, prep, table, max_examples, progress, compress)
+        return _load(con, src, chunk, chunks, raw, table, max_examples, progress, compress)
     finally:
-        for name in (raw, prep):
-            try:
-                con.unregister(name)
-            except (duckdb.Error, KeyError):
-                pass
+        try:
+            con.unregister(raw)
+        except (duckdb.Error, KeyError):
+            pass
 
 
 @dataclass
@@ -415,7 +411,7 @@ def _check_chunk(con, rel: str, pid: str, pid_src: str, sources: dict, errors: d
                 f"FROM {numbered} WHERE {sql} ORDER BY _row LIMIT ?", [found.room(entry[1])]).fetchall()
 
 
-def _load(con, src, chunk, chunks, raw: str, prep: str, table: str, max_examples: int, progress,
+def _load(con, src, chunk, chunks, raw: str, table: str, max_examples: int, progress,
           compress: bool | None) -> Cohort:
     from kn026 import reader
     from kn026.reader import READING
@@ -439,7 +435,8 @@ def _load(con, src, chunk, chunks, raw: str, prep: str, table: str, max_examples
             values[col.name], errors[col.name] = _expressions(col, src_name, src_types[src_name])
     guards = {c.name: _guard_sql(c, values[c.name], errors[c.name]) for c in present if c.guard}
     extra = [name for norm, name in by_norm.items() if norm not in schema.BY_NAME]
-    rel = f"{q(raw)} POSITIONAL JOIN {q(prep)}"
+    rel = q(raw)
+    text_at = [list(src_types).index(by_norm[c.name]) for c in text]  # positions: DuckDB may rename
     select = [f"{values[c.name]} AS {q(c.name)}" for c in present]
     select += [f"{q(name)} AS {q(name)}" for name in extra]
     if compress is None:
@@ -455,11 +452,14 @@ def _load(con, src, chunk, chunks, raw: str, prep: str, table: str, max_examples
     while chunk is not None:
         rows = len(chunk)
         _report(progress, READING + (1 - READING) * 0.5 * n / max(total, 1), f"normalising {what}")
-        arrays = _text_arrays(con, chunk, raw, [by_norm[c.name] for c in text])
+        chunk = _as_arrow(con, raw, chunk)
+        arrays = [chunk.column(i).combine_chunks() for i in text_at]
         columns = {f"{_PREP}row": _rows_array(n, rows)}
         for j, (vals, bad) in enumerate(_normalise_text(con, arrays, exprs)):
             columns[f"{_PREP}v{j}"], columns[f"{_PREP}b{j}"] = vals, bad
-        con.register(prep, pa.table(columns))
+        for name, array in columns.items():  # one table, so that every scan reads one relation
+            chunk = chunk.append_column(name, array)
+        con.register(raw, chunk)
         _report(progress, READING + (1 - READING) * 0.5 * (n + rows) / max(total, 1), f"checking {what}")
         _check_chunk(con, rel, values["patient_id"], q(by_norm["patient_id"]), by_norm, errors, values,
                      guards, found)

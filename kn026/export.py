@@ -53,12 +53,13 @@ def read_cohort_bytes(name: str, data: bytes, max_bytes: int = MAX_UPLOAD_BYTES)
     Read by the loader's own reader (`kn026.reader.open_bytes`): `kn026.upload.sniff`
     first checks that the bytes are what the name says (no renamed binaries, UTF-8 text,
     a real workbook); CSV and Excel cells are read as text so that the loader, not a
-    type guesser, decides what each value means. Raises CohortError (column "file") for
-    an unreadable, unsafe or unsupported file.
+    type guesser, decides what each value means; an empty CSV cell is "" (text cells for
+    the mapping wizard; `load_cohort` reads "" and NULL alike). Raises CohortError
+    (column "file") for an unreadable, unsafe or unsupported file.
     """
     from kn026 import reader
 
-    return reader.read_all(reader.open_bytes(name, data, max_bytes))
+    return reader.read_all(reader.open_bytes(name, data, max_bytes, empty_as_null=False))
 
 
 def attrition_frame(result: analysis.Result, labels: Mapping[str, str],
