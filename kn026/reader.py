@@ -273,7 +273,7 @@ def open_path(source, progress: Progress = None) -> Source:
     label = str(source)
     if suffix == ".parquet" or head[:4] == b"PAR1":
         try:
-            src = _parquet(path.open("rb"), path.name, progress)
+            src = _parquet(str(path), path.name, progress)
         except (pa.ArrowException, OSError) as err:
             raise _problem(f"{path.name} could not be read: {_first(err)}; {_HINT_PATH}") from None
         src.label = label
