@@ -270,6 +270,7 @@ def _normalise_text(con, arrays: list[pa.Array], exprs: list[tuple[str, str, str
     """
     if not arrays:
         return []
+
     def encode(arr):
         if not pa.types.is_large_string(arr.type):
             arr = arr.cast(pa.large_string())
