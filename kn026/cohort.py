@@ -15,6 +15,7 @@ from __future__ import annotations
 import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import duckdb
 import numpy as np
@@ -338,6 +339,11 @@ def _check_header(header: list[str], src_types: dict[str, str]) -> list[Problem]
     return problems
 
 
+def _file_access(con) -> bool:
+    """False on a locked-down connection (kn026.sandbox): the loader reads no file for it either."""
+    return str(con.execute("SELECT current_setting('enable_external_access')").fetchall()[0][0]).lower() == "true"
+
+
 def _report(progress: Progress, done: float, message: str) -> None:
     if progress is not None:
         progress(min(max(done, 0.0), 1.0), message)
@@ -361,6 +367,9 @@ def load_cohort(source, con: duckdb.DuckDBPyConnection | None = None, table: str
     from kn026 import reader
 
     con = con or connect()
+    if isinstance(source, (str, Path)) and not _file_access(con):
+        raise CohortError([Problem("file", f"{Path(source).name} could not be read: file access is disabled on "
+                                           "this connection (locked down); read the file before the lockdown")])
     src = reader.open_source(source, progress)
     raw = f"_raw_{table}"
     chunks = iter(src.chunks)
