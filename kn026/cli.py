@@ -51,6 +51,14 @@ def _engine(args) -> tuple[Engine, Scenario]:
     return Engine(cohort, protocol, args.stage), scenario
 
 
+def load_for(args, con, compress: bool | None = None):
+    """`load_cohort(args.cohort)` for a command: progress on a terminal, erased once loaded."""
+    progress = getattr(args, "progress", None)
+    cohort = load_cohort(args.cohort, con, progress=progress, compress=compress)
+    _close(progress)
+    return cohort
+
+
 class TerminalProgress:
     """progress(fraction, message) drawn as one self-erasing line on a terminal (stderr).
 
