@@ -421,14 +421,29 @@ def _check_chunk(con, rel: str, pid: str, pid_src: str, sources: dict, errors: d
                 f"FROM {numbered} WHERE {sql} ORDER BY _row LIMIT ?", [found.room(entry[1])]).fetchall()
 
 
-def _load(con, src, chunk, chunks, raw: str, table: str, max_examples: int, progress,
-          compress: bool | None) -> Cohort:
+@dataclass
+class _Plan:
+    """How each chunk is normalised, checked and stored (SQL over the chunk's one Arrow table)."""
+
+    raw: str  # the chunk's registered name
+    staging: str  # the table being filled
+    compressed: bool
+    present: list  # dictionary columns in the source
+    sources: dict  # dictionary column -> source column name (as DuckDB names it)
+    text_at: list  # positions of the text columns normalised per distinct value
+    exprs: list  # their (SQL type, value SQL, bad SQL)
+    values: dict  # dictionary column -> value SQL
+    errors: dict  # dictionary column -> bad-value SQL
+    guards: dict  # guarded column -> implausible-value SQL (unit guard)
+    extra: list  # other columns, kept as read
+
+
+def _plan(con, src, raw: str, table: str, compress: bool | None) -> _Plan:
+    """Read the header, refuse duplicate or missing columns, and write each column's SQL."""
     from kn026 import reader
-    from kn026.reader import READING
 
     src_types = _duckdb_names(con, raw)
-    header = _header_or_described(con, raw, src.header)
-    problems = _check_header(header, src_types)
+    problems = _check_header(_header_or_described(con, raw, src.header), src_types)
     if problems:
         raise CohortError(problems)
     by_norm = {name.strip().lower(): name for name in src_types}
@@ -443,65 +458,76 @@ def _load(con, src, chunk, chunks, raw: str, table: str, max_examples: int, prog
             values[col.name], errors[col.name] = q(f"{_PREP}v{j}"), q(f"{_PREP}b{j}")
         else:
             values[col.name], errors[col.name] = _expressions(col, src_name, src_types[src_name])
-    guards = {c.name: _guard_sql(c, values[c.name], errors[c.name]) for c in present if c.guard}
-    extra = [name for norm, name in by_norm.items() if norm not in schema.BY_NAME]
-    rel = q(raw)
-    text_at = [list(src_types).index(by_norm[c.name]) for c in text]  # positions: DuckDB may rename
-    select = [f"{values[c.name]} AS {q(c.name)}" for c in present]
-    select += [f"{q(name)} AS {q(name)}" for name in extra]
     if compress is None:
         compress = src.rows is None or src.rows > reader.CHUNK_ROWS
-    compressed = compress and con.execute("SELECT count(*) FROM duckdb_databases() WHERE database_name = ?",
-                                          [COHORT_DB]).fetchall()[0][0]
-    db = f"{COHORT_DB}.main." if compressed else ""
-    staging = f"{db}{q('_load_' + table)}"
-    found = _Findings(max_examples)
-    total = src.rows or 0
+    compressed = bool(compress) and con.execute(
+        "SELECT count(*) FROM duckdb_databases() WHERE database_name = ?", [COHORT_DB]).fetchall()[0][0] > 0
+    return _Plan(
+        raw=raw, staging=f"{COHORT_DB + '.main.' if compressed else ''}{q('_load_' + table)}",
+        compressed=compressed, present=present, sources=by_norm,
+        text_at=[list(src_types).index(by_norm[c.name]) for c in text],  # positions: DuckDB may rename
+        exprs=exprs, values=values, errors=errors,
+        guards={c.name: _guard_sql(c, values[c.name], errors[c.name]) for c in present if c.guard},
+        extra=[name for norm, name in by_norm.items() if norm not in schema.BY_NAME])
+
+
+def _store(con, plan: _Plan, chunk, chunks, found: _Findings, progress, total: int, what: str) -> int:
+    """Normalise, check and append every chunk to the staging table; return the row count."""
+    from kn026.reader import READING
+
+    select = [f"{plan.values[c.name]} AS {q(c.name)}" for c in plan.present]
+    select += [f"{q(name)} AS {q(name)}" for name in plan.extra]
+    body = f"SELECT {', '.join(select)} FROM {q(plan.raw)}"
     n = 0
-    what = f"{src.rows:,} rows" if src.rows is not None else "rows"
     while chunk is not None:
         rows = len(chunk)
         _report(progress, READING + (1 - READING) * 0.5 * n / max(total, 1), f"normalising {what}")
-        chunk = _as_arrow(con, raw, chunk)
-        arrays = [chunk.column(i).combine_chunks() for i in text_at]
+        chunk = _as_arrow(con, plan.raw, chunk)
+        arrays = [chunk.column(i).combine_chunks() for i in plan.text_at]
         columns = {f"{_PREP}row": _rows_array(n, rows)}
-        for j, (vals, bad) in enumerate(_normalise_text(con, arrays, exprs)):
+        for j, (vals, bad) in enumerate(_normalise_text(con, arrays, plan.exprs)):
             columns[f"{_PREP}v{j}"], columns[f"{_PREP}b{j}"] = vals, bad
         for name, array in columns.items():  # one table, so that every scan reads one relation
             chunk = chunk.append_column(name, array)
-        con.register(raw, chunk)
-        _report(progress, READING + (1 - READING) * 0.5 * (n + rows) / max(total, 1), f"checking {what}")
-        _check_chunk(con, rel, values["patient_id"], q(by_norm["patient_id"]), by_norm, errors, values,
-                     guards, found)
-        body = f"SELECT {', '.join(select)} FROM {rel}"
+        con.register(plan.raw, chunk)
+        total = max(total, n + rows, 1)
+        _report(progress, READING + (1 - READING) * 0.5 * (n + rows) / total, f"checking {what}")
+        _check_chunk(con, q(plan.raw), plan.values["patient_id"], q(plan.sources["patient_id"]), plan.sources,
+                     plan.errors, plan.values, plan.guards, found)
         if n == 0:
-            con.execute(f"CREATE OR REPLACE TABLE {staging} AS {body}")
+            con.execute(f"CREATE OR REPLACE TABLE {plan.staging} AS {body}")
         else:
-            if compressed:  # compress what is stored so far: peak memory stays near one chunk
+            if plan.compressed:  # compress what is stored so far: peak memory stays near one chunk
                 con.execute(f"CHECKPOINT {COHORT_DB}")
-            con.execute(f"INSERT INTO {staging} {body}")
+            con.execute(f"INSERT INTO {plan.staging} {body}")
         n += rows
-        total = max(total, n)
         chunk = next(chunks, None)
         if chunk is not None:
-            con.register(raw, chunk)
-    _report(progress, 0.98, f"checking {n:,} patient IDs")
-    try:
-        problems, total_problems = _problems(con, staging, n, found, guards)
+            con.register(plan.raw, chunk)
+    return n
+
+
+def _load(con, src, chunk, chunks, raw: str, table: str, max_examples: int, progress,
+          compress: bool | None) -> Cohort:
+    plan = _plan(con, src, raw, table, compress)
+    found = _Findings(max_examples)
+    what = f"{'~' if src.estimated else ''}{src.rows:,} rows" if src.rows is not None else "rows"
+    try:  # a failed load leaves no staging table, and the cohort it would replace as it was
+        n = _store(con, plan, chunk, chunks, found, progress, src.rows or 0, what)
+        _report(progress, 0.98, f"checking {n:,} patient IDs")
+        problems, total_problems = _problems(con, plan.staging, n, found, plan.guards)
+        if problems:
+            raise CohortError(problems, total=total_problems)
     except BaseException:
-        con.execute(f"DROP TABLE IF EXISTS {staging}")
+        con.execute(f"DROP TABLE IF EXISTS {plan.staging}")
         raise
-    if problems:
-        con.execute(f"DROP TABLE IF EXISTS {staging}")
-        raise CohortError(problems, total=total_problems)
-    target = f"{db}{q(table)}"
     _drop_named(con, table)
-    con.execute(f"ALTER TABLE {staging} RENAME TO {q(table)}")
-    if compressed:  # compress, and name it in the default catalog for every cursor
+    con.execute(f"ALTER TABLE {plan.staging} RENAME TO {q(table)}")
+    if plan.compressed:  # compress, and name it in the default catalog for every cursor
         con.execute(f"CHECKPOINT {COHORT_DB}")
-        con.execute(f"CREATE OR REPLACE VIEW {q(table)} AS SELECT * FROM {target}")
+        con.execute(f"CREATE OR REPLACE VIEW {q(table)} AS SELECT * FROM {COHORT_DB}.main.{q(table)}")
     _report(progress, 1.0, f"loaded {n:,} patients")
-    return Cohort(con, table, n, frozenset(c.name for c in present), tuple(extra), source=src.label)
+    return Cohort(con, table, n, frozenset(c.name for c in plan.present), tuple(plan.extra), source=src.label)
 
 
 def _problems(con, staging: str, n: int, found: _Findings, guards: dict) -> tuple[list[Problem], int]:

@@ -169,3 +169,23 @@ def test_golden_cases_in_chunks_of_three_rows(tmp_path, monkeypatch, case):
     path.write_bytes(loader_cases.csv_cases()[case])
     monkeypatch.setattr(reader, "CHUNK_ROWS", 3)
     assert loader_cases.outcome(lambda: load_cohort(path)) == expected(f"cli/csv/{case}")
+
+
+def _streamed(src):
+    assert src.estimated  # the row count of a streamed file is an estimate
+    return src
+
+
+@pytest.mark.parametrize("case", sorted(loader_cases.csv_cases()))
+def test_large_csv_files_stream_in_chunks_with_the_same_outcome(tmp_path, monkeypatch, case):
+    """Files over CSV_STREAM_BYTES are read batch by batch as they load: same tables, same messages."""
+    from tests.test_loader_golden import expected
+
+    path = tmp_path / "c.csv"
+    path.write_bytes(loader_cases.csv_cases()[case])
+    monkeypatch.setattr(reader, "CSV_STREAM_BYTES", 0)
+    monkeypatch.setattr(reader, "CHUNK_ROWS", 4)
+    opened = reader.open_path  # every file takes the streaming path
+    monkeypatch.setattr(reader, "open_path", lambda *a, **k: _streamed(opened(*a, **k)))
+    assert loader_cases.outcome(lambda: load_cohort(path)) == expected(f"cli/csv/{case}")
+    assert [p.name for p in tmp_path.iterdir()] == ["c.csv"]
