@@ -16,12 +16,14 @@ def test_whole_process_harness_on_tiny_cohorts(tmp_path, monkeypatch):
         r = result[kind]
         assert r["n"] == n and len(r["ours_runs"]) == len(r["pandas_runs"]) == 1
         assert r["ours_s"] > 0 and r["pandas_s"] > 0 and 0 <= r["strict"] <= n
+        assert 0 < r["ours_cpu_s"] and 0 < r["pandas_cpu_s"]
     assert (tmp_path / "cohort_300.csv").read_text().startswith("patient_id,")
     upload = result["upload"]
     assert upload["n"] == 200 and 0 < upload["load_s"] <= upload["total_s"]
     table = bench.whole_markdown(result)
     lines = table.splitlines()
     assert lines[0].startswith("| measure | rows | ours | pandas peer |") and len(lines) == 7
+    assert all(line.count("|") == lines[0].count("|") for line in lines[1:5])
     assert "| 300 |" in lines[2] and "| 400 |" in lines[3] and "| 200 |" in lines[4]
     assert "load average" in lines[-1]
     json.dumps(result)  # the harness writes it as bench_whole.json
