@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -33,7 +34,7 @@ from kn026.cohort import connect, load_cohort
 from kn026.criteria import load_protocol
 from kn026.engine import Engine
 
-OUT = Path("bench-results")
+OUT = Path(os.environ.get("KN026_BENCH_OUT", "bench-results"))  # children inherit the parent's
 TARGETS = {
     "reorder_ms": {1_000_000: 10, 10_000_000: 50},
     "threshold_ms": {1_000_000: 50, 10_000_000: 400},
@@ -218,7 +219,8 @@ def run_pandas(n: int, repeat: int) -> dict:
 
 def _child(kind: str, n: int, repeat: int) -> dict:
     cmd = [sys.executable, "-m", "kn026.bench", "--child", kind, "--n", str(n), "--repeat", str(repeat)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False,
+                          env={**os.environ, "KN026_BENCH_OUT": str(OUT)})
     if proc.returncode:
         raise RuntimeError(f"{kind} benchmark at n={n} failed:\n{proc.stderr[-2000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -239,17 +241,168 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+# -- whole process: the command line and the app's upload path against a pandas peer -------
+
+WHOLE_TARGETS = {"csv": 0.5, "parquet": 0.5, "upload_s": 3.0}
+
+
+def csv_file(n: int, seed: int = 1) -> Path:
+    """The benchmark cohort of size n as CSV in the dictionary's columns (from its Parquet)."""
+    import duckdb
+
+    path = OUT / f"cohort_{n}.csv"
+    if not path.exists():
+        src = cohort_file(n, seed)
+        con = duckdb.connect()
+        con.execute("SET enable_progress_bar = false")
+        con.execute(f"COPY (SELECT * FROM read_parquet('{src}')) TO '{path}' (HEADER)")
+        con.close()
+    return path
+
+
+def peer(path: str) -> dict:
+    """The pandas peer, whole: read the file with pandas, nullable-boolean masks, the funnel."""
+    t = time.perf_counter()
+    path = str(path)
+    if path.endswith(".csv"):
+        df = pd.read_csv(path, dtype_backend="numpy_nullable")
+    else:
+        df = pd.read_parquet(path, dtype_backend="numpy_nullable")
+    engine = Engine(load_cohort(df.head(1), connect()), load_protocol(), 1)  # the rules' compiled SQL
+    for c in df.columns:  # one nullable dtype per kind: Float64, boolean, python strings
+        if str(df[c].dtype).startswith("Int"):
+            df[c] = df[c].astype("Float64")
+        elif isinstance(df[c].dtype, pd.StringDtype):
+            df[c] = df[c].astype(pd.StringDtype("python"))
+    out = pandas_screen(df, engine)
+    return {"strict": out["strict"], "steps": len(out["steps"]), "in_process_s": time.perf_counter() - t}
+
+
+def _cpu_children() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _process(cmd: list[str]) -> tuple[float, float, str]:
+    """(wall seconds, CPU seconds, stdout) of one fresh process: CPU time is what other jobs on the
+    machine do not change much, wall time is what the user waits."""
+    cpu, t = _cpu_children(), time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    seconds = time.perf_counter() - t
+    if proc.returncode:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-2000:]}")
+    return seconds, _cpu_children() - cpu, proc.stdout
+
+
+def whole_process(path: Path, repeat: int) -> dict:
+    """`python -m kn026 funnel --json` and the pandas peer on one file, run alternately."""
+    ours, theirs, ours_cpu, theirs_cpu, strict = [], [], [], [], set()
+    for _ in range(repeat):
+        s, cpu, out = _process([sys.executable, "-m", "kn026", "funnel", "--json", "--cohort", str(path),
+                                "--stage", "1"])
+        ours.append(s)
+        ours_cpu.append(cpu)
+        strict.add(("ours", json.loads(out)["totals"]["strict"]))
+        s, cpu, out = _process([sys.executable, "-m", "kn026.bench", "--peer", str(path)])
+        theirs.append(s)
+        theirs_cpu.append(cpu)
+        strict.add(("pandas", json.loads(out.strip().splitlines()[-1])["strict"]))
+    counts = dict(strict)
+    if len(strict) != 2 or counts["ours"] != counts["pandas"]:
+        raise RuntimeError(f"the command line and the pandas peer disagree on {path}: {sorted(strict)}")
+    return {"ours_s": statistics.median(ours), "pandas_s": statistics.median(theirs),
+            "ours_cpu_s": statistics.median(ours_cpu), "pandas_cpu_s": statistics.median(theirs_cpu),
+            "ours_runs": ours, "pandas_runs": theirs, "strict": counts["ours"]}
+
+
+def upload_to_funnel(n: int) -> dict:
+    """The app's upload path, server side, in this (fresh) process: CSV bytes to the first funnel.
+
+    What ui_state does for an upload: `loading.load_upload` (sniff, read, validate, store),
+    `loading.seal`, then the engine's first full evaluation and the funnel page's result.
+    """
+    from kn026 import loading
+
+    data = csv_file(n).read_bytes()
+    protocol = load_protocol()
+    steps = {}
+    t = time.perf_counter()
+    con, cohort = loading.load_upload(f"cohort_{n}.csv", data, max_bytes=len(data) + 1)
+    steps["load_s"] = time.perf_counter() - t
+    loading.seal(con)
+    engine = Engine(cohort, protocol, 1)
+    result = analysis.run(engine)
+    steps["total_s"] = time.perf_counter() - t
+    steps["screen_s"] = steps["total_s"] - steps["load_s"]
+    return {**steps, "strict": int(result.totals["strict"]), "n": cohort.n, "peak_mb": _peak_mb()}
+
+
+def run_whole(csv_rows: int, parquet_rows: int, upload_rows: int, repeat: int) -> dict:
+    """Figures (a), (b), (c) of issue 13 in one run, with the machine's load before and after."""
+    load_before = os.getloadavg()
+    out = {"cpus": os.cpu_count(), "load_before": load_before}
+    for kind, n in (("csv", csv_rows), ("parquet", parquet_rows)):
+        path = csv_file(n) if kind == "csv" else cohort_file(n)
+        out[kind] = {"n": n, "mb": path.stat().st_size / 1e6, **whole_process(path, repeat)}
+    runs = [_child("upload", upload_rows, 1) for _ in range(repeat)]
+    out["upload"] = {"n": upload_rows, "total_s": statistics.median(r["total_s"] for r in runs),
+                     "load_s": statistics.median(r["load_s"] for r in runs),
+                     "screen_s": statistics.median(r["screen_s"] for r in runs),
+                     "runs": [r["total_s"] for r in runs], "strict": runs[0]["strict"],
+                     "peak_mb": max(r["peak_mb"] for r in runs)}
+    out["load_after"] = os.getloadavg()
+    return out
+
+
+def whole_markdown(r: dict) -> str:
+    """The README's whole-process table."""
+    lines = ["| measure | rows | ours | pandas peer | ours / pandas | CPU: ours / pandas | target | met |",
+             "|---|---:|---:|---:|---:|---:|---:|---|"]
+    for kind, label in (("csv", "CSV, `python -m kn026 funnel --json`, whole process"),
+                        ("parquet", "Parquet, `python -m kn026 funnel --json`, whole process")):
+        x = r[kind]
+        ratio = x["ours_s"] / x["pandas_s"]
+        cpu = f"{x['ours_cpu_s']:.2f} s / {x['pandas_cpu_s']:.2f} s"
+        lines.append(f"| {label} ({x['mb']:.0f} MB) | {x['n']:,} | {x['ours_s']:.2f} s | {x['pandas_s']:.2f} s | "
+                     f"{ratio:.2f}x | {cpu} | <= {WHOLE_TARGETS[kind]}x | "
+                     f"{'yes' if ratio <= WHOLE_TARGETS[kind] else 'no'} |")
+    u = r["upload"]
+    lines.append(f"| app upload path, CSV bytes to first funnel (server side; load {u['load_s']:.2f} s + screen "
+                 f"{u['screen_s']:.2f} s; peak RSS {u['peak_mb'] / 1024:.2f} GB) | {u['n']:,} | {u['total_s']:.2f} s | | | "
+                 f"| <= {WHOLE_TARGETS['upload_s']:.0f} s | "
+                 f"{'yes' if u['total_s'] <= WHOLE_TARGETS['upload_s'] else 'no'} |")
+    lines.append(f"\nMedians; {r['cpus']} CPUs; load average {r['load_before'][0]:.1f} before, "
+                 f"{r['load_after'][0]:.1f} after.")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m kn026.bench", description=__doc__.split("\n")[0])
     p.add_argument("--sizes", default="100000,1000000,10000000")
     p.add_argument("--repeat", type=int, default=5)
     p.add_argument("--markdown", action="store_true", help="print the README table")
-    p.add_argument("--child", choices=("engine", "pandas"), help=argparse.SUPPRESS)
+    p.add_argument("--whole", action="store_true",
+                   help="whole-process figures instead: CSV and Parquet command line against the pandas peer, "
+                        "and the app's upload path (issue 13)")
+    p.add_argument("--csv-rows", type=int, default=200_000)
+    p.add_argument("--parquet-rows", type=int, default=1_000_000)
+    p.add_argument("--upload-rows", type=int, default=100_000)
+    p.add_argument("--child", choices=("engine", "pandas", "upload"), help=argparse.SUPPRESS)
+    p.add_argument("--peer", help=argparse.SUPPRESS)
     p.add_argument("--n", type=int, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.peer:
+        print(json.dumps(peer(args.peer)))
+        return 0
     if args.child:
-        fn = run_engine if args.child == "engine" else run_pandas
+        fn = {"engine": run_engine, "pandas": run_pandas, "upload": lambda n, _: upload_to_funnel(n)}[args.child]
         print(json.dumps(fn(args.n, args.repeat)))
+        return 0
+    if args.whole:
+        OUT.mkdir(exist_ok=True)
+        result = run_whole(args.csv_rows, args.parquet_rows, args.upload_rows, max(1, args.repeat))
+        (OUT / "bench_whole.json").write_text(json.dumps(result, indent=2))
+        print(whole_markdown(result) if args.markdown else json.dumps(result, indent=2))
         return 0
     rows = []
     for n in (int(s) for s in args.sizes.split(",")):

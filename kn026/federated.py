@@ -646,12 +646,14 @@ def main_histogram(args) -> int:
 
             engine = engine_from_args(args, protocol)
         if engine is None:
-            from kn026.cohort import connect, load_cohort
+            from kn026.cohort import connect
             from kn026.engine import Engine
 
             con = connect()
             con.execute("SET enable_progress_bar = false")
-            engine = Engine(load_cohort(args.cohort, con), protocol, args.stage)
+            from kn026.cli import load_for
+
+            engine = Engine(load_for(args, con), protocol, args.stage)  # progress on a terminal
         engine = analysis.engine_for(engine, scenario)  # with the scenario's custom criteria
         hist = engine.histogram(scenario.overrides)
         doc = export_histogram(hist, engine, scenario, args.site, args.suppress_below)
