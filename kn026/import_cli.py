@@ -26,8 +26,10 @@ def add_cli(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--sheet", help="Excel sheet name (default: the first)")
     p.add_argument("--out", help="output cohort: .csv or .parquet")
     p.add_argument("--index-date", help="with --omop: YYYY-MM-DD, or 'last' for each person's last observation")
-    p.add_argument("--lookback-days", type=int, default=30,
-                   help="with --omop: labs are the latest value within N days up to the index date (default 30)")
+    p.add_argument("--lookback-days", type=int, default=None,
+                   help="with --omop / --sdtm: replace every assessment window of the protocol (labs, vitals, ECG: "
+                        "latest value 0-N days before the index date); the event look-backs never change "
+                        "(default: the protocol's windows)")
     p.add_argument("--open-world", action="store_true",
                    help="with --omop: a condition or drug not on record is unknown (NULL) instead of false")
     p.add_argument("--concepts", help="with --omop: concepts file replacing kn026/concepts/omop_concepts.yaml")
