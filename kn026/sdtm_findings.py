@@ -47,7 +47,7 @@ def results(ctx, domain: str, testcd, group: str, rep: SdtmColumn, integer=None)
             rep.skipped["urine specimen"] += 1
             continue
         text = r.get(p + "STRESN") or r.get(p + "STRESC")
-        found = unit_factor(group, unit, ctx.terms)
+        found = unit_factor(group, unit, ctx.terms, ctx.cache.setdefault("units", {}))
         if found is None:
             rep.skipped[f"unit {unit or '(none)'} not convertible"] += 1
             continue

@@ -91,7 +91,7 @@ def _zip_members(zf: zipfile.ZipFile) -> list[tuple[str, bytes]]:
 def _parse(name: str, data: bytes, suffix: str) -> tuple[str | None, pd.DataFrame]:
     if suffix == ".csv":
         text = _decode(data)
-        frame = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
+        frame = pd.read_csv(io.StringIO(text), dtype=object, keep_default_na=False)
         return None, _clean(frame)
     if suffix == ".xpt":
         return _xpt(data)
@@ -165,6 +165,7 @@ def _clean(frame: pd.DataFrame) -> pd.DataFrame:
         raise ValueError(f"variable {dup[0]} appears twice; keep one")
     cells = {}
     for name, col in zip(names, frame.columns, strict=True):
+        values = frame[col].to_numpy(dtype=object, na_value=None)
         cells[name] = [None if v is None or (isinstance(v, float) and math.isnan(v)) else (str(v).strip() or None)
-                       for v in frame[col]]
+                       for v in values]
     return pd.DataFrame(cells, dtype=object, index=range(len(frame)))

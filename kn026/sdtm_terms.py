@@ -11,6 +11,7 @@ both importers call the same conditions and drugs by the same names.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import re
 from dataclasses import dataclass
 from decimal import Decimal
@@ -89,11 +90,9 @@ class Dtc:
         return self.first == self.last
 
 
-def parse_dtc(text) -> Dtc | None:
-    """'2024-06-25', '2024-06-25T08:30', '2024-06' (June), '2024' (the year); None when empty or unreadable."""
-    if text is None:
-        return None
-    m = _DTC.match(str(text).strip())
+@functools.lru_cache(maxsize=65536)
+def _parse_dtc(text: str) -> Dtc | None:
+    m = _DTC.match(text)
     if not m:
         return None
     y, mo, d, t = m.groups()
@@ -111,11 +110,25 @@ def parse_dtc(text) -> Dtc | None:
     return Dtc(day, day, t or "")
 
 
+def parse_dtc(text) -> Dtc | None:
+    """'2024-06-25', '2024-06-25T08:30', '2024-06' (June), '2024' (the year); None when empty or unreadable."""
+    return None if text is None else _parse_dtc(str(text).strip())
+
+
 # ------------------------------------------------------------------------------------ units
 
 
-def unit_factor(group: str, unit, doc: dict) -> tuple[str, Decimal] | None:
-    """(the unit's name, its factor into the dictionary unit) for a result's unit text; None if unknown."""
+def unit_factor(group: str, unit, doc: dict, memo: dict | None = None) -> tuple[str, Decimal] | None:
+    """(the unit's name, its factor into the dictionary unit) for a result's unit text; None if unknown.
+    `memo` ({}) remembers the answers: a study repeats a few units many times."""
+    memo = {} if memo is None else memo
+    key = (group, unit)
+    if key not in memo:
+        memo[key] = _unit_factor(group, unit, doc)
+    return memo[key]
+
+
+def _unit_factor(group: str, unit, doc: dict) -> tuple[str, Decimal] | None:
     norm = normalise_unit(unit)
     for u in doc["unit_groups"][group]:
         aliases = {normalise_unit(a) for a in (u.get("aliases") or [])} | {normalise_unit(u["unit"])}
@@ -146,6 +159,7 @@ class Matcher:
         self.meddra = {k: {str(t).strip().lower() for t in v} for k, v in (terms.get("meddra") or {}).items()}
         self._sets: dict[str, tuple] = {}
         self._words: dict[str, list] = {}
+        self._memo: dict = {}
 
     def _set(self, name: str, stack: tuple = ()) -> tuple:
         if name in self._sets:
@@ -161,6 +175,12 @@ class Matcher:
     def in_set(self, term: str, name: str, stack: tuple = ()) -> bool:
         """The OMOP rule on names: included by a pattern (or an included set, or a listed MedDRA term)
         and not excluded by a pattern or an excluded set."""
+        key = (term, name, stack)
+        if key not in self._memo:
+            self._memo[key] = self._in_set(term, name, stack)
+        return self._memo[key]
+
+    def _in_set(self, term: str, name: str, stack: tuple) -> bool:
         t = term.strip().lower()
         inc, exc, inc_sets, exc_sets, exact = self._set(name, stack)
         if any(self.in_set(t, s, stack + (name,)) for s in exc_sets):
@@ -172,6 +192,12 @@ class Matcher:
 
     def drug(self, term: str, groups) -> dict | None:
         """The ingredient entry ({name, factor, half_life_days, group}) whose name is a word of `term`."""
+        key = (term, groups if isinstance(groups, str) or groups is None else tuple(groups))
+        if key not in self._memo:
+            self._memo[key] = self._drug(term, groups)
+        return self._memo[key]
+
+    def _drug(self, term: str, groups) -> dict | None:
         t = term.strip().lower()
         names = self.drug_groups(groups)
         for g in names:
