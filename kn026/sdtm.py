@@ -34,7 +34,7 @@ from kn026.sdtm_events import KINDS
 from kn026.sdtm_findings import fill_finding, fill_lesions
 from kn026.sdtm_report import SdtmColumn, SdtmReport
 from kn026.sdtm_source import read_study
-from kn026.sdtm_terms import Matcher, load_terms, parse_dtc
+from kn026.sdtm_terms import Matcher, check_terms, load_terms, parse_dtc
 
 READ = ("DM", "LB", "VS", "EG", "CV", "QS", "RS", "FA", "TU", "MH", "CM", "EX", "PR")
 BUILTIN = ("patient_id", "site_id", "country", "screening_date", "age_years", "sex")
@@ -87,7 +87,11 @@ def import_sdtm(source, index_date="first-dose", lookback_days: int | None = Non
 
         protocol = load_protocol()
     windows = protocol.windows.with_assessment_days(lookback_days)
-    doc = terms if isinstance(terms, dict) else load_terms(terms)
+    if isinstance(terms, dict):
+        check_terms(terms)
+        doc = terms
+    else:
+        doc = load_terms(terms)
     shown = name or (str(source) if isinstance(source, (str, Path)) else "uploaded files")
     data = read_study(source)
     report = SdtmReport(shown, option if isinstance(option, str) else option.isoformat(), lookback_days,
@@ -105,9 +109,10 @@ def import_sdtm(source, index_date="first-dose", lookback_days: int | None = Non
     reports: dict[str, SdtmColumn] = {}
     for col, sources in doc["findings"].items():
         rep, vals, ulns = fill_finding(ctx, col, sources)
-        if rep.status == "derived" and not sum(rep.units.values()) and not rep.skipped:
+        if rep.status == "derived" and not sum(rep.units.values()):  # never measured: absent, not unknown
             rep.status = "absent"
-            rep.note = f"no {rep.source} record in the study"
+            rep.note = f"no {rep.source} record in the study" + (
+                f" ({'; '.join(rep.skipped)})" if rep.skipped else "")
         reports[col] = rep
         if rep.status == "derived":
             values[col] = vals

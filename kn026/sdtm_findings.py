@@ -152,7 +152,7 @@ def fill_finding(ctx, col: str, sources: list[dict]) -> tuple[SdtmColumn, dict, 
         f = f.assign(before=[(i - d).days for i, d in zip(f["idx"], f["date"], strict=True)] if len(f) else [])
         found_any.append(f)
         if spec.get("fallback"):
-            f = f[~f["subject"].isin(chosen)]
+            f = f[~f["subject"].isin(list(chosen))]
         inside = f[(f["before"] >= 0) & ((f["before"] <= days) if days is not None else True)]
         for r in inside.sort_values(_ORDER, ascending=_ASC).drop_duplicates("subject").to_dict("records"):
             best = chosen.get(r["subject"])

@@ -339,6 +339,17 @@ def test_dataset_json_1_0_and_ndjson():
         assert got.frame.equals(ref), name
 
 
+def test_a_column_never_measured_is_absent_not_unknown():
+    """A study whose ECGs report only a Bazett QTc never measured QTcF: qtcf_ms is absent (the engine then
+    computes QTcF from QT and the rate), not NULL for everyone."""
+    eg = ("STUDYID,DOMAIN,USUBJID,EGSEQ,EGTESTCD,EGSTRESN,EGSTRESU,EGDTC\n"
+          "HIST01,EG,HIST01-S01,1,QTCB,445,msec,2024-03-10\nHIST01,EG,HIST01-S01,2,QT,400,msec,2024-03-10\n")
+    frame, report = import_sdtm(_csv_files(**{"eg.csv": eg}))
+    assert "qtcf_ms" not in frame.columns and "qt_ms" in frame.columns
+    assert report.column("qtcf_ms").status == "absent"
+    assert "QTCB: Bazett-corrected QTc is not QTcF" in report.column("qtcf_ms").note
+
+
 def test_a_study_without_most_domains_leaves_their_columns_absent():
     files = {"dm.csv": (CSV / "dm.csv").read_bytes(), "lb.csv": (CSV / "lb.csv").read_bytes()}
     frame, report = import_sdtm(files)
