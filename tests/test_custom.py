@@ -102,10 +102,20 @@ def test_extra_columns_can_be_used():
     assert list(log["CUST01"]) == ["fail", "pass", "unknown"]
 
 
-def test_too_many_rules_is_refused(engine):
-    rules = [custom.CustomRule(f"CUST{i:02d}", "exclusion", "x", "age_years > 1") for i in range(6)]
-    with pytest.raises(CriteriaError, match="at most 64"):
-        extended(engine, rules=rules)
+def test_no_ceiling_on_the_number_of_rules(engine):
+    """64 analyst criteria beside the protocol's rules (no 64-rule limit any more): the reused
+    pass with the new rules folded in equals a fresh engine, screening log included."""
+    rules = [custom.CustomRule(f"CUST{i:02d}", "exclusion", f"age above {20 + i}", f"age_years <= {20 + i}")
+             for i in range(1, 65)]
+    ext, protocol, changed = extended(engine, rules=rules)
+    assert len(protocol.rules) == len(PROTOCOL.rules) + 64 and ext.width == 2
+    fresh = Engine(engine.cohort, protocol, 1, untrusted=changed)
+    assert analysis.run(ext).totals == analysis.run(fresh).totals
+    stats = analysis.run(ext).stats.set_index("criterion")
+    over = engine.con.execute("SELECT count(*) FROM cohort WHERE age_years > 84").fetchall()[0][0]
+    assert stats.loc["CUST64", "failed"] == over > 0
+    log = engine.con.execute(analysis.screen_log_sql(ext)).df()
+    assert (log["CUST64"] == "fail").sum() == over
 
 
 def test_scenario_yaml_carries_custom_and_replaced_rules(engine):
