@@ -228,11 +228,11 @@ def merge(h: Histogram) -> Histogram:
     """Sum rows with identical ``(fail, unknown, site)``; drop rows with a zero count.
 
     Rows come out in a deterministic order (sorted by an internal key, or by first
-    appearance beyond 64 bits) and keep the input's word width. Up to 64 used bits the
-    grouping key is one ``uint64`` when it fits (plain bit packing up to 32 mask bits less
-    the site bits, base-3 packing up to 40 bits, since ``fail & unknown == 0`` leaves three
-    states per bit), else the three columns are lexsorted; beyond 64 bits the rows are
-    grouped by a hash of every word (:func:`kn026.masks.group_rows`).
+    appearance) and keep the input's word width. The grouping key is one ``uint64`` when
+    it fits (plain bit packing up to 32 mask bits less the site bits, base-3 packing up to
+    40 bits, since ``fail & unknown == 0`` leaves three states per bit), else rows are
+    grouped by a hash of every word and the site, checked exactly
+    (:func:`kn026.masks.group_rows`).
     """
     fail, unknown, count, site = h.fail, h.unknown, h.count, h.site
     if len(count) and not np.all(count):
@@ -282,17 +282,10 @@ def merge(h: Histogram) -> Histogram:
             key *= np.uint64(nsites)
             key += site.astype(np.uint64)
         _, summed, first = mw.group_sum(key, count, 64)
-    else:
-        columns = (unknown, fail) if site is None else (site, unknown, fail)
-        order = np.lexsort(columns)
-        new = np.zeros(n, bool)
-        new[0] = True
-        for col in columns:
-            c = col[order]
-            new[1:] |= c[1:] != c[:-1]
-        starts = np.flatnonzero(new)
-        first = order[starts]
-        summed = np.add.reduceat(count[order], starts).astype(np.int64, copy=False)
+    else:  # 41..64 bits: group by a hash of the columns (O(n), exact: see mw.group_rows)
+        gid, first = mw.group_rows([fail, unknown] + ([site] if site is not None else []))
+        summed = np.zeros(len(first), np.int64)
+        np.add.at(summed, gid, count)
     return Histogram._trusted(
         _widened(fail[first], width),
         _widened(unknown[first], width),

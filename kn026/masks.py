@@ -225,12 +225,12 @@ def ternary(mask: np.ndarray, tables: list[np.ndarray]) -> np.ndarray:
     return out
 
 
-def _segment_bytes(units: Sequence[int], segment: int) -> tuple[np.ndarray, np.ndarray]:
-    """Low and high byte of 16-bit segment `segment` (bits 16s .. 16s + 15) of each unit."""
-    shift = 16 * segment
-    lo = np.array([(u >> shift) & 0xFF for u in units], dtype=np.uint64)
-    hi = np.array([(u >> (shift + 8)) & 0xFF for u in units], dtype=np.uint64)
-    return lo, hi
+def _unit_segments(units: Sequence[int], width: int) -> np.ndarray:
+    """``out[i, s]`` = 16-bit segment s of ``units[i]`` for the segments of `width` words
+    (uint64, shape ``(len(units), 4 * width)``); bits beyond `width` words are dropped."""
+    limit = (1 << (WORD * width)) - 1
+    words = words_of([int(u) & limit for u in units], width)[:width]
+    return np.ascontiguousarray(words.T).astype(_LE_U64, copy=False).view(np.uint16).astype(np.uint64)
 
 
 def unit_tables(units: Sequence[int], width: int) -> list[list[tuple[int, np.ndarray]]]:
@@ -239,18 +239,17 @@ def unit_tables(units: Sequence[int], width: int) -> list[list[tuple[int, np.nda
     ``i`` set when ``v & (units[64o + i] >> 16s) & 0xFFFF != 0``."""
     v = np.arange(256, dtype=np.uint64)
     per_word = []
+    segments = _unit_segments(units, width)
     for o in range(width_for(len(units))):
-        group = units[WORD * o: WORD * (o + 1)]
+        group = segments[WORD * o: WORD * (o + 1)]
         unit_bits = np.uint64(1) << np.arange(len(group), dtype=np.uint64)
         tables = []
-        for segment in range(4 * width):
-            lo, hi = _segment_bytes(group, segment)
-            if not (lo.any() or hi.any()):
-                continue
+        for segment in np.flatnonzero(group.any(axis=0)) if len(group) else ():
+            lo, hi = group[:, segment] & np.uint64(0xFF), group[:, segment] >> np.uint64(8)
             t_lo = np.bitwise_or.reduce(np.where((v[:, None] & lo[None, :]) != 0, unit_bits, np.uint64(0)), axis=1)
             t_hi = np.bitwise_or.reduce(np.where((v[:, None] & hi[None, :]) != 0, unit_bits, np.uint64(0)), axis=1)
             # index = lo + 256 * hi, the value of the little-endian uint16 chunk
-            tables.append((segment, (t_hi[:, None] | t_lo[None, :]).reshape(-1)))
+            tables.append((int(segment), (t_hi[:, None] | t_lo[None, :]).reshape(-1)))
         per_word.append(tables)
     return per_word
 
@@ -294,16 +293,15 @@ def rank_tables(units: Sequence[int], width: int, none: int) -> list[tuple[int, 
         return []
     v = np.arange(256, dtype=np.uint64)
     dtype = _rank_dtype(none)
+    segments = _unit_segments(units, width)
     tables = []
-    for segment in range(4 * width):
+    for segment in np.flatnonzero(segments.any(axis=0)):
         per_byte = []
-        for byte in _segment_bytes(units, segment):
+        for byte in (segments[:, segment] & np.uint64(0xFF), segments[:, segment] >> np.uint64(8)):
             hits = (v[:, None] & byte[None, :]) != 0
             per_byte.append(np.where(hits.any(axis=1), hits.argmax(axis=1), none).astype(dtype))
         lo, hi = per_byte
-        if lo.min() == none and hi.min() == none:
-            continue
-        tables.append((segment, np.minimum(hi[:, None], lo[None, :]).reshape(-1)))
+        tables.append((int(segment), np.minimum(hi[:, None], lo[None, :]).reshape(-1)))
     return tables
 
 
