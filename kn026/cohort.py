@@ -283,6 +283,33 @@ def _range_check(col: schema.Column, value: str) -> str:
     return " OR ".join(parts)
 
 
+MEDIAN_MIN_VALUES = 10  # a median of fewer values says little about a column's unit
+
+
+def _guard_sql(col: schema.Column, value: str, bad: str) -> str:
+    """True for a readable value outside the column's plausible range (unit guard)."""
+    g = col.guard
+    return f"(({value} < {g.low!r} OR {value} > {g.high!r}) AND NOT COALESCE({bad}, FALSE))"
+
+
+def _guard_hint(col: schema.Column, number: float) -> str:
+    g = col.guard
+    likely = g.below if number < g.low else g.above
+    return f"outside the plausible range {g.low:g}-{g.high:g} {col.unit}: {likely}"
+
+
+def _median_hint(col: schema.Column, median, filled: int) -> str:
+    """The unit-guard message for a column whose median is typical of another unit ('' if fine)."""
+    g = col.guard
+    if median is None or filled < MEDIAN_MIN_VALUES:
+        return ""
+    if g.median_low is not None and median < g.median_low:
+        return f"the median, {median:g} {col.unit} over {filled} values, {g.median_below}"
+    if g.median_high is not None and median > g.median_high:
+        return f"the median, {median:g} {col.unit} over {filled} values, {g.median_above}"
+    return ""
+
+
 def _fix_hint(col: schema.Column) -> str:
     if col.kind == FLAG:
         return "expected true/false (or 1/0, yes/no, y/n, t/f); leave empty if unknown"
@@ -332,11 +359,15 @@ def load_cohort(source, con: duckdb.DuckDBPyConnection | None = None, table: str
     _use_lookups(con, raw, present, by_norm, src_types, values, errors)
     pid_src = q(by_norm["patient_id"])
     pid = values["patient_id"]
+    guards = {c.name: _guard_sql(c, values[c.name], errors[c.name]) for c in present if c.guard}
     checks = [f"count_if({e})" for e in errors.values()]
+    checks += [f"count_if({g}), count({values[c]}), median({values[c]})" for c, g in guards.items()]
     counts = con.execute(
         f"SELECT count(*), count_if({pid} IS NULL), count(DISTINCT {pid}), {', '.join(checks)} "
         f"FROM {q(raw)}").fetchone()
     n, missing_ids, distinct_ids = counts[0], counts[1], counts[2]
+    guard_counts = counts[3 + len(errors):]
+    counts = counts[:3 + len(errors)]
     numbered = f"(SELECT row_number() OVER () AS _row, * FROM {q(raw)})"
     if missing_ids:
         rows = con.execute(f"SELECT _row FROM {numbered} WHERE {pid} IS NULL ORDER BY _row LIMIT ?",
@@ -364,6 +395,19 @@ def load_cohort(source, con: duckdb.DuckDBPyConnection | None = None, table: str
         for row, patient, value in rows:
             problems.append(Problem(col, _fix_hint(spec), row=row, patient_id=patient,
                                     value=value, count=bad_count))
+    for i, (col, guard_sql) in enumerate(guards.items()):
+        bad_count, filled, median = guard_counts[3 * i: 3 * i + 3]
+        spec = schema.BY_NAME[col]
+        if bad_count:
+            rows = con.execute(
+                f"SELECT _row, CAST({pid_src} AS VARCHAR), CAST({q(by_norm[col])} AS VARCHAR), {values[col]} "
+                f"FROM {numbered} WHERE {guard_sql} ORDER BY _row LIMIT ?", [max_examples]).fetchall()
+            for row, patient, value, number in rows:
+                problems.append(Problem(col, _guard_hint(spec, number), row=row, patient_id=patient,
+                                        value=value, count=bad_count))
+        message = _median_hint(spec, median, filled)
+        if message:
+            problems.append(Problem(col, message))
     if problems:
         total = sum(p.count for p in {(p.column, p.message): p for p in problems}.values()) + unlisted_dups
         _drop(con, raw)

@@ -224,8 +224,8 @@ def format_value(value, column: str | None = None) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA:
         if spec is not None and spec.record_based:
             return "none on record"
-        if spec is not None and spec.optional:
-            return "not recorded (default used)"
+        if spec is not None and spec.when_null:
+            return f"not recorded ({spec.when_null})"
         return "missing"
     if isinstance(value, (bool, np.bool_)):
         return "yes" if value else "no"
@@ -289,8 +289,8 @@ def patient_detail(engine: Engine, scenario: Scenario, patient_id: str) -> pd.Da
             for col in sorted(rule.columns[stage]):
                 if col in present:
                     values.append(f"{col} = {format_value(row.get(col), col)}")
-                elif not schema.BY_NAME[col].optional:
-                    values.append(f"{col}: column absent")
+                else:
+                    values.append(f"{col}: column absent, {schema.BY_NAME[col].when_null or 'read as unknown'}")
             for name in derived_used(engine, rule):
                 val = derived_vals.get((rule.id, name))
                 if name.startswith("crcl_if_") and row.get("sex") in ("F", "M"):
@@ -383,12 +383,7 @@ def completeness(engine: Engine) -> pd.DataFrame:
     for col in schema.COLUMNS:
         is_present = col.name in cohort.present
         missing = cohort.n - counts.get(col.name, 0) if is_present else cohort.n
-        if col.record_based:
-            meaning = "none on record"
-        elif col.optional:
-            meaning = "default used"
-        else:
-            meaning = "unknown"
+        meaning = col.null_meaning
         rows.append({
             "column": col.name,
             "description": col.description,
@@ -435,7 +430,7 @@ def rule_coverage(engine: Engine, scenario: Scenario | None = None,
         status = ("mostly unknown" if share >= MOSTLY_UNKNOWN else
                   "often unknown" if share >= OFTEN_UNKNOWN else "ok")
         gaps = sorted(((missing.get(c, 0.0), c) for c in rule.columns[engine.stage]
-                       if not schema.BY_NAME[c].record_based and not schema.BY_NAME[c].optional),
+                       if schema.BY_NAME[c].null_meaning == "unknown"),
                       reverse=True)
         gaps = [f"{c} missing for {_pct_text(pct)}" for pct, c in gaps if pct > 0][:3]
         reason = "; ".join(gaps) if unk else ""

@@ -22,6 +22,25 @@ NONE_DOSE = 0
 
 
 @dataclass(frozen=True)
+class Guard:
+    """The dictionary's unit guard for one column (section 4, "Plausible ranges and units").
+
+    Values outside `low`..`high`, or a column median outside `median_low`..`median_high`,
+    are typical of another unit: the loader refuses them and names the likely unit and
+    the fix, never converting anything itself.
+    """
+
+    low: float
+    high: float
+    below: str = ""  # what a value below `low` usually is, and its fix
+    above: str = ""  # the same for a value above `high`
+    median_low: float | None = None
+    median_high: float | None = None
+    median_below: str = ""
+    median_above: str = ""
+
+
+@dataclass(frozen=True)
 class Column:
     """One dictionary column: how to parse it, what range is plausible, what NULL means."""
 
@@ -33,12 +52,25 @@ class Column:
     low_open: bool = False  # low bound excluded (creatinine, heart rate: > 0)
     values: tuple[str, ...] = ()  # closed set for categories
     record_none: float | None = None  # value NULL stands for (record-based columns)
-    optional: bool = False  # absent -> NULL, rules stay assessable (ULNs, overrides)
     description: str = ""
+    guard: Guard | None = None  # plausible range and median (unit guard)
+    when_null: str = ""  # what NULL stands for when it is not "unknown" (ULNs, overrides)
 
     @property
     def record_based(self) -> bool:
         return self.record_none is not None
+
+    @property
+    def optional(self) -> bool:
+        """NULL has a stated meaning other than unknown (a default ULN, the computed value)."""
+        return bool(self.when_null)
+
+    @property
+    def null_meaning(self) -> str:
+        """What an empty cell means: none on record, a default, or unknown (section 1)."""
+        if self.record_based:
+            return "none on record"
+        return self.when_null or "unknown"
 
     @property
     def sql_type(self) -> str:
@@ -59,13 +91,16 @@ class Column:
         return f"{lo} and <= {self.high:g}"
 
 
-def _lab(name: str, unit: str, desc: str = "", optional: bool = False) -> Column:
-    return Column(name, NUMBER, unit, 0, None, optional=optional, description=desc)
+def _lab(name: str, unit: str, desc: str = "", guard: Guard | None = None, when_null: str = "") -> Column:
+    return Column(name, NUMBER, unit, 0, None, description=desc, guard=guard, when_null=when_null)
 
 
 def _uln(name: str, unit: str) -> Column:
-    return Column(name, NUMBER, unit, 0, None, low_open=True, optional=True,
+    return Column(name, NUMBER, unit, 0, None, low_open=True, when_null="default ULN used",
                   description="upper limit of normal; absent or NULL: the default ULN")
+
+
+_MAP_UNIT = "or map the column with its unit in the mapping wizard"
 
 
 def _days(name: str, desc: str) -> Column:
@@ -88,7 +123,11 @@ COLUMNS: tuple[Column, ...] = (
     Column("screening_date", DATE, description="index date (ISO 8601)"),
     Column("age_years", NUMBER, "years", 0, 120, description="age at index"),
     Column("sex", CATEGORY, "", values=("F", "M"), description="F / M"),
-    Column("weight_kg", NUMBER, "kg", 0, 500, low_open=True, description="body weight"),
+    Column("weight_kg", NUMBER, "kg", 0, 500, low_open=True, description="body weight",
+           guard=Guard(20, 350, below="looks like another unit or a child's weight; check the column",
+                       above="looks like pounds; divide by 2.2046 " + _MAP_UNIT,
+                       median_high=120,
+                       median_above="is typical of pounds; divide by 2.2046 " + _MAP_UNIT)),
     Column("primary_site", CATEGORY, description="stomach / gej / other text"),
     Column("histology", CATEGORY, description="adenocarcinoma / other text"),
     Column("disease_extent", CATEGORY, values=(
@@ -106,9 +145,22 @@ COLUMNS: tuple[Column, ...] = (
     Column("nonmeasurable_lesions", INTEGER, "lesions", 0, 1000, description="RECIST 1.1"),
     Column("ecog", INTEGER, "ECOG", 0, 5, description="ECOG performance status"),
     Column("life_expectancy_months", NUMBER, "months", 0, 1200),
-    _lab("anc_1e9_l", "10^9/L", "absolute neutrophil count"),
-    _lab("platelets_1e9_l", "10^9/L", "platelets"),
-    _lab("hemoglobin_g_l", "g/L", "haemoglobin"),
+    _lab("anc_1e9_l", "10^9/L", "absolute neutrophil count",
+         Guard(0, 100, above="looks like cells per microlitre; divide by 1000 " + _MAP_UNIT,
+               median_high=20,
+               median_above="is typical of a percentage of white cells, not a count in 10^9/L; "
+                            "give the absolute count")),
+    _lab("platelets_1e9_l", "10^9/L", "platelets",
+         Guard(1, 2000, below="looks like another unit; check the column",
+               above="looks like platelets per microlitre; divide by 1000 " + _MAP_UNIT,
+               median_low=50,
+               median_below="is typical of 10^4/uL; multiply by 10 " + _MAP_UNIT)),
+    _lab("hemoglobin_g_l", "g/L", "haemoglobin",
+         Guard(30, 250, below="looks like g/dL (multiply by 10) or mmol/L (multiply by 16.11); "
+                              "convert " + _MAP_UNIT,
+               above="looks like mg/dL or another unit; check the column",
+               median_low=60,
+               median_below="is typical of g/dL or mmol/L, not g/L; convert " + _MAP_UNIT)),
     _lab("bilirubin_total_umol_l", "umol/L", "total bilirubin"),
     _uln("bilirubin_total_uln_umol_l", "umol/L"),
     _lab("bilirubin_direct_umol_l", "umol/L", "direct bilirubin"),
@@ -118,11 +170,16 @@ COLUMNS: tuple[Column, ...] = (
     _lab("alt_u_l", "U/L", "ALT"),
     _uln("alt_uln_u_l", "U/L"),
     _flag("liver_metastases"),
-    _lab("albumin_g_l", "g/L", "albumin"),
+    _lab("albumin_g_l", "g/L", "albumin",
+         Guard(10, 70, below="looks like g/dL; multiply by 10 " + _MAP_UNIT,
+               above="looks like another unit; check the column")),
     Column("creatinine_umol_l", NUMBER, "umol/L", 0, None, low_open=True,
-           description="serum creatinine"),
+           description="serum creatinine",
+           guard=Guard(15, 2500, below="looks like mg/dL; multiply by 88.4 " + _MAP_UNIT,
+                       above="looks like another unit; check the column")),
     _lab("creatinine_clearance_ml_min", "mL/min",
-         "measured clearance, overrides Cockcroft-Gault", optional=True),
+         "measured or Cockcroft-Gault clearance, overrides the computed value (not an eGFR)",
+         when_null="computed value used"),
     _lab("aptt_s", "s", "APTT"),
     _uln("aptt_uln_s", "s"),
     _lab("inr", "ratio", "INR"),
@@ -131,7 +188,9 @@ COLUMNS: tuple[Column, ...] = (
     _uln("pt_uln_s", "s"),
     _days("days_since_transfusion", "last blood transfusion"),
     _days("days_since_growth_factor", "last haematopoietic cytokine"),
-    Column("lvef_pct", NUMBER, "%", 0, 100, description="LVEF"),
+    Column("lvef_pct", NUMBER, "%", 0, 100, description="LVEF",
+           guard=Guard(5, 95, below="looks like a fraction (0.55 for 55 %); multiply by 100 " + _MAP_UNIT,
+                       above="is not a plausible ejection fraction; check the column")),
     Column("nyha_class", INTEGER, "NYHA", 0, 4, description="0 = no heart disease"),
     _flag("childbearing_potential"),
     _flag("contraception_agreed"),
@@ -164,8 +223,8 @@ COLUMNS: tuple[Column, ...] = (
     _days("days_since_myocardial_infarction", "last myocardial infarction"),
     _days("days_since_angina", "last angina"),
     _days("days_since_arrhythmia_therapy", "arrhythmia needing therapy"),
-    Column("qtcf_ms", NUMBER, "ms", 0, 2000, low_open=True, optional=True,
-           description="QTcF, overrides the Fridericia value"),
+    Column("qtcf_ms", NUMBER, "ms", 0, 2000, low_open=True, when_null="computed value used",
+           description="QTc by Fridericia only (not a machine QTc, usually Bazett); overrides the computed value"),
     Column("qt_ms", NUMBER, "ms", 0, 2000, low_open=True),
     Column("heart_rate_bpm", NUMBER, "beats/min", 0, 400, low_open=True),
     _flag("other_serious_cardiac_condition"),
@@ -186,6 +245,8 @@ COLUMNS: tuple[Column, ...] = (
            description="unintentional weight loss in the month before index"),
     _flag("refuses_chemotherapy"),
     _flag("investigator_deems_unfit"),
+    Column("stale_columns", TEXT, description="comma-separated columns whose only value on file is "
+                                              "outside the protocol's assessment window"),
 )
 
 BY_NAME: dict[str, Column] = {c.name: c for c in COLUMNS}

@@ -58,7 +58,7 @@ def assert_rejected(tmp_path, column, raw):
     assert (p.column, p.row, p.patient_id, p.value, p.count) == (column, 1, "P1", raw, 1)
     text = str(p)
     assert column in text and "row 1" in text and "P1" in text and repr(raw) in text
-    assert "expected" in text  # the fix is named
+    assert "expected" in text or "plausible range" in text  # the fix is named
 
 
 def sha256(path) -> str:
@@ -186,18 +186,20 @@ BOUNDS = [
     ("days_since_myocardial_infarction", "0", "-1", None, None),
     ("anthracycline_doxorubicin_eq_mg_m2", "0", "-0.5", None, None),
     ("corticosteroid_prednisone_eq_mg_day", "0", "-0.01", None, None),
-    ("anc_1e9_l", "0", "-0.01", None, None),
-    ("hemoglobin_g_l", "0", "-1", None, None),
+    ("anc_1e9_l", "0", "-0.01", "100", "100.01"),
+    ("hemoglobin_g_l", "30", "29.9", "250", "250.1"),
     ("ast_u_l", "0", "-0.1", None, None),
     ("creatinine_clearance_ml_min", "0", "-0.1", None, None),
-    ("lvef_pct", "0", "-0.1", "100", "100.1"),
+    ("lvef_pct", "5", "4.9", "95", "95.1"),
     ("weight_loss_pct_1m", "0", "-0.1", "100", "100.1"),
     ("lvef_drop_on_anti_her2_pct", "-100", "-100.1", "100", "100.1"),
     ("prior_systemic_lines", "0", "-1", "30", "31"),
     ("life_expectancy_months", "0", "-0.1", None, None),
     # bounds excluded at zero (division by these values)
-    ("weight_kg", "0.001", "0", "500", "500.001"),
-    ("creatinine_umol_l", "0.01", "0", None, None),
+    ("weight_kg", "20", "19.99", "350", "350.01"),
+    ("creatinine_umol_l", "15", "14.99", "2500", "2500.01"),
+    ("platelets_1e9_l", "1", "0.99", "2000", "2000.1"),
+    ("albumin_g_l", "10", "9.9", "70", "70.1"),
     ("heart_rate_bpm", "0.1", "0", "400", "400.1"),
     ("inr_uln", "0.01", "0", None, None),
     ("bilirubin_total_uln_umol_l", "0.1", "0", None, None),
@@ -219,7 +221,8 @@ def _just_outside(col, side) -> str:
     return format(col.low - step if side == "low" else col.high + step, ".12g")
 
 
-RANGED = [c for c in schema.COLUMNS if c.low is not None or c.high is not None]
+RANGED = [c for c in schema.COLUMNS if (c.low is not None or c.high is not None) and c.guard is None]
+GUARDED = [c for c in schema.COLUMNS if c.guard is not None]
 
 
 @pytest.mark.parametrize("col", RANGED, ids=[c.name for c in RANGED])
@@ -752,7 +755,8 @@ def test_absent_column_makes_exactly_its_rules_na(tmp_path, column, stage, expec
 def test_complete_cohort_has_nothing_absent_or_na(tmp_path):
     row = _full_row()
     cohort = load_cohort(write_csv(tmp_path / "c.csv", list(row), [list(row.values())]))
-    assert cohort.absent == () and cohort.extra == ("note",)
+    # stale_columns is filled only by importers of dated results
+    assert cohort.absent == ("stale_columns",) and cohort.extra == ("note",)
     assert Engine(cohort, PROTOCOL, 1).not_assessable == {}
 
 
@@ -817,3 +821,89 @@ def test_problem_str_without_row():
 def test_cohort_error_total_defaults_to_problem_count():
     err = CohortError([Problem("a", "x"), Problem("b", "y")])
     assert err.total == 2 and str(err) == "a: x\nb: y"
+
+
+# -- unit guard (dictionary section 4, "Plausible ranges and units") ----------------------
+
+# column, plausible range and the likely unit named for a value below / above it, as the
+# dictionary lists them (written out here, not read from kn026.schema)
+GUARD_SPEC = [
+    ("hemoglobin_g_l", 30, 250, "g/dL", None),
+    ("platelets_1e9_l", 1, 2000, None, "per microlitre"),
+    ("anc_1e9_l", 0, 100, None, "per microlitre"),
+    ("creatinine_umol_l", 15, 2500, "mg/dL", None),
+    ("albumin_g_l", 10, 70, "g/dL", None),
+    ("lvef_pct", 5, 95, "fraction", None),
+    ("weight_kg", 20, 350, None, "pounds"),
+]
+
+
+def test_guarded_columns_are_the_dictionarys():
+    assert {c.name for c in GUARDED} == {g[0] for g in GUARD_SPEC}
+    for name, low, high, _, _ in GUARD_SPEC:
+        guard = schema.column(name).guard
+        assert (guard.low, guard.high) == (low, high), name
+
+
+@pytest.mark.parametrize("name, low, high, below, above", GUARD_SPEC, ids=[g[0] for g in GUARD_SPEC])
+def test_unit_guard_names_column_row_value_and_unit(tmp_path, name, low, high, below, above):
+    """On the plausible limits a value loads; outside it is refused naming the likely unit."""
+    assert load_column(tmp_path, name, f"{low:g}") == low
+    assert load_column(tmp_path, name, f"{high:g}") == high
+    for raw, unit in ((f"{low - 0.01:g}", below), (f"{high + 0.01:g}", above)):
+        if low - 0.01 < 0 and raw.startswith("-"):
+            continue  # below zero is the dictionary's plain range error
+        problems = problems_for(tmp_path, name, raw)
+        assert len(problems) == 1, problems
+        text = str(problems[0])
+        assert name in text and "row 1" in text and "P1" in text and repr(raw) in text
+        assert f"plausible range {low:g}-{high:g}" in text
+        if unit:
+            assert unit in text
+
+
+def test_hemoglobin_in_g_dl_is_refused_with_the_fix(tmp_path):
+    path = write_csv(tmp_path / "c.csv", ["patient_id", "hemoglobin_g_l"],
+                     [["P1", "12.1"], ["P2", "95"], ["P3", "11.5"]])
+    with pytest.raises(CohortError) as info:
+        load_cohort(path)
+    problems = info.value.problems
+    assert [(p.column, p.row, p.value) for p in problems] == [("hemoglobin_g_l", 1, "12.1"),
+                                                              ("hemoglobin_g_l", 3, "11.5")]
+    assert "multiply by 10" in str(problems[1])
+
+
+def _column_csv(tmp_path, name, values):
+    return write_csv(tmp_path / "c.csv", ["patient_id", name],
+                     [[f"P{i}", v] for i, v in enumerate(values, start=1)])
+
+
+@pytest.mark.parametrize("name, values, unit", [
+    ("weight_kg", ["150", "160", "170", "180", "140", "155", "165", "175", "145", "130"], "pounds"),
+    ("platelets_1e9_l", ["20", "25", "18", "30", "22", "21", "19", "40", "35", "28"], "10^4/uL"),
+    ("anc_1e9_l", ["55", "60", "62", "58", "70", "48", "51", "66", "59", "61"], "percentage"),
+    ("hemoglobin_g_l", ["55", "58", "40", "45", "50", "52", "57", "59", "56", "120"], "g/dL"),
+])
+def test_unit_guard_median(tmp_path, name, values, unit):
+    """Every value plausible, the median typical of another unit: refused as a column."""
+    with pytest.raises(CohortError) as info:
+        load_cohort(_column_csv(tmp_path, name, values))
+    (problem,) = info.value.problems
+    assert problem.column == name and problem.row is None
+    assert "median" in str(problem) and unit in str(problem)
+
+
+def test_unit_guard_median_needs_ten_values(tmp_path):
+    """A median of nine values says little about a unit (docs/engine.md): loaded."""
+    cohort = load_cohort(_column_csv(tmp_path, "weight_kg", ["150"] * 9))
+    assert cohort.n == 9
+    with pytest.raises(CohortError):
+        load_cohort(_column_csv(tmp_path, "weight_kg", ["150"] * 10))
+
+
+def test_unit_guard_on_the_median_limit_loads(tmp_path):
+    """A median exactly on the dictionary's limit is not beyond it."""
+    cohort = load_cohort(_column_csv(tmp_path, "weight_kg", ["120"] * 10))
+    assert cohort.n == 10
+    cohort = load_cohort(_column_csv(tmp_path, "platelets_1e9_l", ["50"] * 10))
+    assert cohort.n == 10
