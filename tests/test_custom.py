@@ -226,3 +226,17 @@ def test_column_help_lists_what_a_rule_may_use():
     assert rows["biomarker_x"]["meaning"] == "extra column of the uploaded file"
     assert rows["crcl_if_female"]["kind"] == "number (derived)"
     assert "weight_kg" not in rows  # absent from this cohort: a rule may not name it
+
+
+def test_extended_engines_are_bounded_and_reused(engine):
+    """Each scenario with analyst rules gets an extended engine with its own masks once used;
+    only the most recent few are kept."""
+    scenarios = [Scenario(f"s{i}", custom=(custom.CustomRule("CUST01", "exclusion", "x", f"age_years <= {60 + i}"),))
+                 for i in range(analysis.EXTENDED_KEEP + 2)]
+    first = analysis.engine_for(engine, scenarios[0])
+    assert analysis.engine_for(engine, scenarios[0]) is first
+    for s in scenarios:
+        analysis.run(engine, s)
+    assert len(engine._extended) == analysis.EXTENDED_KEEP
+    assert analysis.engine_for(engine, scenarios[0]) is not first  # dropped, made again
+    assert analysis.engine_for(engine, scenarios[-1]) is analysis.engine_for(engine, scenarios[-1])
