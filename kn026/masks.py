@@ -25,7 +25,8 @@ import pandas as pd
 WORD = 64
 _U64 = np.dtype(np.uint64)
 _WORD_MASK = (1 << WORD) - 1
-_HASH = np.uint64(0x9E3779B97F4A7C15)
+_MIX1 = np.uint64(0xBF58476D1CE4E5B9)
+_MIX2 = np.uint64(0x94D049BB133111EB)
 
 
 def width_for(nbits: int) -> int:
@@ -142,14 +143,16 @@ def group_rows(columns: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """Rows equal on every column, grouped: (group index per row, first row of each group).
 
     Groups are numbered in order of first appearance. A hash table (pandas factorize) on
-    one 64-bit key mixing all columns is O(n); every row is then checked against its
-    group's first row, and a hash collision falls back to an exact sort.
+    one 64-bit key mixing all columns (:func:`_mix` after each) is O(n); every row is then
+    checked against its group's first row, and a hash collision falls back to an exact sort.
     """
     n = len(columns[0])
     key = np.array(columns[0], dtype=np.uint64, copy=True)
+    tmp = np.empty(n, np.uint64)
+    _mix(key, tmp)
     for col in columns[1:]:
-        key *= _HASH
         key ^= col.astype(np.uint64, copy=False)
+        _mix(key, tmp)
     gid, uniques = pd.factorize(key)
     first = np.empty(len(uniques), np.int64)
     first[gid[::-1]] = np.arange(n - 1, -1, -1)
@@ -168,6 +171,20 @@ def group_rows(columns: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     first_sorted = order[new]
     rank = np.argsort(np.argsort(first_sorted, kind="stable"), kind="stable")
     return rank[gid], np.sort(first_sorted)
+
+
+def _mix(key: np.ndarray, tmp: np.ndarray) -> None:
+    """splitmix64's finalizer, in place: a bijection whose every output bit depends on every
+    input bit, so structured masks (few bits, mostly in low positions) do not collide the
+    way a plain multiply-and-xor chain lets them."""
+    np.right_shift(key, np.uint64(30), out=tmp)
+    key ^= tmp
+    key *= _MIX1
+    np.right_shift(key, np.uint64(27), out=tmp)
+    key ^= tmp
+    key *= _MIX2
+    np.right_shift(key, np.uint64(31), out=tmp)
+    key ^= tmp
 
 
 def repack(words: Sequence[np.ndarray], bits: int) -> np.ndarray:
