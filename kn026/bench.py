@@ -1,6 +1,6 @@
 """Benchmark: the engine against the DuckDB scan floor and a plain pandas implementation.
 
-    python -m kn026.bench [--sizes 100000,1000000,10000000] [--repeat 5] [--markdown]
+    python -m kn026.bench [--sizes 100000,1000000,10000000] [--repeat 5] [--custom 12] [--markdown]
 
 Each size runs in fresh subprocesses (so peak memory is the step's own): one for
 the engine (load, scan floor, full evaluation, reorder/toggle, one-threshold
@@ -9,6 +9,10 @@ from the synthetic generator, written once to Parquet under `bench-results/`.
 The pandas version is the naive alternative: the same compiled predicates
 translated to nullable-pandas expressions (Kleene logic), then a funnel built
 with one boolean mask per criterion.
+
+`--custom N` (default 12) screens the protocol with N analyst criteria beside it
+(:func:`analyst_criteria`, as typed in the app's rule editor), so the masks are wider
+than one 64-bit word (59 + 12 = 71 leaves); `--custom 0` times the protocol alone.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ import pandas as pd
 import sqlglot
 from sqlglot import exp
 
-from kn026 import analysis
+from kn026 import analysis, custom
 from kn026 import funnel as fm
 from kn026.cohort import connect, load_cohort
 from kn026.criteria import load_protocol
@@ -66,16 +70,45 @@ def cohort_file(n: int, seed: int = 1) -> Path:
     return path
 
 
-def run_engine(n: int, repeat: int) -> dict:
+# (column, operator, limit, kind) of the analyst criteria: columns every synthetic cohort has
+_ANALYST = [("age_years", "<=", 75, "exclusion"), ("weight_kg", ">=", 45, "inclusion"),
+            ("hemoglobin_g_l", ">=", 100, "inclusion"), ("anc_1e9_l", ">=", 2, "inclusion"),
+            ("platelets_1e9_l", ">=", 120, "inclusion"), ("albumin_g_l", ">=", 32, "inclusion"),
+            ("ecog", "<=", 0, "inclusion"), ("lvef_pct", ">=", 55, "inclusion"),
+            ("sbp_mmhg", "<=", 140, "exclusion"), ("dbp_mmhg", "<=", 90, "exclusion"),
+            ("creatinine_umol_l", "<=", 110, "exclusion"), ("inr", "<=", 1.3, "exclusion")]
+
+
+def analyst_criteria(count: int) -> list[custom.CustomRule]:
+    """`count` analyst criteria (CUST01..): a threshold on a common column with a parameter,
+    the limits moving a little on each pass through the column list."""
+    rules = []
+    for i in range(count):
+        col, op, limit, kind = _ANALYST[i % len(_ANALYST)]
+        limit = round(limit * (1 + 0.02 * (i // len(_ANALYST))), 3)
+        rules.append(custom.CustomRule(f"CUST{i + 1:02d}", kind, f"{col} {op} {limit}", f"{col} {op} :limit",
+                                       {"limit": {"default": limit}}))
+    return rules
+
+
+def _protocol(cohort, analyst: int):
+    """The protocol, extended with `analyst` criteria; and the analyst rule IDs."""
+    protocol = load_protocol()
+    if not analyst:
+        return protocol, frozenset()
+    return custom.extend(protocol, cohort, analyst_criteria(analyst))
+
+
+def run_engine(n: int, repeat: int, analyst: int = 0) -> dict:
     """Engine timings for one size (run in its own process)."""
     path = cohort_file(n)
-    protocol = load_protocol()
     con = connect()
     con.execute("SET enable_progress_bar = false")
     t = time.perf_counter()
     cohort = load_cohort(path, con)
     load_s = time.perf_counter() - t
-    engine = Engine(cohort, protocol, 1)
+    protocol, changed = _protocol(cohort, analyst)
+    engine = Engine(cohort, protocol, 1, untrusted=changed)
     cols = sorted(set().union(*(r.columns[1] for r in engine.rules)) & cohort.present)
     floor_sql = "SELECT " + ", ".join(f'count("{c}")' for c in cols) + " FROM cohort"
     floor_s, _ = _timed(lambda: con.execute(floor_sql).fetchall(), repeat)
@@ -107,7 +140,8 @@ def run_engine(n: int, repeat: int) -> dict:
 
     threshold_s, _ = _timed(threshold, repeat)
     return {
-        "n": n, "histogram_rows": len(hist), "load_s": load_s, "floor_s": floor_s,
+        "n": n, "leaves": len(engine.rules), "mask_words": engine.width, "criteria": len(ids),
+        "histogram_rows": len(hist), "load_s": load_s, "floor_s": floor_s,
         "full_s": full_s, "reorder_ms": reorder_s * 1e3, "toggle_ms": toggle_s * 1e3,
         "page_ms": page_s * 1e3, "threshold_ms": threshold_s * 1e3,
         "engine_peak_mb": _peak_mb(), "strict": fm.eligible_counts(fm.collapse(hist, masks))["strict"],
@@ -205,9 +239,11 @@ def pandas_screen(df: pd.DataFrame, engine: Engine) -> dict:
     return {"steps": steps, "strict": int(strict.sum())}
 
 
-def run_pandas(n: int, repeat: int) -> dict:
+def run_pandas(n: int, repeat: int, analyst: int = 0) -> dict:
     path = cohort_file(n)
-    engine = Engine(load_cohort(pd.read_parquet(path).head(1), connect()), load_protocol(), 1)
+    head = load_cohort(pd.read_parquet(path).head(1), connect())
+    protocol, changed = _protocol(head, analyst)
+    engine = Engine(head, protocol, 1, untrusted=changed)
     cols = sorted(set().union(*(r.columns[1] for r in engine.rules)))
     df = pd.read_parquet(path, columns=[c for c in cols if c in engine.cohort.present],
                          dtype_backend="numpy_nullable")
@@ -220,8 +256,9 @@ def run_pandas(n: int, repeat: int) -> dict:
     return {"n": n, "pandas_s": pandas_s, "pandas_strict": out["strict"], "pandas_peak_mb": _peak_mb()}
 
 
-def _child(kind: str, n: int, repeat: int) -> dict:
-    cmd = [sys.executable, "-m", "kn026.bench", "--child", kind, "--n", str(n), "--repeat", str(repeat)]
+def _child(kind: str, n: int, repeat: int, analyst: int) -> dict:
+    cmd = [sys.executable, "-m", "kn026.bench", "--child", kind, "--n", str(n), "--repeat", str(repeat),
+           "--custom", str(analyst)]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False,
                           env={**os.environ, "KN026_BENCH_OUT": str(OUT)})
     if proc.returncode:
@@ -231,13 +268,14 @@ def _child(kind: str, n: int, repeat: int) -> dict:
 
 def markdown(rows: list[dict]) -> str:
     """The README's benchmark table."""
-    head = ("| patients | load | scan floor | full evaluation | x floor | pandas | pandas / engine "
+    head = ("| patients | leaves (words) | load | scan floor | full evaluation | x floor | pandas | pandas / engine "
             "| reorder | toggle | page (collapse+funnel+stats) | one threshold | engine peak RSS |\n"
-            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     lines = [head]
     for r in rows:
         lines.append(
-            f"| {r['n']:,} | {r['load_s']:.2f} s | {r['floor_s']:.3f} s | {r['full_s']:.3f} s | "
+            f"| {r['n']:,} | {r['leaves']} ({r['mask_words']}) | {r['load_s']:.2f} s | {r['floor_s']:.3f} s | "
+            f"{r['full_s']:.3f} s | "
             f"{r['full_s'] / r['floor_s']:.1f} | {r['pandas_s']:.2f} s | {r['pandas_s'] / r['full_s']:.1f}x | "
             f"{r['reorder_ms']:.1f} ms | {r['toggle_ms']:.1f} ms | {r['page_ms']:.0f} ms | "
             f"{r['threshold_ms']:.0f} ms | {r['engine_peak_mb'] / 1024:.2f} GB |")
@@ -347,7 +385,7 @@ def run_whole(csv_rows: int, parquet_rows: int, upload_rows: int, repeat: int) -
     for kind, n in (("csv", csv_rows), ("parquet", parquet_rows)):
         path = csv_file(n) if kind == "csv" else cohort_file(n)
         out[kind] = {"n": n, "mb": path.stat().st_size / 1e6, **whole_process(path, repeat)}
-    runs = [_child("upload", upload_rows, 1) for _ in range(repeat)]
+    runs = [_child("upload", upload_rows, 1, 0) for _ in range(repeat)]
     out["upload"] = {"n": upload_rows, "total_s": statistics.median(r["total_s"] for r in runs),
                      "load_s": statistics.median(r["load_s"] for r in runs),
                      "screen_s": statistics.median(r["screen_s"] for r in runs),
@@ -390,6 +428,8 @@ def main(argv=None) -> int:
     p.add_argument("--csv-rows", type=int, default=200_000)
     p.add_argument("--parquet-rows", type=int, default=1_000_000)
     p.add_argument("--upload-rows", type=int, default=100_000)
+    p.add_argument("--custom", type=int, default=12, metavar="N",
+                   help="analyst criteria beside the protocol (default 12: masks of two words; 0: none)")
     p.add_argument("--child", choices=("engine", "pandas", "upload"), help=argparse.SUPPRESS)
     p.add_argument("--peer", help=argparse.SUPPRESS)
     p.add_argument("--n", type=int, help=argparse.SUPPRESS)
@@ -398,8 +438,8 @@ def main(argv=None) -> int:
         print(json.dumps(peer(args.peer)))
         return 0
     if args.child:
-        fn = {"engine": run_engine, "pandas": run_pandas, "upload": lambda n, _: upload_to_funnel(n)}[args.child]
-        print(json.dumps(fn(args.n, args.repeat)))
+        fn = {"engine": run_engine, "pandas": run_pandas, "upload": lambda n, _, __: upload_to_funnel(n)}[args.child]
+        print(json.dumps(fn(args.n, args.repeat, args.custom)))
         return 0
     if args.whole:
         OUT.mkdir(exist_ok=True)
@@ -410,7 +450,7 @@ def main(argv=None) -> int:
     rows = []
     for n in (int(s) for s in args.sizes.split(",")):
         cohort_file(n)
-        row = {**_child("engine", n, args.repeat), **_child("pandas", n, args.repeat)}
+        row = {**_child("engine", n, args.repeat, args.custom), **_child("pandas", n, args.repeat, args.custom)}
         if row["pandas_strict"] != row["strict"]:
             raise RuntimeError(f"pandas and the engine disagree at n={n}: "
                                f"{row['pandas_strict']} vs {row['strict']} strictly eligible")

@@ -613,6 +613,8 @@ def _read_rows_csv(path: str, words: int) -> list[tuple[int, ...]]:
                                      f"protocol and scenario have ({', '.join(want)}); was the query made "
                                      "for other criteria?")
             return [tuple(int(r[fields[c]]) for c in want) for r in reader]
+    except FederatedError:
+        raise
     except OSError as err:
         raise FederatedError(f"cannot read {path}: {err.strerror}") from None
     except (TypeError, ValueError) as err:

@@ -395,6 +395,10 @@ def test_sql_histogram_and_merge_commands(tmp_path, capsys):
     rows = con.execute(out.rstrip().rstrip(";")).fetchall()
     (tmp_path / "rows.csv").write_text("f,u,n\n" + "\n".join(",".join(map(str, r)) for r in rows))
     code, _, err = run(["histogram", "--rows", tmp_path / "rows.csv", "--stage", 1, "--site", "A",
+                        "--out", tmp_path / "a.json"], capsys)  # the header of rows version 1
+    assert code == 2 and "older kn026 (rows version 1)" in err and "f0, u0, n" in err and "Traceback" not in err
+    (tmp_path / "rows.csv").write_text("f0,u0,n\n" + "\n".join(",".join(map(str, r)) for r in rows))
+    code, _, err = run(["histogram", "--rows", tmp_path / "rows.csv", "--stage", 1, "--site", "A",
                         "--out", tmp_path / "a.json"], capsys)
     assert code == 0, err
     code, _, err = run(["histogram", "--cohort", FIXTURE, "--stage", 1, "--site", "B",
