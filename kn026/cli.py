@@ -39,8 +39,6 @@ def _engine(args) -> tuple[Engine, Scenario]:
     scenario = load_scenario(args.scenario, protocol) if args.scenario else Scenario()
     from kn026.spark import engine_from_args
 
-    if bad_value_edits(args) and getattr(args, "engine", "duckdb") != "duckdb":
-        raise ValueError("--on-bad-value applies to the DuckDB engine only; fix the file, or leave out --engine")
     remote = engine_from_args(args, protocol)  # None unless --engine spark
     if remote is not None:
         return remote, scenario
@@ -70,6 +68,16 @@ def add_bad_value_option(p: argparse.ArgumentParser) -> None:
                    help="values the loader cannot accept: error (default: stop and list them), blank (empty: "
                         "unknown; refused for record-based columns, where empty means none on record), drop "
                         "(leave their rows out). Each change is listed on stderr; the file is never modified")
+
+
+def _check_bad_value(args) -> None:
+    """--on-bad-value needs a cohort file loaded here: not the Spark engine, not a query's rows."""
+    if not bad_value_edits(args):
+        return
+    if getattr(args, "engine", "duckdb") != "duckdb":
+        raise ValueError("--on-bad-value applies to the DuckDB engine only; fix the file, or leave out --engine")
+    if getattr(args, "rows", None):
+        raise ValueError("--on-bad-value applies to --cohort; the rows of a query hold no cell values")
 
 
 def bad_value_edits(args) -> list:
@@ -291,6 +299,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.progress = TerminalProgress.for_stream(sys.stderr)  # rows read and the step, on a terminal only
     try:
+        _check_bad_value(args)
         return int(args.func(args) or 0)
     except CohortError as err:
         _close(args.progress)

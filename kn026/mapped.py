@@ -109,9 +109,11 @@ def prepare(frame: pd.DataFrame, mapping, extra=(), progress=None) -> Mapped:
                 owner[edits.drop(column, r)] = whole
         else:
             changes.append(edits.Change(whole, len(rows), rows))
-    loader = [replace(e, was=None) for e in rest if not (e.column == "index_column" and e.whole_column)]
-    loader = [e for e in loader if e.column in mapped.columns or e.column == edits.ALL or e.row is not None]
-    loader += list(owner)
+    loader = list(owner)
+    for e in rest:  # `was` was checked against the file; the loader sees mapped cells
+        if e.column in mapped.columns or e.column == edits.ALL or e.row is not None:
+            loader.append(replace(e, was=None))
+            owner.setdefault(loader[-1], e)
     total = sum({p.column: p.count for p in left}.values())
     return Mapped(mapped, left, total, loader, owner, changes)
 
