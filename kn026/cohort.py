@@ -51,6 +51,7 @@ class Problem:
     # missing_id, duplicate, date (a mapped date its format does not read), edit (a refused edit),
     # "" (the file or its header): which choices kn026.edits offers for it
     kind: str = ""
+    rows: tuple[int, ...] = ()  # a duplicated patient_id: the rows that share it (the first ten)
 
     def __str__(self) -> str:
         where = f"row {self.row}" if self.row is not None else ""
@@ -705,7 +706,8 @@ def _problems(con, staging: str, n: int, found: _Findings, guards: dict,
         for pid_value, rows, _ in dups:
             rows = _file_rows(rows, dropped)
             problems.append(Problem("patient_id", f"is duplicated (rows {', '.join(map(str, rows[:10]))}); "
-                                                  "patient_id must be unique", patient_id=pid_value, kind="duplicate"))
+                                                  "patient_id must be unique", patient_id=pid_value, kind="duplicate",
+                                    rows=tuple(rows[:10])))
     for col, (count, rows) in found.bad.items():
         spec = schema.BY_NAME[col]
         problems += [Problem(col, _fix_hint(spec), row=r, patient_id=p, value=v, count=count, kind="value")

@@ -209,12 +209,23 @@ def cell_actions(problem) -> list[str]:
     A unit-guard problem (`problem.kind == "unit"`) is never blanked: declaring the
     column's unit (`column_edits`) is the choice offered instead.
     """
-    if problem.row is None or problem.kind not in ("value", "unit", "missing_id", "date"):
+    if problem.row is None or problem.kind not in ("value", "unit", "missing_id", "date", "duplicate"):
         return []
     actions = ["fix"]
     if problem.kind in ("value", "date") and not blank_refusal(problem.column):
         actions.append("blank")
     return actions + ["drop"]
+
+
+def cells(problems: Iterable) -> list:
+    """The problems one per cell, as the app lists them: a duplicated patient_id once per row it is in."""
+    out = []
+    for p in problems:
+        if p.kind == "duplicate" and p.row is None:
+            out += [replace(p, row=r, value=p.patient_id) for r in p.rows]
+        else:
+            out.append(p)
+    return out
 
 
 def column_edits(column: str, problems: Iterable) -> list[Edit]:

@@ -78,6 +78,17 @@ def _refuse_index_blanks(mapping, chosen: list) -> None:
                                   "date instead")
 
 
+def blankable(mapping, column: str) -> bool:
+    """False when a blank of `column` would be refused: record-based, patient_id, or the index date."""
+    if edits.blank_refusal(column):
+        return False
+    try:
+        _refuse_index_blanks(mapping, [edits.blank(column)])
+    except edits.EditError:
+        return False
+    return True
+
+
 def prepare(frame: pd.DataFrame, mapping, extra=(), progress=None) -> Mapped:
     """Map `frame` with `mapping`, its edits and `extra` ones (the command line's --on-bad-value).
 
