@@ -325,12 +325,12 @@ def _load_upload(uploaded, chosen=()) -> None:
         status.update(label=f"Loaded {uploaded.name}: {cohort.n:,} patients", state="complete", expanded=False)
     kind, text = data_badge()
     if kind == "little":  # no green tick on a cohort that can assess little of the protocol
-        box.warning(f"**Loaded {uploaded.name}: {cohort.n:,} patients, but little of the protocol can be "
-                    f"assessed.** {text}", icon=":material/report:")
+        box.warning(f"**Loaded {uploaded.name}: {cohort.n:,} patient{'s' if cohort.n != 1 else ''}, but little of "
+                    f"the protocol can be assessed.** {text}", icon=":material/report:")
     if changed:
-        st.session_state[K_NOTICE] = (f"{uploaded.name} loaded with {len(changed)} change(s) you chose; the file is "
-                                      "unchanged. They are listed on the Cohort page, tab Import report.")
-    elif cohort.absent:
+        st.session_state[K_NOTICE] = (f"{uploaded.name} loaded with your {len(changed)} change(s); the file is "
+                                      "unchanged (Cohort page, Import report).")
+    elif cohort.absent and kind != "little":
         st.session_state[K_NOTICE] = (f"{len(cohort.absent)} dictionary column(s) are absent from {uploaded.name}; "
                                       "rules that need them are not assessable (see the Cohort page).")
 
@@ -559,6 +559,23 @@ def column_label(action: str, n: int) -> str:
     return {"blank": f"Blank all {n:,} (unknown)", "drop": f"Drop all {n:,} rows"}[action]
 
 
+def _covered(flow: str, column: str) -> tuple[set, str]:
+    """Kinds of problems of `column` a whole-column choice already answers (upload: until the file
+    loads again), and the sentence that says so; a mapped file's preview drops them at once."""
+    if flow != "upload":
+        return set(), ""
+    chosen = upload_edits()
+    whole, unit = edits.column_edit(chosen, column), edits.column_edit(chosen, column, units=True)
+    kinds, said = set(), []
+    if whole is not None:
+        kinds |= {"value", "date", "missing_id"}
+        said.append(f"every bad value will be {'blanked' if whole.action == 'blank' else 'dropped with its row'}")
+    if unit is not None:
+        kinds |= {"unit", "median"}
+        said.append(f"its values will be converted from {unit.text}; values still implausible then are listed again")
+    return kinds, ("As the file loads, " + "; ".join(said) + "." if said else "")
+
+
 def bad_cells_panel(flow: str, problems) -> None:
     """The reported problems with a choice for each (fix / blank / drop) and for each column (all of its
     bad values, the unit of its values), then the choices made so far. Layout only: the choices are
@@ -569,15 +586,15 @@ def bad_cells_panel(flow: str, problems) -> None:
                "cannot be blanked: there an empty cell means *none on record* and would pass the patient. A value "
                "outside the plausible range usually means another unit: declare the unit of the column.")
     for column, group in bad_groups(problems):
-        kinds = {p.kind for p in group}
         cells = [p for p in group if cell_actions(flow, p)]
-        per_column = column_choices(flow, column, group)
+        total = sum({(p.kind, p.message): p.count for p in group if p.row is not None}.values())
+        per_column = column_choices(flow, column, group) if total > len(cells) or len(cells) > 1 else []
         unit_options = unit_choices(flow, column, group)
         if not (cells or per_column or unit_options):
             for p in group:
                 st.error(str(p), icon=":material/error:")
             continue
-        total = sum({(p.kind, p.message): p.count for p in group if p.row is not None}.values())
+        covered, note = _covered(flow, column)
         col = schema_column(column) if column in schema_names() else None
         with st.container(border=True):
             head, choice = st.columns([3, 2], vertical_alignment="top")
@@ -592,7 +609,8 @@ def bad_cells_panel(flow: str, problems) -> None:
             if unit_options:
                 choice.selectbox(f"Unit of the file's {column} values", unit_options,
                                  format_func=lambda u, c=column: unit_label(flow, c, u), **unit_widget(flow, column))
-            for p in cells:
+            shown = [p for p in cells if p.kind not in covered]
+            for p in shown:
                 c1, c2, c3, c4 = st.columns([2, 2, 3, 3], vertical_alignment="center")
                 c1.markdown(f"Row {p.row:,}" + (f" · `{p.patient_id}`" if p.patient_id else ""))
                 was = cell_text(flow, p)
@@ -602,23 +620,28 @@ def bad_cells_panel(flow: str, problems) -> None:
                 if action == "fix":
                     c4.text_input(f"Corrected value of row {p.row} of {column}", label_visibility="collapsed",
                                   placeholder="type the corrected value, Enter", **fix_widget(flow, p))
-            listed = len({p.row for p in cells})
-            if "median" in kinds:
+            if note:
+                st.caption(f":material/check: {note}")
+            elif {p.kind for p in group} & {"median"}:
                 st.caption("The column as a whole looks like another unit: declare the unit above.")
-            if total > listed:
+            listed = len({p.row for p in shown})
+            if total > listed and shown:
+                acts = " and ".join(what for what, offered in (("*Every bad value*", per_column),
+                                                              ("the unit", unit_options)) if offered)
                 st.caption(f"… and {total - listed:,} more row(s) with a bad `{column}` not listed here: "
-                           "*Every bad value* above acts on all of them.")
+                           f"{acts} above act{'s' if ' and ' not in acts else ''} on all of them.")
     choices_list(flow)
 
 
-def choices_list(flow: str) -> None:
-    """The choices made so far, each with an Undo button."""
+def choices_list(flow: str, changes=()) -> None:
+    """The choices made so far, each with what it changed (when known) and an Undo button."""
     chosen = flow_edits(flow)
+    did = {c.edit: c.what for c in changes}
     if chosen:
         st.markdown(f"**Your choices ({len(chosen)})**")
         for i, e in enumerate(chosen):
             c1, c2 = st.columns([10, 1], vertical_alignment="center")
-            c1.markdown(f"- {chosen_text(e)}")
+            c1.markdown(f"- {chosen_text(e)}" + (f" — *{did[e]}*" if e in did else ""))
             c2.button("Undo", key=_bad_key(flow, "undo", i, len(chosen)), on_click=remove_edit, args=(flow, i),
                       help="Forget this choice", width="stretch")
 
@@ -1200,6 +1223,13 @@ def dictionary_columns() -> list[str]:
 
 
 changes_frame = edits.changes_frame
+
+
+def dropped_count(changes) -> int:
+    """Rows the choices dropped (each once)."""
+    return len(edits.dropped_rows(changes))
+
+
 omop_report_table = loading.omop_report_table
 count_text = loading.count_text
 mapping_table = loading.mapping_table
@@ -2008,7 +2038,7 @@ def _sidebar_data(bundle: Bundle, title: str = "") -> None:
     if kind == "ok":  # the green tick only when the cohort can assess the protocol
         sb.caption(f":green[:material/check_circle:] {text}")
     elif kind == "little":
-        sb.warning(text, icon=":material/report:")
+        sb.warning(f"**Little can be assessed.** {text}", icon=":material/report:")
     else:
         sb.caption(f":material/info: {text}")
 
@@ -2027,7 +2057,13 @@ def data_badge() -> tuple[str, str]:
     report = data_assessability()
     stage = int(st.session_state[K_STAGE])
     if report.little:
-        return "little", "**Little can be assessed.** " + "; ".join(report.messages(limit=4)) + "."
+        parts = [f"{len(report.not_assessable)} of {report.rules} rules cannot be assessed (columns missing)"] \
+            if report.not_assessable else []
+        mostly = list(report.mostly_unknown.items())
+        parts += [f"{rid} is unknown for {pct:.0f}% of patients" for rid, (pct, _) in mostly[:2]]
+        if len(mostly) > 2:
+            parts.append(f"{len(mostly) - 2} more rules are unknown for most patients")
+        return "little", "; ".join(parts) + ". Details beside the counts and on the Cohort page."
     if report.not_assessable:
         return "some", (f"{len(report.not_assessable)} of {report.rules} rules of stage {stage} cannot be assessed "
                         "(columns missing: see the Cohort page); the others can.")
@@ -2138,9 +2174,9 @@ def upload_problems(name: str, problems, total: int) -> None:
     st.error(f"**{name} could not be loaded** — {total:,} problem(s){again}. Fix them in the file and upload it "
              "again, or choose below what to do with each; the app keeps using the cohort it had before until "
              "then.", icon=":material/error:")
+    st.caption("Row numbers count data rows: row 1 is the first line under the header.")
     with st.expander("The problems as a table"):
         st.dataframe(problems_frame(problems), hide_index=True, width="stretch")
-        st.caption("Row numbers count data rows: row 1 is the first line under the header.")
     bad_cells_panel("upload", problems)
     c1, c2, _ = st.columns([2, 2, 3])
     c1.button("Load with these choices", type="primary", icon=":material/upload:", key=W + "upload_with_choices",

@@ -190,6 +190,7 @@ def preview(frame: pd.DataFrame, mapping, rows: int = 20, progress=None) -> Prev
         problems, total, loaded = validate(mapped, m.loader)
         problems, total = m.problems + problems, m.total + total
         changes = _merge(m, loaded) if not problems else []
+        mapped = edits.apply_to_frame(mapped, loaded) if not problems else mapped  # the rows as they load
     present = tuple(c.name for c in schema.COLUMNS if c.name in mapped.columns)
     absent = tuple(c.name for c in schema.COLUMNS if c.name not in mapped.columns)
     return Preview(mapped.head(rows), len(frame), problems, total, present, absent, value_report(frame, mapping),

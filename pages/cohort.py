@@ -152,7 +152,7 @@ def in_use(text: str) -> None:
     if kind == "ok":
         st.success(f"{text} {badge}", icon=":material/check_circle:")
     elif kind == "little":
-        st.warning(f"{text} {badge}", icon=":material/report:")
+        st.warning(f"{text} **Little can be assessed.** {badge}", icon=":material/report:")
     else:
         st.info(f"{text} {badge}", icon=":material/info:")
 
@@ -339,13 +339,13 @@ def mapping_wizard():
         st.error(f"The mapping cannot be applied: {error}", icon=":material/error:")
     elif preview is not None:
         if preview.ok:
-            st.success(f"All {preview.n_rows:,} rows pass the data dictionary's checks. {len(preview.present)} "
+            dropped = ui.dropped_count(preview.changes)
+            rows = (f"All {preview.n_rows - dropped:,} rows left after your choices ({dropped:,} dropped)"
+                    if dropped else f"All {preview.n_rows:,} rows")
+            st.success(f"{rows} pass the data dictionary's checks. {len(preview.present)} "
                        f"dictionary column(s) filled; {len(preview.absent)} absent (rules needing them are "
                        "not assessable).", icon=":material/check_circle:")
-            if preview.changes:
-                st.markdown("**What your choices change** (saved in the mapping; the file is not changed):")
-                changes_table(preview.changes)
-                ui.choices_list("mapped")
+            ui.choices_list("mapped", preview.changes)
         else:
             st.error(f"{preview.total_problems:,} problem(s) in the mapped file. Fix the mapping (units, "
                      "values) above, choose below what to do with each, or fix the file.", icon=":material/error:")

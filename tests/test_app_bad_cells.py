@@ -58,8 +58,9 @@ def test_upload_choices_fix_blank_drop_and_unit_then_load():
     # record-based: no blank, neither for the cell nor for the column
     assert select(at, W + "bad.upload.cell.days_since_radiotherapy.10").options == [
         "Leave it (stays a problem)", "Fix the value", "Drop the row"]
-    assert select(at, W + "bad.upload.column.days_since_radiotherapy").options == ["Choose value by value",
-                                                                                    "Drop its row"]
+    assert not [s for s in at.selectbox if s.key == W + "bad.upload.column.days_since_radiotherapy"]  # one value
+    assert select(at, W + "bad.upload.column.age_years").options == ["Choose value by value", "Blank all 7 (unknown)",
+                                                                     "Drop all 7 rows"]
     # the unit guard: the unit of the column, not a blank
     hb = select(at, W + "bad.upload.unit.hemoglobin_g_l")
     assert "in g/dL (× 10 → g/L)" in hb.options
@@ -75,6 +76,10 @@ def test_upload_choices_fix_blank_drop_and_unit_then_load():
     at.text_input(key=W + "bad.upload.text.ecog.15").input("1").run()
     select(at, W + "bad.upload.unit.hemoglobin_g_l").set_value("g/dL").run()
     ok(at)
+    # the rows a whole-column choice answers are no longer offered one by one
+    assert not [s for s in at.selectbox if s.key and s.key.startswith(W + "bad.upload.cell.hemoglobin_g_l.")]
+    assert not [s for s in at.selectbox if s.key and s.key.startswith(W + "bad.upload.cell.age_years.")]
+    assert "its values will be converted from g/dL" in texts(at)
     chosen = at.session_state[ui_state.K_UPLOAD_EDITS]["edits"]
     assert set(chosen) == {E.fix("age_years", 4, "44", "forty"), E.blank("age_years"), E.blank("sex", 8, "X"),
                            E.drop("days_since_radiotherapy", 10, "recent"), E.fix("ecog", 15, "1", "7"),
@@ -134,7 +139,7 @@ def test_mapping_wizard_bad_cell_blanked_in_the_preview_then_loaded():
     m = at.session_state[ui_state.K_MAPPING]
     assert set(m.edits) == {E.blank("hemoglobin_g_l", 4, "n.d."), E.fix("ecog", 9, "1", "unknown?")}
     assert not at.button(key=W + "map_load").disabled
-    assert "What your choices change" in texts(at)
+    assert "Your choices (2)" in texts(at) and "1 cell(s) fixed" in texts(at) and "1 cell(s) blanked" in texts(at)
     yaml_text = m.to_yaml()
     assert "was: n.d." in yaml_text and mp.Mapping.from_yaml(yaml_text).edits == m.edits
     at.button(key=W + "map_load").click().run()
