@@ -324,9 +324,11 @@ def _load_upload(uploaded, chosen=()) -> None:
         bar.progress(1.0, text=f"Ready: {cohort.n:,} patients in {time.perf_counter() - t0:.1f} s")
         status.update(label=f"Loaded {uploaded.name}: {cohort.n:,} patients", state="complete", expanded=False)
     kind, text = data_badge()
-    if kind == "little":  # no green tick on a cohort that can assess little of the protocol
-        box.warning(f"**Loaded {uploaded.name}: {cohort.n:,} patient{'s' if cohort.n != 1 else ''}, but little of "
-                    f"the protocol can be assessed.** {text}", icon=":material/report:")
+    loaded = f"Loaded {uploaded.name}: {cohort.n:,} patient{'s' if cohort.n != 1 else ''}"
+    if kind == "little":  # the green tick only when the cohort can assess the protocol
+        box.warning(f"**{loaded}, but little of the protocol can be assessed.** {text}", icon=":material/report:")
+    elif kind == "some":
+        box.info(f"**{loaded}.** {text}", icon=":material/info:")
     if changed:
         st.session_state[K_NOTICE] = (f"{uploaded.name} loaded with your {len(changed)} change(s); the file is "
                                       "unchanged (Cohort page, Import report).")

@@ -533,7 +533,7 @@ def _store(con, plan: _Plan, chunk, chunks, found: _Findings, progress, total: i
         con.register(plan.raw, chunk)
         total = max(total, n + rows, 1)
         _report(progress, READING + (1 - READING) * 0.5 * (n + rows) / total, f"checking {what}")
-        kept += rows - (_tally(con, plan) if plan.edits else 0)
+        kept += rows - (_tally(con, plan, n, rows) if plan.edits else 0)
         _check_chunk(con, kept_rows, plan.values["patient_id"], q(plan.sources["patient_id"]), plan.sources,
                      plan.errors, plan.values, plan.guards, found)
         if n == 0:
@@ -642,27 +642,23 @@ def _converted(con, col: schema.Column, texts: pa.Array, factor: float) -> pa.Ar
     return pa.array(out, type=texts.type)
 
 
-def _tally(con, plan: _Plan) -> int:
-    """Count (and list the rows of) what each whole-column edit changes in this chunk; return the
-    rows dropped. Bad cells are the loader's own predicates, evaluated before any blank."""
+def _tally(con, plan: _Plan, start: int, rows: int) -> int:
+    """Count (and list the rows of) what each edit changes in this chunk (rows start+1 .. start+rows);
+    return the rows dropped. Bad cells are the loader's own predicates, evaluated before any blank."""
     ed, raw, row = plan.edits, q(plan.raw), q(_PREP + "row")
+    for e in ed.drop_rows.values():
+        if start < e.row <= start + rows:
+            plan.tallies[e] = [1, [e.row]]
     wanted = [(e, f"COALESCE({plan.bad[name]}, FALSE)") for name, e in (*ed.blank.items(), *ed.drop.items())]
-    wanted += [(e, q(_PREP + "drop")) for e in ed.drop_rows.values()]
     counts = [f"count_if({sql})" for _, sql in wanted]
     counts += [f"count_if(isfinite({plan.converted[name]}))" for name in ed.units]
     counts.append(f"count_if(NOT ({plan.keep}))" if plan.keep else "0")
     got = con.execute(f"SELECT {', '.join(counts)} FROM {raw}").fetchall()[0]
     for (e, sql), count in zip(wanted, got, strict=False):
-        if e.whole_column and count:
-            rows = [r for (r,) in con.execute(f"SELECT {row} FROM {raw} WHERE {sql} ORDER BY {row}").fetchall()]
-        elif e.whole_column:
-            rows = []
-        else:
-            rows = [e.row] if count else []
-            count = 1 if count else 0
         entry = plan.tallies.setdefault(e, [0, []])
         entry[0] += int(count)
-        entry[1] += rows
+        if count:
+            entry[1] += [r for (r,) in con.execute(f"SELECT {row} FROM {raw} WHERE {sql} ORDER BY {row}").fetchall()]
     for e, count in zip(ed.units.values(), got[len(wanted):-1], strict=True):
         plan.tallies.setdefault(e, [0, []])[0] += int(count)
     return int(got[-1])

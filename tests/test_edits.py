@@ -341,6 +341,11 @@ def test_any_edits_in_any_chunks_equal_the_file_edited_by_hand(case):
     same(got, load(hand))
     assert got.n == n - len(dropped)
     assert list(E.dropped_rows(got.changes)) == sorted(dropped)
+    for c in got.changes:  # each row edit did exactly its own row, once
+        if not c.edit.whole_column:
+            assert (c.count, c.rows) == (1, (c.edit.row,)), c
+        else:  # every planted cell of the column, in all chunks
+            assert c.count == len(c.rows) and list(c.rows) == sorted(r for col, r in cells if col == c.edit.column), c
     changed = sum(c.count for c in got.changes if c.edit.action in ("fix", "blank"))
     assert changed == sum(1 for c, r in cells if choices[c] == "blank"
                           or (choices[c] == "cells" and per_cell[c, r] != "drop"))
