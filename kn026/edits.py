@@ -36,6 +36,7 @@ from kn026 import schema
 
 ACTIONS = ("fix", "blank", "drop", "unit")
 ALL = "*"  # every column (blank / drop only: the command line's --on-bad-value)
+INDEX = "index_column"  # a mapped file's own index date column (kn026.mapped): row edits only
 ROWS_SHOWN = 8  # rows named in a change's description
 
 
@@ -172,7 +173,8 @@ def check(edits: Iterable[Edit], present: Iterable[str] | None = None, where: st
     columns, cells = {}, {}
     present = None if present is None else set(present)
     for e in edits:
-        if e.column != ALL and e.column not in schema.BY_NAME and not (e.action == "drop" and e.row is not None):
+        row_label = e.row is not None and (e.action == "drop" or (e.column == INDEX and present is None))
+        if e.column != ALL and e.column not in schema.BY_NAME and not row_label:
             raise EditError(f"{where}: {e.action} names {e.column!r}, which is not a dictionary column")
         if present is not None and e.column != ALL and e.column in schema.BY_NAME and e.column not in present:
             raise EditError(f"{where}: {e.action} names {e.column}, which is not in the file")
@@ -233,6 +235,8 @@ def column_edits(column: str, problems: Iterable) -> list[Edit]:
     declare a unit the unit guard names."""
     from kn026 import units
 
+    if column not in schema.BY_NAME:  # a mapped file's index date column: row by row only
+        return []
     kinds = {p.kind for p in problems if p.column == column}
     out = []
     if kinds & {"value", "date", "missing_id"}:

@@ -99,6 +99,8 @@ def prepare(frame: pd.DataFrame, mapping, extra=(), progress=None) -> Mapped:
     chosen = [*mapping.edits, *extra]
     _refuse_index_blanks(mapping, chosen)
     sources = {c.target: c.source for c in mapping.columns if c.source is not None}
+    if date_formats.index_source(mapping) is not None:  # its problems are named "index_column"
+        sources.setdefault("index_column", date_formats.index_source(mapping))
     patched, rest = edits.patch_file(frame, chosen, sources)
     changes = [edits.Change(e, 1, (e.row,)) for e in chosen if e not in rest]
     unread: dict = {}

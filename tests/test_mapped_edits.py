@@ -149,3 +149,25 @@ def test_written_cohort_is_the_file_edited_by_hand():
         "drop row 11 (bad hemoglobin_g_l ('clotted')): 1 row(s) dropped"]
     with pytest.raises(CohortError):
         mapped.written(bad, mapping())
+
+
+def test_an_index_date_column_of_its_own_fixed_or_its_row_dropped():
+    frame = export(12).assign(Index=[f"{1 + i:02d}/06/2024" for i in range(12)])
+    frame.loc[4, "Index"] = "June"
+    m = mapping()
+    m.index_column, m.index_column_format = "Index", "%d/%m/%Y"
+    [p] = [p for p in mp.preview_mapping(frame, m).problems]
+    assert (p.column, p.row, p.kind) == ("index_column", 5, "date")
+    assert E.cell_actions(p) == ["fix", "blank", "drop"] and E.column_edits("index_column", [p]) == []
+    assert not mapped.blankable(m, "index_column")
+    m.edits = [E.fix("index_column", 5, "05/06/2024", was="June")]
+    fixed = loaded(frame, m)
+    pd.testing.assert_frame_equal(table(fixed), table(loaded(edited(frame, "Index", [5], "05/06/2024"), _with_index())))
+    m.edits = [E.drop("index_column", 5, was="June")]
+    assert loaded(frame, m).n == 11
+
+
+def _with_index() -> mp.Mapping:
+    m = mapping()
+    m.index_column, m.index_column_format = "Index", "%d/%m/%Y"
+    return m
