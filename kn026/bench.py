@@ -137,6 +137,9 @@ def _to_pandas(node: exp.Expression, df: pd.DataFrame):
         return ev(node.this) | ev(node.expression)
     if isinstance(node, exp.Not):
         return ~ev(node.this)
+    if isinstance(node, exp.Is) and isinstance(node.expression, exp.Null):  # x IS NULL: never unknown
+        value = ev(node.this)
+        return value.isna().astype("boolean") if isinstance(value, pd.Series) else value is None
     binary = {exp.EQ: "__eq__", exp.NEQ: "__ne__", exp.GT: "__gt__", exp.GTE: "__ge__",
               exp.LT: "__lt__", exp.LTE: "__le__", exp.Add: "__add__", exp.Sub: "__sub__",
               exp.Mul: "__mul__", exp.Div: "__truediv__"}

@@ -127,7 +127,7 @@ def load_frame(frame, progress: Progress = None) -> tuple[object, Cohort]:
 # ----------------------------------------------------------------------------- OMOP zip
 
 
-def import_omop_upload(name: str, data: bytes, index_date="last", lookback_days: int = 30,
+def import_omop_upload(name: str, data: bytes, index_date="last", lookback_days: int | None = None,
                        closed_world: bool = True, progress: Progress = None,
                        max_bytes: int | None = None):
     """An uploaded OMOP CDM zip -> (connection, cohort, import report).
