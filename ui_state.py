@@ -35,7 +35,7 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from kn026 import analysis, custom, export, loading, patients, reader, suppression
+from kn026 import analysis, custom, edits, export, loading, patients, reader, suppression
 from kn026 import funnel as fm
 from kn026.cohort import COHORT_DB, Cohort, CohortError, connect, load_cohort
 from kn026.criteria import CriteriaError, Protocol, format_number, load_protocol, to_decimal
@@ -72,6 +72,8 @@ K_THRESHOLD = K + "threshold"
 K_GEN_N, K_GEN_SEED, K_GEN_SITES = K + "gen_n", K + "gen_seed", K + "gen_sites"
 K_UPLOAD_SEEN = K + "upload_seen"
 K_LOAD_ERROR = K + "load_error"
+K_UPLOAD_EDITS = K + "upload_edits"  # {"id": file_id, "edits": [kn026.edits.Edit]}: the upload's choices
+K_BAD_PENDING = K + "bad_pending"  # (flow, column, row) whose "Fix" was chosen before a value was typed
 K_IMPORT_ERROR = K + "import_error"  # (source, file name, message, problems, total) of a failed import
 K_OMOP_INDEX, K_OMOP_DATE = K + "omop_index", K + "omop_date"  # "last" / "fixed", and the fixed date
 K_OMOP_LOOKBACK, K_OMOP_CLOSED = K + "omop_lookback", K + "omop_closed"
@@ -294,14 +296,16 @@ def _load_builtin() -> None:
     _install(con, cohort, label, "builtin", time.perf_counter() - t0)
 
 
-def _load_upload(uploaded) -> None:
+def _load_upload(uploaded, chosen=()) -> None:
+    """Load an uploaded cohort file (with the analyst's choices about its bad cells, kn026.edits)."""
     t0 = time.perf_counter()
-    with st.status(f"Loading {uploaded.name}…", expanded=True) as status:
+    box = st.empty()  # the status, replaced by an honest warning when little can be assessed
+    with box.status(f"Loading {uploaded.name}…", expanded=True) as status:
         try:
-            st.write("Checking, reading and validating the file…")
+            st.write("Checking, reading and validating the file" + (" with your choices…" if chosen else "…"))
             bar = st.progress(0.0, text=f"Reading {uploaded.name}…")
             con, cohort = loading.load_upload(uploaded.name, uploaded.getvalue(),  # sniffed, size-limited
-                                              progress=reader.part(_bar_text(bar), 0.0, 0.9))
+                                              progress=reader.part(_bar_text(bar), 0.0, 0.9), edits=chosen)
         except CohortError as err:
             st.session_state[K_LOAD_ERROR] = (uploaded.name, err.problems, err.total)
             status.update(label=f"{uploaded.name} could not be loaded", state="error", expanded=False)
@@ -312,14 +316,336 @@ def _load_upload(uploaded) -> None:
             return
         st.write("Evaluating every criterion…")
         bar.progress(0.92, text=f"screening {cohort.n:,} patients")
-        _install(con, cohort, f"{uploaded.name} ({cohort.n:,} patients)", "upload", time.perf_counter() - t0)
+        changed = [c for c in cohort.changes if c.count]
+        label = f"{uploaded.name} ({cohort.n:,} patients" + (f"; {len(changed)} change(s) chosen)" if chosen else ")")
+        report = {"kind": "upload", "file": uploaded.name, "changes": list(cohort.changes)} if chosen else None
+        _install(con, cohort, label, "upload", time.perf_counter() - t0, report)
         engine_for(st.session_state[K_STAGE])
         bar.progress(1.0, text=f"Ready: {cohort.n:,} patients in {time.perf_counter() - t0:.1f} s")
         status.update(label=f"Loaded {uploaded.name}: {cohort.n:,} patients", state="complete", expanded=False)
-    absent = cohort.absent
-    if absent:
-        st.session_state[K_NOTICE] = (f"{len(absent)} dictionary column(s) are absent from {uploaded.name}; "
+    kind, text = data_badge()
+    loaded = f"Loaded {uploaded.name}: {cohort.n:,} patient{'s' if cohort.n != 1 else ''}"
+    if kind == "little":  # the green tick only when the cohort can assess the protocol
+        box.warning(f"**{loaded}, but little of the protocol can be assessed.** {text}", icon=":material/report:")
+    elif kind == "some":
+        box.info(f"**{loaded}.** {text}", icon=":material/info:")
+    if changed:
+        st.session_state[K_NOTICE] = (f"{uploaded.name} loaded with your {len(changed)} change(s); the file is "
+                                      "unchanged (Cohort page, Import report).")
+    elif cohort.absent and kind != "little":
+        st.session_state[K_NOTICE] = (f"{len(cohort.absent)} dictionary column(s) are absent from {uploaded.name}; "
                                       "rules that need them are not assessable (see the Cohort page).")
+
+
+# ---- bad cells: the analyst's choices instead of editing the file (kn026.edits)
+
+CELL_LABELS = {"keep": "Leave it (stays a problem)", "fix": "Fix the value", "blank": "Blank it (unknown)",
+               "drop": "Drop the row"}
+PER_VALUE = "per value"
+
+
+def upload_edits() -> list:
+    """The choices made for the uploaded file's bad cells (reset when another file is uploaded)."""
+    up = st.session_state.get(W + "upload")
+    state = st.session_state.get(K_UPLOAD_EDITS)
+    if up is None or state is None or state["id"] != up.file_id:
+        return []
+    return list(state["edits"])
+
+
+def flow_edits(flow: str) -> list:
+    """The choices of a flow: "upload" (a plain upload) or "mapped" (the mapping wizard's mapping)."""
+    return upload_edits() if flow == "upload" else list(mapping().edits)
+
+
+def _set_edits(flow: str, chosen: list) -> None:
+    if flow == "upload":
+        up = st.session_state.get(W + "upload")
+        st.session_state[K_UPLOAD_EDITS] = {"id": up.file_id if up is not None else None, "edits": list(chosen)}
+    else:
+        mapping().edits = list(chosen)
+
+
+def _bad_key(flow: str, *parts) -> str:
+    return W + "bad." + flow + "." + ".".join(str(p) for p in parts)
+
+
+def bad_groups(problems) -> list[tuple[str, list]]:
+    """The problems by column, in the loader's order; a duplicated patient_id once per row."""
+    groups: dict[str, list] = {}
+    for p in edits.cells(problems):
+        groups.setdefault(p.column, []).append(p)
+    return list(groups.items())
+
+
+def has_choices(problems) -> bool:
+    """True when some of the problems can be answered in the app (cells, not the file itself)."""
+    return any(edits.cell_actions(p) or edits.column_edits(p.column, [p]) for p in edits.cells(problems))
+
+
+def _source_of(column: str) -> str | None:
+    """The mapped file's column behind dictionary column `column` (or the index date column)."""
+    from kn026 import date_formats
+
+    m = mapping()
+    if column == "index_column":
+        return date_formats.index_source(m)
+    c = m.get(column)
+    return c.source if c is not None else None
+
+
+def cell_text(flow: str, problem) -> str | None:
+    """The bad cell as the file has it (a mapped file: its own cell, before the mapping)."""
+    if flow == "upload":
+        return problem.value
+    source = _source_of(problem.column)
+    if source is None:
+        return problem.value
+    value = map_file()["frame"][source].iloc[problem.row - 1]
+    return None if value is None or (isinstance(value, float) and pd.isna(value)) else str(value)
+
+
+def cell_actions(flow: str, problem) -> list[str]:
+    """"keep" and what kn026.edits offers for the cell; a mapped constant cannot be fixed in the file,
+    and the date the day counts count from is never blanked (kn026.mapped)."""
+    actions = edits.cell_actions(problem)
+    if flow == "mapped":
+        from kn026 import mapped
+
+        if _source_of(problem.column) is None:
+            actions = [a for a in actions if a == "drop"]
+        if not mapped.blankable(mapping(), problem.column):
+            actions = [a for a in actions if a != "blank"]
+    return ["keep", *actions] if actions else []
+
+
+def column_choices(flow: str, column: str, problems) -> list[str]:
+    """PER_VALUE, then "blank" / "drop" for every bad value of `column`, as kn026.edits offers them."""
+    found = [e.action for e in edits.column_edits(column, problems) if e.action != "unit"]
+    if flow == "mapped":
+        from kn026 import mapped
+
+        if not mapped.blankable(mapping(), column):
+            found = [a for a in found if a != "blank"]
+    return [PER_VALUE, *found] if found else []
+
+
+def unit_choices(flow: str, column: str, problems) -> list[str]:
+    """The units the column may be declared in ("" = its own) when the unit guard flagged it."""
+    if column not in schema_names() or not {p.kind for p in problems} & {"unit", "median"}:
+        return []
+    if flow == "mapped":
+        from kn026.mapping import units_for
+
+        return units_for(column) if mapping().get(column) is not None else []
+    declared = [e.text for e in upload_edits() if e.action == "unit" and e.column == column]
+    return ["", *dict.fromkeys([u for u, _ in units_guard(column)] + declared)]
+
+
+def units_guard(column: str):
+    from kn026 import units
+
+    return units.guard_units(column)
+
+
+def unit_label(flow: str, column: str, unit: str) -> str:
+    from kn026 import units
+
+    col = schema_column(column)
+    if flow == "mapped":
+        return map_unit_label(column, unit)
+    return f"in {col.unit} (no conversion)" if not unit else f"in {units.conversion_text(column, unit)}"
+
+
+def cell_widget(flow: str, problem) -> dict:
+    """Keyword arguments of a problem's choice selectbox, seeded from the chosen edits."""
+    e = edits.cell_edit(flow_edits(flow), problem.column, problem.row)
+    pending = (flow, problem.column, problem.row) in st.session_state.setdefault(K_BAD_PENDING, set())
+    key = _bad_key(flow, "cell", problem.column, problem.row)
+    st.session_state[key] = e.action if e is not None else "fix" if pending else "keep"
+    return {"key": key, "on_change": _on_cell, "args": (flow, problem, key)}
+
+
+def _on_cell(flow: str, problem, key: str) -> None:
+    action = st.session_state[key]
+    pending = st.session_state.setdefault(K_BAD_PENDING, set())
+    pending.discard((flow, problem.column, problem.row))
+    was = cell_text(flow, problem)
+    new = {"keep": None, "fix": None, "blank": edits.blank(problem.column, problem.row, was),
+           "drop": edits.drop(problem.column, problem.row, was)}[action]
+    if action == "fix":
+        pending.add((flow, problem.column, problem.row))
+    _set_edits(flow, edits.with_edit(flow_edits(flow), problem.column, problem.row, new))
+
+
+def fix_widget(flow: str, problem) -> dict:
+    """Keyword arguments of a problem's "corrected value" text input."""
+    e = edits.cell_edit(flow_edits(flow), problem.column, problem.row)
+    key = _bad_key(flow, "text", problem.column, problem.row)
+    st.session_state[key] = e.text if e is not None and e.action == "fix" else ""
+    return {"key": key, "on_change": _on_fix, "args": (flow, problem, key)}
+
+
+def _on_fix(flow: str, problem, key: str) -> None:
+    text = str(st.session_state[key] or "").strip()
+    new = edits.fix(problem.column, problem.row, text, cell_text(flow, problem)) if text else None
+    if new is not None:
+        st.session_state.setdefault(K_BAD_PENDING, set()).discard((flow, problem.column, problem.row))
+    else:
+        st.session_state.setdefault(K_BAD_PENDING, set()).add((flow, problem.column, problem.row))
+    _set_edits(flow, edits.with_edit(flow_edits(flow), problem.column, problem.row, new))
+
+
+def column_widget(flow: str, column: str) -> dict:
+    e = edits.column_edit(flow_edits(flow), column)
+    key = _bad_key(flow, "column", column)
+    st.session_state[key] = e.action if e is not None else PER_VALUE
+    return {"key": key, "on_change": _on_column, "args": (flow, column, key)}
+
+
+def _on_column(flow: str, column: str, key: str) -> None:
+    action = st.session_state[key]
+    new = None if action == PER_VALUE else edits.Edit(action, column)
+    _set_edits(flow, edits.with_edit(flow_edits(flow), column, None, new))
+
+
+def unit_widget(flow: str, column: str) -> dict:
+    key = _bad_key(flow, "unit", column)
+    if flow == "mapped":
+        c = mapping().get(column)
+        st.session_state[key] = c.unit if c is not None and c.unit else map_units(column)[0]
+    else:
+        e = edits.column_edit(upload_edits(), column, units=True)
+        st.session_state[key] = e.text if e is not None else ""
+    return {"key": key, "on_change": _on_unit, "args": (flow, column, key)}
+
+
+def _on_unit(flow: str, column: str, key: str) -> None:
+    unit = st.session_state[key]
+    if flow == "mapped":  # the column's unit setting, as in section 2
+        _on_map_unit(column, key)
+        return
+    new = edits.unit(column, unit) if unit else None
+    _set_edits(flow, edits.with_edit(upload_edits(), column, None, new, units=True))
+
+
+def remove_edit(flow: str, index: int) -> None:
+    """Button callback: forget one choice."""
+    chosen = flow_edits(flow)
+    if 0 <= index < len(chosen):
+        e = chosen.pop(index)
+        st.session_state.setdefault(K_BAD_PENDING, set()).discard((flow, e.column, e.row))
+        _set_edits(flow, chosen)
+
+
+def clear_edits(flow: str) -> None:
+    _set_edits(flow, [])
+    st.session_state[K_BAD_PENDING] = {p for p in st.session_state.get(K_BAD_PENDING, set()) if p[0] != flow}
+
+
+def request_upload_reload() -> None:
+    """Button callback: load the uploaded file again with the choices (on this run, with progress)."""
+    st.session_state[K + "want_upload"] = True
+
+
+def chosen_text(e) -> str:
+    """One choice, in words, for the list under the problems."""
+    return e.describe()
+
+
+def column_label(action: str, n: int) -> str:
+    if action == PER_VALUE:
+        return "Choose value by value"
+    if n == 1:
+        return {"blank": "Blank it (unknown)", "drop": "Drop its row"}[action]
+    return {"blank": f"Blank all {n:,} (unknown)", "drop": f"Drop all {n:,} rows"}[action]
+
+
+def _covered(flow: str, column: str) -> tuple[set, str]:
+    """Kinds of problems of `column` a whole-column choice already answers (upload: until the file
+    loads again), and the sentence that says so; a mapped file's preview drops them at once."""
+    if flow != "upload":
+        return set(), ""
+    chosen = upload_edits()
+    whole, unit = edits.column_edit(chosen, column), edits.column_edit(chosen, column, units=True)
+    kinds, said = set(), []
+    if whole is not None:
+        kinds |= {"value", "date", "missing_id"}
+        said.append(f"every bad value will be {'blanked' if whole.action == 'blank' else 'dropped with its row'}")
+    if unit is not None:
+        kinds |= {"unit", "median"}
+        said.append(f"its values will be converted from {unit.text}; values still implausible then are listed again")
+    return kinds, ("As the file loads, " + "; ".join(said) + "." if said else "")
+
+
+def bad_cells_panel(flow: str, problems) -> None:
+    """The reported problems with a choice for each (fix / blank / drop) and for each column (all of its
+    bad values, the unit of its values), then the choices made so far. Layout only: the choices are
+    kn026.edits data, offered and applied by kn026."""
+    st.markdown("**Choose what to do with each problem.** The file itself is not changed: the choices are "
+                "applied as it loads" + (" and saved in the mapping." if flow == "mapped" else "."))
+    st.caption("*Blank* makes a value unknown. Record-based columns (days since an event, cumulative doses) "
+               "cannot be blanked: there an empty cell means *none on record* and would pass the patient. A value "
+               "outside the plausible range usually means another unit: declare the unit of the column.")
+    for column, group in bad_groups(problems):
+        cells = [p for p in group if cell_actions(flow, p)]
+        total = sum({(p.kind, p.message): p.count for p in group if p.row is not None}.values())
+        per_column = column_choices(flow, column, group) if total > len(cells) or len(cells) > 1 else []
+        unit_options = unit_choices(flow, column, group)
+        if not (cells or per_column or unit_options):
+            for p in group:
+                st.error(str(p), icon=":material/error:")
+            continue
+        covered, note = _covered(flow, column)
+        col = schema_column(column) if column in schema_names() else None
+        with st.container(border=True):
+            head, choice = st.columns([3, 2], vertical_alignment="top")
+            unit_text = f" ({col.unit})" if col is not None and col.unit else ""
+            what = f"{total:,} bad value(s)" if total else "the whole column"
+            head.markdown(f"**`{column}`**{unit_text} · {what}")
+            head.caption(" · ".join(dict.fromkeys(p.message for p in group)))
+            if per_column:
+                choice.selectbox(f"Every bad value of {column}", per_column,
+                                 format_func=lambda a, n=total: column_label(a, n),
+                                 **column_widget(flow, column))
+            if unit_options:
+                choice.selectbox(f"Unit of the file's {column} values", unit_options,
+                                 format_func=lambda u, c=column: unit_label(flow, c, u), **unit_widget(flow, column))
+            shown = [p for p in cells if p.kind not in covered]
+            for p in shown:
+                c1, c2, c3, c4 = st.columns([2, 2, 3, 3], vertical_alignment="center")
+                c1.markdown(f"Row {p.row:,}" + (f" · `{p.patient_id}`" if p.patient_id else ""))
+                was = cell_text(flow, p)
+                c2.markdown("empty" if was is None else f"“{was}”")
+                action = c3.selectbox(f"Row {p.row} of {column}", cell_actions(flow, p), format_func=CELL_LABELS.get,
+                                      label_visibility="collapsed", **cell_widget(flow, p))
+                if action == "fix":
+                    c4.text_input(f"Corrected value of row {p.row} of {column}", label_visibility="collapsed",
+                                  placeholder="type the corrected value, Enter", **fix_widget(flow, p))
+            if note:
+                st.caption(f":material/check: {note}")
+            elif {p.kind for p in group} & {"median"}:
+                st.caption("The column as a whole looks like another unit: declare the unit above.")
+            listed = len({p.row for p in shown})
+            if total > listed and shown:
+                acts = " and ".join(what for what, offered in (("*Every bad value*", per_column),
+                                                              ("the unit", unit_options)) if offered)
+                st.caption(f"… and {total - listed:,} more row(s) with a bad `{column}` not listed here: "
+                           f"{acts} above act{'s' if ' and ' not in acts else ''} on all of them.")
+    choices_list(flow)
+
+
+def choices_list(flow: str, changes=()) -> None:
+    """The choices made so far, each with what it changed (when known) and an Undo button."""
+    chosen = flow_edits(flow)
+    did = {c.edit: c.what for c in changes}
+    if chosen:
+        st.markdown(f"**Your choices ({len(chosen)})**")
+        for i, e in enumerate(chosen):
+            c1, c2 = st.columns([10, 1], vertical_alignment="center")
+            c1.markdown(f"- {chosen_text(e)}" + (f" — *{did[e]}*" if e in did else ""))
+            c2.button("Undo", key=_bad_key(flow, "undo", i, len(chosen)), on_click=remove_edit, args=(flow, i),
+                      help="Forget this choice", width="stretch")
 
 
 def _generate(n: int, seed: int, sites: int) -> None:
@@ -505,6 +831,7 @@ def on_map_file(key: str) -> None:
     old = mapping()
     if old is not None and old.columns and all(c.source in frame.columns for c in old.columns if c.source):
         old.unmatched = [h for h in frame.columns if h not in {c.source for c in old.columns}]
+        old.edits = [e for e in old.edits if e.whole_column]  # a cell's choice was for the other file
         _fill_dates(old)
         _new_mapping(old)  # the same layout again: keep the analyst's mapping
         return
@@ -864,7 +1191,7 @@ def _load_mapped() -> None:
         _import_failed("mapped", f["name"], err)
         return
     report = {"file": f["name"], "rows": len(f["frame"]), "mapping": copy.deepcopy(m),
-              "values": value_report(f["frame"], m), "absent": cohort.absent}
+              "values": value_report(f["frame"], m), "absent": cohort.absent, "changes": list(cohort.changes)}
     label = f"{f['name']} via mapping ({cohort.n:,} patients)"
     _install(con, cohort, label, "mapped", time.perf_counter() - t0, report)
     _after_import(bar, label, time.perf_counter() - t0)
@@ -885,10 +1212,24 @@ def schema_column(name: str):
     return schema.BY_NAME[name]
 
 
+def schema_names() -> set[str]:
+    from kn026 import schema
+
+    return set(schema.BY_NAME)
+
+
 def dictionary_columns() -> list[str]:
     from kn026 import schema
 
     return [c.name for c in schema.COLUMNS]
+
+
+changes_frame = edits.changes_frame
+
+
+def dropped_count(changes) -> int:
+    """Rows the choices dropped (each once)."""
+    return len(edits.dropped_rows(changes))
 
 
 omop_report_table = loading.omop_report_table
@@ -1665,6 +2006,9 @@ def _sidebar_data(bundle: Bundle, title: str = "") -> None:
         if up is not None and st.session_state.get(K_UPLOAD_SEEN) != up.file_id:
             st.session_state[K_UPLOAD_SEEN] = up.file_id
             _load_upload(up)
+        elif up is not None and st.session_state.pop(K + "want_upload", False):
+            with st.container(border=True):  # main area, above the page: progress stays in view
+                _load_upload(up, upload_edits())
     elif source in WIZARD_SOURCES:
         what = "OMOP zip" if source == "omop" else "file and its mapping"
         sb.caption(f"Choose the {what} on the **Cohort** page, tab **Load data**.")
@@ -1692,6 +2036,40 @@ def _sidebar_data(bundle: Bundle, title: str = "") -> None:
             _generate(int(ss[K_GEN_N]), int(ss[K_GEN_SEED]), int(ss[K_GEN_SITES]))
     bundle = st.session_state[K_DATA]
     sb.caption(f"**In use:** {bundle.label}")
+    kind, text = data_badge()
+    if kind == "ok":  # the green tick only when the cohort can assess the protocol
+        sb.caption(f":green[:material/check_circle:] {text}")
+    elif kind == "little":
+        sb.warning(f"**Little can be assessed.** {text}", icon=":material/report:")
+    else:
+        sb.caption(f":material/info: {text}")
+
+
+def data_assessability():
+    """How much of the protocol as written the loaded cohort can assess at the sidebar's stage."""
+    engine = engine_for(int(st.session_state[K_STAGE]))
+    scen = Scenario()
+    return memo(("assess", engine_key(engine), scenario_key(scen)),
+                lambda: patients.assessability(analysis.engine_for(engine, scen), scen))
+
+
+def data_badge() -> tuple[str, str]:
+    """("ok" | "some" | "little", the data badge's text): a green tick only when every rule of the
+    stage can be assessed and none is unknown for most patients (patients.Assessability)."""
+    report = data_assessability()
+    stage = int(st.session_state[K_STAGE])
+    if report.little:
+        parts = [f"{len(report.not_assessable)} of {report.rules} rules cannot be assessed (columns missing)"] \
+            if report.not_assessable else []
+        mostly = list(report.mostly_unknown.items())
+        parts += [f"{rid} is unknown for {pct:.0f}% of patients" for rid, (pct, _) in mostly[:2]]
+        if len(mostly) > 2:
+            parts.append(f"{len(mostly) - 2} more rules are unknown for most patients")
+        return "little", "; ".join(parts) + ". Details beside the counts and on the Cohort page."
+    if report.not_assessable:
+        return "some", (f"{len(report.not_assessable)} of {report.rules} rules of stage {stage} cannot be assessed "
+                        "(columns missing: see the Cohort page); the others can.")
+    return "ok", f"Can assess all {report.rules} rules of stage {stage}."
 
 
 def _sidebar_analysis(ctx_protocol: Protocol) -> None:
@@ -1781,12 +2159,32 @@ def _messages() -> None:
                 # the file itself was refused (type, size, encoding): one message, no table
                 st.error(f"**{name} could not be loaded.** " + " ".join(p.message for p in problems)
                          + " The app keeps using the cohort it had before.", icon=":material/error:")
+            elif (has_choices(problems) or upload_edits()) and st.session_state.get(W + "upload") is not None:
+                upload_problems(name, problems, total)
             else:
                 st.error(f"**{name} could not be loaded** — {total:,} problem(s) found. Fix them in the file and "
                          "upload it again; the app keeps using the cohort it had before.", icon=":material/error:")
                 st.dataframe(problems_frame(problems), hide_index=True, width="stretch")
                 st.caption("Row numbers count data rows: row 1 is the first line under the header.")
             st.button("Dismiss", key=W + "dismiss_error", on_click=_dismiss_error)
+
+
+def upload_problems(name: str, problems, total: int) -> None:
+    """A plain upload's bad cells: the problems, a choice for each, and *Load with these choices*."""
+    chosen = upload_edits()
+    again = " left after your choices" if chosen else ""
+    st.error(f"**{name} could not be loaded** — {total:,} problem(s){again}. Fix them in the file and upload it "
+             "again, or choose below what to do with each; the app keeps using the cohort it had before until "
+             "then.", icon=":material/error:")
+    st.caption("Row numbers count data rows: row 1 is the first line under the header.")
+    with st.expander("The problems as a table"):
+        st.dataframe(problems_frame(problems), hide_index=True, width="stretch")
+    bad_cells_panel("upload", problems)
+    c1, c2, _ = st.columns([2, 2, 3])
+    c1.button("Load with these choices", type="primary", icon=":material/upload:", key=W + "upload_with_choices",
+              on_click=request_upload_reload, disabled=not chosen, width="stretch")
+    c2.button("Clear the choices", key=W + "upload_clear_choices", on_click=clear_edits, args=("upload",),
+              disabled=not chosen, width="stretch")
 
 
 def _dismiss_error() -> None:

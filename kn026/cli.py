@@ -45,17 +45,82 @@ def _engine(args) -> tuple[Engine, Scenario]:
     con = connect()
     con.execute("SET enable_progress_bar = false")
     progress = getattr(args, "progress", None)
-    cohort = load_cohort(args.cohort, con, progress=progress, compress=None)
+    cohort = _load(args, con, None)
     if progress is not None:
         progress(1.0, f"screening {cohort.n:,} patients")
     return Engine(cohort, protocol, args.stage), scenario
 
 
 def load_for(args, con, compress: bool | None = None):
-    """`load_cohort(args.cohort)` for a command: progress on a terminal, erased once loaded."""
+    """`load_cohort(args.cohort)` for a command: progress on a terminal, erased once loaded; bad
+    values answered as --on-bad-value says, each change listed on stderr."""
+    cohort = _load(args, con, compress)
+    _close(getattr(args, "progress", None))
+    return cohort
+
+
+ON_BAD_VALUE = ("error", "blank", "drop")
+
+
+def add_bad_value_option(p: argparse.ArgumentParser) -> None:
+    """--on-bad-value for a command that loads a cohort (kn026.edits, docs/importers.md)."""
+    p.add_argument("--on-bad-value", choices=ON_BAD_VALUE, default="error",
+                   help="values the loader cannot accept: error (default: stop and list them), blank (empty: "
+                        "unknown; refused for record-based columns, where empty means none on record), drop "
+                        "(leave their rows out). Each change is listed on stderr; the file is never modified")
+
+
+def _check_bad_value(args) -> None:
+    """--on-bad-value needs a cohort file loaded here: not the Spark engine, not a query's rows."""
+    if not bad_value_edits(args):
+        return
+    if getattr(args, "engine", "duckdb") != "duckdb":
+        raise ValueError("--on-bad-value applies to the DuckDB engine only; fix the file, or leave out --engine")
+    if getattr(args, "rows", None):
+        raise ValueError("--on-bad-value applies to --cohort; the rows of a query hold no cell values")
+
+
+def bad_value_edits(args) -> list:
+    """The edits --on-bad-value asks for: every bad value of every column blanked, or its row dropped."""
+    from kn026 import edits
+
+    policy = getattr(args, "on_bad_value", None) or "error"
+    return [] if policy == "error" else [edits.Edit(policy, edits.ALL)]
+
+
+def refused_blanks(err: CohortError, args) -> CohortError:
+    """`err`, led by why --on-bad-value blank left the record-based columns' bad values as they were."""
+    from kn026 import schema
+    from kn026.cohort import Problem
+
+    if (getattr(args, "on_bad_value", None) or "error") != "blank":
+        return err
+    cols = sorted({p.column for p in err.problems if p.column in schema.BY_NAME and p.kind == "value"
+                   and (schema.BY_NAME[p.column].record_based)})
+    if not cols:
+        return err
+    lead = Problem("--on-bad-value", f"blank does not blank record-based columns ({', '.join(cols)}): there an "
+                                     "empty cell means 'none on record' and would pass the patient; use "
+                                     "--on-bad-value drop to leave those rows out, or fix the file", kind="edit")
+    return CohortError([lead, *err.problems], total=err.total + 1)
+
+
+def print_changes(changes) -> None:
+    """One stderr line per change an edit made (none for a choice that found nothing to change)."""
+    for change in changes:
+        if change.count:
+            print(f"changed: {change}", file=sys.stderr)
+
+
+def _load(args, con, compress: bool | None):
     progress = getattr(args, "progress", None)
-    cohort = load_cohort(args.cohort, con, progress=progress, compress=compress)
-    _close(progress)
+    try:
+        cohort = load_cohort(args.cohort, con, progress=progress, compress=compress, edits=bad_value_edits(args))
+    except CohortError as err:
+        raise refused_blanks(err, args) from None
+    if any(c.count for c in cohort.changes):
+        _close(progress)
+        print_changes(cohort.changes)
     return cohort
 
 
@@ -135,6 +200,7 @@ def cmd_funnel(args) -> int:
         doc = {
             "protocol": engine.protocol.name, "stage": args.stage, "scenario": scenario.name,
             "changes": scenario.changes(engine.protocol),
+            "edits": [str(c) for c in getattr(engine.cohort, "changes", ()) if c.count],  # --on-bad-value
             "totals": result.totals,
             # rule ID -> absent columns (dictionary section 1: n/a only when no required set is present)
             "not_assessable": na_rules,
@@ -194,6 +260,9 @@ COMMAND_MODULES = {"synth": "synth", "forecast": "forecast", "import": "mapping"
                    "histogram": "federated", "merge": "federated"}
 
 
+LOADING_COMMANDS = ("screen", "funnel", "histogram", "forecast", "report", "import")
+
+
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The parser; with `command` (the word the user typed), other modules' commands are left out."""
     import importlib
@@ -218,6 +287,9 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
             COMMAND_MODULES.values()))
         for name in wanted:
             importlib.import_module(f"kn026.{name}").add_cli(sub)
+    for name in LOADING_COMMANDS:  # every command that loads a cohort file
+        if name in sub.choices:
+            add_bad_value_option(sub.choices[name])
     return parser
 
 
@@ -227,6 +299,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.progress = TerminalProgress.for_stream(sys.stderr)  # rows read and the step, on a terminal only
     try:
+        _check_bad_value(args)
         return int(args.func(args) or 0)
     except CohortError as err:
         _close(args.progress)

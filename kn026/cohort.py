@@ -22,6 +22,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from kn026 import edits as edits_mod
 from kn026 import schema
 from kn026.reader import Progress
 from kn026.schema import CATEGORY, DATE, FLAG, ID, INTEGER, NUMBER, TEXT
@@ -46,6 +47,11 @@ class Problem:
     patient_id: str | None = None
     value: str | None = None
     count: int = 1  # how many rows share this problem in this column
+    # value (unreadable or out of range), unit (unit guard), median (unit guard, whole column),
+    # missing_id, duplicate, date (a mapped date its format does not read), edit (a refused edit),
+    # "" (the file or its header): which choices kn026.edits offers for it
+    kind: str = ""
+    rows: tuple[int, ...] = ()  # a duplicated patient_id: the rows that share it (the first ten)
 
     def __str__(self) -> str:
         where = f"row {self.row}" if self.row is not None else ""
@@ -77,6 +83,7 @@ class Cohort:
     extra: tuple[str, ...] = ()  # other columns, kept as read
     source: str = ""
     warnings: list[str] = field(default_factory=list)
+    changes: tuple = ()  # kn026.edits.Change: what each edit of the load did
 
     @property
     def absent(self) -> tuple[str, ...]:
@@ -257,7 +264,8 @@ def _trimmed(x: str) -> str:
             f"ELSE NULLIF({v}, '') END")
 
 
-def _normalise_text(con, arrays: list[pa.Array], exprs: list[tuple[str, str, str]]) -> list[tuple]:
+def _normalise_text(con, arrays: list[pa.Array], exprs: list[tuple[str, str, str]],
+                    factors: dict | None = None) -> list[tuple]:
     """(values, bad flags) of text columns, each expression evaluated once per distinct value.
 
     `exprs` holds (SQL type, value SQL, bad SQL) written over a column named "raw". Every
@@ -267,7 +275,8 @@ def _normalise_text(con, arrays: list[pa.Array], exprs: list[tuple[str, str, str
     evaluations instead of a million trims, lowers and regular expressions. Columns with
     the same expressions (all flags, all day counts, ...) share one CASE branch, and the
     trimmed text is computed once per value: planning a statement of 90 distinct
-    expressions cost more than running it.
+    expressions cost more than running it. `factors`: position -> (column, factor) of
+    the columns whose unit the analyst declared: their numbers are converted first.
     """
     if not arrays:
         return []
@@ -280,6 +289,8 @@ def _normalise_text(con, arrays: list[pa.Array], exprs: list[tuple[str, str, str
     with ThreadPoolExecutor(2) as pool:  # Arrow releases the GIL: columns encode in parallel
         encoded = list(pool.map(encode, arrays))
     dicts, indices = [e.dictionary for e in encoded], [e.indices for e in encoded]
+    for j, (col, factor) in (factors or {}).items():
+        dicts[j] = _converted(con, col, dicts[j], factor)
     groups: dict[tuple[str, str, str], int] = {}
     for expr in exprs:
         groups.setdefault(expr, len(groups))
@@ -351,7 +362,7 @@ def _report(progress: Progress, done: float, message: str) -> None:
 
 def load_cohort(source, con: duckdb.DuckDBPyConnection | None = None, table: str = "cohort",
                 max_examples: int = EXAMPLES_PER_COLUMN, progress: Progress = None,
-                compress: bool | None = True) -> Cohort:
+                compress: bool | None = True, edits=()) -> Cohort:
     """Read, normalise and validate `source` into table `table`; raise CohortError listing problems.
 
     `source`: a path (CSV, Parquet, Excel), a `reader.Source` (uploads), or an in-memory
@@ -362,7 +373,9 @@ def load_cohort(source, con: duckdb.DuckDBPyConnection | None = None, table: str
     step: reading, normalising, checking (and the row counts). `compress`: store the
     table in the connection's compressed database (`connect`), as the app's sessions
     need; None: only when the cohort is larger than one chunk (the command line: a
-    one-shot process gains the checkpoint's time and has the memory).
+    one-shot process gains the checkpoint's time and has the memory). `edits`: the
+    analyst's choices about bad cells (kn026.edits: fix, blank, drop, declare a unit),
+    applied in this pass and reported in `Cohort.changes`; the source is not modified.
     """
     from kn026 import reader
 
@@ -376,7 +389,7 @@ def load_cohort(source, con: duckdb.DuckDBPyConnection | None = None, table: str
     chunk = next(chunks)
     con.register(raw, chunk)
     try:
-        return _load(con, src, chunk, chunks, raw, table, max_examples, progress, compress)
+        return _load(con, src, chunk, chunks, raw, table, max_examples, progress, compress, list(edits))
     finally:
         try:
             con.unregister(raw)
@@ -436,11 +449,18 @@ class _Plan:
     errors: dict  # dictionary column -> bad-value SQL
     guards: dict  # guarded column -> implausible-value SQL (unit guard)
     extra: list  # other columns, kept as read
+    edits: edits_mod.Pass = field(default_factory=edits_mod.Pass)  # the analyst's choices (kn026.edits)
+    position: dict = field(default_factory=dict)  # dictionary column -> position of its source column
+    bad: dict = field(default_factory=dict)  # dictionary column -> bad SQL before any blank (the edits')
+    converted: dict = field(default_factory=dict)  # unit-declared column -> its converted value SQL
+    factors: dict = field(default_factory=dict)  # position in `exprs` -> (column, unit factor)
+    keep: str = ""  # SQL: the row is kept ("" when no edit drops a row)
+    tallies: dict = field(default_factory=dict)  # Edit -> [count, rows] over the chunks
 
 
-def _plan(con, src, raw: str, table: str, compress: bool | None) -> _Plan:
+def _plan(con, src, raw: str, table: str, compress: bool | None, edits: list) -> _Plan:
     """Read the header, refuse duplicate or missing columns, and write each column's SQL."""
-    from kn026 import reader
+    from kn026 import reader, units
 
     src_types = _duckdb_names(con, raw)
     problems = _check_header(_header_or_described(con, raw, src.header), src_types)
@@ -448,16 +468,29 @@ def _plan(con, src, raw: str, table: str, compress: bool | None) -> _Plan:
         raise CohortError(problems)
     by_norm = {name.strip().lower(): name for name in src_types}
     present = [c for c in schema.COLUMNS if c.name in by_norm]
-    text = [c for c in present if src_types[by_norm[c.name]] == "VARCHAR"]
-    values, errors, exprs = {}, {}, []
+    try:
+        chosen = edits_mod.prepare(edits, [c.name for c in present])
+    except edits_mod.EditError as err:
+        raise CohortError([Problem("edits", str(err).removeprefix("edits: "), kind="edit")]) from None
+    text = [c for c in present if src_types[by_norm[c.name]] == "VARCHAR" or c.name in chosen.text_columns]
+    values, errors, exprs, factors = {}, {}, [], {}
     for col in present:
         src_name = by_norm[col.name]
         if col in text:
             j = len(exprs)
             exprs.append((col.sql_type, *_expressions(col, "raw", "VARCHAR")))
             values[col.name], errors[col.name] = q(f"{_PREP}v{j}"), q(f"{_PREP}b{j}")
+            if col.name in chosen.units:
+                factors[j] = (col, units.unit_factor(col.name, chosen.units[col.name].text))
         else:
             values[col.name], errors[col.name] = _expressions(col, src_name, src_types[src_name])
+    bad = {**errors, "patient_id": f"({values['patient_id']} IS NULL)"}  # the checks' own predicates
+    converted = {name: values[name] for name in chosen.units}
+    for name in chosen.blank:  # a bad value becomes NULL (unknown); implausible ones stay (unit guard)
+        values[name] = f"(CASE WHEN COALESCE({errors[name]}, FALSE) THEN NULL ELSE {values[name]} END)"
+        errors[name] = "FALSE"
+    dropped = [f"COALESCE({bad[name]}, FALSE)" for name in chosen.drop]
+    dropped += [q(_PREP + "drop")] if chosen.drop_rows else []
     if compress is None:
         compress = src.rows is None or src.rows > reader.CHUNK_ROWS
     compressed = bool(compress) and con.execute(
@@ -468,31 +501,40 @@ def _plan(con, src, raw: str, table: str, compress: bool | None) -> _Plan:
         text_at=[list(src_types).index(by_norm[c.name]) for c in text],  # positions: DuckDB may rename
         exprs=exprs, values=values, errors=errors,
         guards={c.name: _guard_sql(c, values[c.name], errors[c.name]) for c in present if c.guard},
-        extra=[name for norm, name in by_norm.items() if norm not in schema.BY_NAME])
+        extra=[name for norm, name in by_norm.items() if norm not in schema.BY_NAME],
+        edits=chosen, position={c.name: list(src_types).index(by_norm[c.name]) for c in present}, bad=bad,
+        converted=converted, factors=factors, keep=f"NOT ({' OR '.join(dropped)})" if dropped else "")
 
 
-def _store(con, plan: _Plan, chunk, chunks, found: _Findings, progress, total: int, what: str) -> int:
-    """Normalise, check and append every chunk to the staging table; return the row count."""
+def _store(con, plan: _Plan, chunk, chunks, found: _Findings, progress, total: int, what: str) -> tuple[int, int]:
+    """Normalise, check and append every chunk to the staging table; return (rows read, rows kept)."""
     from kn026.reader import READING
 
     select = [f"{plan.values[c.name]} AS {q(c.name)}" for c in plan.present]
     select += [f"{q(name)} AS {q(name)}" for name in plan.extra]
-    body = f"SELECT {', '.join(select)} FROM {q(plan.raw)}"
-    n = 0
+    kept_rows = f"(SELECT * FROM {q(plan.raw)} WHERE {plan.keep})" if plan.keep else q(plan.raw)
+    body = f"SELECT {', '.join(select)} FROM {kept_rows}"
+    n = kept = 0
     while chunk is not None:
         rows = len(chunk)
         _report(progress, READING + (1 - READING) * 0.5 * n / max(total, 1), f"normalising {what}")
         chunk = _as_arrow(con, plan.raw, chunk)
+        if plan.edits:
+            chunk = _edit_cells(con, plan, chunk, n)
         arrays = [chunk.column(i).combine_chunks() for i in plan.text_at]
         columns = {f"{_PREP}row": _rows_array(n, rows)}
-        for j, (vals, bad) in enumerate(_normalise_text(con, arrays, plan.exprs)):
+        if plan.edits.drop_rows:
+            columns[f"{_PREP}drop"] = pa.array(np.isin(np.arange(n + 1, n + rows + 1),
+                                                       np.fromiter(plan.edits.drop_rows, np.int64)))
+        for j, (vals, bad) in enumerate(_normalise_text(con, arrays, plan.exprs, plan.factors)):
             columns[f"{_PREP}v{j}"], columns[f"{_PREP}b{j}"] = vals, bad
         for name, array in columns.items():  # one table, so that every scan reads one relation
             chunk = chunk.append_column(name, array)
         con.register(plan.raw, chunk)
         total = max(total, n + rows, 1)
         _report(progress, READING + (1 - READING) * 0.5 * (n + rows) / total, f"checking {what}")
-        _check_chunk(con, q(plan.raw), plan.values["patient_id"], q(plan.sources["patient_id"]), plan.sources,
+        kept += rows - (_tally(con, plan, n, rows) if plan.edits else 0)
+        _check_chunk(con, kept_rows, plan.values["patient_id"], q(plan.sources["patient_id"]), plan.sources,
                      plan.errors, plan.values, plan.guards, found)
         if n == 0:
             con.execute(f"CREATE OR REPLACE TABLE {plan.staging} AS {body}")
@@ -504,18 +546,20 @@ def _store(con, plan: _Plan, chunk, chunks, found: _Findings, progress, total: i
         chunk = next(chunks, None)
         if chunk is not None:
             con.register(plan.raw, chunk)
-    return n
+    return n, kept
 
 
 def _load(con, src, chunk, chunks, raw: str, table: str, max_examples: int, progress,
-          compress: bool | None) -> Cohort:
-    plan = _plan(con, src, raw, table, compress)
+          compress: bool | None, edits: list) -> Cohort:
+    plan = _plan(con, src, raw, table, compress, edits)
     found = _Findings(max_examples)
     what = f"{'~' if src.estimated else ''}{src.rows:,} rows" if src.rows is not None else "rows"
     try:  # a failed load leaves no staging table, and the cohort it would replace as it was
-        n = _store(con, plan, chunk, chunks, found, progress, src.rows or 0, what)
+        read, n = _store(con, plan, chunk, chunks, found, progress, src.rows or 0, what)
+        changes = _changes(plan, read)
         _report(progress, 0.98, f"checking {n:,} patient IDs")
-        problems, total_problems = _problems(con, plan.staging, n, found, plan.guards)
+        problems, total_problems = _problems(con, plan.staging, n, found, plan.guards,
+                                             edits_mod.dropped_rows(changes))
         if problems:
             raise CohortError(problems, total=total_problems)
     except BaseException:
@@ -527,17 +571,123 @@ def _load(con, src, chunk, chunks, raw: str, table: str, max_examples: int, prog
         con.execute(f"CHECKPOINT {COHORT_DB}")
         con.execute(f"CREATE OR REPLACE VIEW {q(table)} AS SELECT * FROM {COHORT_DB}.main.{q(table)}")
     _report(progress, 1.0, f"loaded {n:,} patients")
-    return Cohort(con, table, n, frozenset(c.name for c in plan.present), tuple(plan.extra), source=src.label)
+    return Cohort(con, table, n, frozenset(c.name for c in plan.present), tuple(plan.extra), source=src.label,
+                  changes=tuple(changes))
 
 
-def _problems(con, staging: str, n: int, found: _Findings, guards: dict) -> tuple[list[Problem], int]:
+# ----------------------------------------------------------------------------- the analyst's edits
+
+
+def _text(con, array: pa.Array) -> pa.Array:
+    """`array` as DuckDB writes it as text (the loader's problems show values so): typed cells fixed as text."""
+    name = "_kn026_text"
+    con.register(name, pa.table({"i": np.arange(len(array), dtype=np.int64), "v": array}))
+    try:
+        return con.sql(f"SELECT CAST(v AS VARCHAR) AS v FROM {name} ORDER BY i").to_arrow_table()["v"].combine_chunks()
+    finally:
+        con.unregister(name)
+
+
+def _edit_cells(con, plan: _Plan, chunk: pa.Table, start: int) -> pa.Table:
+    """The chunk with the row fixes and blanks applied (columns fixed or converted read as text);
+    CohortError when a row edit's `was` is not the cell the file has (made for another file)."""
+    ed = plan.edits
+    for name in ed.text_columns:
+        i = plan.position[name]
+        if not pa.types.is_string(chunk.column(i).type) and not pa.types.is_large_string(chunk.column(i).type):
+            chunk = chunk.set_column(i, chunk.schema.field(i).name, _text(con, chunk.column(i).combine_chunks()))
+    end = start + len(chunk)
+    checks = [(name, e) for name, by_row in ed.cells.items() for e in by_row.values() if start < e.row <= end]
+    checks += [(e.column, e) for e in ed.drop_rows.values() if start < e.row <= end and e.column in plan.position]
+    wrong = []
+    for name, e in checks:
+        if e.was is not None:
+            cell = _text(con, chunk.column(plan.position[name]).combine_chunks().slice(e.row - start - 1, 1))[0]
+            if not edits_mod.same_cell(e.was, cell.as_py()):
+                wrong.append(Problem(name, f"this {e.action} was chosen for the value {e.was!r}, but the file has "
+                                           "another value here; the choices were made for another file: choose again",
+                                     row=e.row, value=cell.as_py(), kind="edit"))
+        ed.applied[name, e.row] = True
+    if wrong:
+        raise CohortError(wrong)
+    for name, by_row in ed.cells.items():
+        here = sorted(r for r in by_row if start < r <= end)
+        if not here:
+            continue
+        i = plan.position[name]
+        arr = chunk.column(i).combine_chunks()
+        mask = np.zeros(len(chunk), dtype=bool)
+        mask[np.asarray(here) - start - 1] = True
+        texts = [by_row[r].text if by_row[r].action == "fix" else None for r in here]
+        arr = pc.replace_with_mask(arr, pa.array(mask), pa.array(texts, type=arr.type))
+        chunk = chunk.set_column(i, chunk.schema.field(i).name, arr)
+    return chunk
+
+
+def _converted(con, col: schema.Column, texts: pa.Array, factor: float) -> pa.Array:
+    """Distinct texts of a unit-declared column: each the loader reads as a finite number is
+    replaced by that number times `factor` (omop_concepts.convert, as the mapping wizard's unit
+    conversion); the others are kept, so the loader reports them as before."""
+    from kn026.omop_concepts import convert
+
+    name = "_kn026_units"
+    con.register(name, pa.table({"i": np.arange(len(texts), dtype=np.int64), "raw": texts}))
+    try:
+        value = _expressions(col, "raw", "VARCHAR")[0]
+        numbers = con.sql(f"SELECT {value} AS v FROM {name} ORDER BY i").to_arrow_table()["v"].to_pylist()
+    finally:
+        con.unregister(name)
+    out = [repr(convert(v, factor)) if v is not None and np.isfinite(v) else t
+           for v, t in zip(numbers, texts.to_pylist(), strict=True)]
+    return pa.array(out, type=texts.type)
+
+
+def _tally(con, plan: _Plan, start: int, rows: int) -> int:
+    """Count (and list the rows of) what each edit changes in this chunk (rows start+1 .. start+rows);
+    return the rows dropped. Bad cells are the loader's own predicates, evaluated before any blank."""
+    ed, raw, row = plan.edits, q(plan.raw), q(_PREP + "row")
+    for e in ed.drop_rows.values():
+        if start < e.row <= start + rows:
+            plan.tallies[e] = [1, [e.row]]
+    wanted = [(e, f"COALESCE({plan.bad[name]}, FALSE)") for name, e in (*ed.blank.items(), *ed.drop.items())]
+    counts = [f"count_if({sql})" for _, sql in wanted]
+    counts += [f"count_if(isfinite({plan.converted[name]}))" for name in ed.units]
+    counts.append(f"count_if(NOT ({plan.keep}))" if plan.keep else "0")
+    got = con.execute(f"SELECT {', '.join(counts)} FROM {raw}").fetchall()[0]
+    for (e, sql), count in zip(wanted, got, strict=False):
+        entry = plan.tallies.setdefault(e, [0, []])
+        entry[0] += int(count)
+        if count:
+            entry[1] += [r for (r,) in con.execute(f"SELECT {row} FROM {raw} WHERE {sql} ORDER BY {row}").fetchall()]
+    for e, count in zip(ed.units.values(), got[len(wanted):-1], strict=True):
+        plan.tallies.setdefault(e, [0, []])[0] += int(count)
+    return int(got[-1])
+
+
+def _changes(plan: _Plan, read: int) -> list:
+    """What each edit did (kn026.edits.Change); CohortError for row edits beyond the rows read."""
+    ed = plan.edits
+    beyond = edits_mod.missing_rows(ed, read)
+    if beyond:
+        raise CohortError([Problem(e.column, f"this {e.action} names row {e.row}, but the file has {read:,} rows; "
+                                             "choose again", row=e.row, kind="edit") for e in beyond])
+    changes = edits_mod.cell_changes(ed)
+    for e in (*ed.units.values(), *ed.blank.values(), *ed.drop.values(), *ed.drop_rows.values()):
+        count, rows = plan.tallies.get(e, [0, []])
+        changes.append(edits_mod.Change(e, count, tuple(rows)))
+    return changes
+
+
+def _problems(con, staging: str, n: int, found: _Findings, guards: dict,
+              dropped: np.ndarray | None = None) -> tuple[list[Problem], int]:
     """Every problem in the loader's order (IDs, bad values, unit guard), and their total count.
 
     Column-wide facts are computed on the stored table, whose columns are the normalised
     values: distinct IDs, and each guarded column's count and median (unit guard).
+    `dropped`: the file rows the edits dropped (sorted), so that stored rows name file rows.
     """
-    problems = [Problem("patient_id", "is empty; every row needs a patient_id", row=row, count=found.missing)
-                for row in found.missing_rows]
+    problems = [Problem("patient_id", "is empty; every row needs a patient_id", row=row, count=found.missing,
+                        kind="missing_id") for row in found.missing_rows]
     stats = [f"count(DISTINCT {q('patient_id')})"] + [f"count({q(c)}), median({q(c)})" for c in guards]
     row = con.execute(f"SELECT {', '.join(stats)} FROM {staging}").fetchall()[0]
     distinct, medians = row[0], row[1:]
@@ -550,21 +700,32 @@ def _problems(con, staging: str, n: int, found: _Findings, guards: dict) -> tupl
             [found.max_examples]).fetchall()
         unlisted_dups = dups[0][2] - len(dups) if dups else 0
         for pid_value, rows, _ in dups:
+            rows = _file_rows(rows, dropped)
             problems.append(Problem("patient_id", f"is duplicated (rows {', '.join(map(str, rows[:10]))}); "
-                                                  "patient_id must be unique", patient_id=pid_value))
+                                                  "patient_id must be unique", patient_id=pid_value, kind="duplicate",
+                                    rows=tuple(rows[:10])))
     for col, (count, rows) in found.bad.items():
         spec = schema.BY_NAME[col]
-        problems += [Problem(col, _fix_hint(spec), row=r, patient_id=p, value=v, count=count) for r, p, v in rows]
+        problems += [Problem(col, _fix_hint(spec), row=r, patient_id=p, value=v, count=count, kind="value")
+                     for r, p, v in rows]
     for i, col in enumerate(guards):
         spec = schema.BY_NAME[col]
         count, rows = found.unguarded.get(col, [0, []])
-        problems += [Problem(col, _guard_hint(spec, number), row=r, patient_id=p, value=v, count=count)
+        problems += [Problem(col, _guard_hint(spec, number), row=r, patient_id=p, value=v, count=count, kind="unit")
                      for r, p, v, number in rows]
         message = _median_hint(spec, medians[2 * i + 1], medians[2 * i])
         if message:
-            problems.append(Problem(col, message))
+            problems.append(Problem(col, message, kind="median"))
     total = sum(p.count for p in {(p.column, p.message): p for p in problems}.values()) + unlisted_dups
     return problems, max(total, len(problems))
+
+
+def _file_rows(stored: list[int], dropped: np.ndarray | None) -> list[int]:
+    """File rows of 1-based stored rows, when the rows `dropped` (sorted) were left out."""
+    if dropped is None or not len(dropped):
+        return list(stored)
+    before = dropped - np.arange(len(dropped))  # stored rows that come before each dropped row, + 1
+    return [int(r) + int(np.searchsorted(before, r, side="right")) for r in stored]
 
 
 def _drop_named(con, table: str) -> None:

@@ -417,7 +417,8 @@ def bad_cells(frame: pd.DataFrame, column: str, source: str, code: str | None, b
     for i in rows:
         pid = None if patient_ids is None else patient_ids.iloc[i]
         pid = None if pid is None or (isinstance(pid, float) and np.isnan(pid)) else str(pid).strip()
-        out.append(Problem(column, fix, row=int(i) + 1, patient_id=pid, value=str(frame[source].iloc[i]), count=n))
+        out.append(Problem(column, fix, row=int(i) + 1, patient_id=pid, value=str(frame[source].iloc[i]), count=n,
+                           kind="date"))
     return out
 
 

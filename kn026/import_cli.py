@@ -6,8 +6,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from kn026 import date_formats, omop, sdtm
-from kn026.mapping import Mapping, _check_loads, apply_mapping, read_table, suggest_mapping, value_report
+from kn026 import date_formats, mapped, omop, sdtm
+from kn026.cohort import CohortError, load_cohort
+from kn026.mapping import Mapping, read_table, suggest_mapping, value_report
 
 
 def add_cli(subparsers) -> argparse.ArgumentParser:
@@ -43,7 +44,20 @@ def add_cli(subparsers) -> argparse.ArgumentParser:
     return p
 
 
+def _check_loads(frame) -> None:
+    """The OMOP import's cohort must load (CohortError lists every bad cell; nothing is written)."""
+    con = mapped._private_connection()
+    try:
+        load_cohort(frame, con)
+    finally:
+        con.close()
+
+
 def cmd_import(args) -> int:
+    from kn026 import cli
+
+    if (getattr(args, "on_bad_value", None) or "error") != "error" and not args.mapping:
+        raise ValueError("--on-bad-value applies to --mapping; the OMOP and SDTM importers write no bad value")
     if args.suggest:
         if not args.input:
             raise ValueError("--suggest needs --in PATH: the file whose headers to map")
@@ -73,12 +87,15 @@ def cmd_import(args) -> int:
                 raise ValueError(f"{flag} applies to --omop only; a mapping sets index_date itself")
         mapping = Mapping.from_yaml(Path(args.mapping))
         frame = read_table(args.input, args.sheet or mapping.sheet)
-        mapped = apply_mapping(frame, mapping)  # DateFormatError: a date column's format must be given
-        _check_loads(mapped)  # CohortError lists every bad cell; nothing is written
-        omop.write_cohort(mapped, out)
+        try:  # DateFormatError: a date column's format must be given; CohortError: every bad cell
+            cohort, changes = mapped.written(frame, mapping, cli.bad_value_edits(args))
+        except CohortError as err:
+            raise cli.refused_blanks(err, args) from None  # nothing is written
+        omop.write_cohort(cohort, out)
         if args.report:
             value_report(frame, mapping).to_csv(args.report, index=False)
-        print(f"{len(mapped)} patients, {len(mapped.columns)} dictionary columns -> {out}", file=sys.stderr)
+        cli.print_changes(changes)  # the mapping's edits and --on-bad-value, one line each
+        print(f"{len(cohort)} patients, {len(cohort.columns)} dictionary columns -> {out}", file=sys.stderr)
         _print_dates(frame, mapping)
         return 0
     if args.sdtm:

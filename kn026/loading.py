@@ -96,17 +96,19 @@ def _first_line(err: BaseException) -> str:
 
 
 def load_upload(name: str, data: bytes, max_bytes: int | None = None,
-                progress: Progress = None) -> tuple[object, Cohort]:
+                progress: Progress = None, edits=()) -> tuple[object, Cohort]:
     """A cohort file (CSV, Parquet, Excel) in dictionary shape -> (connection, cohort).
 
     The loader's reader (`kn026.reader.open_bytes`, the same as the command line's)
     sniffs the bytes (kn026.upload.sniff) and parses them in memory; `load_cohort`
-    validates every value. Raises CohortError with the problems.
+    validates every value. Raises CohortError with the problems. `edits`: the analyst's
+    choices about bad cells (kn026.edits), applied as the file loads (the bytes are not
+    modified); `cohort.changes` lists what each did.
     """
     source = reader.open_bytes(name, data, max_bytes or upload_limit(), progress)
     con = session_connection()
     try:
-        return con, load_cohort(source, con, progress=progress)
+        return con, load_cohort(source, con, progress=progress, edits=list(edits))
     except BaseException:
         _close(con)
         raise
@@ -209,18 +211,27 @@ def read_mapping_yaml(name: str, data: bytes, frame: pd.DataFrame | None = None)
 
 
 def load_mapped(frame: pd.DataFrame, mapping, progress: Progress = None):
-    """Apply `mapping` to `frame` and load it -> (connection, cohort). LoadError / CohortError."""
-    from kn026.mapping import apply_mapping
+    """Apply `mapping` (with its edits, kn026.edits) to `frame` and load it -> (connection, cohort).
 
-    try:
-        mapped = apply_mapping(frame, mapping, progress=reader.part(progress, 0.0, 0.5))
-    except CohortError:
-        raise  # date cells their column's format does not read: listed with the fix
-    except ValueError as err:
-        raise LoadError(_first_line(err).removeprefix("mapping: ")) from None
-    if not len(mapped.columns):
+    `cohort.changes` lists what each edit did. LoadError / CohortError.
+    """
+    from kn026 import mapped
+
+    if not mapping.columns:
         raise LoadError("no dictionary column is mapped; choose the file column of patient_id at least")
-    return load_frame(mapped, progress=reader.part(progress, 0.5, 1.0))
+    con = session_connection()
+    try:
+        cohort = mapped.load(frame, mapping, con, progress=progress)
+    except CohortError:
+        _close(con)
+        raise  # date cells their column's format does not read, bad values: listed with the fix
+    except ValueError as err:
+        _close(con)
+        raise LoadError(_first_line(err).removeprefix("mapping: ")) from None
+    except BaseException:
+        _close(con)
+        raise
+    return con, cohort
 
 
 def index_date_text(value) -> str:

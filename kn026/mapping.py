@@ -32,11 +32,13 @@ from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import yaml
 
-from kn026 import date_formats, omop, schema
-from kn026.cohort import CohortError, Problem, connect, load_cohort
+from kn026 import date_formats, omop, schema, units
+from kn026 import edits as edits_mod
+from kn026.cohort import CohortError, Problem
 
 SYNONYMS_PATH = Path(__file__).with_name("concepts") / "column_synonyms.yaml"
 SUGGEST_CUTOFF = 0.78  # similarity below which a header is left unmapped
@@ -92,6 +94,7 @@ class Mapping:
     index_column: str | None = None  # file column with each row's index date (for transforms)
     index_date: str | None = None  # or one fixed index date (ISO)
     index_column_format: str | None = None  # strptime format of index_column (date_format: its dates)
+    edits: list = field(default_factory=list)  # kn026.edits.Edit: choices about the file's bad cells
     unmatched: list[str] = field(default_factory=list, compare=False)  # file columns left out (not saved)
     held: list[Held] = field(default_factory=list, compare=False)  # offered, not mapped (not saved)
 
@@ -125,6 +128,8 @@ class Mapping:
                 doc[key] = getattr(self, key)
         order = {c.name: i for i, c in enumerate(schema.COLUMNS)}
         doc["columns"] = {c.target: c.to_dict() for c in sorted(self.columns, key=lambda c: order[c.target])}
+        if self.edits:
+            doc["edits"] = edits_mod.to_list(self.edits)
         return doc
 
     def to_yaml(self) -> str:
@@ -142,10 +147,10 @@ class Mapping:
         if not isinstance(doc, dict) or not isinstance(doc.get("columns"), dict):
             raise ValueError(f"{where}: needs a 'columns' mapping of dictionary column -> {{source: ...}}")
         unknown = set(doc) - {"name", "decimal", "sheet", "index_column", "index_date", "index_column_format",
-                              "columns"}
+                              "columns", "edits"}
         if unknown:
             raise ValueError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}; allowed: name, decimal, "
-                             f"sheet, index_column, index_date, index_column_format, columns")
+                             f"sheet, index_column, index_date, index_column_format, columns, edits")
         columns = []
         for target, spec in doc["columns"].items():
             _check_target(str(target), where)
@@ -164,7 +169,7 @@ class Mapping:
                 _opt_str(spec.get("transform")), _opt_str(spec.get("date_format"))))
         m = cls(columns, str(doc.get("name") or ""), str(doc.get("decimal") or "."), _opt_str(doc.get("sheet")),
                 _opt_str(doc.get("index_column")), _opt_str(doc.get("index_date")),
-                _opt_str(doc.get("index_column_format")))
+                _opt_str(doc.get("index_column_format")), edits_mod.from_list(doc.get("edits"), f"{where}: edits"))
         m.check()
         return m
 
@@ -217,6 +222,9 @@ class Mapping:
             if self.index_column is None:
                 raise ValueError("mapping: index_column_format needs index_column (the file column it reads)")
             date_formats.check_format(self.index_column_format, "mapping: index_column_format")
+        edits_mod.check(self.edits, where="mapping: edits")
+        if any(e.action == "unit" for e in self.edits):
+            raise ValueError("mapping: edits: the unit of a mapped column is its `unit` setting, not an edit")
         if self.decimal not in (".", ","):
             raise ValueError(f"mapping: decimal {self.decimal!r} must be '.' or ','")
         if self.index_date is not None:
@@ -304,21 +312,12 @@ def caution(target: str, header: str | None) -> str:
 
 def units_for(column: str) -> list[str]:
     """Units a dictionary column's values can be given in (dictionary unit first); [] if unitless."""
-    return [u["unit"] for u in omop.column_units(column)]
+    return units.units_for(column)
 
 
 def unit_factor(column: str, unit: str) -> float:
     """Factor from `unit` to the dictionary unit of `column`; ValueError lists the known units."""
-    norm = omop.normalise_unit(unit)
-    table = omop.column_units(column)
-    for u in table:
-        if norm in u["aliases"]:
-            return u["factor"]
-    col = schema.BY_NAME[column]
-    if not table and norm == omop.normalise_unit(col.unit):
-        return 1.0
-    known = ", ".join(u["unit"] for u in table) or (col.unit or "no unit")
-    raise ValueError(f"mapping: unit {unit!r} is not known for {column}; use one of {known} or give a factor")
+    return units.unit_factor(column, unit)
 
 
 def _unit_in_header(column: str, header: str) -> str | None:
@@ -653,8 +652,10 @@ def _total(problems: list[Problem]) -> int:
     return sum({p.column: p.count for p in problems}.values())
 
 
-def _apply(frame: pd.DataFrame, mapping: Mapping, progress: Progress = None) -> tuple[pd.DataFrame, list[Problem]]:
-    """(The mapped cohort, with None for date cells their format does not read; those cells' problems)."""
+def _apply(frame: pd.DataFrame, mapping: Mapping, progress: Progress = None,
+           unread: dict | None = None) -> tuple[pd.DataFrame, list[Problem]]:
+    """(The mapped cohort, with None for date cells their format does not read; those cells' problems).
+    `unread`, when given, receives every such cell's row (1-based) per problem column (kn026.mapped)."""
     mapping.check()
     missing = [c.source for c in mapping.columns if c.source is not None and c.source not in frame.columns]
     if missing:
@@ -674,11 +675,13 @@ def _apply(frame: pd.DataFrame, mapping: Mapping, progress: Progress = None) -> 
         elif c.transform or col.kind == schema.DATE:
             dates, bad = date_formats.read(frame[c.source], formats.get(c.source))
             problems += date_formats.bad_cells(frame, c.target, c.source, formats.get(c.source), bad, ids)
+            _note(unread, c.target, bad)
             if c.transform and index is None:
                 index, bad_index, source = date_formats.index_dates(frame, mapping, formats)
                 if source not in {d.source for d in date_formats.date_columns(mapping) if d.key != "index_column"}:
                     problems += date_formats.bad_cells(frame, "index_column", source, formats.get(source),
                                                        bad_index, ids)  # else reported with that column
+                    _note(unread, "index_column", bad_index)
             out[c.target] = date_formats.elapsed(c.transform, index, dates) if c.transform else \
                 dates.dt.strftime("%Y-%m-%d").astype(object).where(dates.notna(), None)
         elif col.kind in (schema.NUMBER, schema.INTEGER) and c.target not in _synonyms()["patterns"] \
@@ -703,61 +706,25 @@ def _apply(frame: pd.DataFrame, mapping: Mapping, progress: Progress = None) -> 
     return result, problems
 
 
-@dataclass
-class Preview:
-    """First rows of the mapped cohort and what `load_cohort` says about the whole of it."""
-
-    frame: pd.DataFrame  # first rows, dictionary columns
-    n_rows: int
-    problems: list[Problem]  # empty: the mapped file loads
-    total_problems: int
-    present: tuple[str, ...]  # dictionary columns the mapping fills
-    absent: tuple[str, ...]  # the others: rules needing them are n/a
-    values: pd.DataFrame  # value_report: categorical translations
-
-    @property
-    def ok(self) -> bool:
-        return not self.problems
-
-
-def _private_connection():
-    """A scratch connection that never spills rows to disk (kn026.sandbox.prepare)."""
-    from kn026 import sandbox
-
-    con = connect()
-    sandbox.prepare(con)
-    return con
-
-
-def _check_loads(frame: pd.DataFrame) -> None:
-    con = _private_connection()
-    try:
-        load_cohort(frame, con)
-    finally:
-        con.close()
+def _note(unread: dict | None, column: str, bad: pd.Series) -> None:
+    if unread is not None and bad.any():
+        unread[column] = np.flatnonzero(bad.to_numpy()) + 1
 
 
 def validate(mapped: pd.DataFrame) -> tuple[list[Problem], int]:
     """load_cohort's problems for a mapped frame ([] when it loads) and their total count."""
-    con = _private_connection()
-    try:
-        load_cohort(mapped, con)
-    except CohortError as err:
-        return list(err.problems), err.total
-    finally:
-        con.close()
-    return [], 0
+    from kn026 import mapped as checked
+
+    return checked.validate(mapped)[:2]
 
 
-def preview_mapping(frame: pd.DataFrame, mapping: Mapping, rows: int = 20, progress: Progress = None) -> Preview:
-    """Map the whole file, validate it with kn026.cohort.load_cohort, return the first rows and problems
-    (date cells their column's format does not read first: they are empty in the rows)."""
-    mapped, dated = _apply(frame, mapping, progress)
-    problems, total = validate(mapped)
-    problems, total = dated + problems, _total(dated) + total
-    present = tuple(c.name for c in schema.COLUMNS if c.name in mapped.columns)
-    absent = tuple(c.name for c in schema.COLUMNS if c.name not in mapped.columns)
-    return Preview(mapped.head(rows), len(mapped), problems, total, present, absent, value_report(frame, mapping))
+def preview_mapping(frame: pd.DataFrame, mapping: Mapping, rows: int = 20, progress: Progress = None):
+    """Map the whole file with the mapping's edits, validate it with kn026.cohort.load_cohort, return
+    a kn026.mapped.Preview: the first rows, the problems (date cells their column's format does not
+    read first: they are empty in the rows), and what the edits changed."""
+    from kn026 import mapped as checked
+
+    return checked.preview(frame, mapping, rows, progress)
 
 
 # ----------------------------------------------------------------------------- files and CLI

@@ -38,6 +38,9 @@ class Guard:
     median_high: float | None = None
     median_below: str = ""
     median_above: str = ""
+    # the units named above that a column can be declared in, with the factor to the
+    # dictionary unit (the loader's "declare the unit" choice; kn026/units.py)
+    units: tuple[tuple[str, float], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -127,7 +130,8 @@ COLUMNS: tuple[Column, ...] = (
            guard=Guard(20, 350, below="looks like another unit or a child's weight; check the column",
                        above="looks like pounds; divide by 2.2046 " + _MAP_UNIT,
                        median_high=120,
-                       median_above="is typical of pounds; divide by 2.2046 " + _MAP_UNIT)),
+                       median_above="is typical of pounds; divide by 2.2046 " + _MAP_UNIT,
+                       units=(("lb", 0.45359237),))),
     Column("primary_site", CATEGORY, description="stomach / gej / other text"),
     Column("histology", CATEGORY, description="adenocarcinoma / other text"),
     Column("disease_extent", CATEGORY, values=(
@@ -149,18 +153,21 @@ COLUMNS: tuple[Column, ...] = (
          Guard(0, 100, above="looks like cells per microlitre; divide by 1000 " + _MAP_UNIT,
                median_high=20,
                median_above="is typical of a percentage of white cells, not a count in 10^9/L; "
-                            "give the absolute count")),
+                            "give the absolute count",
+               units=(("cells/uL", 0.001),))),
     _lab("platelets_1e9_l", "10^9/L", "platelets",
          Guard(1, 2000, below="looks like another unit; check the column",
                above="looks like platelets per microlitre; divide by 1000 " + _MAP_UNIT,
                median_low=50,
-               median_below="is typical of 10^4/uL; multiply by 10 " + _MAP_UNIT)),
+               median_below="is typical of 10^4/uL; multiply by 10 " + _MAP_UNIT,
+               units=(("cells/uL", 0.001), ("10^4/uL", 10.0)))),
     _lab("hemoglobin_g_l", "g/L", "haemoglobin",
          Guard(30, 250, below="looks like g/dL (multiply by 10) or mmol/L (multiply by 16.11); "
                               "convert " + _MAP_UNIT,
                above="looks like mg/dL or another unit; check the column",
                median_low=60,
-               median_below="is typical of g/dL or mmol/L, not g/L; convert " + _MAP_UNIT)),
+               median_below="is typical of g/dL or mmol/L, not g/L; convert " + _MAP_UNIT,
+               units=(("g/dL", 10.0), ("mmol/L", 16.1)))),
     _lab("bilirubin_total_umol_l", "umol/L", "total bilirubin"),
     _uln("bilirubin_total_uln_umol_l", "umol/L"),
     _lab("bilirubin_direct_umol_l", "umol/L", "direct bilirubin"),
@@ -172,11 +179,11 @@ COLUMNS: tuple[Column, ...] = (
     _flag("liver_metastases"),
     _lab("albumin_g_l", "g/L", "albumin",
          Guard(10, 70, below="looks like g/dL; multiply by 10 " + _MAP_UNIT,
-               above="looks like another unit; check the column")),
+               above="looks like another unit; check the column", units=(("g/dL", 10.0),))),
     Column("creatinine_umol_l", NUMBER, "umol/L", 0, None, low_open=True,
            description="serum creatinine",
            guard=Guard(15, 2500, below="looks like mg/dL; multiply by 88.4 " + _MAP_UNIT,
-                       above="looks like another unit; check the column")),
+                       above="looks like another unit; check the column", units=(("mg/dL", 88.4),))),
     _lab("creatinine_clearance_ml_min", "mL/min",
          "measured or Cockcroft-Gault clearance, overrides the computed value (not an eGFR)",
          when_null="computed value used"),
@@ -190,7 +197,8 @@ COLUMNS: tuple[Column, ...] = (
     _days("days_since_growth_factor", "last haematopoietic cytokine"),
     Column("lvef_pct", NUMBER, "%", 0, 100, description="LVEF",
            guard=Guard(5, 95, below="looks like a fraction (0.55 for 55 %); multiply by 100 " + _MAP_UNIT,
-                       above="is not a plausible ejection fraction; check the column")),
+                       above="is not a plausible ejection fraction; check the column",
+                       units=(("fraction", 100.0),))),
     Column("nyha_class", INTEGER, "NYHA", 0, 4, description="0 = no heart disease"),
     _flag("childbearing_potential"),
     _flag("contraception_agreed"),

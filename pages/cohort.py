@@ -146,6 +146,27 @@ def columns_tab():
         st.caption("Other columns kept as read (not in the dictionary): " + ", ".join(cohort.extra))
 
 
+def in_use(text: str) -> None:
+    """The loaded cohort's line: a green tick only when it can assess the protocol (ui.data_badge)."""
+    kind, badge = ui.data_badge()
+    if kind == "ok":
+        st.success(f"{text} {badge}", icon=":material/check_circle:")
+    elif kind == "little":
+        st.warning(f"{text} **Little can be assessed.** {badge}", icon=":material/report:")
+    else:
+        st.info(f"{text} {badge}", icon=":material/info:")
+
+
+def changes_table(changes) -> None:
+    """What the analyst's choices about bad cells changed (kn026.edits.Change), one row each."""
+    st.dataframe(ui.changes_frame(changes), hide_index=True, width="stretch", column_config={
+        "column": st.column_config.TextColumn("Column", width=180),
+        "change": st.column_config.TextColumn("Your choice", width="large"),
+        "result": st.column_config.TextColumn("What it changed", width=170),
+        "rows": st.column_config.TextColumn("Rows", width=200),
+    })
+
+
 def show_import_error(source: str) -> None:
     err = ui.import_error(source)
     if err is None:
@@ -185,8 +206,7 @@ def omop_wizard():
               on_click=ui.request_omop_import, disabled=not ui.has_upload(ui.OMOP_ZIP_KEY))
     show_import_error("omop")
     if ctx.data.kind == "omop":
-        st.success(f"In use: {ctx.data.label}. What each column was filled from is in the **Import report** tab.",
-                   icon=":material/check_circle:")
+        in_use(f"In use: {ctx.data.label}. What each column was filled from is in the **Import report** tab.")
 
 
 def mapped_columns_grid(targets):
@@ -319,13 +339,19 @@ def mapping_wizard():
         st.error(f"The mapping cannot be applied: {error}", icon=":material/error:")
     elif preview is not None:
         if preview.ok:
-            st.success(f"All {preview.n_rows:,} rows pass the data dictionary's checks. {len(preview.present)} "
+            dropped = ui.dropped_count(preview.changes)
+            rows = (f"All {preview.n_rows - dropped:,} rows left after your choices ({dropped:,} dropped)"
+                    if dropped else f"All {preview.n_rows:,} rows")
+            st.success(f"{rows} pass the data dictionary's checks. {len(preview.present)} "
                        f"dictionary column(s) filled; {len(preview.absent)} absent (rules needing them are "
                        "not assessable).", icon=":material/check_circle:")
+            ui.choices_list("mapped", preview.changes)
         else:
             st.error(f"{preview.total_problems:,} problem(s) in the mapped file. Fix the mapping (units, "
-                     "values) above, or the file.", icon=":material/error:")
-            st.dataframe(ui.problems_frame(preview.problems), hide_index=True, width="stretch")
+                     "values) above, choose below what to do with each, or fix the file.", icon=":material/error:")
+            with st.expander("The problems as a table"):
+                st.dataframe(ui.problems_frame(preview.problems), hide_index=True, width="stretch")
+            ui.bad_cells_panel("mapped", preview.problems)
         date_ranges()
         st.caption("First rows after mapping (dictionary columns and units):")
         st.dataframe(preview.frame, hide_index=True, width="stretch", height=240)
@@ -342,7 +368,7 @@ def mapping_wizard():
                        mime="application/x-yaml", icon=":material/download:", key=ui.W + "map_download",
                        on_click="ignore", width="stretch")
     if ctx.data.kind == "mapped":
-        st.success(f"In use: {ctx.data.label}.", icon=":material/check_circle:")
+        in_use(f"In use: {ctx.data.label}.")
 
 
 def load_tab():
@@ -409,9 +435,18 @@ def omop_report(rep):
                        mime="text/csv", icon=":material/download:", key=ui.W + "report_download", on_click="ignore")
 
 
+def upload_report(rep):
+    st.markdown(f"**{rep['file']}** was loaded with your choices about its bad cells; the file itself is "
+                "unchanged. Every change:")
+    changes_table(rep["changes"])
+
+
 def mapped_report(rep):
     st.markdown(f"**{rep['file']}**: {rep['rows']:,} rows mapped onto {len(rep['mapping'].columns)} dictionary "
                 f"column(s); {len(rep['absent'])} absent (rules needing them are not assessable).")
+    if rep.get("changes"):
+        st.markdown("**Your choices about bad cells** (saved in the mapping below; the file is unchanged):")
+        changes_table(rep["changes"])
     table = ui.mapping_table(rep["mapping"])
     for name in ("transform", "date_format"):
         if not table[name].astype(bool).any():
@@ -441,6 +476,8 @@ def report_tab():
     if rep is None:
         st.info(f"{ctx.data.label} was not imported through a wizard, so there is no import report. Import an "
                 "OMOP CDM or a mapped file in the **Load data** tab.", icon=":material/info:")
+    elif isinstance(rep, dict) and rep.get("kind") == "upload":
+        upload_report(rep)
     elif isinstance(rep, dict):
         mapped_report(rep)
     else:
