@@ -1,4 +1,4 @@
-"""Command line: `python -m kn026 screen|funnel|synth|forecast|import|sql|histogram|merge ...`.
+"""Command line: `python -m kn026 screen|funnel|report|synth|forecast|import|sql|histogram|merge ...`.
 
 Every failure the user can fix (bad file, bad column, unknown criterion ID, bad
 scenario) exits with status 2 and one short message naming the problem and the fix,
@@ -150,10 +150,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--order", help="criterion IDs in funnel order, comma-separated")
     p.add_argument("--disable", help="criterion or sub-rule IDs to leave out, comma-separated")
     p.add_argument("--json", action="store_true", help="JSON output")
-    from kn026 import federated, forecast, mapping, portable, spark, synth
+    from kn026 import federated, forecast, mapping, portable, report_cli, spark, synth
 
     spark.add_cli_engine_option(p)
     p.set_defaults(func=cmd_funnel)
+    report_cli.add_cli(sub)
     synth.add_cli(sub)
     forecast.add_cli(sub)
     mapping.add_cli(sub)

@@ -21,6 +21,7 @@ import pandas as pd
 
 from kn026 import analysis, export, patients, published, upload
 from kn026 import funnel as fm
+from kn026 import recruitment as rc
 from kn026.engine import Engine
 from kn026.protection import DEFAULT_THRESHOLD
 from kn026.scenario import Scenario
@@ -66,6 +67,8 @@ class Settings:
     bound: str = "optimistic"
     population: str = ALL_PATIENTS
     label: str = HIDDEN_TEXT
+    forecast: bool = True
+    recruitment: rc.Plan = field(default_factory=rc.Plan)  # target, uptake, start, approach share, ...
 
 
 @dataclass
@@ -82,9 +85,7 @@ class Section:
         """Hidden cells labelled, readable headers, numbers rounded, formulas neutralised."""
         frame = self.table.labelled(label)[list(self.columns)]
         for col in frame.columns:
-            if col.startswith(("pct_", "shapley_")) or col == "pct":
-                frame[col] = frame[col].map(lambda v: round(float(v), 2) if isinstance(v, (int, float))
-                                            and not pd.isna(v) else v)
+            frame[col] = frame[col].map(_rounded)
         return upload.neutralise_formulas(frame.rename(columns=self.columns))
 
 
@@ -109,6 +110,21 @@ class Report:
     @property
     def k(self) -> int:
         return self.published.k
+
+
+def _rounded(value):
+    """Numbers as published: whole counts as int, shares and percentages to 2 decimals."""
+    if isinstance(value, bool) or value is None:
+        return value
+    if isinstance(value, (int, float)) or hasattr(value, "item"):
+        try:
+            v = float(value)
+        except (TypeError, ValueError):
+            return value
+        if pd.isna(v):
+            return None
+        return int(v) if float(v).is_integer() and not isinstance(value, float) else round(v, 2)
+    return value
 
 
 def _now() -> str:
@@ -187,11 +203,58 @@ def build(engine: Engine, scenario: Scenario | None = None, settings: Settings |
         sections.append(Section("countries", "Screened and eligible patients per country", out["Countries"],
                                 {c: SITE_COLUMNS[c] for c in ("country", "sites", "screened", "strict", "optimistic",
                                                               "unknown", "excluded", "pct_strict", "pct_optimistic")}))
+    extra = {"is_protocol": scenario.is_protocol}
+    if settings.forecast:
+        fc_section, curves = recruitment_forecast(engine, out["Attrition"], settings.recruitment)
+        if fc_section is not None:
+            sections.append(fc_section)
+            extra["curves"] = curves
     about = about_rows(engine, scenario, settings, cohort_label, n, protocol, out)
     name = scenario.name if not scenario.is_protocol else "Protocol"
     title = f"{protocol.name} stage {stage} feasibility: {name}"
-    return Report(title, about, sections, out, settings, name, labels, texts, tuple(res.plan.ids),
-                  {"is_protocol": scenario.is_protocol})
+    return Report(title, about, sections, out, settings, name, labels, texts, tuple(res.plan.ids), extra)
+
+
+FORECAST_COLUMNS = {"bound": "Bound", "eligible_pct": "Eligible %", "median_months": "Median (months)",
+                    "median_date": "Median date", "pi80": "80 % interval (months)", "pi95": "95 % interval (months)",
+                    "note": "Note"}
+
+
+def recruitment_forecast(engine: Engine, attrition: Table, plan: rc.Plan) -> tuple[Section | None, dict]:
+    """Months to the enrolment target per funnel bound (kn026.recruitment / kn026.forecast).
+
+    Needs site_id and screening_date (site rates are estimated from the cohort). A bound
+    whose eligible count is suppressed is not forecast: the fraction would give it back.
+    Returns the section (None when the cohort cannot be forecast) and the enrolment
+    curves (month, q10, q50, q90 per bound) for the charts.
+    """
+    frame = rc.cohort_site_frame(engine.cohort)
+    if frame is None or frame.empty:
+        return None, {}
+    from kn026 import forecast as fc
+
+    try:
+        sites = rc.build_sites(plan, fc.estimate_sites(frame))
+    except ValueError:
+        return None, {}
+    last = attrition.masked().iloc[-1]
+    n = int(attrition.frame["strict"].iloc[0])
+    outcomes, curves = {}, {}
+    for bound in rc.BOUNDS:
+        value = last[bound]
+        fraction = None if pd.isna(value) else int(value) / n
+        out = rc.run_bound(plan, sites, bound, fraction, n, label=bound, with_need=False)
+        outcomes[bound] = out
+        if out.ok:
+            curves[bound] = out.result.curve[["month", "q10", "q50", "q90"]].copy()
+    table = rc.summary_table(outcomes, None)
+    hidden = pd.DataFrame(False, index=table.index, columns=table.columns)
+    cols = {c: FORECAST_COLUMNS[c] for c in table.columns if c in FORECAST_COLUMNS}
+    table["median_date"] = [d.strftime("%Y-%m-%d") if not pd.isna(d) else "" for d in table["median_date"]]
+    note = (f"Target {plan.target} patients from {plan.start:%Y-%m-%d}; uptake {plan.uptake:.0%}; "
+            f"{sites.n_sites} sites at their cohort screening rates x {plan.approach:.1%} approached; "
+            f"{plan.n_sims:,} simulations (Poisson-Gamma, docs/forecast.md).")
+    return Section("forecast", "Recruitment forecast", Table(table, hidden, attrition.threshold), cols, note), curves
 
 
 def about_rows(engine, scenario: Scenario, settings: Settings, cohort_label: str, n: int, protocol,
