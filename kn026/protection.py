@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -80,19 +81,15 @@ class Cells:
 
 @dataclass
 class Protection:
-    """The outcome of `protect`: hidden mask, intervals of hidden cells, and timing."""
+    """The outcome of `protect_cells`: hidden mask, cells left unprotected, and timing.
+
+    (The intervals themselves: `intervals(cells, hidden)`.)"""
 
     hidden: np.ndarray
-    lo: np.ndarray  # per cell; for visible cells the value itself
-    hi: np.ndarray
     unprotected: list[int] = field(default_factory=list)  # hidden cells no hiding can protect
     seconds: float = 0.0
     rounds: int = 0
     lps: int = 0
-
-    @property
-    def width(self) -> np.ndarray:
-        return self.hi - self.lo
 
 
 def primary(values: np.ndarray, k: int) -> np.ndarray:
@@ -102,7 +99,13 @@ def primary(values: np.ndarray, k: int) -> np.ndarray:
 
 
 def determined(a: np.ndarray, hidden: np.ndarray, tol: float = 1e-9) -> np.ndarray:
-    """Boolean per cell: hidden and exactly recoverable from the visible cells (equations only)."""
+    """Boolean per cell: hidden and exactly recoverable from the visible cells (equations only).
+
+    x_j is determined exactly when every solution of the hidden part of the system has
+    the same x_j, i.e. when row j of a null-space basis of the hidden columns is zero.
+    The hidden columns split into independent blocks (cells linked by shared equations);
+    each block's null space comes from the eigenvectors of H^T H with a zero eigenvalue.
+    """
     out = np.zeros(len(hidden), bool)
     idx = np.flatnonzero(hidden)
     if not len(idx):
@@ -111,15 +114,30 @@ def determined(a: np.ndarray, hidden: np.ndarray, tol: float = 1e-9) -> np.ndarr
     h = h[np.any(h != 0, axis=1)]
     if not len(h):
         return out  # no equation mentions a hidden cell: nothing to subtract from
-    _, s, vt = np.linalg.svd(h, full_matrices=True)
-    rank = int(np.sum(s > tol * max(1.0, s.max() if len(s) else 1.0)))
-    null = vt[rank:].T  # (hidden cells, nullity)
-    if null.shape[1] == 0:
-        out[idx] = True
-        return out
-    free = np.any(np.abs(null) > 1e-7, axis=1)
-    out[idx[~free]] = True
+    for cols in _blocks(h):
+        block = h[:, cols]
+        block = block[np.any(block != 0, axis=1)]
+        gram = block.T @ block
+        w, v = np.linalg.eigh(gram)
+        null = v[:, w <= tol * max(1.0, float(w.max()))]
+        if null.shape[1] == 0:
+            out[idx[cols]] = True
+            continue
+        free = np.any(np.abs(null) > 1e-7, axis=1)
+        out[idx[cols][~free]] = True
     return out
+
+
+def _blocks(h: np.ndarray) -> list[np.ndarray]:
+    """Column groups of `h` that share no row (connected components), as index arrays."""
+    from scipy.sparse import csr_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    b = csr_matrix(h != 0, dtype=np.int8)
+    _, labels = connected_components(b.T @ b, directed=False)
+    order = np.argsort(labels, kind="stable")
+    cuts = np.flatnonzero(np.diff(labels[order])) + 1
+    return np.split(order, cuts)
 
 
 def suppress(cells: Cells, k: int, protect: np.ndarray | None = None, force: np.ndarray | None = None,
@@ -149,9 +167,15 @@ def protect_cells(cells: Cells, k: int, protect: np.ndarray | None = None, force
     hidden = small & ~protect
     if force is not None:
         hidden |= np.asarray(force, bool) & ~protect
-    solver = _Solver(cells, protect)
     if k <= 1 or not hidden.any():
-        return Protection(hidden, values.copy(), values.copy(), seconds=time.perf_counter() - start)
+        return Protection(hidden, seconds=time.perf_counter() - start)
+    with _one_blas_thread():
+        return _protect(cells, k, protect, hidden, start)
+
+
+def _protect(cells: Cells, k: int, protect: np.ndarray, hidden: np.ndarray, start: float) -> Protection:
+    n = len(hidden)
+    solver = _Solver(cells, protect)
     stuck: set[int] = set()
     ok: set[int] = set()
     rounds = 0
@@ -178,15 +202,61 @@ def protect_cells(cells: Cells, k: int, protect: np.ndarray | None = None, force
             progressed = True
         if not progressed:
             break
-    lo, hi = solver.intervals(hidden)
-    width = solver.width(lo, hi)
-    unprotected = [int(j) for j in np.flatnonzero(hidden) if width[j] < k - 1e-9]
-    return Protection(hidden, lo, hi, unprotected, time.perf_counter() - start, rounds, solver.lps)
+    rest = [int(j) for j in np.flatnonzero(hidden) if j not in ok]  # stuck on the way, maybe freed since
+    width = solver.check(hidden, rest, k) if rest else {}
+    unprotected = sorted(j for j in rest if width[j] < k - 1e-9)
+    return Protection(hidden, unprotected, time.perf_counter() - start, rounds, solver.lps)
 
 
 def intervals(cells: Cells, hidden: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Smallest and largest value of every hidden cell given the visible ones (visible: their value)."""
     return _Solver(cells, np.zeros(len(cells.values), bool)).intervals(np.asarray(hidden, bool))
+
+
+@contextmanager
+def _one_blas_thread():
+    """Run the many small eigen-decompositions on this thread's BLAS alone.
+
+    OpenBLAS spreads even small matrices over its threads; on a shared two-core machine
+    that made each call 10-30 times slower. `openblas_set_num_threads_local` changes
+    the calling thread only (OpenBLAS >= 0.3.27, the one bundled with numpy); anything
+    else leaves BLAS as it is.
+    """
+    setter = _blas_local_threads()
+    previous = None
+    if setter is not None:
+        try:
+            previous = setter(1)
+        except Exception:  # noqa: BLE001 - never fail suppression over a speed setting
+            setter = None
+    try:
+        yield
+    finally:
+        if setter is not None and previous is not None and previous > 0:
+            setter(previous)
+
+
+def _blas_local_threads():
+    global _BLAS_SETTER
+    if _BLAS_SETTER is False:
+        import ctypes
+        import glob
+        import os
+
+        _BLAS_SETTER = None
+        libs = os.path.join(os.path.dirname(os.path.dirname(np.__file__)), "numpy.libs", "*openblas*")
+        for path in glob.glob(libs):
+            try:
+                fn = ctypes.CDLL(path).openblas_set_num_threads_local
+            except (OSError, AttributeError):
+                continue
+            fn.argtypes, fn.restype = [ctypes.c_int], ctypes.c_int
+            _BLAS_SETTER = fn
+            break
+    return _BLAS_SETTER
+
+
+_BLAS_SETTER: object = False
 
 
 class _Solver:
@@ -301,10 +371,13 @@ class _Solver:
                     elif not self.protect[other]:
                         candidates.append(other)
         candidates.sort(key=lambda c: (0 if self.values[c] > 0 else 1, abs(self.values[c]), c))
+        rows = sorted(seen_eq)
+        near = np.zeros(len(hidden), bool)  # only the hidden cells of the chain matter for j
+        near[[c for c in seen_cell if hidden[c]]] = True
         for c in candidates[:tries]:
-            hidden[c] = True
-            ok = not determined(self.a, hidden)[j]
-            hidden[c] = False
+            near[c] = True
+            ok = not determined(self.a[rows], near)[j]
+            near[c] = False
             if ok:
                 return c
         return None
