@@ -193,8 +193,8 @@ def funnel_figure(funnel: pd.DataFrame, labels: Mapping[str, str], texts: Mappin
             reach = np.maximum(reach - np.nan_to_num(strict), 0.0)
         fig.add_trace(go.Funnel(name="Suppressed (outline: at most this many)", x=np.where(hidden, reach, 0.0),
                                 marker=dict(color="rgba(255,255,255,0)", line=dict(color=COLORS["muted"], width=1.5)),
-                                text=[HIDDEN if h else "" for h in hidden], textinfo="text", textposition="inside",
-                                insidetextfont=dict(color=COLORS["muted"], size=12), **common))
+                                text=[HIDDEN if h else "" for h in hidden], textinfo="text", textposition="outside",
+                                outsidetextfont=dict(color=COLORS["muted"], size=12), **common))
     fig.update_layout(funnelmode="stack", funnelgap=0.18)
     fig.update_yaxes(autorange="reversed", tickfont=dict(size=12.5), ticklabelstandoff=6)
     fig = _style(fig, title, height=110 + 27 * len(ids))
@@ -204,6 +204,14 @@ def funnel_figure(funnel: pd.DataFrame, labels: Mapping[str, str], texts: Mappin
     fig.update_yaxes(automargin=False)
     fig.update_layout(margin_l=int(7.2 * max(map(len, ylab), default=8)) + 16)
     return fig
+
+
+def _legend_entry(keys: list, name: str, color: str, hidden: np.ndarray) -> None:
+    """A solid legend key for a trace whose first bar may be a hatched stub (plotly draws the
+    key like the first bar); the caller adds `keys` after its data traces."""
+    if hidden.any():
+        keys.append(go.Bar(x=[None], y=[None], name=name, marker=dict(color=color), legendgroup=name,
+                           hoverinfo="skip", orientation="h"))
 
 
 def _known_bound(values: np.ndarray, cap: np.ndarray | None = None) -> np.ndarray:
@@ -291,13 +299,17 @@ def compare_figure(totals: pd.DataFrame, scenario_name: str, title: str | None =
     names = {"strict": "Eligible, strict", "optimistic": "Eligible, optimistic", "unknown": "Unknown"}
     fig = go.Figure()
     both = _num([rows.loc[m, c] for m in measures for c in ("base", "other")])
+    keys: list = []
     for col, name, color in (("base", "Protocol", COLORS["protocol"]), ("other", scenario_name, COLORS["scenario"])):
         vals = _num([rows.loc[m, col] for m in measures])
-        lengths, marker, _ = hidden_marker(vals, color, stub_length(both))
+        lengths, marker, hidden = hidden_marker(vals, color, stub_length(both))
+        _legend_entry(keys, wrap(name, 40), color, hidden)
         fig.add_trace(go.Bar(y=[names[m] for m in measures], x=lengths, orientation="h", name=wrap(name, 40),
+                             showlegend=not hidden.any(), legendgroup=name,
                              marker=marker, text=[fmt_int(v) for v in vals], textposition="outside",
                              customdata=[fmt_int(v) for v in vals], cliponaxis=False,
                              hovertemplate="%{y}: %{customdata}<extra>" + name[:40] + "</extra>"))
+    fig.add_traces(keys)
     fig.update_layout(barmode="group", bargap=0.3)
     fig.update_yaxes(autorange="reversed")
     fig.update_xaxes(gridcolor=COLORS["grid"], rangemode="tozero")
@@ -334,13 +346,16 @@ def sites_figure(frame: pd.DataFrame, key: str = "site", title: str | None = Non
     ylab = [str(s) if key != "site" or "country" not in f else f"{s} · {c}" for s, c in
             zip(f[key], f["country"] if "country" in f else f[key], strict=True)]
     stub = stub_length(_num(f["screened"]))
+    keys: list = []
     fig = go.Figure()
     for col, name, color, width in (("screened", "Screened", COLORS["screened"], 0.8),
                                     ("optimistic", "Eligible, optimistic", COLORS["optimistic"], 0.55),
                                     ("strict", "Eligible, strict", COLORS["strict"], 0.3)):
         vals = _num(f[col])
         lengths, marker, hidden = hidden_marker(vals, color, stub)
+        _legend_entry(keys, name, color, hidden)
         fig.add_trace(go.Bar(y=ylab, x=lengths, orientation="h", name=name, width=width, marker=marker,
+                             showlegend=not hidden.any(), legendgroup=name,
                              customdata=[fmt_int(v) for v in vals],
                              hovertemplate="%{y}<br>" + name + ": %{customdata}<extra></extra>"))
     hidden = [(y, ", ".join(n for n, c in (("screened", "screened"), ("optimistic", "optimistic"),
@@ -351,6 +366,7 @@ def sites_figure(frame: pd.DataFrame, key: str = "site", title: str | None = Non
         fig.add_trace(go.Scatter(y=[y for y, _ in hidden], x=[stub] * len(hidden), mode="text",
                                  text=[f"  {what} {HIDDEN}" for _, what in hidden], textposition="middle right",
                                  textfont=dict(color=COLORS["muted"], size=11), hoverinfo="skip", showlegend=False))
+    fig.add_traces(keys)
     fig.update_layout(barmode="overlay", bargap=0.25)
     fig.update_yaxes(autorange="reversed", type="category")
     fig.update_xaxes(gridcolor=COLORS["grid"], rangemode="tozero")

@@ -310,3 +310,27 @@ def independent(wb: Workbook, name: str, frame: pd.DataFrame, columns: Sequence[
                 derived: dict[str, str] | None = None) -> None:
     """Counts with no identity among them (beyond the ones the caller adds)."""
     wb.add(name, frame, list(columns), derived=derived)
+
+
+RECRUITMENT_DERIVED = ("expected", "share_pct", "enrol_rate", "rate_mean", "rate_80", "candidate_rate")
+
+
+def recruitment_sites(wb: Workbook, frame: pd.DataFrame, name: str = "Recruitment sites", *,
+                      sites_name: str | None = "Sites") -> None:
+    """The Recruitment page's per-site table (kn026.recruitment.site_table frame).
+
+    Its `screened` column is the Sites table's (the same quantity, by site); every number
+    computed from a site's patients (rates, their interval, expected patients, share)
+    is hidden with that site's screened count, since it gives the count back.
+    """
+    derived = {c: "screened" for c in RECRUITMENT_DERIVED if c in frame.columns and "screened" in frame.columns}
+    wb.add(name, frame, ["screened"] if "screened" in frame.columns else [], derived=derived)
+    if "screened" not in frame.columns or sites_name not in wb.sheets:
+        return
+    sites = wb.sheets[sites_name].frame
+    row_of = {str(s): i for i, s in enumerate(sites["site"])}
+    for i, site in enumerate(frame["site"]):
+        j = row_of.get(str(site))
+        if j is not None and wb.has((name, i, "screened")) and wb.has((sites_name, j, "screened")):
+            if wb.value((name, i, "screened")) == wb.value((sites_name, j, "screened")):
+                wb.same((name, i, "screened"), (sites_name, j, "screened"))

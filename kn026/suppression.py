@@ -28,6 +28,7 @@ from kn026.protection import (  # noqa: F401 - the step's API, re-exported
     Cells,
     Protection,
     determined,
+    intervals,
     primary,
     protect_cells,
     suppress,
