@@ -27,6 +27,7 @@ test: $(VENV)/.dev
 
 bench: $(VENV)/.dev
 	$(PY) -m kn026.bench
+	$(PY) -m kn026.bench --whole --markdown
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis tests/artifacts

@@ -35,7 +35,7 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from kn026 import analysis, custom, export, loading, patients, suppression
+from kn026 import analysis, custom, export, loading, patients, reader, suppression
 from kn026 import funnel as fm
 from kn026.cohort import COHORT_DB, Cohort, CohortError, connect, load_cohort
 from kn026.criteria import CriteriaError, Protocol, format_number, load_protocol, to_decimal
@@ -299,7 +299,9 @@ def _load_upload(uploaded) -> None:
     with st.status(f"Loading {uploaded.name}…", expanded=True) as status:
         try:
             st.write("Checking, reading and validating the file…")
-            con, cohort = loading.load_upload(uploaded.name, uploaded.getvalue())  # sniffed, size-limited
+            bar = st.progress(0.0, text=f"Reading {uploaded.name}…")
+            con, cohort = loading.load_upload(uploaded.name, uploaded.getvalue(),  # sniffed, size-limited
+                                              progress=reader.part(_bar_text(bar), 0.0, 0.9))
         except CohortError as err:
             st.session_state[K_LOAD_ERROR] = (uploaded.name, err.problems, err.total)
             status.update(label=f"{uploaded.name} could not be loaded", state="error", expanded=False)
@@ -309,8 +311,10 @@ def _load_upload(uploaded) -> None:
             status.update(label=f"{uploaded.name} could not be loaded", state="error", expanded=False)
             return
         st.write("Evaluating every criterion…")
+        bar.progress(0.92, text=f"screening {cohort.n:,} patients")
         _install(con, cohort, f"{uploaded.name} ({cohort.n:,} patients)", "upload", time.perf_counter() - t0)
         engine_for(st.session_state[K_STAGE])
+        bar.progress(1.0, text=f"Ready: {cohort.n:,} patients in {time.perf_counter() - t0:.1f} s")
         status.update(label=f"Loaded {uploaded.name}: {cohort.n:,} patients", state="complete", expanded=False)
     absent = cohort.absent
     if absent:
@@ -334,13 +338,21 @@ def _generate(n: int, seed: int, sites: int) -> None:
     table = pa.concat_tables(parts) if len(parts) > 1 else parts[0]
     bar.progress(0.72, text="Loading into DuckDB and validating…")
     con = loading.session_connection()
-    cohort = load_cohort(table, con)
+    cohort = load_cohort(table, con, progress=reader.part(_bar_text(bar), 0.72, 0.9))
     del table, parts
     label = f"Synthetic cohort ({cohort.n:,} patients, {sites} sites, seed {seed})"
     _install(con, cohort, label, "generated", time.perf_counter() - t0)
     bar.progress(0.9, text="Evaluating every criterion…")
     engine_for(st.session_state[K_STAGE])
     bar.progress(1.0, text=f"Ready: {cohort.n:,} patients in {time.perf_counter() - t0:.1f} s")
+
+
+def _bar_text(bar):
+    """A kn026 progress callback (fraction, message) drawn on a Streamlit progress bar."""
+    def progress(fraction: float, message: str) -> None:
+        bar.progress(min(max(fraction, 0.0), 1.0), text=message[:1].upper() + message[1:])
+
+    return progress
 
 
 def _file_problem(name: str, err: BaseException):

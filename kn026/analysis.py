@@ -8,6 +8,7 @@ histogram is pure funnel maths, so reordering or toggling is cheap.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import pandas as pd
@@ -18,6 +19,7 @@ from kn026.engine import Engine, meets_sql
 from kn026.scenario import Scenario
 
 ORDERS = ("protocol", "most restrictive first")
+EXTENDED_KEEP = 4  # extended engines (scenarios with analyst rules) kept per engine, least recent dropped
 
 
 def engine_for(engine: Engine, scenario: Scenario | None) -> Engine:
@@ -28,12 +30,16 @@ def engine_for(engine: Engine, scenario: Scenario | None) -> Engine:
     key = repr(([c.to_doc() for c in scenario.custom], sorted(scenario.replace.items())))
     if getattr(engine, "_scenario_key", None) == key:
         return engine  # already extended for this scenario
-    cache = engine.__dict__.setdefault("_extended", {})
-    if key not in cache:
+    cache = engine.__dict__.setdefault("_extended", OrderedDict())
+    if key in cache:
+        cache.move_to_end(key)
+    else:
         protocol, changed = custom.extend(engine.protocol, engine.cohort, list(scenario.custom),
                                           scenario.replace)
         cache[key] = engine.with_protocol(protocol, changed, untrusted=changed)
         cache[key]._scenario_key = key
+        while len(cache) > EXTENDED_KEEP:  # each holds its own per-patient masks once used
+            cache.popitem(last=False)
     return cache[key]
 
 

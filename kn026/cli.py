@@ -10,7 +10,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import shutil
 import sys
+import time
 from pathlib import Path
 
 from kn026 import analysis
@@ -42,8 +44,54 @@ def _engine(args) -> tuple[Engine, Scenario]:
         return remote, scenario
     con = connect()
     con.execute("SET enable_progress_bar = false")
-    cohort = load_cohort(args.cohort, con)
+    progress = getattr(args, "progress", None)
+    cohort = load_cohort(args.cohort, con, progress=progress, compress=None)
+    if progress is not None:
+        progress(1.0, f"screening {cohort.n:,} patients")
     return Engine(cohort, protocol, args.stage), scenario
+
+
+def load_for(args, con, compress: bool | None = None):
+    """`load_cohort(args.cohort)` for a command: progress on a terminal, erased once loaded."""
+    progress = getattr(args, "progress", None)
+    cohort = load_cohort(args.cohort, con, progress=progress, compress=compress)
+    _close(progress)
+    return cohort
+
+
+class TerminalProgress:
+    """progress(fraction, message) drawn as one self-erasing line on a terminal (stderr).
+
+    `for_stream` gives one only when the stream is a terminal, so that pipes, files and
+    captured output never see control characters.
+    """
+
+    def __init__(self, stream, interval: float = 0.1):
+        self.stream, self.interval, self.last, self.shown = stream, interval, 0.0, False
+
+    @classmethod
+    def for_stream(cls, stream) -> TerminalProgress | None:
+        isatty = getattr(stream, "isatty", None)
+        return cls(stream) if isatty is not None and isatty() else None
+
+    def __call__(self, fraction: float, message: str) -> None:
+        now = time.monotonic()
+        if self.shown and now - self.last < self.interval and fraction < 1.0:
+            return
+        self.last = now
+        width = max(shutil.get_terminal_size((80, 24)).columns - 1, 20)
+        done = int(20 * min(max(fraction, 0.0), 1.0))
+        line = f"[{'#' * done}{'.' * (20 - done)}] {message}"
+        self.stream.write("\r" + line[:width] + "\x1b[K")
+        self.stream.flush()
+        self.shown = True
+
+    def close(self) -> None:
+        """Erase the line (the command's own output follows)."""
+        if self.shown:
+            self.stream.write("\r\x1b[K")
+            self.stream.flush()
+            self.shown = False
 
 
 def cmd_screen(args) -> int:
@@ -56,6 +104,7 @@ def cmd_screen(args) -> int:
     engine, scenario = _engine(args)
     sql = analysis.screen_log_sql(engine, scenario)
     frame = engine.con.execute(sql).df()
+    _close(getattr(args, "progress", None))
     frame.to_csv(out, index=False)
     counts = frame["eligible"].value_counts().to_dict()
     print(f"{len(frame)} patients screened for stage {args.stage}: "
@@ -81,6 +130,7 @@ def cmd_funnel(args) -> int:
     result = analysis.run(engine, scenario, order or None)
     na_rules = analysis.not_assessable_rules(screened)
     warnings = _assessability_warnings(screened, scenario)
+    _close(getattr(args, "progress", None))
     if args.json:
         doc = {
             "protocol": engine.protocol.name, "stage": args.stage, "scenario": scenario.name,
@@ -138,7 +188,16 @@ def jsonable(value):
     return str(value)
 
 
-def build_parser() -> argparse.ArgumentParser:
+# Commands registered by other modules; only the one asked for is imported (each costs
+# 0.1 s or more at start-up, a fifth of a small `funnel` run).
+COMMAND_MODULES = {"synth": "synth", "forecast": "forecast", "import": "mapping", "sql": "portable",
+                   "histogram": "federated", "merge": "federated", "report": "report_cli"}
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser; with `command` (the word the user typed), other modules' commands are left out."""
+    import importlib
+
     parser = argparse.ArgumentParser(prog="python -m kn026", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("screen", help="per-patient screening log (CSV)")
@@ -150,26 +209,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--order", help="criterion IDs in funnel order, comma-separated")
     p.add_argument("--disable", help="criterion or sub-rule IDs to leave out, comma-separated")
     p.add_argument("--json", action="store_true", help="JSON output")
-    from kn026 import federated, forecast, mapping, portable, report_cli, spark, synth
+    from kn026 import spark
 
     spark.add_cli_engine_option(p)
     p.set_defaults(func=cmd_funnel)
-    report_cli.add_cli(sub)
-    synth.add_cli(sub)
-    forecast.add_cli(sub)
-    mapping.add_cli(sub)
-    portable.add_cli(sub)
-    federated.add_cli(sub)
+    if command not in ("screen", "funnel"):
+        wanted = [COMMAND_MODULES[command]] if command in COMMAND_MODULES else list(dict.fromkeys(
+            COMMAND_MODULES.values()))
+        for name in wanted:
+            importlib.import_module(f"kn026.{name}").add_cli(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser(next((a for a in argv if not a.startswith("-")), None))
     args = parser.parse_args(argv)
+    args.progress = TerminalProgress.for_stream(sys.stderr)  # rows read and the step, on a terminal only
     try:
         return int(args.func(args) or 0)
     except CohortError as err:
+        _close(args.progress)
         print(f"error: the cohort could not be loaded ({err.total} problem(s)):\n{err}", file=sys.stderr)
     except (CriteriaError, ValueError, OSError, SparkUnavailable) as err:
+        _close(args.progress)
         print(f"error: {err}", file=sys.stderr)
+    finally:
+        _close(args.progress)
     return 2
+
+
+def _close(progress) -> None:
+    if progress is not None:
+        progress.close()

@@ -4,19 +4,26 @@ Input is CSV, Parquet, Excel or a DataFrame / Arrow table. Every dictionary colu
 is parsed by its kind (schema.py): boolean and sex spellings are normalised,
 categories lower-cased with whitespace folded, numbers range-checked. A value that
 cannot be read is an error naming the column, row, patient and value, never a
-silent NULL. Validation runs as a few SQL scans, so millions of rows load fast.
-The input file is only read.
+silent NULL. The source is read once (kn026.reader, shared by the command line and
+the app's uploads); text columns are normalised once per distinct value, and each
+chunk is checked in one SQL scan, so millions of rows load fast. The input file is
+only read.
 """
 
 from __future__ import annotations
 
 import re
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import duckdb
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from kn026 import schema
+from kn026.reader import Progress
 from kn026.schema import CATEGORY, DATE, FLAG, ID, INTEGER, NUMBER, TEXT
 
 EXAMPLES_PER_COLUMN = 5
@@ -77,7 +84,6 @@ class Cohort:
 
 
 COHORT_DB = "cohort_db"
-LOAD_CHUNK = 2_000_000  # rows per insert when loading large cohorts (bounds peak memory)
 
 
 def connect(threads: int | None = None, memory_limit: str | None = None) -> duckdb.DuckDBPyConnection:
@@ -112,68 +118,6 @@ def _lit(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
-def _raw_relation(con, source, name: str) -> list[str]:
-    """Expose the input to DuckDB as view `name`, reading only; return the header as written.
-
-    DuckDB renames repeated column names (`age_years`, `Age_Years` -> `Age_Years_1`), so
-    the header is read separately to let the loader report duplicates.
-    """
-    if not isinstance(source, (str, Path)):
-        con.register(name + "_frame", source)
-        con.execute(f"CREATE OR REPLACE TEMP VIEW {q(name)} AS SELECT * FROM {q(name + '_frame')}")
-        header = getattr(source, "column_names", None)  # Arrow
-        if header is None:
-            header = getattr(source, "columns", None)  # pandas, polars
-        return _header_or_described(con, name, header)
-    path = Path(source)
-    if not path.is_file():
-        raise CohortError([Problem("file", f"{path} does not exist or is not a file; check the path")])
-    suffix = path.suffix.lower()
-    with path.open("rb") as fh:
-        head = fh.read(8)
-    if suffix == ".parquet" or head[:4] == b"PAR1":
-        reader = f"read_parquet({_lit(str(path))})"
-    elif suffix in (".xlsx", ".xlsm"):
-        import pandas as pd
-
-        try:
-            frame = pd.read_excel(path, dtype=str, keep_default_na=False, header=None)
-        except Exception as err:  # openpyxl raises many kinds
-            raise CohortError([Problem("file", f"{path.name} is not a readable Excel workbook: {err}")]) from None
-        if frame.empty:
-            raise CohortError([Problem("file", f"{path.name}: the first sheet is empty; "
-                                               "put a header row with patient_id on the first sheet")])
-        # header=None: pandas would rename a repeated header to "age_years.1"
-        frame = frame.iloc[1:].set_axis([str(c) for c in frame.iloc[0]], axis=1).reset_index(drop=True)
-        return _raw_relation(con, frame, name)
-    elif suffix in (".csv", ".txt", ".tsv", ".gz") or not suffix:
-        reader = (f"read_csv({_lit(str(path))}, all_varchar = true, header = true, "
-                  f"auto_detect = true, sample_size = -1)")
-    else:
-        raise CohortError([Problem("file", f"{path.name}: unsupported file type {suffix!r}; "
-                                           "use CSV, Parquet or Excel (.xlsx)")])
-    try:
-        con.execute(f"CREATE OR REPLACE TEMP VIEW {q(name)} AS SELECT * FROM {reader}")
-        con.execute(f"SELECT * FROM {q(name)} LIMIT 0")
-    except duckdb.Error as err:
-        # DuckDB's first line ("CSV Error on Line: 2") rarely says why; keep the reason that
-        # follows it, but not the offending line itself (it may hold patient data).
-        lines = str(err).split("\n\n")[0].split("\n")
-        msg = "; ".join([ln.strip() for ln in lines if ln.strip() and not ln.startswith("Original Line")][:2])
-        raise CohortError([Problem("file", f"{path.name} could not be read: {msg.rstrip('.')}; save it as "
-                                           "UTF-8 CSV with a header row, Parquet or Excel (.xlsx)")]) from None
-    try:
-        if reader.startswith("read_parquet"):
-            header = [r[0] for r in con.execute(
-                f"SELECT name FROM parquet_schema({_lit(str(path))})").fetchall()[1:]]
-        else:
-            header = con.execute(f"SELECT * FROM read_csv({_lit(str(path))}, all_varchar = true, "
-                                 f"header = false, auto_detect = true) LIMIT 1").fetchone()
-    except duckdb.Error:
-        header = None
-    return _header_or_described(con, name, header)
-
-
 def _header_or_described(con, name: str, header) -> list[str]:
     """`header` as text when it matches the view's columns one to one, else the view's names."""
     described = [row[0] for row in con.execute(f"DESCRIBE {q(name)}").fetchall()]
@@ -186,7 +130,7 @@ def _header_or_described(con, name: str, header) -> list[str]:
 def _expressions(col: schema.Column, src: str, src_type: str) -> tuple[str, str]:
     """SQL (value, error) for one column: the normalised value and a flag for bad input."""
     x = q(src)
-    t = f"NULLIF(trim(CAST({x} AS VARCHAR), {_lit(_BLANKS)}), '')"
+    t = _trimmed(x)
     kind = col.kind
     if kind == NUMBER and _NUMERIC.match(src_type):
         value, bad = f"CAST({x} AS DOUBLE)", f"NOT isfinite(CAST({x} AS DOUBLE))"
@@ -234,44 +178,6 @@ def _expressions(col: schema.Column, src: str, src_type: str) -> tuple[str, str]
     if rng:
         bad = f"({bad} OR COALESCE({rng}, FALSE))"
     return value, bad
-
-
-SMALL_DOMAIN = 64
-
-
-def _use_lookups(con, raw: str, present, by_norm, src_types, values: dict, errors: dict) -> None:
-    """Normalise low-cardinality text columns once per distinct value, not once per row.
-
-    Category, flag and text columns read as text usually hold a handful of spellings;
-    their normalising expressions (trim, lower, regexp) cost most of the load time. The
-    same expressions run on the distinct values only, and the row-level SQL becomes a
-    CASE lookup, so the result is identical by construction.
-    """
-    cols = [c for c in present if c.kind in (CATEGORY, FLAG, TEXT)
-            and src_types[by_norm[c.name]] == "VARCHAR"]
-    if not cols:
-        return
-    approx = con.execute("SELECT " + ", ".join(f"approx_count_distinct({q(by_norm[c.name])})" for c in cols)
-                         + f" FROM {q(raw)}").fetchall()[0]
-    for col, est in zip(cols, approx, strict=True):
-        if est > 2 * SMALL_DOMAIN:
-            continue
-        src = q(by_norm[col.name])
-        rows = con.execute(f"SELECT {src}, {values[col.name]}, {errors[col.name]} FROM "
-                           f"(SELECT DISTINCT {src} FROM {q(raw)} LIMIT {SMALL_DOMAIN + 1}) "
-                           f"WHERE {src} IS NOT NULL").fetchall()
-        if len(rows) > SMALL_DOMAIN:
-            continue
-        cases = " ".join(f"WHEN {_lit(r)} THEN {_sql_value(v)}" for r, v, _ in rows if v is not None)
-        values[col.name] = f"CASE {src} {cases} END" if cases else f"CAST(NULL AS {col.sql_type})"
-        bad = [_lit(r) for r, _, b in rows if b]
-        errors[col.name] = f"{src} IN ({', '.join(bad)})" if bad else "FALSE"
-
-
-def _sql_value(value) -> str:
-    if isinstance(value, bool):
-        return "TRUE" if value else "FALSE"
-    return _lit(str(value))
 
 
 def _range_check(col: schema.Column, value: str) -> str:
@@ -325,15 +231,99 @@ def _fix_hint(col: schema.Column) -> str:
     return f"expected {what}{' ' + rng if rng else ''}{unit}; leave empty if unknown"
 
 
-def load_cohort(source, con: duckdb.DuckDBPyConnection | None = None, table: str = "cohort",
-                max_examples: int = EXAMPLES_PER_COLUMN) -> Cohort:
-    """Read, normalise and validate `source` into table `table`; raise CohortError listing problems."""
-    con = con or connect()
-    raw = f"_raw_{table}"
-    header = _raw_relation(con, source, raw)
-    described = con.execute(f"DESCRIBE {q(raw)}").fetchall()
-    src_types = {name: str(typ) for name, typ, *_ in described}
-    by_norm: dict[str, str] = {}
+
+_PREP = "__kn026_"  # prefix of the loader's own columns beside a chunk (normalised text, flags, row)
+
+
+def _as_arrow(con, raw: str, chunk) -> pa.Table:
+    """The chunk as an Arrow table: as given, or as DuckDB reads a pandas (or other) frame."""
+    if isinstance(chunk, pa.Table):
+        return chunk
+    return con.sql(f"SELECT * FROM {q(raw)}").to_arrow_table()
+
+
+_EDGE_BLANK = "^[" + _BLANKS + "]|[" + _BLANKS + "]$"
+
+
+def _trimmed(x: str) -> str:
+    """SQL of a value as text, blanks trimmed, empty as NULL (the `t` of `_expressions`).
+
+    trim() with a set of characters costs about 0.6 us a value; a value with no blank at
+    either end is its own trim, and testing the two ends with a regular expression is
+    three times cheaper, so only the few values that need it are trimmed.
+    """
+    v = f"CAST({x} AS VARCHAR)"
+    return (f"CASE WHEN regexp_matches({v}, {_lit(_EDGE_BLANK)}) THEN NULLIF(trim({v}, {_lit(_BLANKS)}), '') "
+            f"ELSE NULLIF({v}, '') END")
+
+
+def _normalise_text(con, arrays: list[pa.Array], exprs: list[tuple[str, str, str]]) -> list[tuple]:
+    """(values, bad flags) of text columns, each expression evaluated once per distinct value.
+
+    `exprs` holds (SQL type, value SQL, bad SQL) written over a column named "raw". Every
+    column's distinct values (NULL included) go through one SQL statement, then each row
+    takes its value's result: the same expressions as a row-by-row pass, so the same
+    result, but a category or flag column of a million rows costs a handful of
+    evaluations instead of a million trims, lowers and regular expressions. Columns with
+    the same expressions (all flags, all day counts, ...) share one CASE branch, and the
+    trimmed text is computed once per value: planning a statement of 90 distinct
+    expressions cost more than running it.
+    """
+    if not arrays:
+        return []
+
+    def encode(arr):
+        if not pa.types.is_large_string(arr.type):
+            arr = arr.cast(pa.large_string())
+        return pc.dictionary_encode(arr, null_encoding="encode")
+
+    with ThreadPoolExecutor(2) as pool:  # Arrow releases the GIL: columns encode in parallel
+        encoded = list(pool.map(encode, arrays))
+    dicts, indices = [e.dictionary for e in encoded], [e.indices for e in encoded]
+    groups: dict[tuple[str, str, str], int] = {}
+    for expr in exprs:
+        groups.setdefault(expr, len(groups))
+    sizes = np.array([len(d) for d in dicts])
+    group_of = np.array([groups[e] for e in exprs], dtype=np.int32)
+    lookup = pa.table({"i": pa.array(np.arange(int(sizes.sum()), dtype=np.int64)),
+                       "g": pa.array(np.repeat(group_of, sizes)),
+                       "raw": pa.concat_arrays(dicts)})
+    t = _trimmed(q("raw"))
+    types = sorted({sql_type for sql_type, _, _ in groups})
+    cases = []
+    for sql_type in types:
+        branches = " ".join(f"WHEN {g} THEN CAST({v.replace(t, 't')} AS {sql_type})"
+                            for (typ, v, _), g in groups.items() if typ == sql_type)
+        cases.append(f"CASE g {branches} END AS {q(sql_type)}")
+    bad = " ".join(f"WHEN {g} THEN COALESCE({b.replace(t, 't')}, FALSE)" for (_, _, b), g in groups.items())
+    name = "_kn026_lookup"
+    con.register(name, lookup)
+    try:
+        out = con.sql(f"SELECT {', '.join(cases)}, CASE g {bad} END AS bad FROM "
+                      f"(SELECT i, g, raw, {t} AS t FROM {name}) ORDER BY i").to_arrow_table()
+    finally:
+        con.unregister(name)
+    columns = {sql_type: out[sql_type].combine_chunks() for sql_type in types}
+    flags = out["bad"].combine_chunks()
+    result, start = [], 0
+    for (sql_type, _, _), size, idx in zip(exprs, sizes, indices, strict=True):
+        # each row points at its value's result: Arrow dictionary arrays, which DuckDB
+        # scans as plain columns of the result's type, without copying a value per row
+        result.append((pa.DictionaryArray.from_arrays(idx, columns[sql_type].slice(start, size)),
+                       pa.DictionaryArray.from_arrays(idx, flags.slice(start, size))))
+        start += size
+    return result
+
+
+def _rows_array(start: int, n: int) -> pa.Array:
+    return pa.array(np.arange(start + 1, start + n + 1, dtype=np.int64))
+
+
+def _duckdb_names(con, raw: str) -> dict[str, str]:
+    return {name: str(typ) for name, typ, *_ in con.execute(f"DESCRIBE {q(raw)}").fetchall()}
+
+
+def _check_header(header: list[str], src_types: dict[str, str]) -> list[Problem]:
     problems: list[Problem] = []
     for names in (header, list(src_types)):  # as written, and as DuckDB named them
         first: dict[str, str] = {}
@@ -343,122 +333,247 @@ def load_cohort(source, con: duckdb.DuckDBPyConnection | None = None, table: str
                 problems.append(Problem(norm, f"appears twice in the header ({first[norm]!r}, {name!r}); "
                                               "keep one column"))
             first.setdefault(norm, name)
-    for name in src_types:
-        by_norm[name.strip().lower()] = name
-    if "patient_id" not in by_norm:
+    if "patient_id" not in {name.strip().lower() for name in src_types}:
         problems.append(Problem("patient_id", "the column is missing; every cohort needs a unique "
                                               "patient_id column"))
-    if problems:
-        _drop(con, raw)
-        raise CohortError(problems)
+    return problems
 
+
+def _file_access(con) -> bool:
+    """False on a locked-down connection (kn026.sandbox): the loader reads no file for it either."""
+    return str(con.execute("SELECT current_setting('enable_external_access')").fetchall()[0][0]).lower() == "true"
+
+
+def _report(progress: Progress, done: float, message: str) -> None:
+    if progress is not None:
+        progress(min(max(done, 0.0), 1.0), message)
+
+
+def load_cohort(source, con: duckdb.DuckDBPyConnection | None = None, table: str = "cohort",
+                max_examples: int = EXAMPLES_PER_COLUMN, progress: Progress = None,
+                compress: bool | None = True) -> Cohort:
+    """Read, normalise and validate `source` into table `table`; raise CohortError listing problems.
+
+    `source`: a path (CSV, Parquet, Excel), a `reader.Source` (uploads), or an in-memory
+    table. The source is read once, chunk by chunk (kn026.reader); each chunk's text
+    columns are normalised in one vectorised pass, checked in one SQL scan and appended
+    to a staging table, renamed to `table` only when no problem was found (a failed load
+    leaves an existing `table` as it was). `progress(fraction, message)` hears about each
+    step: reading, normalising, checking (and the row counts). `compress`: store the
+    table in the connection's compressed database (`connect`), as the app's sessions
+    need; None: only when the cohort is larger than one chunk (the command line: a
+    one-shot process gains the checkpoint's time and has the memory).
+    """
+    from kn026 import reader
+
+    con = con or connect()
+    if isinstance(source, (str, Path)) and not _file_access(con):
+        raise CohortError([Problem("file", f"{Path(source).name} could not be read: file access is disabled on "
+                                           "this connection (locked down); read the file before the lockdown")])
+    src = reader.open_source(source, progress)
+    raw = f"_raw_{table}"
+    chunks = iter(src.chunks)
+    chunk = next(chunks)
+    con.register(raw, chunk)
+    try:
+        return _load(con, src, chunk, chunks, raw, table, max_examples, progress, compress)
+    finally:
+        try:
+            con.unregister(raw)
+        except (duckdb.Error, KeyError):
+            pass
+
+
+@dataclass
+class _Findings:
+    """What the checks found so far, over all chunks: counts, and the first examples in row order."""
+
+    max_examples: int
+    missing: int = 0
+    missing_rows: list = field(default_factory=list)
+    bad: dict = field(default_factory=dict)  # column -> [count, [(row, patient, value)]]
+    unguarded: dict = field(default_factory=dict)  # column -> [count, [(row, patient, value, number)]]
+
+    def room(self, examples: list) -> int:
+        return self.max_examples - len(examples)
+
+
+def _check_chunk(con, rel: str, pid: str, pid_src: str, sources: dict, errors: dict, values: dict,
+                 guards: dict, found: _Findings) -> None:
+    """One SQL scan of a chunk for empty IDs, bad values and implausible values; examples for new ones."""
+    checks = [f"count_if({pid} IS NULL)"] + [f"count_if({e})" for e in errors.values()]
+    checks += [f"count_if({g})" for g in guards.values()]
+    counts = [int(c or 0) for c in con.execute(f"SELECT {', '.join(checks)} FROM {rel}").fetchall()[0]]
+    numbered = f"(SELECT {q(_PREP + 'row')} AS _row, * FROM {rel})"
+    found.missing += counts[0]
+    if counts[0] and found.room(found.missing_rows) > 0:
+        found.missing_rows += [r for (r,) in con.execute(
+            f"SELECT _row FROM {numbered} WHERE {pid} IS NULL ORDER BY _row LIMIT ?",
+            [found.room(found.missing_rows)]).fetchall()]
+    kinds = [(found.bad, col, sql, "") for col, sql in errors.items()]
+    kinds += [(found.unguarded, col, sql, f", {values[col]}") for col, sql in guards.items()]  # and the number
+    for (store, col, sql, number), count in zip(kinds, counts[1:], strict=True):
+        entry = store.setdefault(col, [0, []])
+        entry[0] += count
+        if count and found.room(entry[1]) > 0:
+            entry[1] += con.execute(
+                f"SELECT _row, CAST({pid_src} AS VARCHAR), CAST({q(sources[col])} AS VARCHAR){number} "
+                f"FROM {numbered} WHERE {sql} ORDER BY _row LIMIT ?", [found.room(entry[1])]).fetchall()
+
+
+@dataclass
+class _Plan:
+    """How each chunk is normalised, checked and stored (SQL over the chunk's one Arrow table)."""
+
+    raw: str  # the chunk's registered name
+    staging: str  # the table being filled
+    compressed: bool
+    present: list  # dictionary columns in the source
+    sources: dict  # dictionary column -> source column name (as DuckDB names it)
+    text_at: list  # positions of the text columns normalised per distinct value
+    exprs: list  # their (SQL type, value SQL, bad SQL)
+    values: dict  # dictionary column -> value SQL
+    errors: dict  # dictionary column -> bad-value SQL
+    guards: dict  # guarded column -> implausible-value SQL (unit guard)
+    extra: list  # other columns, kept as read
+
+
+def _plan(con, src, raw: str, table: str, compress: bool | None) -> _Plan:
+    """Read the header, refuse duplicate or missing columns, and write each column's SQL."""
+    from kn026 import reader
+
+    src_types = _duckdb_names(con, raw)
+    problems = _check_header(_header_or_described(con, raw, src.header), src_types)
+    if problems:
+        raise CohortError(problems)
+    by_norm = {name.strip().lower(): name for name in src_types}
     present = [c for c in schema.COLUMNS if c.name in by_norm]
-    values, errors = {}, {}
+    text = [c for c in present if src_types[by_norm[c.name]] == "VARCHAR"]
+    values, errors, exprs = {}, {}, []
     for col in present:
-        values[col.name], errors[col.name] = _expressions(col, by_norm[col.name], src_types[by_norm[col.name]])
-    _use_lookups(con, raw, present, by_norm, src_types, values, errors)
-    pid_src = q(by_norm["patient_id"])
-    pid = values["patient_id"]
-    guards = {c.name: _guard_sql(c, values[c.name], errors[c.name]) for c in present if c.guard}
-    checks = [f"count_if({e})" for e in errors.values()]
-    checks += [f"count_if({g}), count({values[c]}), median({values[c]})" for c, g in guards.items()]
-    counts = con.execute(
-        f"SELECT count(*), count_if({pid} IS NULL), count(DISTINCT {pid}), {', '.join(checks)} "
-        f"FROM {q(raw)}").fetchone()
-    n, missing_ids, distinct_ids = counts[0], counts[1], counts[2]
-    guard_counts = counts[3 + len(errors):]
-    counts = counts[:3 + len(errors)]
-    numbered = f"(SELECT row_number() OVER () AS _row, * FROM {q(raw)})"
-    if missing_ids:
-        rows = con.execute(f"SELECT _row FROM {numbered} WHERE {pid} IS NULL ORDER BY _row LIMIT ?",
-                           [max_examples]).fetchall()
-        for (row,) in rows:
-            problems.append(Problem("patient_id", "is empty; every row needs a patient_id",
-                                    row=row, count=missing_ids))
+        src_name = by_norm[col.name]
+        if col in text:
+            j = len(exprs)
+            exprs.append((col.sql_type, *_expressions(col, "raw", "VARCHAR")))
+            values[col.name], errors[col.name] = q(f"{_PREP}v{j}"), q(f"{_PREP}b{j}")
+        else:
+            values[col.name], errors[col.name] = _expressions(col, src_name, src_types[src_name])
+    if compress is None:
+        compress = src.rows is None or src.rows > reader.CHUNK_ROWS
+    compressed = bool(compress) and con.execute(
+        "SELECT count(*) FROM duckdb_databases() WHERE database_name = ?", [COHORT_DB]).fetchall()[0][0] > 0
+    return _Plan(
+        raw=raw, staging=f"{COHORT_DB + '.main.' if compressed else ''}{q('_load_' + table)}",
+        compressed=compressed, present=present, sources=by_norm,
+        text_at=[list(src_types).index(by_norm[c.name]) for c in text],  # positions: DuckDB may rename
+        exprs=exprs, values=values, errors=errors,
+        guards={c.name: _guard_sql(c, values[c.name], errors[c.name]) for c in present if c.guard},
+        extra=[name for norm, name in by_norm.items() if norm not in schema.BY_NAME])
+
+
+def _store(con, plan: _Plan, chunk, chunks, found: _Findings, progress, total: int, what: str) -> int:
+    """Normalise, check and append every chunk to the staging table; return the row count."""
+    from kn026.reader import READING
+
+    select = [f"{plan.values[c.name]} AS {q(c.name)}" for c in plan.present]
+    select += [f"{q(name)} AS {q(name)}" for name in plan.extra]
+    body = f"SELECT {', '.join(select)} FROM {q(plan.raw)}"
+    n = 0
+    while chunk is not None:
+        rows = len(chunk)
+        _report(progress, READING + (1 - READING) * 0.5 * n / max(total, 1), f"normalising {what}")
+        chunk = _as_arrow(con, plan.raw, chunk)
+        arrays = [chunk.column(i).combine_chunks() for i in plan.text_at]
+        columns = {f"{_PREP}row": _rows_array(n, rows)}
+        for j, (vals, bad) in enumerate(_normalise_text(con, arrays, plan.exprs)):
+            columns[f"{_PREP}v{j}"], columns[f"{_PREP}b{j}"] = vals, bad
+        for name, array in columns.items():  # one table, so that every scan reads one relation
+            chunk = chunk.append_column(name, array)
+        con.register(plan.raw, chunk)
+        total = max(total, n + rows, 1)
+        _report(progress, READING + (1 - READING) * 0.5 * (n + rows) / total, f"checking {what}")
+        _check_chunk(con, q(plan.raw), plan.values["patient_id"], q(plan.sources["patient_id"]), plan.sources,
+                     plan.errors, plan.values, plan.guards, found)
+        if n == 0:
+            con.execute(f"CREATE OR REPLACE TABLE {plan.staging} AS {body}")
+        else:
+            if plan.compressed:  # compress what is stored so far: peak memory stays near one chunk
+                con.execute(f"CHECKPOINT {COHORT_DB}")
+            con.execute(f"INSERT INTO {plan.staging} {body}")
+        n += rows
+        chunk = next(chunks, None)
+        if chunk is not None:
+            con.register(plan.raw, chunk)
+    return n
+
+
+def _load(con, src, chunk, chunks, raw: str, table: str, max_examples: int, progress,
+          compress: bool | None) -> Cohort:
+    plan = _plan(con, src, raw, table, compress)
+    found = _Findings(max_examples)
+    what = f"{'~' if src.estimated else ''}{src.rows:,} rows" if src.rows is not None else "rows"
+    try:  # a failed load leaves no staging table, and the cohort it would replace as it was
+        n = _store(con, plan, chunk, chunks, found, progress, src.rows or 0, what)
+        _report(progress, 0.98, f"checking {n:,} patient IDs")
+        problems, total_problems = _problems(con, plan.staging, n, found, plan.guards)
+        if problems:
+            raise CohortError(problems, total=total_problems)
+    except BaseException:
+        con.execute(f"DROP TABLE IF EXISTS {plan.staging}")
+        raise
+    _drop_named(con, table)
+    con.execute(f"ALTER TABLE {plan.staging} RENAME TO {q(table)}")
+    if plan.compressed:  # compress, and name it in the default catalog for every cursor
+        con.execute(f"CHECKPOINT {COHORT_DB}")
+        con.execute(f"CREATE OR REPLACE VIEW {q(table)} AS SELECT * FROM {COHORT_DB}.main.{q(table)}")
+    _report(progress, 1.0, f"loaded {n:,} patients")
+    return Cohort(con, table, n, frozenset(c.name for c in plan.present), tuple(plan.extra), source=src.label)
+
+
+def _problems(con, staging: str, n: int, found: _Findings, guards: dict) -> tuple[list[Problem], int]:
+    """Every problem in the loader's order (IDs, bad values, unit guard), and their total count.
+
+    Column-wide facts are computed on the stored table, whose columns are the normalised
+    values: distinct IDs, and each guarded column's count and median (unit guard).
+    """
+    problems = [Problem("patient_id", "is empty; every row needs a patient_id", row=row, count=found.missing)
+                for row in found.missing_rows]
+    stats = [f"count(DISTINCT {q('patient_id')})"] + [f"count({q(c)}), median({q(c)})" for c in guards]
+    row = con.execute(f"SELECT {', '.join(stats)} FROM {staging}").fetchall()[0]
+    distinct, medians = row[0], row[1:]
     unlisted_dups = 0  # duplicated IDs beyond the examples, still counted in the total
-    if distinct_ids + (1 if missing_ids else 0) < n:
+    if distinct + (1 if found.missing else 0) < n:
         dups = con.execute(
-            f"SELECT {pid} AS id, list(_row ORDER BY _row), count(*) OVER () FROM {numbered} "
-            f"WHERE {pid} IS NOT NULL GROUP BY id HAVING count(*) > 1 ORDER BY min(_row) LIMIT ?",
-            [max_examples]).fetchall()
+            f"SELECT patient_id AS id, list(_row ORDER BY _row), count(*) OVER () FROM "
+            f"(SELECT rowid + 1 AS _row, patient_id FROM {staging}) "
+            f"WHERE patient_id IS NOT NULL GROUP BY id HAVING count(*) > 1 ORDER BY min(_row) LIMIT ?",
+            [found.max_examples]).fetchall()
         unlisted_dups = dups[0][2] - len(dups) if dups else 0
         for pid_value, rows, _ in dups:
             problems.append(Problem("patient_id", f"is duplicated (rows {', '.join(map(str, rows[:10]))}); "
                                                   "patient_id must be unique", patient_id=pid_value))
-    for (col, bad_sql), bad_count in zip(errors.items(), counts[3:], strict=True):
-        if not bad_count:
-            continue
+    for col, (count, rows) in found.bad.items():
         spec = schema.BY_NAME[col]
-        rows = con.execute(
-            f"SELECT _row, CAST({pid_src} AS VARCHAR), CAST({q(by_norm[col])} AS VARCHAR) FROM {numbered} "
-            f"WHERE {bad_sql} ORDER BY _row LIMIT ?", [max_examples]).fetchall()
-        for row, patient, value in rows:
-            problems.append(Problem(col, _fix_hint(spec), row=row, patient_id=patient,
-                                    value=value, count=bad_count))
-    for i, (col, guard_sql) in enumerate(guards.items()):
-        bad_count, filled, median = guard_counts[3 * i: 3 * i + 3]
+        problems += [Problem(col, _fix_hint(spec), row=r, patient_id=p, value=v, count=count) for r, p, v in rows]
+    for i, col in enumerate(guards):
         spec = schema.BY_NAME[col]
-        if bad_count:
-            rows = con.execute(
-                f"SELECT _row, CAST({pid_src} AS VARCHAR), CAST({q(by_norm[col])} AS VARCHAR), {values[col]} "
-                f"FROM {numbered} WHERE {guard_sql} ORDER BY _row LIMIT ?", [max_examples]).fetchall()
-            for row, patient, value, number in rows:
-                problems.append(Problem(col, _guard_hint(spec, number), row=row, patient_id=patient,
-                                        value=value, count=bad_count))
-        message = _median_hint(spec, median, filled)
+        count, rows = found.unguarded.get(col, [0, []])
+        problems += [Problem(col, _guard_hint(spec, number), row=r, patient_id=p, value=v, count=count)
+                     for r, p, v, number in rows]
+        message = _median_hint(spec, medians[2 * i + 1], medians[2 * i])
         if message:
             problems.append(Problem(col, message))
-    if problems:
-        total = sum(p.count for p in {(p.column, p.message): p for p in problems}.values()) + unlisted_dups
-        _drop(con, raw)
-        raise CohortError(problems, total=max(total, len(problems)))
-
-    extra = [name for norm, name in by_norm.items() if norm not in schema.BY_NAME]
-    select = [f"{values[c.name]} AS {q(c.name)}" for c in present]
-    select += [f"{q(name)} AS {q(name)}" for name in extra]
-    body = f"SELECT {', '.join(select)} FROM {q(raw)}"
-    compressed = con.execute("SELECT count(*) FROM duckdb_databases() WHERE database_name = ?",
-                             [COHORT_DB]).fetchall()[0][0]
-    target = f"{COHORT_DB}.main.{q(table)}" if compressed else q(table)
-    if compressed:
-        con.execute(f"DROP VIEW IF EXISTS {q(table)}")
-    if n <= LOAD_CHUNK:
-        con.execute(f"CREATE OR REPLACE TABLE {target} AS {body}")
-    else:  # insert in chunks, compressing each, so peak memory stays near one chunk
-        parquet = _parquet_path(source)
-        for start in range(0, n, LOAD_CHUNK):
-            if parquet:  # row ranges push down to row groups: each chunk reads only its rows
-                chunk = (f"SELECT {', '.join(select)} FROM read_parquet({_lit(parquet)}, file_row_number = true) "
-                         f"WHERE file_row_number >= {start} AND file_row_number < {start + LOAD_CHUNK}")
-            else:
-                chunk = f"{body} LIMIT {LOAD_CHUNK} OFFSET {start}"
-            if start == 0:
-                con.execute(f"CREATE OR REPLACE TABLE {target} AS {chunk}")
-                continue
-            if compressed:
-                con.execute(f"CHECKPOINT {COHORT_DB}")
-            con.execute(f"INSERT INTO {target} {chunk}")
-    if compressed:  # compress, and name it in the default catalog for every cursor
-        con.execute(f"CHECKPOINT {COHORT_DB}")
-        con.execute(f"CREATE OR REPLACE VIEW {q(table)} AS SELECT * FROM {target}")
-    _drop(con, raw)
-    return Cohort(con, table, n, frozenset(c.name for c in present), tuple(extra),
-                  source=str(source) if isinstance(source, (str, Path)) else type(source).__name__)
+    total = sum(p.count for p in {(p.column, p.message): p for p in problems}.values()) + unlisted_dups
+    return problems, max(total, len(problems))
 
 
-def _parquet_path(source) -> str | None:
-    """The path of a Parquet source (for row-range chunked loading), else None."""
-    if not isinstance(source, (str, Path)):
-        return None
-    path = Path(source)
-    with path.open("rb") as fh:
-        magic = fh.read(4)
-    return str(path) if magic == b"PAR1" else None
-
-
-def _drop(con, raw: str) -> None:
-    con.execute(f"DROP VIEW IF EXISTS {q(raw)}")
-    try:
-        con.unregister(raw + "_frame")
-    except (duckdb.Error, KeyError):
-        pass
+def _drop_named(con, table: str) -> None:
+    """Drop the cohort this load replaces: its table (default or compressed database) and view."""
+    found = con.execute(
+        "SELECT database_name, 'VIEW' FROM duckdb_views() WHERE view_name = $1 AND schema_name = 'main' "
+        "AND NOT internal AND NOT temporary AND database_name IN (current_database(), $2) UNION ALL "
+        "SELECT database_name, 'TABLE' FROM duckdb_tables() WHERE table_name = $1 AND schema_name = 'main' "
+        "AND NOT temporary AND database_name IN (current_database(), $2) ORDER BY 2 DESC",
+        [table, COHORT_DB]).fetchall()
+    for database, kind in found:
+        con.execute(f"DROP {kind} {q(database)}.main.{q(table)}")

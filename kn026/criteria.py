@@ -18,6 +18,7 @@ import yaml
 from sqlglot import exp
 
 from kn026 import schema
+from kn026.windows import Windows, build_windows
 
 PROTOCOL_DIR = Path(__file__).with_name("protocols")
 DEFAULT_PROTOCOL = PROTOCOL_DIR / "kn026_001.yaml"
@@ -118,6 +119,7 @@ class Protocol:
     criteria: tuple[Criterion, ...]
     source: str = ""
     split: dict[str, tuple[str, ...]] = field(default_factory=dict)  # retired rule ID -> its successors
+    windows: Windows = field(default_factory=Windows)  # assessment windows and event look-backs (kn026.windows)
 
     @property
     def rules(self) -> tuple[Rule, ...]:
@@ -273,10 +275,11 @@ def build_protocol(doc: dict, source: str = "") -> Protocol:
             raise CriteriaError(f"{cid}: a criterion needs at least one rule")
         criteria.append(Criterion(cid, kind, " ".join(str(cdoc.get("text", "")).split()), tuple(rules)))
     split = _split_ids(doc.get("split") or {}, {r.id for c in criteria for r in c.rules})
+    windows = build_windows(doc.get("windows"), [r for c in criteria for r in c.rules], derived, CriteriaError)
     return Protocol(
         name=str(doc.get("protocol", "protocol")), title=str(doc.get("title", "")),
         registry=str(doc.get("registry", "")), stages=stages, derived=derived,
-        criteria=tuple(criteria), source=source, split=split)
+        criteria=tuple(criteria), source=source, split=split, windows=windows)
 
 
 def _split_ids(doc, rule_ids: set[str]) -> dict[str, tuple[str, ...]]:

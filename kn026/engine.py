@@ -292,7 +292,7 @@ class Engine:
         """Masks up to date: the full pass on first use, then any newer rules folded in."""
         if not self._evaluated:
             self.evaluate()
-        if self._pending:
+        if self._pending or len(self._f) < self.width:
             self._absorb()
 
     def _site_codes(self) -> tuple[np.ndarray, tuple[str, ...]]:

@@ -21,7 +21,6 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 
 from kn026 import analysis, upload
-from kn026.cohort import CohortError, Problem
 from kn026.engine import Engine
 from kn026.scenario import Scenario
 from kn026.suppression import Table
@@ -52,54 +51,16 @@ MAX_UPLOAD_BYTES = 1024 * 1024 * 1024  # as server.maxUploadSize in .streamlit/c
 def read_cohort_bytes(name: str, data: bytes, max_bytes: int = MAX_UPLOAD_BYTES):
     """An uploaded cohort file (CSV, Parquet or Excel) as an Arrow table or DataFrame.
 
-    `kn026.upload.sniff` first checks that the bytes are what the name says (no renamed
-    binaries, UTF-8 text, a real workbook). CSV and Excel cells are then read as text so
-    that the loader, not a type guesser, decides what each value means and reports bad
-    values by row and column. Raises CohortError (column "file") for an unreadable,
-    unsafe or unsupported file.
+    Read by the loader's own reader (`kn026.reader.open_bytes`): `kn026.upload.sniff`
+    first checks that the bytes are what the name says (no renamed binaries, UTF-8 text,
+    a real workbook); CSV and Excel cells are read as text so that the loader, not a
+    type guesser, decides what each value means; an empty CSV cell is "" (text cells for
+    the mapping wizard; `load_cohort` reads "" and NULL alike). Raises CohortError
+    (column "file") for an unreadable, unsafe or unsupported file.
     """
-    if not data:
-        raise CohortError([Problem("file", f"{name} is empty; upload a file with a header row and one row "
-                                           "per patient")])
-    try:
-        kind = upload.sniff(data, name, max_bytes=max_bytes)  # the bytes must be what the name says
-    except upload.UploadError as err:
-        raise CohortError([Problem("file", str(err))]) from None
-    try:
-        if kind == "parquet":
-            import pyarrow.parquet as pq
+    from kn026 import reader
 
-            return pq.read_table(io.BytesIO(data))
-        if kind == "xlsx":
-            return pd.read_excel(io.BytesIO(data), dtype=str, keep_default_na=False)
-        return _read_csv(data)
-    except CohortError:
-        raise
-    except Exception as err:  # noqa: BLE001 - every reader raises its own kinds
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CohortError([Problem("file", f"{name} could not be read: {first}. Check that it is a "
-                                           "CSV, Parquet or Excel (.xlsx) file")]) from None
-
-
-def _read_csv(data: bytes) -> pa.Table:
-    import csv
-
-    head = data[:65536].decode("utf-8-sig", errors="replace")
-    first = head.splitlines()[0] if head else ""
-    try:
-        delimiter = csv.Sniffer().sniff(first, delimiters=",;\t|").delimiter
-    except csv.Error:
-        delimiter = ","
-    names = next(csv.reader([first], delimiter=delimiter), [])
-    if not names or not any(n.strip() for n in names):
-        raise CohortError([Problem("file", "the first line must be a header naming the columns")])
-    return pacsv.read_csv(
-        io.BytesIO(data),
-        read_options=pacsv.ReadOptions(encoding="utf8", use_threads=True),
-        parse_options=pacsv.ParseOptions(delimiter=delimiter, newlines_in_values=True),
-        convert_options=pacsv.ConvertOptions(column_types=dict.fromkeys(names, pa.string()),
-                                             strings_can_be_null=False, quoted_strings_can_be_null=False),
-    )
+    return reader.read_all(reader.open_bytes(name, data, max_bytes, empty_as_null=False))
 
 
 def attrition_frame(result: analysis.Result, labels: Mapping[str, str],

@@ -621,6 +621,8 @@ def _read_rows_csv(path: str, words: int) -> list[tuple[int, ...]]:
                                      f"protocol and scenario have ({', '.join(want)}); was the query made "
                                      "for other criteria?")
             return [tuple(int(r[fields[c]]) for c in want) for r in reader]
+    except FederatedError:
+        raise
     except OSError as err:
         raise FederatedError(f"cannot read {path}: {err.strerror}") from None
     except (TypeError, ValueError) as err:
@@ -654,12 +656,14 @@ def main_histogram(args) -> int:
 
             engine = engine_from_args(args, protocol)
         if engine is None:
-            from kn026.cohort import connect, load_cohort
+            from kn026.cohort import connect
             from kn026.engine import Engine
 
             con = connect()
             con.execute("SET enable_progress_bar = false")
-            engine = Engine(load_cohort(args.cohort, con), protocol, args.stage)
+            from kn026.cli import load_for
+
+            engine = Engine(load_for(args, con), protocol, args.stage)  # progress on a terminal
         engine = analysis.engine_for(engine, scenario)  # with the scenario's custom criteria
         hist = engine.histogram(scenario.overrides)
         doc = export_histogram(hist, engine, scenario, args.site, args.suppress_below)

@@ -1227,7 +1227,7 @@ def add_cli(subparsers) -> argparse.ArgumentParser:
 def main_forecast(args) -> int:
     """Run the forecast command; a ValueError carries the one-line message for bad input."""
     from kn026 import analysis
-    from kn026.cohort import connect, load_cohort
+    from kn026.cohort import connect
     from kn026.criteria import load_protocol
     from kn026.engine import Engine
     from kn026.scenario import Scenario, load_scenario
@@ -1247,7 +1247,9 @@ def main_forecast(args) -> int:
     scenario = load_scenario(args.scenario, protocol) if args.scenario else None
     con = connect()
     con.execute("SET enable_progress_bar = false")
-    cohort = load_cohort(args.cohort, con)
+    from kn026.cli import load_for
+
+    cohort = load_for(args, con)  # progress on a terminal
     engine = Engine(cohort, protocol, args.stage)
     base = analysis.run(engine, Scenario()).totals
     fractions = eligible_fractions(base)

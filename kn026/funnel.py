@@ -74,12 +74,7 @@ __all__ = [
 BOUNDS = ("strict", "optimistic")
 _WORD = mw.WORD  # bits per mask word
 
-_LE_U64 = np.dtype("<u8")
-_ONE = np.uint64(1)
 _ALL_BITS = (1 << _WORD) - 1
-# _BYTE_BITS[v, j] == 1.0 when bit j of byte v is set: turns a 256-bin histogram of one
-# mask byte into 8 per-bit sums with one small matrix product.
-_BYTE_BITS = ((np.arange(256)[:, None] >> np.arange(8)[None, :]) & 1).astype(np.float64)
 
 
 # --------------------------------------------------------------------------- histogram
@@ -229,37 +224,15 @@ def for_site(h: Histogram, site: int | str) -> Histogram:
 # --------------------------------------------------------------------------- merge
 
 
-def _ternary_tables(nbytes: int) -> list[np.ndarray]:
-    """Per mask byte b: table[v] = sum of 3**(8b + j) over the bits j set in v."""
-    tables = []
-    bits = np.arange(8)
-    for b in range(nbytes):
-        powers = np.array([3 ** (8 * b + j) for j in range(8)], dtype=object)
-        with_bit = (np.arange(256)[:, None] >> bits[None, :]) & 1
-        tables.append(np.array((with_bit * powers[None, :]).sum(axis=1), dtype=np.uint64))
-    return tables
-
-
-def _ternary(mask: np.ndarray, tables: list[np.ndarray]) -> np.ndarray:
-    """Sum of 3**j over the set bits j (exact in uint64 for masks of <= 40 bits)."""
-    by_byte = mask.astype(_LE_U64, copy=False).view(np.uint8).reshape(-1, 8)
-    out = np.zeros(len(mask), np.uint64)
-    buf = np.empty(len(mask), np.uint64)
-    for b, table in enumerate(tables):
-        np.take(table, by_byte[:, b], out=buf, mode="clip")
-        out += buf
-    return out
-
-
 def merge(h: Histogram) -> Histogram:
     """Sum rows with identical ``(fail, unknown, site)``; drop rows with a zero count.
 
     Rows come out in a deterministic order (sorted by an internal key, or by first
-    appearance beyond 64 bits) and keep the input's word width. Up to 64 used bits the
-    grouping key is one ``uint64`` when it fits (plain bit packing up to 32 mask bits less
-    the site bits, base-3 packing up to 40 bits, since ``fail & unknown == 0`` leaves three
-    states per bit), else the three columns are lexsorted; beyond 64 bits the rows are
-    grouped by a hash of every word (:func:`kn026.masks.group_rows`).
+    appearance) and keep the input's word width. The grouping key is one ``uint64`` when
+    it fits (plain bit packing up to 32 mask bits less the site bits, base-3 packing up to
+    40 bits, since ``fail & unknown == 0`` leaves three states per bit), else rows are
+    grouped by a hash of every word and the site, checked exactly
+    (:func:`kn026.masks.group_rows`).
     """
     fail, unknown, count, site = h.fail, h.unknown, h.count, h.site
     if len(count) and not np.all(count):
@@ -290,7 +263,7 @@ def merge(h: Histogram) -> Histogram:
         key |= unknown << np.uint64(site_bits)
         if site is not None:
             key |= site.astype(np.uint64)
-        keys, summed, _ = _group_sum(key, count, 2 * nbits + site_bits)
+        keys, summed, _ = mw.group_sum(key, count, 2 * nbits + site_bits)
         low = np.uint64((1 << nbits) - 1)
         return Histogram._trusted(
             _widened(keys >> np.uint64(nbits + site_bits), width),
@@ -301,25 +274,18 @@ def merge(h: Histogram) -> Histogram:
         )
     if 3**nbits * nsites <= _ALL_BITS:
         # base-3 packing (fail & unknown == 0 leaves three states per bit): up to 40 bits
-        tables = _ternary_tables((nbits + 7) // 8)
-        key = _ternary(fail, tables)
+        tables = mw.ternary_tables((nbits + 7) // 8)
+        key = mw.ternary(fail, tables)
         key *= np.uint64(2)
-        key += _ternary(unknown, tables)
+        key += mw.ternary(unknown, tables)
         if site is not None:
             key *= np.uint64(nsites)
             key += site.astype(np.uint64)
-        _, summed, first = _group_sum(key, count, 64)
-    else:
-        columns = (unknown, fail) if site is None else (site, unknown, fail)
-        order = np.lexsort(columns)
-        new = np.zeros(n, bool)
-        new[0] = True
-        for col in columns:
-            c = col[order]
-            new[1:] |= c[1:] != c[:-1]
-        starts = np.flatnonzero(new)
-        first = order[starts]
-        summed = np.add.reduceat(count[order], starts).astype(np.int64, copy=False)
+        _, summed, first = mw.group_sum(key, count, 64)
+    else:  # 41..64 bits: group by a hash of the columns (O(n), exact: see mw.group_rows)
+        gid, first = mw.group_rows([fail, unknown] + ([site] if site is not None else []))
+        summed = np.zeros(len(first), np.int64)
+        np.add.at(summed, gid, count)
     return Histogram._trusted(
         _widened(fail[first], width),
         _widened(unknown[first], width),
@@ -338,63 +304,6 @@ _merge = merge  # `collapse` has a keyword argument named `merge`
 
 
 # --------------------------------------------------------------------------- collapse
-
-
-def _segment_bytes(units: Sequence[int], segment: int) -> tuple[np.ndarray, np.ndarray]:
-    """Low and high byte of 16-bit segment `segment` (bits 16s .. 16s + 15) of each unit."""
-    shift = 16 * segment
-    lo = np.array([(u >> shift) & 0xFF for u in units], dtype=np.uint64)
-    hi = np.array([(u >> (shift + 8)) & 0xFF for u in units], dtype=np.uint64)
-    return lo, hi
-
-
-def _unit_tables(units: Sequence[int], width: int) -> list[list[tuple[int, np.ndarray]]]:
-    """Per output word o (units 64o .. 64o + 63): for each 16-bit segment s of a leaf mask of
-    `width` words that any of those units touches, (s, table) where ``table[v]`` has bit
-    ``i`` set when ``v & (units[64o + i] >> 16s) & 0xFFFF != 0``."""
-    v = np.arange(256, dtype=np.uint64)
-    per_word = []
-    for o in range(mw.width_for(len(units))):
-        group = units[_WORD * o: _WORD * (o + 1)]
-        unit_bits = np.uint64(1) << np.arange(len(group), dtype=np.uint64)
-        tables = []
-        for segment in range(4 * width):
-            lo, hi = _segment_bytes(group, segment)
-            if not (lo.any() or hi.any()):
-                continue
-            t_lo = np.bitwise_or.reduce(np.where((v[:, None] & lo[None, :]) != 0, unit_bits, np.uint64(0)), axis=1)
-            t_hi = np.bitwise_or.reduce(np.where((v[:, None] & hi[None, :]) != 0, unit_bits, np.uint64(0)), axis=1)
-            # index = lo + 256 * hi, the value of the little-endian uint16 chunk
-            tables.append((segment, (t_hi[:, None] | t_lo[None, :]).reshape(-1)))
-        per_word.append(tables)
-    return per_word
-
-
-def _segments(words: np.ndarray, segment: int) -> np.ndarray:
-    """16-bit segment `segment` of every row (a strided uint16 view, no copy)."""
-    w, c = divmod(segment, 4)
-    return words[w].astype(_LE_U64, copy=False).view(np.uint16).reshape(-1, 4)[:, c]
-
-
-def _any_per_unit(
-    mask: np.ndarray, tables, out: np.ndarray, buf: np.ndarray, index: np.ndarray
-) -> np.ndarray:
-    """out bit i = (mask & units[i]) != 0, via one table lookup per 16-bit segment.
-
-    ``mask`` is a ``(W, n)`` word array, ``tables`` one output word's list from
-    :func:`_unit_tables`. ``buf`` (uint64) and ``index`` (intp) are scratch arrays of length
-    n: casting the chunk into a reused intp array spares ``np.take`` a fresh index array
-    per lookup.
-    """
-    if not tables:
-        out[:] = 0
-        return out
-    for j, (segment, table) in enumerate(tables):
-        index[:] = _segments(mask, segment)
-        np.take(table, index, out=out if j == 0 else buf, mode="clip")
-        if j:
-            out |= buf
-    return out
 
 
 def collapse(h: Histogram, units: Sequence[int], *, merge: bool = True) -> Histogram:
@@ -424,9 +333,9 @@ def collapse(h: Histogram, units: Sequence[int], *, merge: bool = True) -> Histo
         unknown = np.empty((width, n), np.uint64)
         buf = np.empty(n, np.uint64)
         index = np.empty(n, np.intp)
-        for o, tables in enumerate(_unit_tables(units, h.width)):
-            _any_per_unit(h.fail, tables, fail[o], buf, index)
-            _any_per_unit(h.unknown, tables, unknown[o], buf, index)
+        for o, tables in enumerate(mw.unit_tables(units, h.width)):
+            mw.any_per_unit(h.fail, tables, fail[o], buf, index)
+            mw.any_per_unit(h.unknown, tables, unknown[o], buf, index)
             np.bitwise_and(unknown[o], np.invert(fail[o], out=buf), out=unknown[o])
         out = Histogram._trusted(fail, unknown, h.count, h.site, h.sites)
     if merge:
@@ -468,51 +377,6 @@ def _check_units(units: Sequence[int]) -> list[int]:
     return units
 
 
-def _rank_dtype(none: int) -> type:
-    return np.uint8 if none <= 255 else np.uint16
-
-
-def _rank_tables(units: Sequence[int], width: int, none: int) -> list[tuple[int, np.ndarray]]:
-    """Per 16-bit segment s of a `width`-word leaf mask touched by a unit: (s, table) with
-    ``table[v]`` = the first unit index i with ``v & (units[i] >> 16s) & 0xFFFF != 0``, or
-    `none` when there is none."""
-    if not units:
-        return []
-    v = np.arange(256, dtype=np.uint64)
-    dtype = _rank_dtype(none)
-    tables = []
-    for segment in range(4 * width):
-        per_byte = []
-        for byte in _segment_bytes(units, segment):
-            hits = (v[:, None] & byte[None, :]) != 0
-            per_byte.append(np.where(hits.any(axis=1), hits.argmax(axis=1), none).astype(dtype))
-        lo, hi = per_byte
-        if lo.min() == none and hi.min() == none:
-            continue
-        tables.append((segment, np.minimum(hi[:, None], lo[None, :]).reshape(-1)))
-    return tables
-
-
-def _first_unit(mask: np.ndarray, tables, index: np.ndarray, none: int,
-                out: np.ndarray | None = None) -> np.ndarray:
-    """Per row the first unit whose leaves meet the ``(W, n)`` ``mask``, `none` when none.
-
-    ``index`` is an intp scratch array of length n (see :func:`_any_per_unit`). With
-    ``out`` the result is the element-wise minimum with ``out`` (written in place).
-    """
-    n = mask.shape[1]
-    if out is None:
-        out = np.full(n, none, _rank_dtype(none))
-    if n == 0:
-        return out
-    buf = np.empty(n, out.dtype)
-    for segment, table in tables:
-        index[:] = _segments(mask, segment)
-        np.take(table, index, out=buf, mode="clip")
-        np.minimum(out, buf, out=out)
-    return out
-
-
 def _bound_mask(h: Histogram, bound: str) -> np.ndarray:
     """The mask that excludes a patient: ``fail`` (optimistic) or ``fail | unknown`` (strict)."""
     if bound == "optimistic":
@@ -522,95 +386,11 @@ def _bound_mask(h: Histogram, bound: str) -> np.ndarray:
     raise ValueError(f"bound must be one of {BOUNDS}, got {bound!r}")
 
 
-def _lowest_bit(mask: np.ndarray, scratch: np.ndarray) -> np.ndarray:
-    """Index of the lowest set bit per row of one word (uint8), 64 where the word is zero.
-
-    ``scratch`` is a uint64 array of the same length, overwritten.
-    """
-    low = np.negative(mask, out=scratch)  # two's complement: mask & -mask isolates the lowest bit
-    np.bitwise_and(low, mask, out=low)
-    low -= _ONE  # ones below the lowest bit; 0 - 1 wraps to all 64 ones
-    return np.bitwise_count(low)
-
-
-def _lowest_bits(mask: np.ndarray, scratch: np.ndarray) -> np.ndarray:
-    """Index of the lowest set bit per row of a ``(W, n)`` mask, ``64 * W`` where it is zero
-    (uint8 for one word, else uint16)."""
-    if len(mask) == 1:
-        return _lowest_bit(mask[0], scratch)
-    out = np.full(mask.shape[1], _WORD * len(mask), np.uint16)
-    for k in range(len(mask) - 1, -1, -1):
-        low = _lowest_bit(mask[k], scratch).astype(np.uint16)
-        hit = low < _WORD
-        low += np.uint16(_WORD * k)
-        np.copyto(out, low, where=hit)
-    return out
-
-
 def _states(h: Histogram) -> np.ndarray:
     """Per row (uint8): 0 strictly eligible, 1 unknown (optimistic only), 2 excluded."""
     state = mw.nonzero(h.fail).view(np.uint8)  # a fresh array: safe to update in place
     state += mw.nonzero(h.fail | h.unknown)
     return state
-
-
-def _group_sum(
-    keys: np.ndarray, counts: np.ndarray, key_bits: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """Group rows by a uint64 key of ``key_bits`` bits: (distinct sorted keys, summed counts, first row).
-
-    When the counts fit in the bits the key leaves free, key and count are packed into one
-    uint64 and sorted with ``np.sort`` (several times faster than ``np.argsort``); the
-    first-row index is then not available (None).
-    """
-    free = 64 - key_bits
-    if 0 < free < 64 and len(counts) and int(counts.max()) < (1 << free) and int(counts.min()) >= 0:
-        packed = keys << np.uint64(free)
-        packed |= counts.astype(np.uint64)
-        packed.sort()
-        sorted_keys = packed >> np.uint64(free)
-        sorted_counts = (packed & np.uint64((1 << free) - 1)).astype(np.int64)
-        first = None
-    else:
-        order = np.argsort(keys)
-        sorted_keys = keys[order]
-        sorted_counts = counts[order]
-        first = order
-    starts = np.flatnonzero(np.concatenate(([True], sorted_keys[1:] != sorted_keys[:-1])))
-    summed = np.add.reduceat(sorted_counts, starts) if len(starts) else sorted_counts[:0]
-    return (
-        sorted_keys[starts],
-        summed.astype(np.int64, copy=False),
-        (first[starts] if first is not None else None),
-    )
-
-
-def _bit_pop_sums(mask: np.ndarray, weights: np.ndarray, nbits: int) -> np.ndarray:
-    """``out[i, p]`` = sum of weights over rows whose ``(W, n)`` mask has bit ``i`` and ``p``
-    bits set.
-
-    Shape ``(nbits, 64 * W + 1)``. Everything per bit follows: ``out.sum(1)`` counts rows
-    with the bit, ``out[:, 1]`` rows with exactly that bit, ``out @ 1/p`` the Shapley
-    shares. One ``np.bincount`` over (popcount, byte value) per mask byte, no pass per bit.
-    """
-    width = len(mask)
-    pops = _WORD * width + 1
-    nbytes = min((nbits + 7) // 8, 8 * width)
-    out = np.zeros((max(nbits, nbytes * 8), pops))
-    n = mask.shape[1]
-    if n and nbits:
-        pop256 = np.bitwise_count(mask[0]).astype(np.intp)
-        for k in range(1, width):
-            pop256 += np.bitwise_count(mask[k])
-        pop256 *= 256
-        index = np.empty(n, np.intp)
-        for b in range(nbytes):
-            w, byte = divmod(b, 8)
-            by_byte = mask[w].astype(_LE_U64, copy=False).view(np.uint8).reshape(-1, 8)[:, byte]
-            np.add(pop256, by_byte, out=index)
-            per_value = np.bincount(index, weights=weights, minlength=256 * pops)
-            out[8 * b : 8 * b + 8] = (per_value.reshape(pops, 256) @ _BYTE_BITS).T
-    return out[:nbits]
 
 
 @cache
@@ -682,19 +462,19 @@ def funnel(h: Histogram, names: Sequence[str], units: Sequence[int] | None = Non
         width = max(h.width, mw.width_for(len(names)))
         fail, unknown = mw.widen(h.fail, width), mw.widen(h.unknown, width)
         never = _WORD * width
-        first_optimistic = _lowest_bits(fail, scratch)
+        first_optimistic = mw.lowest_bits(fail, scratch)
         # lowest bit of fail | unknown = the lower of the two lowest bits
-        first_strict = np.minimum(first_optimistic, _lowest_bits(unknown, scratch))
+        first_strict = np.minimum(first_optimistic, mw.lowest_bits(unknown, scratch))
     else:
         units = _check_units(units)
         names = _check_name_list(names)
         if len(units) != len(names):
             raise ValueError(f"{len(units)} units for {len(names)} names")
         never = max(_WORD, len(units))
-        tables = _rank_tables(units, h.width, never)
-        first_optimistic = _first_unit(h.fail, tables, scratch.view(np.intp), never)
+        tables = mw.rank_tables(units, h.width, never)
+        first_optimistic = mw.first_unit(h.fail, tables, scratch.view(np.intp), never)
         # first unit failed or unknown = the lower of the first failed and first unknown
-        first_strict = _first_unit(h.unknown, tables, scratch.view(np.intp), never, first_optimistic.copy())
+        first_strict = mw.first_unit(h.unknown, tables, scratch.view(np.intp), never, first_optimistic.copy())
     k = len(names)
     total = h.total
     # joint[s, o]: patients leaving the strict funnel at step s and the optimistic at o (`never`: stays)
@@ -747,7 +527,7 @@ def shapley(h: Histogram, bound: str, n_bits: int | None = None) -> np.ndarray:
     n_bits = _WORD * h.width if n_bits is None else int(n_bits)
     if n_bits < 0:
         raise ValueError("n_bits must be >= 0")
-    return _shapley_from(_bit_pop_sums(mask, h._weights, n_bits))
+    return _shapley_from(mw.bit_pop_sums(mask, h._weights, n_bits))
 
 
 def criterion_stats(h: Histogram, names: Sequence[str]) -> pd.DataFrame:
@@ -770,8 +550,8 @@ def criterion_stats(h: Histogram, names: Sequence[str]) -> pd.DataFrame:
     names = _check_names(h, names)
     k = len(names)
     total = h.total
-    by_fail = _bit_pop_sums(h.fail, h._weights, k)
-    by_either = _bit_pop_sums(h.fail | h.unknown, h._weights, k)
+    by_fail = mw.bit_pop_sums(h.fail, h._weights, k)
+    by_either = mw.bit_pop_sums(h.fail | h.unknown, h._weights, k)
     failed = _to_int(by_fail.sum(axis=1))
     # fail and unknown bits are disjoint, so (fail | unknown) counts = failed + unknown
     unknown = _to_int(by_either.sum(axis=1)) - failed
@@ -815,7 +595,7 @@ def combinations(
     excluded = mw.nonzero(mask) & (h.count > 0)
     masks, counts = mw.take(mask, excluded), h.count[excluded]
     if len(counts) and len(masks) == 1:
-        keys, counts, _ = _group_sum(masks[0], counts, len(names))
+        keys, counts, _ = mw.group_sum(masks[0], counts, len(names))
         masks = keys.reshape(1, -1)
     elif len(counts):
         gid, first = mw.group_rows(list(masks))

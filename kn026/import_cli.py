@@ -1,4 +1,4 @@
-"""`python -m kn026 import`: a mapped CSV / Excel / Parquet file, or an OMOP CDM, to a cohort file."""
+"""`python -m kn026 import`: a mapped CSV / Excel / Parquet file, an OMOP CDM or an SDTM study, to a cohort file."""
 
 from __future__ import annotations
 
@@ -6,32 +6,39 @@ import argparse
 import sys
 from pathlib import Path
 
-from kn026 import date_formats, omop
+from kn026 import date_formats, omop, sdtm
 from kn026.mapping import Mapping, _check_loads, apply_mapping, read_table, suggest_mapping, value_report
 
 
 def add_cli(subparsers) -> argparse.ArgumentParser:
     """Register `import` on an argparse subparsers object (python -m kn026 import ...)."""
     p = subparsers.add_parser(
-        "import", help="import a cohort: a CSV / Excel file through a mapping, or an OMOP CDM",
+        "import", help="import a cohort: a CSV / Excel file through a mapping, an OMOP CDM or an SDTM study",
         description="Write a screening cohort (CSV or Parquet, by --out suffix) from a file and a column "
                     "mapping (--mapping FILE --in PATH), from an OMOP CDM folder / zip / DuckDB file "
-                    "(--omop PATH --index-date DATE|last), or write a suggested mapping for a file "
+                    "(--omop PATH --index-date DATE|last), from a CDISC SDTM study (--sdtm DIR "
+                    "[--index-date first-dose|screening|DATE]), or write a suggested mapping for a file "
                     "(--suggest FILE --in PATH).")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--mapping", help="mapping YAML (see docs/importers.md)")
     src.add_argument("--omop", help="OMOP CDM 5.3 / 5.4: folder or zip of CSV / Parquet tables, or a DuckDB file")
+    src.add_argument("--sdtm", metavar="DIR", help="CDISC SDTM study: folder or zip of domains (DM, LB, VS, EG, MH, "
+                     "CM, EX, PR, TU, RS, QS, FA, CV) as CSV, SAS transport (.xpt) or Dataset-JSON")
     src.add_argument("--suggest", metavar="MAPPING_OUT", help="write a suggested mapping YAML for --in and stop")
     p.add_argument("--in", dest="input", help="the file to map (CSV, Excel or Parquet)")
     p.add_argument("--sheet", help="Excel sheet name (default: the first)")
     p.add_argument("--out", help="output cohort: .csv or .parquet")
-    p.add_argument("--index-date", help="with --omop: YYYY-MM-DD, or 'last' for each person's last observation")
-    p.add_argument("--lookback-days", type=int, default=30,
-                   help="with --omop: labs are the latest value within N days up to the index date (default 30)")
+    p.add_argument("--index-date", help="with --omop: YYYY-MM-DD, or 'last' for each person's last observation; "
+                                        "with --sdtm: first-dose (default), screening, or YYYY-MM-DD")
+    p.add_argument("--lookback-days", type=int, default=None,
+                   help="with --omop / --sdtm: replace every assessment window of the protocol (labs, vitals, ECG: "
+                        "latest value 0-N days before the index date); the event look-backs never change "
+                        "(default: the protocol's windows)")
     p.add_argument("--open-world", action="store_true",
-                   help="with --omop: a condition or drug not on record is unknown (NULL) instead of false")
+                   help="with --omop / --sdtm: a condition or drug not on record is unknown (NULL) instead of false")
     p.add_argument("--concepts", help="with --omop: concepts file replacing kn026/concepts/omop_concepts.yaml")
-    p.add_argument("--report", help="write the import report here (CSV)")
+    p.add_argument("--report", help="write the import report here (CSV; with --sdtm also <name>_subjects.csv, "
+                                    "the index date of each subject; any other suffix: the report as text)")
     p.set_defaults(func=cmd_import)
     return p
 
@@ -74,6 +81,8 @@ def cmd_import(args) -> int:
         print(f"{len(mapped)} patients, {len(mapped.columns)} dictionary columns -> {out}", file=sys.stderr)
         _print_dates(frame, mapping)
         return 0
+    if args.sdtm:
+        return _import_sdtm(args, out)
     if not args.index_date:
         raise ValueError("--omop needs --index-date YYYY-MM-DD or --index-date last")
     if args.input:
@@ -99,3 +108,34 @@ def _print_dates(frame, mapping) -> None:
         span = (f"; {r.dates:,} dates from {r.earliest:%Y-%m-%d} to {r.latest:%Y-%m-%d}" if r.dates else "")
         fmt = f" with date_format {r.format!r}" if r.format else ""
         print(f"dates: {r.column} (file column {r.source!r}) read as {r.shown}{fmt}, {how}{span}", file=sys.stderr)
+
+
+def _import_sdtm(args, out: Path) -> int:
+    if args.input:
+        raise ValueError("--in applies to --mapping; give the SDTM folder or zip to --sdtm")
+    if args.concepts:
+        raise ValueError("--concepts applies to --omop; SDTM test codes and terms are in kn026/concepts/sdtm_terms.yaml")
+    frame, report = sdtm.import_sdtm(args.sdtm, args.index_date or "first-dose", args.lookback_days,
+                                     closed_world=not args.open_world)
+    if frame.empty:
+        raise ValueError(f"{args.sdtm}: no subject could be described at an index date ("
+                         + "; ".join(f"{len(ids)} {why}" for why, ids in report.excluded.items()) + ")")
+    _check_loads(frame)  # CohortError lists every bad cell (the unit guard included); nothing is written
+    omop.write_cohort(frame, out)
+    if args.report:
+        path = Path(args.report)
+        if path.suffix.lower() == ".csv":
+            report.to_frame().to_csv(path, index=False)
+            report.subjects_frame().to_csv(path.with_name(path.stem + "_subjects.csv"), index=False)
+        else:
+            path.write_text(report.to_text() + "\n", encoding="utf-8")
+    sources = ", ".join(f"{n} {s}" for s, n in report.index_sources().items())
+    present = sum(c.status == "derived" for c in report.columns)
+    print(f"{len(frame)} subjects ({sources}), {present} columns from SDTM -> {out}", file=sys.stderr)
+    if report.not_found:
+        print(f"domains not found: {', '.join(report.not_found)}", file=sys.stderr)
+    for why, ids in report.excluded.items():
+        print(f"left out: {len(ids)} {why}", file=sys.stderr)
+    for w in report.warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    return 0

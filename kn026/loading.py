@@ -22,12 +22,12 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-from collections.abc import Callable
 
 import pandas as pd
 
-from kn026 import export, sandbox, upload
+from kn026 import export, reader, sandbox, upload
 from kn026.cohort import Cohort, CohortError, Problem, connect, load_cohort
+from kn026.reader import Progress
 
 ENV_UPLOAD_MB = "KN026_MAX_UPLOAD_MB"
 ENV_MEMORY = "KN026_SESSION_MEMORY_LIMIT"
@@ -36,7 +36,7 @@ DEFAULT_UPLOAD_MB = 200
 DEFAULT_MEMORY = "1GB"
 DEFAULT_THREADS = 2
 ZIP_INFLATE_FACTOR = 5  # an uploaded OMOP zip may inflate to 5x the upload limit (1 GB by default)
-Progress = Callable[[float, str], None] | None
+__all__ = ["Progress"]  # progress(fraction 0..1, message): every long load reports through it
 
 
 class LoadError(ValueError):
@@ -95,26 +95,28 @@ def _first_line(err: BaseException) -> str:
 # ----------------------------------------------------------------------------- plain cohort file
 
 
-def load_upload(name: str, data: bytes, max_bytes: int | None = None) -> tuple[object, Cohort]:
+def load_upload(name: str, data: bytes, max_bytes: int | None = None,
+                progress: Progress = None) -> tuple[object, Cohort]:
     """A cohort file (CSV, Parquet, Excel) in dictionary shape -> (connection, cohort).
 
-    `export.read_cohort_bytes` sniffs the bytes (kn026.upload.sniff) and parses them in
-    memory; `load_cohort` validates every value. Raises CohortError with the problems.
+    The loader's reader (`kn026.reader.open_bytes`, the same as the command line's)
+    sniffs the bytes (kn026.upload.sniff) and parses them in memory; `load_cohort`
+    validates every value. Raises CohortError with the problems.
     """
-    table = export.read_cohort_bytes(name, data, max_bytes=max_bytes or upload_limit())
+    source = reader.open_bytes(name, data, max_bytes or upload_limit(), progress)
     con = session_connection()
     try:
-        return con, load_cohort(table, con)
+        return con, load_cohort(source, con, progress=progress)
     except BaseException:
         _close(con)
         raise
 
 
-def load_frame(frame) -> tuple[object, Cohort]:
+def load_frame(frame, progress: Progress = None) -> tuple[object, Cohort]:
     """An in-memory table (pandas or Arrow) -> (connection, cohort); CohortError on bad values."""
     con = session_connection()
     try:
-        return con, load_cohort(frame, con)
+        return con, load_cohort(frame, con, progress=progress)
     except BaseException:
         _close(con)
         raise
@@ -123,7 +125,7 @@ def load_frame(frame) -> tuple[object, Cohort]:
 # ----------------------------------------------------------------------------- OMOP zip
 
 
-def import_omop_upload(name: str, data: bytes, index_date="last", lookback_days: int = 30,
+def import_omop_upload(name: str, data: bytes, index_date="last", lookback_days: int | None = None,
                        closed_world: bool = True, progress: Progress = None,
                        max_bytes: int | None = None):
     """An uploaded OMOP CDM zip -> (connection, cohort, import report).
@@ -156,7 +158,7 @@ def import_omop_upload(name: str, data: bytes, index_date="last", lookback_days:
                             f"{report.index_date} ({'; '.join(f'{n} {r}' for r, n in report.excluded.items()) or 'PERSON is empty'})")
         if progress is not None:
             progress(0.97, f"validating {len(frame):,} patients against the data dictionary")
-        cohort = load_cohort(frame, con)
+        cohort = load_cohort(frame, con, progress=reader.part(progress, 0.97, 1.0))
     except BaseException:
         _close(con)
         raise
@@ -211,14 +213,14 @@ def load_mapped(frame: pd.DataFrame, mapping, progress: Progress = None):
     from kn026.mapping import apply_mapping
 
     try:
-        mapped = apply_mapping(frame, mapping, progress=progress)
+        mapped = apply_mapping(frame, mapping, progress=reader.part(progress, 0.0, 0.5))
     except CohortError:
         raise  # date cells their column's format does not read: listed with the fix
     except ValueError as err:
         raise LoadError(_first_line(err).removeprefix("mapping: ")) from None
     if not len(mapped.columns):
         raise LoadError("no dictionary column is mapped; choose the file column of patient_id at least")
-    return load_frame(mapped)
+    return load_frame(mapped, progress=reader.part(progress, 0.5, 1.0))
 
 
 def index_date_text(value) -> str:

@@ -52,6 +52,7 @@ from kn026.omop_report import ColumnReport, ImportReport
 from kn026.omop_source import TABLES, Source
 from kn026.omop_therapy import Therapy
 from kn026.omop_vocab import Vocabulary
+from kn026.windows import Windows
 
 Progress = Callable[[float, str], None] | None
 
@@ -86,7 +87,9 @@ def _index_spec(index_date) -> dt.date | None:
                          f"(each person's last observation)") from None
 
 
-def _lookback(value) -> int:
+def _lookback(value) -> int | None:
+    if value is None:
+        return None
     if not isinstance(value, bool):
         try:
             days = operator.index(value)
@@ -97,20 +100,28 @@ def _lookback(value) -> int:
     raise ValueError(f"lookback_days {value!r} must be a whole number of days >= 0")
 
 
-def import_omop(path: str | Path | bytes, index_date="last", lookback_days: int = 30,
+def import_omop(path: str | Path | bytes, index_date="last", lookback_days: int | None = None,
                 con: duckdb.DuckDBPyConnection | None = None, *, concepts: str | Path | dict | None = None,
                 closed_world: bool = True, progress: Progress = None,
-                name: str | None = None) -> tuple[pd.DataFrame, ImportReport]:
+                name: str | None = None, protocol=None) -> tuple[pd.DataFrame, ImportReport]:
     """Build the screening cohort from an OMOP CDM at `index_date` ("last" or a date).
 
     `path` is a folder, a zip or a DuckDB file, or the bytes of a zip (an upload, read
     in memory: nothing is extracted to disk; `name` is its file name for messages and
-    the report). Labs are the latest value within `lookback_days` up to the index date.
+    the report). Assessed columns (labs, vitals, ECG, LVEF, ECOG) are the latest value inside
+    the protocol's assessment window (`protocol.windows`, default KN026-001); an older one is
+    left NULL and the column listed in `stale_columns`. `lookback_days` replaces every
+    assessment window (never the event look-backs, which the protocol derives from its rules).
     `concepts` replaces the concepts file; `closed_world=False` makes a condition or
     drug that is not on record NULL (unknown) instead of false / none / 0. Returns the
     cohort (one row per person, dictionary columns only) and the import report.
     """
     lookback_days = _lookback(lookback_days)
+    if protocol is None:
+        from kn026.criteria import load_protocol
+
+        protocol = load_protocol()
+    windows = protocol.windows.with_assessment_days(lookback_days)
     fixed = _index_spec(index_date)
     doc = concepts if isinstance(concepts, dict) else load_concepts(concepts) if concepts else _default_concepts()
     in_memory = isinstance(path, (bytes, bytearray, memoryview))
@@ -127,7 +138,7 @@ def import_omop(path: str | Path | bytes, index_date="last", lookback_days: int 
             con.close()
         raise
     try:
-        imp = _Importer(con, src, doc, fixed, lookback_days, closed_world, report, step)
+        imp = _Importer(con, src, doc, fixed, windows, closed_world, report, step)
         frame = imp.run()
     finally:
         _drop_work(con)
@@ -158,14 +169,15 @@ def _drop_work(con) -> None:
 
 
 class _Importer(Vocabulary, Columns, Therapy):
-    def __init__(self, con, src: Source, doc: dict, fixed: dt.date | None, lookback: int,
+    def __init__(self, con, src: Source, doc: dict, fixed: dt.date | None, windows: Windows,
                  closed_world: bool, report: ImportReport, step: _Stepper):
         self.con, self.src, self.doc = con, src, doc
-        self.fixed, self.lookback, self.closed_world = fixed, lookback, closed_world
+        self.fixed, self.windows, self.closed_world = fixed, windows, closed_world
         self.report, self.step = report, step
         self.defaults = doc.get("defaults") or {}
         self.decimals = int(self.defaults.get("exact_decimals", 6))
         self.columns: dict[str, dict] = {}  # dictionary column -> {"table": value table, "absent": ...}
+        self.older: dict[str, str] = {}  # assessed column -> SQL of the persons with a value at any date
         self.has_concept = src.nonempty("concept")
         self.has_ancestor = src.nonempty("concept_ancestor")
 

@@ -148,38 +148,50 @@ class Columns:
             PARTITION BY person_id ORDER BY start_date DESC, sort_ts DESC NULLS LAST, event_id DESC NULLS LAST,
             value DESC) AS rn FROM _omop_labs WHERE col = {_lit(name)} {window}) WHERE rn = 1"""
 
+    def _window(self, name: str, spec: dict) -> tuple[int | None, bool]:
+        """(days, assessed): an assessed column's assessment window (the protocol's, or the
+        --lookback-days override); any other column's look-back from the concepts file."""
+        days = self.windows.assessment_days(name) if name in schema.ASSESSED else None
+        if days is not None:
+            return days, True
+        if "lookback_days" in spec:
+            return spec["lookback_days"], False
+        return int(self.defaults.get("lookback_days", 30)), False
+
     def _stale(self) -> None:
-        """stale_columns: per patient, the lab columns whose value is dated before the protocol's
-        assessment window (`assessment_days` of the column): a retest would decide them."""
-        parts = []
-        for k, (name, spec) in enumerate(self.doc["columns"].items()):
-            window = spec.get("assessment_days")
-            if spec["kind"] == "lab" and window is not None and name in self.columns:
-                parts.append(f"SELECT person_id, {k} AS k, {_lit(name)} AS col FROM {q(self.columns[name]['table'])} "
-                             f"WHERE value IS NOT NULL AND start_date < index_date - INTERVAL {int(window)} DAY")
+        """stale_columns: per patient, the assessed columns whose only value up to the index date is
+        dated before the assessment window (left NULL): a retest would decide them."""
+        parts, names = [], []
+        for k, col in enumerate(schema.COLUMNS):
+            older = self.older.get(col.name)
+            if older is None or col.name not in self.columns:
+                continue
+            names.append(col.name)
+            parts.append(f"SELECT person_id, {k} AS k, {_lit(col.name)} AS col FROM ({older}) "
+                         f"WHERE person_id NOT IN (SELECT person_id FROM {q(self.columns[col.name]['table'])} "
+                         f"WHERE value IS NOT NULL)")
         if not parts:
             self.unsearched["stale_columns"] = ("not searched: MEASUREMENT is missing or empty in this CDM, or "
-                                                "no lab column has an assessment window (assessment_days)")
+                                                "the protocol gives no assessment window")
             return
-        names = [n for n, s in self.doc["columns"].items() if s.get("assessment_days") is not None]
         self._store("stale_columns", f"SELECT person_id, string_agg(col, ',' ORDER BY k) AS value, "
                                      f"NULL::BIGINT AS concept_id FROM ({' UNION ALL '.join(parts)}) GROUP BY 1",
-                    None, "MEASUREMENT (dates of the lab values)",
-                    f"lab columns whose value is dated outside the protocol's assessment window "
-                    f"({', '.join(names)}); NULL when none is")
+                    None, "MEASUREMENT (dates of the assessed values)",
+                    f"assessed columns whose only value is dated before the protocol's assessment window "
+                    f"({', '.join(names)}): left NULL; NULL when none is")
 
     # -------------------------------------------------------------- columns: kinds
     def _col_lab(self, name: str, spec: dict) -> None:
-        lookback = spec.get("lookback_days", self.lookback) if "lookback_days" in spec else self.lookback
+        lookback, assessed = self._window(name, spec)
         note = [f"latest value within {lookback} days" if lookback is not None else "latest value ever"]
+        if assessed:
+            note[0] = (f"latest value dated 0-{lookback} days before the index date ({self._basis(name)}); "
+                       f"an older one only: NULL, listed in stale_columns")
+            self.older[name] = f"SELECT DISTINCT person_id FROM _omop_labs WHERE col = {_lit(name)}"
         if name in self.implausible:
             note.append(f"{self.implausible[name]} implausible values dropped")
         if name in self.unit_notes:
             note.append(self.unit_notes[name])
-        window = spec.get("assessment_days")
-        if window is not None and (lookback is None or lookback > window):
-            note.append(f"a value dated more than {window} days before the index date (the protocol's "
-                        f"assessment window) is kept and listed in stale_columns")
         src = "MEASUREMENT " + ", ".join(spec["sets"])
         self._store(name, self._latest_lab(name, lookback), None, src, "; ".join(note))
         if spec.get("uln"):
@@ -188,12 +200,20 @@ class Columns:
                         "the lab's reference range upper limit; NULL when not recorded (default ULN applies)")
 
     def _col_lab_category(self, name: str, spec: dict) -> None:
-        lookback = spec.get("lookback_days", self.lookback) if "lookback_days" in spec else self.lookback
+        lookback, assessed = self._window(name, spec)
         when = "latest result ever" if lookback is None else f"latest result within {lookback} days"
-        self._store(name, self._category_sql(name, spec), None, "MEASUREMENT " + ", ".join(spec["sets"]),
+        if assessed:
+            when = (f"latest result dated 0-{lookback} days before the index date ({self._basis(name)}); an "
+                    f"older one only: NULL, listed in stale_columns")
+            self.older[name] = f"SELECT DISTINCT person_id FROM ({self._category_sql(name, spec, None)})"
+        self._store(name, self._category_sql(name, spec, lookback), None, "MEASUREMENT " + ", ".join(spec["sets"]),
                     f"{when}; NULL when not tested")
 
-    def _category_sql(self, name: str, spec: dict) -> str:
+    def _basis(self, name: str) -> str:
+        w = self.windows.window(name)
+        return w.basis if w else "the concepts file"
+
+    def _category_sql(self, name: str, spec: dict, lookback) -> str:
         """SQL (person_id, value, concept_id): the latest result of `spec['sets']` that `values` translate."""
         values = spec.get("values") or {}
         num = spec.get("numeric")
@@ -216,14 +236,13 @@ class Columns:
             {"value_as_concept_id": "Int64", "value_text": "object", "value": "object"})
         vt = f"_omop_v_{name}"
         self.con.register(vt + "_frame", frame)
-        self.sql(f"CREATE TEMP TABLE {q(vt)} AS SELECT * FROM {q(vt + '_frame')}")
+        self.sql(f"CREATE OR REPLACE TEMP TABLE {q(vt)} AS SELECT * FROM {q(vt + '_frame')}")
         self.con.unregister(vt + "_frame")
         numeric = "NULL"
         if num:
             numeric = (f"CASE WHEN h.value_as_number = round(h.value_as_number) AND h.value_as_number BETWEEN "
                        f"{float(num['min'])} AND {float(num['max'])} THEN CAST(CAST(h.value_as_number AS BIGINT) "
                        f"AS VARCHAR) END")
-        lookback = spec.get("lookback_days", self.lookback) if "lookback_days" in spec else self.lookback
         window = "" if lookback is None else f"AND h.start_date >= h.index_date - INTERVAL {int(lookback)} DAY"
         sql = f"""SELECT person_id, value, concept_id FROM (SELECT h.person_id, h.concept_id,
             COALESCE({numeric}, v.value) AS value, row_number() OVER (PARTITION BY h.person_id
@@ -236,7 +255,7 @@ class Columns:
 
     def _col_ish(self, name: str, spec: dict) -> None:
         """HER2 ISH: the HER2/CEP17 ratio decides; else the laboratory's interpretation; else the copy number."""
-        lookback = spec.get("lookback_days", self.lookback) if "lookback_days" in spec else self.lookback
+        lookback, _ = self._window(name, spec)
         ratio, copies = spec.get("ratio") or {}, spec.get("copy_number") or {}
         none = "SELECT NULL::VARCHAR AS person_id, NULL::DOUBLE AS value, NULL::BIGINT AS concept_id, " \
                "NULL::BIGINT AS op WHERE FALSE"
@@ -245,7 +264,7 @@ class Columns:
         r_pos = at_least("r.value", "r.op", ratio.get("positive_at", 2.0))
         c_pos = at_least("c.value", "c.op", copies.get("positive_at", 6.0))
         c_mid = at_least("c.value", "c.op", copies.get("negative_below", 4.0))
-        sql = f"""WITH r AS ({r_sql}), i AS ({self._category_sql(name, spec)}), c AS ({c_sql}),
+        sql = f"""WITH r AS ({r_sql}), i AS ({self._category_sql(name, spec, lookback)}), c AS ({c_sql}),
             p AS (SELECT person_id FROM r UNION SELECT person_id FROM i UNION SELECT person_id FROM c)
             SELECT p.person_id,
                 CASE WHEN {r_pos} THEN 'positive' WHEN NOT {r_pos} THEN 'negative' WHEN i.value IS NOT NULL THEN i.value
@@ -323,16 +342,27 @@ class Columns:
                 AND (value_as_concept_id IN ({ids}) OR lower(trim(value_text)) IN ({texts})))
             WHERE TRUE {window}) WHERE rn = 1"""
 
+    def _lookback_sql(self, name: str, date: str, index: str = "index_date") -> tuple[str, str]:
+        """(SQL condition on `date` and `index`, report text) of an event column's look-back."""
+        days = self.windows.lookback_days(name)
+        w = self.windows.window(name)
+        if days is None:
+            return "TRUE", "searched over the whole record" + (f" ({w.basis})" if w else "")
+        return (f"{date} >= {index} - INTERVAL {int(days)} DAY",
+                f"searched {days} days back ({w.basis if w else 'the concepts file'})")
+
     def _col_condition_days(self, name: str, spec: dict, table: str = "CONDITION_OCCURRENCE") -> None:
         date = "h.start_date" if table == "CONDITION_OCCURRENCE" else \
             "LEAST(COALESCE(h.end_date, h.start_date), h.index_date)"
+        back, text = self._lookback_sql(name, date, "h.index_date")
         sql = f"""SELECT person_id, value, concept_id FROM (SELECT h.person_id,
             CAST(date_diff('day', {date}, h.index_date) AS INTEGER) AS value, h.concept_id,
             row_number() OVER (PARTITION BY h.person_id ORDER BY {date} DESC, h.concept_id) AS rn
-            FROM _omop_hits h WHERE h.set_name IN ({self._in(spec['sets'])}) AND {self._event_filter(spec)})
+            FROM _omop_hits h WHERE h.set_name IN ({self._in(spec['sets'])}) AND {self._event_filter(spec)}
+            AND {back})
             WHERE rn = 1"""
         self._store(name, sql, None, f"{table} " + ", ".join(spec["sets"]),
-                    "days since the latest record; NULL when none on record")
+                    f"days since the latest record, {text}; NULL when none on record")
 
     def _col_procedure_days(self, name: str, spec: dict) -> None:
         self._col_condition_days(name, spec, "PROCEDURE_OCCURRENCE")

@@ -34,7 +34,7 @@ class ImportReport:
     source: str
     cdm_version: str
     index_date: str  # "last" or an ISO date
-    lookback_days: int
+    lookback_days: int | None  # --lookback-days: replaces every assessment window; None: the protocol's windows
     closed_world: bool
     n_persons: int = 0  # rows in the cohort
     n_source_persons: int = 0  # rows in PERSON
@@ -54,7 +54,8 @@ class ImportReport:
 
     def to_text(self) -> str:
         lines = [f"OMOP import from {self.source} (CDM {self.cdm_version}), index date "
-                 f"{self.index_date}, look-back {self.lookback_days} days, "
+                 f"{self.index_date}, assessment windows "
+                 f"{'of the protocol' if self.lookback_days is None else f'{self.lookback_days} days (override)'}, "
                  f"{'closed' if self.closed_world else 'open'} world: {self.n_persons} of "
                  f"{self.n_source_persons} persons"]
         for reason, n in self.excluded.items():

@@ -15,12 +15,13 @@ class Therapy:
 
     def _col_drug_days(self, name: str, spec: dict) -> None:
         groups = self._groups(spec)
+        back, text = self._lookback_sql(name, "last_date")
         sql = f"""SELECT person_id, value, concept_id FROM (SELECT person_id,
             CAST(date_diff('day', last_date, index_date) AS INTEGER) AS value, drug_concept_id AS concept_id,
             row_number() OVER (PARTITION BY person_id ORDER BY last_date DESC, drug_concept_id) AS rn
-            FROM _omop_drugs WHERE grp IN ({self._in(groups)})) WHERE rn = 1"""
+            FROM _omop_drugs WHERE grp IN ({self._in(groups)}) AND {back}) WHERE rn = 1"""
         self._store(name, sql, None, "DRUG_EXPOSURE " + ", ".join(groups),
-                    "days since the last exposure day (end date, or start date) up to the index date; "
+                    f"days since the last exposure day (end date, or start date) up to the index date, {text}; "
                     "NULL when none on record")
 
     def _line1(self) -> str:
@@ -204,7 +205,8 @@ class Therapy:
             LEFT JOIN {strength} s ON s.drug_concept_id = d.drug_concept_id
                 AND (s.ingredient_concept_id = d.ingredient_concept_id OR d.ingredient_concept_id IS NULL
                      AND s.drug_concept_id IN (SELECT drug_concept_id FROM {strength} GROUP BY 1 HAVING count(*) = 1))
-            LEFT JOIN {bsa} b USING (person_id) WHERE d.grp IN ({self._in(groups)})"""
+            LEFT JOIN {bsa} b USING (person_id) WHERE d.grp IN ({self._in(groups)})
+            AND {self._lookback_sql(name, 'd.last_date', 'd.index_date')[0]}"""
         self._uncomputable(name, f"SELECT * FROM ({base}) WHERE dose IS NULL", "an anthracycline exposure")
         dec = self.decimals
         sql = f"""SELECT person_id, CASE WHEN count(dose) > 0 THEN round(sum(dose), {dec}) END AS value,
@@ -215,7 +217,8 @@ class Therapy:
 
     def _col_dose_daily(self, name: str, spec: dict) -> None:
         groups = self._groups(spec)
-        window = int(spec.get("window_days", 14))
+        declared = self.windows.window(name)  # the protocol's look-back, else the concepts file's
+        window = int(declared.days) if declared and declared.days is not None else int(spec.get("window_days", 14))
         strength = self._strength()
         local = [_like_to_regex(p) for p in self.doc.get("local_corticosteroid") or []]
         local_ids = []

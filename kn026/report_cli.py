@@ -36,7 +36,7 @@ def add_cli(subparsers) -> None:
 
 def main_report(args) -> int:
     from kn026 import analysis
-    from kn026.cli import _engine, _ids
+    from kn026.cli import _close, _engine, _ids
 
     out = Path(args.out)
     fmt = out.suffix.lower().lstrip(".")
@@ -69,6 +69,7 @@ def main_report(args) -> int:
                                recruitment=Plan(approach=args.approach / 100))
     rep = report.build(engine, scenario, settings, Path(args.cohort).name)
     data = report.render(rep, fmt)
+    _close(getattr(args, "progress", None))
     out.write_bytes(data)
     hidden = rep.published.n_hidden
     print(f"{rep.title}: {len(rep.sections)} tables, "

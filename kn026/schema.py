@@ -251,6 +251,26 @@ COLUMNS: tuple[Column, ...] = (
 
 BY_NAME: dict[str, Column] = {c.name: c for c in COLUMNS}
 
+# Measurements taken at screening (labs, vitals, ECG, LVEF, weight, performance status,
+# RECIST baseline lesions): a protocol gives each an assessment window (dictionary
+# section 1, "assessment" vs "event"), and importers of dated results take the latest
+# value inside it. The record-based columns are the events.
+ASSESSED: frozenset[str] = frozenset({
+    "weight_kg", "ecog", "measurable_lesions", "nonmeasurable_lesions",
+    "anc_1e9_l", "platelets_1e9_l", "hemoglobin_g_l", "bilirubin_total_umol_l",
+    "bilirubin_direct_umol_l", "ast_u_l", "alt_u_l", "albumin_g_l", "creatinine_umol_l",
+    "creatinine_clearance_ml_min", "aptt_s", "inr", "pt_s", "lvef_pct", "sbp_mmhg", "dbp_mmhg",
+    "qtcf_ms", "qt_ms", "heart_rate_bpm",
+})
+# A ULN column comes from the same laboratory record as its value, so it shares the value's window.
+ULN_OF: dict[str, str] = {
+    "bilirubin_total_uln_umol_l": "bilirubin_total_umol_l",
+    "bilirubin_direct_uln_umol_l": "bilirubin_direct_umol_l",
+    "ast_uln_u_l": "ast_u_l", "alt_uln_u_l": "alt_u_l", "aptt_uln_s": "aptt_s",
+    "inr_uln": "inr", "pt_uln_s": "pt_s",
+}
+EVENTS: frozenset[str] = frozenset(c.name for c in COLUMNS if c.record_based)
+
 # Boolean spellings accepted in text input (dictionary section 1), lower-cased.
 TRUE_WORDS = ("true", "1", "yes", "y", "t")
 FALSE_WORDS = ("false", "0", "no", "n", "f")

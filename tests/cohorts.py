@@ -74,6 +74,7 @@ VALUES: dict[str, tuple] = {
     "heart_rate_bpm": (None, 60, 75, 100),
     "corticosteroid_prednisone_eq_mg_day": (None, 5, 10, 10.5),
     "weight_loss_pct_1m": (None, 2, 4.9, 5),
+    "stale_columns": (None,),  # filled only by importers of dated results (no rule reads it yet)
 }
 for _c in schema.COLUMNS:
     if _c.kind == schema.FLAG:
@@ -136,6 +137,7 @@ def analyst_rules(n: int = 64) -> list:
 
     numeric = [c for c, vals in VALUES.items()
                if c not in ("site_id", "country", "screening_date")
+               and any(v is not None for v in vals)
                and all(v is None or isinstance(v, (int, float)) and not isinstance(v, bool) for v in vals)]
     flags = [c for c, vals in VALUES.items() if vals == FLAG]
     out = []

@@ -267,16 +267,41 @@ def test_cohort_page_completeness_and_distributions():
 
 def test_absent_columns_make_rules_not_assessable():
     at = new_app()
-    df = small_cohort().drop(columns=["her2_ish", "qt_ms", "heart_rate_bpm", "qtcf_ms"])
+    # dictionary v2: an absent her2_ish reads as unknown (HER2 stays assessable); QTcF has none of
+    # its required sets (qtcf_ms, or qt_ms + heart_rate_bpm) and is n/a
+    df = small_cohort().drop(columns=["her2_ish", "qt_ms", "heart_rate_bpm", "qtcf_ms", "days_since_antitumor_tcm"])
     sidebar_radio(at, "Cohort").set_value("upload").run()
     at.sidebar.file_uploader[0].set_value(("partial.csv", df.to_csv(index=False).encode(), "text/csv")).run()
     ok(at)
     assert at.session_state[ui_state.K_DATA].kind == "upload"
     go(at, "pages/cohort.py")
     warnings = " ".join(w.value for w in at.warning)
-    assert "not assessable" in warnings and "INCL02.HER2" in warnings and "EXCL11.QTCF" in warnings
+    assert "not assessable" in warnings and "EXCL11.QTCF" in warnings and "INCL02.HER2" not in warnings
     go(at, "pages/funnel.py")
     assert metrics(at)["Screened"] == "300"
+    # the missing columns are named beside the counts, rule by rule (a sub-rule of a screened criterion too)
+    notes = " ".join(c.value for c in at.caption) + " ".join(i.value for i in at.info)
+    assert "EXCL11.QTCF (missing qtcf_ms, or heart_rate_bpm + qt_ms)" in notes
+    assert "EXCL03.TCM (missing days_since_antitumor_tcm)" in notes
+    for page in ("pages/criteria.py", "pages/recruitment.py"):
+        go(at, page)
+        assert "EXCL03.TCM (missing days_since_antitumor_tcm)" in " ".join(c.value for c in at.caption), page
+
+
+def test_a_cohort_that_assesses_little_says_so_on_every_page_with_counts():
+    """Dictionary v2 / issue 12: a forecast or funnel built while many rules are n/a says so."""
+    at = new_app()
+    df = small_cohort()[["patient_id", "site_id", "age_years", "ecog", "inr"]]
+    sidebar_radio(at, "Cohort").set_value("upload").run()
+    at.sidebar.file_uploader[0].set_value(("few.csv", df.to_csv(index=False).encode(), "text/csv")).run()
+    ok(at)
+    for page in ("pages/funnel.py", "pages/criteria.py", "pages/recruitment.py", "pages/sites.py"):
+        go(at, page)
+        text = " ".join(w.value for w in at.warning)
+        assert "Little of the protocol can be assessed" in text and "rules cannot be assessed" in text, page
+        assert "ecog" not in text.split("missing:")[-1].split(",")[0]  # present columns are not named
+    go(at, "pages/recruitment.py")
+    assert any("cannot assess much of the protocol" in w.value for w in at.warning)
 
 
 # --------------------------------------------------------------------------- data sources
@@ -356,9 +381,11 @@ def test_patient_filters_and_drill_down():
     listing = next(d.value for d in at.dataframe if "Fails" in d.value.columns)
     assert set(listing["Fails"]) == {"EXCL09"}
     detail = next(t.value for t in at.table if "Verdict" in t.value.columns)
-    assert "fail" in set(detail["Verdict"]) and "EXCL09" in set(detail["Rule"])
-    row = detail[detail["Rule"] == "EXCL09"].iloc[0]
-    assert "grade" in row["Requirement (current thresholds)"] and "unresolved_ae_grade" in row["Patient's values"]
+    assert "fail" in set(detail["Verdict"]) and {"EXCL09.AE", "EXCL09.NEUROPATHY"} <= set(detail["Rule"])
+    row = detail[(detail["Rule"].str.startswith("EXCL09.")) & (detail["Verdict"] == "fail")].iloc[0]
+    assert "grade" in row["Requirement (current thresholds)"]
+    assert ("unresolved_ae_grade" if row["Rule"] == "EXCL09.AE" else "peripheral_neuropathy_grade") \
+        in row["Patient's values"]
     # a second condition, an example, and typing another patient ID
     at.pills(key=ui_state.W + "examples").set_value("unknown on INCL02.HER2").run()
     ok(at)

@@ -286,7 +286,9 @@ def test_a_rule_missing_at_one_site_is_reported(halves):
     north, south = halves
     at = network_page()
     open_tab(at, "network", "Merge site histograms")
-    upload(at, {"north.json": site_file(north, "North"), "south.json": site_file(south.drop(columns=["pt_s"]), "South")})
+    # dictionary v2: with INR present an absent pt_s reads unknown; without INR and PT COAG is n/a
+    upload(at, {"north.json": site_file(north, "North"),
+                "south.json": site_file(south.drop(columns=["pt_s", "inr"]), "South")})
     assert "INCL07.COAG** is not assessable at South" in texts(at.warning)
     open_tab(at, "network_result", "Per site")
     sites = frame(at, "net_sites_table").set_index("site")

@@ -198,6 +198,52 @@ def test_crcl50_rewrite_and_a_new_rule_match_kn026(engine):
     assert totals_of(again) == expected_totals(engine, scen)
 
 
+TWELVE = [  # analyst criteria typed one after another: 59 + 12 = 71 leaves, masks of two words
+    dict(id=f"CUST{i + 1:02d}", kind=kind, text=f"{col} {op} {value}", sql=f"{col} {op} :limit",
+         params=f"limit = {value}")
+    for i, (col, op, value, kind) in enumerate([
+        ("age_years", "<=", 75, "exclusion"), ("weight_kg", ">=", 45, "inclusion"),
+        ("hemoglobin_g_l", ">=", 100, "inclusion"), ("anc_1e9_l", ">=", 2, "inclusion"),
+        ("platelets_1e9_l", ">=", 120, "inclusion"), ("albumin_g_l", ">=", 32, "inclusion"),
+        ("ecog", "<=", 0, "inclusion"), ("lvef_pct", ">=", 55, "inclusion"),
+        ("sbp_mmhg", "<=", 140, "exclusion"), ("dbp_mmhg", "<=", 90, "exclusion"),
+        ("creatinine_umol_l", "<=", 110, "exclusion"), ("inr", "<=", 1.3, "exclusion")])]
+
+
+def test_twelve_custom_criteria_beyond_one_mask_word(engine):
+    """Twelve analyst criteria beside the protocol's 59 rules (71 leaves): the funnel shows them
+    all with kn026's numbers, and the Patients page filters on the last one (bit 70)."""
+    at = criteria_page()
+    for rule in TWELVE:
+        fill_new_rule(at, rule)
+        assert not at.error, [e.value for e in at.error]
+    scen = Scenario("check", custom=tuple(new_rule(r) for r in TWELVE))
+    assert stored(at).custom == scen.custom
+    assert analysis.engine_for(engine, scen).width == 2
+    assert totals_of(at) == expected_totals(engine, scen)
+    assert {r["id"] for r in TWELVE} <= set(at.data_editor[0].value["Criterion"])
+
+    go(at, "pages/funnel.py", "Eligibility funnel")
+    assert totals_of(at) == expected_totals(engine, scen)
+    want = analysis.run(engine, scen)
+    funnel_tab(at, "Per-criterion table")
+    got = frame(at, "shapley_strict").set_index("criterion").drop(index="Screened")
+    exp = want.stats.set_index("criterion").join(want.funnel.set_index("criterion")[["strict", "optimistic"]])
+    assert list(got.index) == list(want.plan.ids) and [r["id"] for r in TWELVE] == list(got.index)[-12:]
+    for col in ("strict", "optimistic", "failed", "unique", "unknown"):
+        assert got[col].astype(int).tolist() == exp.loc[got.index, col].astype(int).tolist(), col
+    last = engine.con.execute("SELECT count(*) FILTER (inr > 1.3), count(*) FILTER (inr IS NULL) "
+                              "FROM cohort").fetchone()
+    assert (int(got.loc["CUST12", "failed"]), int(got.loc["CUST12", "unknown"])) == last and last[0] > 0
+
+    go(at, "pages/patients.py", "Patients")
+    at.selectbox(key=ui_state.W + "cond_status").set_value("fails")
+    at.selectbox(key=ui_state.W + "cond_target").set_value("CUST12")
+    click(at, "Add")
+    heading = next(m.value for m in at.markdown if m.value.startswith("####"))
+    assert int(heading.split()[1].replace(",", "")) == last[0]
+
+
 def test_changing_a_rule_recomputes_and_removing_restores(engine):
     at = criteria_page()
     protocol_totals = totals_of(at)

@@ -395,6 +395,10 @@ def test_sql_histogram_and_merge_commands(tmp_path, capsys):
     rows = con.execute(out.rstrip().rstrip(";")).fetchall()
     (tmp_path / "rows.csv").write_text("f,u,n\n" + "\n".join(",".join(map(str, r)) for r in rows))
     code, _, err = run(["histogram", "--rows", tmp_path / "rows.csv", "--stage", 1, "--site", "A",
+                        "--out", tmp_path / "a.json"], capsys)  # the header of rows version 1
+    assert code == 2 and "older kn026 (rows version 1)" in err and "f0, u0, n" in err and "Traceback" not in err
+    (tmp_path / "rows.csv").write_text("f0,u0,n\n" + "\n".join(",".join(map(str, r)) for r in rows))
+    code, _, err = run(["histogram", "--rows", tmp_path / "rows.csv", "--stage", 1, "--site", "A",
                         "--out", tmp_path / "a.json"], capsys)
     assert code == 0, err
     code, _, err = run(["histogram", "--cohort", FIXTURE, "--stage", 1, "--site", "B",
@@ -489,3 +493,70 @@ def test_import_mapping_date_refusal_in_a_real_process(tmp_path):
     assert ("error: mapping: screening_date (file column 'Visit date'): it mixes date formats: '13/01/2022' in row "
             "1 reads as dd/mm/yyyy (day first), '01/13/2022' in row 2 only as mm/dd/yyyy (month first)") in proc.stderr
     assert not (tmp_path / "cohort.csv").exists()
+
+
+# -- import --sdtm (tests/fixtures/sdtm/README.md derives the values) ------------------------------------
+SDTM = Path(__file__).parent / "fixtures" / "sdtm"
+
+
+def test_import_sdtm_writes_a_loadable_cohort_and_the_report(tmp_path, capsys):
+    out, report = tmp_path / "hist01.csv", tmp_path / "report.csv"
+    code, _, err = run(["import", "--sdtm", SDTM / "study_xpt", "--out", out, "--report", report], capsys)
+    assert code == 0, err
+    assert "6 subjects (2 RFXSTDTC (first dose), 1 RFSTDTC, 1 RFICDTC (informed consent), 1 DMDTC, " \
+           "1 EXSTDTC (first dose in EX))" in err
+    assert "domains not found: FA" in err and "left out: 1 without a usable index date" in err
+    rows = {r["patient_id"]: r for r in csv.DictReader(out.open(encoding="utf-8"))}
+    assert rows["HIST01-S01"]["hemoglobin_g_l"] == "125.0" and rows["HIST01-S02"]["stale_columns"] == "ast_u_l,alt_u_l"
+    assert "primary_site" not in rows["HIST01-S01"]  # not in SDTM: absent, so its rule is n/a
+    table = {r["column"]: r for r in csv.DictReader(report.open(encoding="utf-8"))}
+    assert table["hemoglobin_g_l"]["conversions"] == "g/dL x 10; mmol/L x 16.11"
+    assert table["hemoglobin_g_l"]["n_stale"] == "1"
+    subjects = list(csv.DictReader((tmp_path / "report_subjects.csv").open(encoding="utf-8")))
+    assert subjects[2] == {"patient_id": "HIST01-S03", "index_date": "2024-05-10",
+                           "index_source": "RFICDTC (informed consent)"}
+    # the cohort screens: S02's INCL07.AST is unknown (stale), S03 fails INCL07.PLT (45)
+    log = tmp_path / "log.csv"
+    assert run(["screen", "--cohort", out, "--stage", 1, "--out", log], capsys)[0] == 0
+    verdicts = {r["patient_id"]: r for r in csv.DictReader(log.open(encoding="utf-8"))}
+    assert verdicts["HIST01-S02"]["INCL07.AST"] == "unknown" and verdicts["HIST01-S03"]["INCL07.PLT"] == "fail"
+    assert verdicts["HIST01-S01"]["INCL04"] == "pass" and verdicts["HIST01-S01"]["INCL02.HER2"] == "n/a"
+
+
+def test_import_sdtm_options_parquet_and_text_report(tmp_path, capsys):
+    out, report = tmp_path / "c.parquet", tmp_path / "r.txt"
+    code, _, err = run(["import", "--sdtm", SDTM / "study_csv", "--index-date", "screening", "--lookback-days", "10",
+                        "--open-world", "--out", out, "--report", report], capsys)
+    assert code == 0, err
+    import pandas as pd
+
+    frame = pd.read_parquet(out).set_index("patient_id")
+    assert frame.loc["HIST01-S03", "hemoglobin_g_l"] == 120.0  # the screening retest
+    text = report.read_text(encoding="utf-8")
+    assert text.startswith("SDTM import from") and "10 days (override)" in text and "open world" in text
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["--sdtm", SDTM / "study_csv", "--in", "x.csv"], "--in applies to --mapping"),
+    (["--sdtm", SDTM / "study_csv", "--concepts", "c.yaml"], "--concepts applies to --omop"),
+    (["--sdtm", SDTM / "study_csv", "--index-date", "last"], "give first-dose, screening or a date"),
+    (["--sdtm", SDTM / "nope"], "does not exist"),
+    (["--sdtm", SDTM / "study_csv", "--index-date", "2020-01-01", "--lookback-days", "-2"], "whole number of days"),
+])
+def test_import_sdtm_errors_exit_2(tmp_path, capsys, argv, fragment):
+    code, out, err = run(["import", *argv, "--out", tmp_path / "o.csv"], capsys)
+    assert code == 2 and out == "" and fragment in err and "Traceback" not in err
+    assert not (tmp_path / "o.csv").exists()
+
+
+def test_import_sdtm_unit_guard_stops_the_import(tmp_path, capsys):
+    study = tmp_path / "study"
+    study.mkdir()
+    for p in (SDTM / "study_csv").glob("*.csv"):
+        (study / p.name).write_bytes(p.read_bytes())
+    with (study / "lb.csv").open("a", encoding="utf-8") as fh:  # g/dL values labelled g/L
+        for n, day in ((1, "2024-03-15"), (2, "2024-04-02"), (3, "2024-05-10")):
+            fh.write(f"HIST01,LB,HIST01-S0{n},30,HGB,Hemoglobin,BLOOD,12,g/L,12,12,g/L,,,SCREENING,{day}\n")
+    code, _, err = run(["import", "--sdtm", study, "--out", tmp_path / "o.csv"], capsys)
+    assert code == 2 and "hemoglobin_g_l" in err and "HIST01-S01" in err
+    assert not (tmp_path / "o.csv").exists()

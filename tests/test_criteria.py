@@ -546,3 +546,155 @@ def test_load_protocol_errors(tmp_path):
 def test_parse_predicate_names():
     cols, params = names_in(parse_predicate("inr <= :x * COALESCE(inr_uln, :d) OR pt_s IS NULL", "r"))
     assert cols == {"inr", "inr_uln", "pt_s"} and params == {"x", "d"}
+
+
+# -- time windows (kn026/windows.py; dictionary section 1) ---------------------------------------------------
+SHIPPED = yaml.safe_load(DEFAULT_PROTOCOL.read_text(encoding="utf-8"))
+INCL07_LABS = ["anc_1e9_l", "platelets_1e9_l", "hemoglobin_g_l", "bilirubin_total_umol_l",
+               "bilirubin_direct_umol_l", "ast_u_l", "alt_u_l", "albumin_g_l", "creatinine_umol_l",
+               "creatinine_clearance_ml_min", "aptt_s", "inr", "pt_s"]
+
+
+def test_incl07_labs_count_within_7_days_both_ends():
+    w = PROTOCOL.windows
+    for col in INCL07_LABS:
+        assert w.assessment_days(col) == 7 and w.assessment[col].basis == "INCL07", col
+        assert [w.window(col).covers(d) for d in (-1, 0, 7, 8)] == [False, True, True, False], col
+    # a ULN comes from its value's record: same window; weight feeds INCL07.CRCL's Cockcroft-Gault
+    assert w.assessment_days("ast_uln_u_l") == 7 and w.assessment_days("inr_uln") == 7
+    assert w.assessment_days("weight_kg") == 7
+
+
+def test_every_assessed_column_a_rule_reads_has_a_window():
+    read = {c for r in PROTOCOL.rules for cols in r.columns.values() for c in cols}
+    assert read & schema.ASSESSED == set(PROTOCOL.windows.assessment)
+    for col in ("ecog", "lvef_pct", "sbp_mmhg", "dbp_mmhg", "qt_ms", "qtcf_ms", "heart_rate_bpm"):
+        assert PROTOCOL.windows.assessment_days(col) == 28
+        assert PROTOCOL.windows.assessment[col].basis.startswith("default:"), col
+    assert PROTOCOL.windows.assessment_days("measurable_lesions") == 28
+    assert PROTOCOL.windows.assessment_days("age_years") is None  # not a measurement with a window
+
+
+def test_event_lookbacks_never_shorter_than_any_window_a_scenario_can_set():
+    w = PROTOCOL.windows
+    assert set(w.events) == schema.EVENTS  # every record-based column, all read by KN026-001
+    expected = {"days_since_transfusion": ("INCL07.TRANSFUSION", "window_days"),
+                "days_since_growth_factor": ("INCL07.CYTOKINE", "window_days"),
+                "days_since_investigational_drug": ("EXCL02", "window_days"),
+                "days_since_antitumor_tcm": ("EXCL03.TCM", "tcm_days"),
+                "days_since_radiotherapy": ("EXCL04.RECENT", "window_days"),
+                "days_since_major_surgery": ("EXCL05.RECENT", "window_days"),
+                "days_since_myocardial_infarction": ("EXCL11.MI", "window_days"),
+                "days_since_angina": ("EXCL11.ANGINA", "window_days"),
+                "days_since_arrhythmia_therapy": ("EXCL11.ARRHYTHMIA", "window_days")}
+    for col, (rid, param) in expected.items():
+        p = PROTOCOL.rule(rid).params[param]
+        assert w.lookback_days(col) == int(p.high) >= int(p.default), col
+        assert rid in w.events[col].basis
+    assert (w.lookback_days("days_since_transfusion"), w.lookback_days("days_since_myocardial_infarction")) == (365, 3650)
+    # EXCL03.WASHOUT reads a missing date as unknown: search the whole record
+    assert w.lookback_days("days_since_anticancer_therapy") is None
+    assert "EXCL03.WASHOUT" in w.events["days_since_anticancer_therapy"].basis
+    assert w.lookback_days("anthracycline_doxorubicin_eq_mg_m2") is None  # cumulative
+    assert w.lookback_days("corticosteroid_prednisone_eq_mg_day") == 14
+
+
+def test_derived_lookback_follows_the_parameter_range():
+    doc = copy.deepcopy(SHIPPED)
+    rule = next(r for c in doc["criteria"] for r in c["rules"] if r["id"] == "EXCL11.MI")
+    rule["params"]["window_days"]["max"] = 400
+    assert build_protocol(doc).windows.lookback_days("days_since_myocardial_infarction") == 400
+
+
+def test_lookback_override_changes_assessment_windows_only():
+    w = PROTOCOL.windows.with_assessment_days(30)
+    assert {x.days for x in w.assessment.values()} == {30} and set(w.assessment) == schema.ASSESSED
+    assert w.events == PROTOCOL.windows.events
+    assert PROTOCOL.windows.with_assessment_days(None) is PROTOCOL.windows
+    with pytest.raises(ValueError, match="whole number of days >= 0"):
+        PROTOCOL.windows.with_assessment_days(-1)
+
+
+def test_no_windows_section_derives_event_lookbacks_only():
+    p = build_protocol(copy.deepcopy(BASE))  # reads anc_1e9_l, weight_kg: no assessment window declared
+    assert p.windows.assessment == {} and p.windows.assessment_days("anc_1e9_l") is None
+    doc = copy.deepcopy(BASE)
+    doc["criteria"][2]["rules"].append({"id": "EXCL01.MI", "sql": "NOT (days_since_myocardial_infarction < :d)",
+                                        "params": {"d": {"default": 183, "unit": "days", "min": 0, "max": 999}}})
+    assert build_protocol(doc).windows.lookback_days("days_since_myocardial_infarction") == 999
+
+
+def _windows(change):
+    doc = copy.deepcopy(SHIPPED)
+    change(doc["windows"])
+    return doc
+
+
+def _group(doc_windows, days):
+    return next(g for g in doc_windows["assessment"] if g["days"] == days)
+
+
+def _move(col, days):
+    def change(w):
+        for g in w["assessment"]:
+            if col in g["columns"]:
+                g["columns"].remove(col)
+        _group(w, days)["columns"].append(col)
+    return change
+
+
+BROKEN_WINDOWS = [
+    ("assessed column without a window", _windows(lambda w: _group(w, 7)["columns"].remove("hemoglobin_g_l")),
+     r"windows\.assessment: hemoglobin_g_l \(read by INCL07\.HGB\) has no assessment window; add it to a group"),
+    ("lab outside its criterion's window", _windows(_move("creatinine_umol_l", 28)),
+     r"creatinine_umol_l is read by INCL07\.CRCL, whose results count within 7 days \(INCL07\), but its window "
+     r"is 28 days; move creatinine_umol_l to the 7-day group"),
+    ("CrCl input outside the window", _windows(_move("weight_kg", 28)), r"weight_kg is read by INCL07\.CRCL"),
+    ("ULN listed", _windows(lambda w: _group(w, 7)["columns"].append("ast_uln_u_l")),
+     r"ast_uln_u_l comes from the same record as ast_u_l and shares its window; list ast_u_l instead"),
+    ("event column as assessment", _windows(lambda w: _group(w, 7)["columns"].append("days_since_transfusion")),
+     r"days_since_transfusion is an event column: give it a look-back under windows\.events"),
+    ("static column as assessment", _windows(lambda w: _group(w, 7)["columns"].append("age_years")),
+     r"age_years is not a measurement taken at screening"),
+    ("unknown column", _windows(lambda w: _group(w, 7)["columns"].append("hb")), r"'hb' is not a dictionary column"),
+    ("column twice", _windows(lambda w: w["assessment"][-1]["columns"].append("inr")),
+     r"inr already has a window \(7 days\); list it once"),
+    ("negative days", _windows(lambda w: _group(w, 7).update(days=-7)), r"days = -7: give a whole number of days"),
+    ("days as text", _windows(lambda w: _group(w, 7).update(days="7d")), r"days = '7d': give a whole number"),
+    ("days boolean", _windows(lambda w: _group(w, 7).update(days=True)), r"days = True: give a whole number"),
+    ("no basis", _windows(lambda w: _group(w, 7).pop("basis")), r"say where the 7-day window comes from in `basis`"),
+    ("group key typo", _windows(lambda w: _group(w, 7).update(colums=[])), r"give days, basis and columns"),
+    ("windows key typo", _windows(lambda w: w.update(event={})), r"'windows' must be a mapping with 'assessment'"),
+    ("look-back shorter than the window", _windows(lambda w: w["events"].update(days_since_transfusion=14)),
+     r"windows\.events\.days_since_transfusion: a look-back of 14 days is shorter than the window the rules can "
+     r"set \(.*INCL07\.TRANSFUSION window_days up to 365 days\); give at least 365 days, or derived"),
+    ("washout look-back not the whole record",
+     _windows(lambda w: w["events"].update(days_since_anticancer_therapy={"days": 5000, "basis": "x"})),
+     r"days_since_anticancer_therapy: a look-back of 5000 days .*give the whole record \(all\)"),
+    ("dose look-back not derivable", _windows(lambda w: w["events"].update(corticosteroid_prednisone_eq_mg_day="derived")),
+     r"corticosteroid_prednisone_eq_mg_day: no look-back can be derived .*give the number of days, or all"),
+    ("dose without look-back", _windows(lambda w: w["events"].pop("anthracycline_doxorubicin_eq_mg_m2")),
+     r"windows\.events: anthracycline_doxorubicin_eq_mg_m2 \(read by EXCL06\) has no look-back and none can be "
+     r"derived"),
+    ("look-back in days without basis",
+     _windows(lambda w: w["events"].update(corticosteroid_prednisone_eq_mg_day=14)),
+     r"corticosteroid_prednisone_eq_mg_day: say where the 14-day look-back comes from"),
+    ("look-back not a number", _windows(lambda w: w["events"].update(days_since_angina="6 months")),
+     r"windows\.events\.days_since_angina = '6 months': give derived, all, or a whole number"),
+    ("assessed column as event", _windows(lambda w: w["events"].update(hemoglobin_g_l="derived")),
+     r"hemoglobin_g_l is not an event \(record-based\) column; give it an assessment window"),
+]
+
+
+@pytest.mark.parametrize("doc, message", [(d, m) for _, d, m in BROKEN_WINDOWS],
+                         ids=[n for n, _, _ in BROKEN_WINDOWS])
+def test_broken_windows_rejected(doc, message):
+    with pytest.raises(CriteriaError, match=message):
+        build_protocol(doc)
+
+
+def test_explicit_lookbacks_at_least_the_derived_one_accepted():
+    doc = _windows(lambda w: w["events"].update(days_since_transfusion={"days": 400, "basis": "site policy"},
+                                                days_since_angina="all"))
+    w = build_protocol(doc).windows
+    assert w.lookback_days("days_since_transfusion") == 400 and w.lookback_days("days_since_angina") is None

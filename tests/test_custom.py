@@ -102,6 +102,22 @@ def test_extra_columns_can_be_used():
     assert list(log["CUST01"]) == ["fail", "pass", "unknown"]
 
 
+def test_no_ceiling_on_the_number_of_rules(engine):
+    """64 analyst criteria beside the protocol's rules (no 64-rule limit any more): the reused
+    pass with the new rules folded in equals a fresh engine, screening log included."""
+    rules = [custom.CustomRule(f"CUST{i:02d}", "exclusion", f"age above {20 + i}", f"age_years <= {20 + i}")
+             for i in range(1, 65)]
+    ext, protocol, changed = extended(engine, rules=rules)
+    assert len(protocol.rules) == len(PROTOCOL.rules) + 64 and ext.width == (len(protocol.rules) + 63) // 64 >= 2
+    fresh = Engine(engine.cohort, protocol, 1, untrusted=changed)
+    assert analysis.run(ext).totals == analysis.run(fresh).totals
+    stats = analysis.run(ext).stats.set_index("criterion")
+    over = engine.con.execute("SELECT count(*) FROM cohort WHERE age_years > 84").fetchall()[0][0]
+    assert stats.loc["CUST64", "failed"] == over > 0
+    log = engine.con.execute(analysis.screen_log_sql(ext)).df()
+    assert (log["CUST64"] == "fail").sum() == over
+
+
 def test_scenario_yaml_carries_custom_and_replaced_rules(engine):
     from kn026.scenario import parse_scenario
 
@@ -210,3 +226,17 @@ def test_column_help_lists_what_a_rule_may_use():
     assert rows["biomarker_x"]["meaning"] == "extra column of the uploaded file"
     assert rows["crcl_if_female"]["kind"] == "number (derived)"
     assert "weight_kg" not in rows  # absent from this cohort: a rule may not name it
+
+
+def test_extended_engines_are_bounded_and_reused(engine):
+    """Each scenario with analyst rules gets an extended engine with its own masks once used;
+    only the most recent few are kept."""
+    scenarios = [Scenario(f"s{i}", custom=(custom.CustomRule("CUST01", "exclusion", "x", f"age_years <= {60 + i}"),))
+                 for i in range(analysis.EXTENDED_KEEP + 2)]
+    first = analysis.engine_for(engine, scenarios[0])
+    assert analysis.engine_for(engine, scenarios[0]) is first
+    for s in scenarios:
+        analysis.run(engine, s)
+    assert len(engine._extended) == analysis.EXTENDED_KEEP
+    assert analysis.engine_for(engine, scenarios[0]) is not first  # dropped, made again
+    assert analysis.engine_for(engine, scenarios[-1]) is analysis.engine_for(engine, scenarios[-1])

@@ -144,7 +144,7 @@ def test_version_1_files_are_refused_with_what_to_do(tmp_path, pooled):
         federated.merge_histograms([doc, dict(old, site="other")])
     # the exported query's result: version 1 had columns f, u, n
     (tmp_path / "rows.csv").write_text("f,u,n\n0,0,5\n")
-    with pytest.raises(federated.FederatedError, match=r"older kn026 \(rows version 1\).*f0, u0, n"):
+    with pytest.raises(federated.FederatedError, match=r"^\S*rows.csv: columns f, u, n .*older kn026 \(rows version 1\).*f0, u0, n"):
         federated.main_histogram(_histogram_args(tmp_path / "rows.csv", tmp_path / "x.json"))
     (tmp_path / "rows.csv").write_text("f0,u0,f1,u1,n\n0,0,0,0,5\n")
     with pytest.raises(federated.FederatedError, match="f1, u1 are more mask words"):

@@ -25,6 +25,7 @@ except ImportError:  # run as `pytest tests/...` without the repo root on sys.pa
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from kn026 import funnel as fn
+from kn026 import masks as mw
 from kn026.funnel import Histogram
 
 A, B, C = 0b001, 0b010, 0b100
@@ -362,9 +363,10 @@ def verdicts(patient, units) -> list[str]:
 
 def naive_funnel(patients, units):
     strict, optimistic = [len(patients)], [len(patients)]
+    vs = [verdicts(p, units) for p in patients]
     for i in range(len(units)):
-        strict.append(sum(all(v == "P" for v in verdicts(p, units)[: i + 1]) for p in patients))
-        optimistic.append(sum(all(v != "F" for v in verdicts(p, units)[: i + 1]) for p in patients))
+        strict.append(sum(all(x == "P" for x in v[: i + 1]) for v in vs))
+        optimistic.append(sum(all(x != "F" for x in v[: i + 1]) for v in vs))
     return strict, optimistic
 
 
@@ -393,9 +395,28 @@ def shapley_by_definition(patients, units, bound) -> list[Fraction]:
 SITES = ("s0", "s1", "s2")
 
 
+def spread(mask: int, positions) -> int:
+    """Move bit i of a compact mask to bit positions[i]."""
+    return sum(1 << p for i, p in enumerate(positions) if mask >> i & 1)
+
+
 @st.composite
-def histograms(draw, max_leaves=8, max_rows=12, max_count=4):
+def leaf_positions(draw, n_leaves, wide):
+    """Bit positions of the leaves: 0..n-1, or (wide) spread over 0..199 with one at 64 or above,
+    so the masks need two to four words and cross word and 16-bit chunk boundaries."""
+    if not wide:
+        return list(range(n_leaves))
+    top = draw(st.integers(64, 199))
+    rest = draw(st.lists(st.integers(0, 199).filter(lambda p: p != top), min_size=n_leaves - 1,
+                         max_size=n_leaves - 1, unique=True))
+    return sorted([top, *rest])
+
+
+@st.composite
+def placed_histograms(draw, max_leaves=8, max_rows=12, max_count=4, wide=False):
+    """(histogram, number of leaves, bit position of each leaf)."""
     n_leaves = draw(st.integers(1, max_leaves))
+    positions = draw(leaf_positions(n_leaves, wide))
     top = (1 << n_leaves) - 1
     rows = draw(st.integers(0, max_rows))
     with_site = draw(st.booleans())
@@ -403,32 +424,51 @@ def histograms(draw, max_leaves=8, max_rows=12, max_count=4):
     for _ in range(rows):
         f = draw(st.integers(0, top))
         u = draw(st.integers(0, top)) & ~f
-        fail.append(f)
-        unknown.append(u)
+        fail.append(spread(f, positions))
+        unknown.append(spread(u, positions))
         count.append(draw(st.integers(0, max_count)))
         site.append(draw(st.integers(0, len(SITES) - 1)))
-    # rows may repeat (unmerged), counts may be zero
+    # rows may repeat (unmerged), counts may be zero; Python ints of any size
+    width = mw.width_for(positions[-1] + 1)  # top words may be zero in every row
     h = Histogram(
-        np.array(fail, np.uint64),
-        np.array(unknown, np.uint64),
+        mw.words_of(fail, width) if wide else np.array(fail, np.uint64),
+        mw.words_of(unknown, width) if wide else np.array(unknown, np.uint64),
         np.array(count, np.int64),
         np.array(site, np.int32) if with_site else None,
         SITES if with_site else (),
     )
+    assert h.width >= 2 or not wide
+    return h, n_leaves, positions
+
+
+@st.composite
+def histograms(draw, wide=False):
+    h, n_leaves, _ = draw(placed_histograms(wide=wide))
     return h, n_leaves
 
 
 @st.composite
-def hist_and_units(draw, max_units=5):
-    h, n_leaves = draw(histograms())
+def hist_and_units(draw, max_units=5, wide=False, min_units=0):
+    h, n_leaves, positions = draw(placed_histograms(wide=wide))
     top = (1 << n_leaves) - 1
-    units = draw(st.lists(st.integers(0, top), min_size=0, max_size=max_units))
-    return h, units
+    units = draw(st.lists(st.integers(0, top), min_size=min_units, max_size=max_units))
+    return h, [spread(u, positions) for u in units]
 
 
 @settings(deadline=None, max_examples=150)
 @given(hist_and_units(), st.booleans())
 def test_collapse_and_funnel_match_brute_force(case, merged):
+    check_collapse_and_funnel_match_brute_force(case, merged)
+
+
+@settings(deadline=None, max_examples=100)
+@given(hist_and_units(wide=True), st.booleans())
+def test_collapse_and_funnel_match_brute_force_multiword(case, merged):
+    """The same with leaves spread over 0..199: masks of two to four words."""
+    check_collapse_and_funnel_match_brute_force(case, merged)
+
+
+def check_collapse_and_funnel_match_brute_force(case, merged):
     h, units = case
     names = [f"K{i}" for i in range(len(units))]
     patients = expand(h)
@@ -515,6 +555,17 @@ def test_shapley_is_the_shapley_value(case):
 @settings(deadline=None, max_examples=150)
 @given(hist_and_units(), st.randoms(use_true_random=False))
 def test_funnel_properties(case, rnd):
+    check_funnel_properties(case, rnd)
+
+
+@settings(deadline=None, max_examples=100)
+@given(hist_and_units(wide=True), st.randoms(use_true_random=False))
+def test_funnel_properties_multiword(case, rnd):
+    """The same with leaves spread over 0..199: masks of two to four words."""
+    check_funnel_properties(case, rnd)
+
+
+def check_funnel_properties(case, rnd):
     h, units = case
     names = [f"K{i}" for i in range(len(units))]
     collapsed = fn.collapse(h, units, merge=False)
@@ -540,6 +591,17 @@ def test_funnel_properties(case, rnd):
 @settings(deadline=None, max_examples=150)
 @given(hist_and_units())
 def test_stats_properties(case):
+    check_stats_properties(case)
+
+
+@settings(deadline=None, max_examples=100)
+@given(hist_and_units(wide=True))
+def test_stats_properties_multiword(case):
+    """The same with leaves spread over 0..199: masks of two to four words."""
+    check_stats_properties(case)
+
+
+def check_stats_properties(case):
     h, units = case
     names = [f"K{i}" for i in range(len(units))]
     collapsed = fn.collapse(h, units)
@@ -566,6 +628,17 @@ def test_stats_properties(case):
 @settings(deadline=None, max_examples=150)
 @given(histograms())
 def test_merge_properties(case):
+    check_merge_properties(case)
+
+
+@settings(deadline=None, max_examples=100)
+@given(histograms(wide=True))
+def test_merge_properties_multiword(case):
+    """The same with leaves spread over 0..199: masks of two to four words."""
+    check_merge_properties(case)
+
+
+def check_merge_properties(case):
     h, _ = case
     m = fn.merge(h)
     assert m.total == h.total
@@ -635,3 +708,96 @@ def test_wide_masks(case, data):
         assert (got_f, got_u) == (cf, cu)
     names = [f"K{j}" for j in range(len(units))]
     pd.testing.assert_frame_equal(fn.funnel(h, names, units=units), fn.funnel(c, names))
+
+
+# --------------------------------------------------------------------------- more than 64 bits
+
+
+@settings(deadline=None, max_examples=40)
+@given(hist_and_units(wide=True, min_units=65, max_units=80), st.booleans())
+def test_more_than_64_criteria_match_brute_force(case, merged):
+    """More units than one word holds: the collapsed histogram has two words."""
+    h, units = case
+    assert fn.collapse(h, units, merge=merged).width == 2
+    check_collapse_and_funnel_match_brute_force(case, merged)
+
+
+def test_from_counts_and_records_with_wide_masks():
+    big = 1 << 130
+    h = Histogram.from_counts({(big | 1, 1 << 64): 3, (0, big): 2, (0, 0): 4})
+    assert h.width == 3 and h.fail.shape == (3, 3) and h.fail.dtype == np.uint64
+    assert sorted(h.records()) == sorted([(big | 1, 1 << 64, 3), (0, big, 2), (0, 0, 4)])
+    assert h.used_bits == big | (1 << 64) | 1
+    names = [f"C{i}" for i in range(131)]
+    df = fn.funnel(h, names)
+    assert df["lost_strict"].iloc[1] == 3  # fails bit 0
+    assert df["lost_strict"].iloc[131] == 2  # unknown only on bit 130
+    assert df["optimistic"].iloc[-1] == 6 and df["strict"].iloc[-1] == 4
+    shares = fn.shapley(h, "strict")
+    assert shares.shape == (192,) and shares[130] == pytest.approx(1 + 2) and shares[64] == pytest.approx(1)
+    assert fn.unit_mask([0, 64, 130]) == big | (1 << 64) | 1
+    narrow = Histogram(np.array([1], np.uint64), [big], np.array([1]))  # widths differ: padded
+    assert narrow.width == 3 and narrow.records() == [(1, big, 1)]
+    with pytest.raises(ValueError, match=">= 0"):
+        Histogram([-1], [0], [1])
+    with pytest.raises(ValueError, match="both failed and unknown"):
+        Histogram.from_counts({(big, big): 1})
+
+
+def test_collapse_across_words_example():
+    # leaves 0, 63 (word 0) and 64, 127, 128 (words 1, 2); units X = {63, 64}, Y = {128}, Z = {0, 127}
+    X, Y, Z = (1 << 63) | (1 << 64), 1 << 128, 1 | (1 << 127)
+    h = Histogram.from_counts({
+        (1 << 64, 1 << 128): 2,  # X fails, Y unknown
+        (0, (1 << 63) | 1): 3,  # X unknown, Z unknown
+        (1 << 127, 1 << 63): 1,  # Z fails, X unknown
+    })
+    got = fn.collapse(h, [X, Y, Z])
+    assert got.width == 1
+    assert Counter({(f, u): c for f, u, c in got.records()}) == Counter(
+        {(0b001, 0b010): 2, (0, 0b101): 3, (0b100, 0b001): 1})
+    pd.testing.assert_frame_equal(fn.funnel(h, ["X", "Y", "Z"], units=[X, Y, Z]), fn.funnel(got, ["X", "Y", "Z"]))
+
+
+def counted(h: Histogram) -> Counter:
+    """{(fail, unknown, site): patients} without expanding (counts here reach 2**40)."""
+    out: Counter = Counter()
+    for f, u, c, *s in h.records():
+        out[(f, u, s[0] if s else 0)] += c
+    return +out
+
+
+@settings(deadline=None, max_examples=120)
+@given(wide_histograms(), st.data(), st.integers(1, 2))
+def test_multiword_equals_one_word(case, data, shift):
+    """Differential: the word-by-word paths give the one-word results, whether the same masks
+    sit in wider arrays (zero top words) or are moved up by 64 * shift bits."""
+    h, n_bits = case
+    assert h.width == 1
+    units = data.draw(st.lists(st.integers(0, (1 << n_bits) - 1), max_size=8))
+    names = [f"K{j}" for j in range(len(units))]
+    up = 64 * shift
+    padded = Histogram(mw.widen(h.fail, 1 + shift), mw.widen(h.unknown, 1 + shift), h.count, h.site, h.sites)
+    moved = Histogram(mw.words_of([f << up for f in mw.ints_of(h.fail)], 1 + shift),
+                      mw.words_of([u << up for u in mw.ints_of(h.unknown)], 1 + shift), h.count, h.site, h.sites)
+    assert padded.width == moved.width == 1 + shift
+    leaf_names = [f"L{j}" for j in range(n_bits)]
+    pd.testing.assert_frame_equal(fn.funnel(padded, leaf_names), fn.funnel(h, leaf_names))
+    assert fn.eligible_counts(padded) == fn.eligible_counts(moved) == fn.eligible_counts(h)
+    assert counted(fn.merge(padded)) == counted(fn.merge(h))
+    assert counted(fn.merge(moved)) == Counter({(f << up, u << up, s): c for (f, u, s), c in counted(h).items()})
+    np.testing.assert_allclose(fn.shapley(moved, "strict")[up:up + 64], fn.shapley(h, "strict"))
+    want = fn.collapse(h, units)
+    for wide, wide_units in ((padded, units), (moved, [u << up for u in units])):
+        pd.testing.assert_frame_equal(fn.funnel(wide, names, units=wide_units), fn.funnel(h, names, units=units))
+        for merged in (True, False):
+            got = fn.collapse(wide, wide_units, merge=merged)
+            assert got.width == want.width
+            assert counted(got) == counted(want)
+            pd.testing.assert_frame_equal(fn.funnel(got, names), fn.funnel(want, names))
+            pd.testing.assert_frame_equal(fn.criterion_stats(got, names), fn.criterion_stats(want, names))
+            for bound in fn.BOUNDS:
+                pd.testing.assert_frame_equal(fn.combinations(got, names, top=None, bound=bound),
+                                              fn.combinations(want, names, top=None, bound=bound))
+            if h.site is not None:
+                pd.testing.assert_frame_equal(fn.by_site(got), fn.by_site(want))

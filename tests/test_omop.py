@@ -148,26 +148,33 @@ def test_synthea_hemoglobin_and_platelets_for_everyone_in_dictionary_units(synth
 
 
 @needs_sample
-def test_synthea_default_lookback_keeps_only_recent_labs(raw_measurement):
-    frame, _ = omop.import_omop(SAMPLE, "last")
+def test_synthea_protocol_window_keeps_only_labs_within_7_days(raw_measurement):
+    """INCL07's "within 7 days before enrollment" (protocol.windows): a haemoglobin dated 0-7 days
+    before the index date is taken; an older one only is no assessment: NULL and listed in
+    stale_columns (before dictionary v2's windows it was kept and listed)."""
+    frame, report = omop.import_omop(SAMPLE, "last")
     frame = frame.set_index("patient_id")
     raw = raw_measurement[raw_measurement["measurement_concept_id"] == 3000963]
     raw = raw.assign(d=pd.to_datetime(raw["measurement_date"]).dt.date)
     for pid, row in frame.iterrows():
-        recent = raw[(raw["person_id"] == pid) & (raw["d"] <= row["screening_date"])
-                     & (raw["d"] >= row["screening_date"] - dt.timedelta(days=30))]
-        assert pd.isna(row["hemoglobin_g_l"]) == recent.empty, pid
-    assert frame["hemoglobin_g_l"].notna().sum() == 7
-    assert frame.loc["3", "hemoglobin_g_l"] == 129.0  # measured on the index day
-    # dictionary v2: a value older than the protocol's 7-day assessment window is kept and flagged
-    for pid, row in frame.iterrows():
-        week = raw[(raw["person_id"] == pid) & (raw["d"] <= row["screening_date"])
-                   & (raw["d"] >= row["screening_date"] - dt.timedelta(days=7))]
+        mine = raw[(raw["person_id"] == pid) & (raw["d"] <= row["screening_date"])]
+        week = mine[mine["d"] >= row["screening_date"] - dt.timedelta(days=7)]
+        assert pd.isna(row["hemoglobin_g_l"]) == week.empty, pid
         stale = "hemoglobin_g_l" in str(row["stale_columns"] or "").split(",")
-        assert stale == (pd.notna(row["hemoglobin_g_l"]) and week.empty), pid
-    assert frame["stale_columns"].notna().any()
-    week_only, _ = omop.import_omop(SAMPLE, "last", lookback_days=7)
-    assert week_only["stale_columns"].isna().all()  # a look-back within the window finds nothing stale
+        assert stale == (week.empty and not mine.empty), pid
+    # counted from the raw table by hand: persons 3, 12, 14, 17, 21 have one within 7 days, the other 23 older ones
+    assert sorted(frame.index[frame["hemoglobin_g_l"].notna()], key=int) == ["3", "12", "14", "17", "21"]
+    assert frame.loc["3", "hemoglobin_g_l"] == 129.0  # measured on the index day (day 0 is inside)
+    stale = frame.loc["11", "stale_columns"].split(",")
+    assert {"platelets_1e9_l", "hemoglobin_g_l"} <= set(stale)
+    assert stale == [c.name for c in schema.COLUMNS if c.name in stale]  # dictionary order
+    assert "0-7 days before the index date (INCL07)" in report.column("hemoglobin_g_l").note
+    # --lookback-days replaces the assessment windows: 30 days takes persons 11 and 16 too
+    month, report = omop.import_omop(SAMPLE, "last", lookback_days=30)
+    month = month.set_index("patient_id")
+    assert sorted(month.index[month["hemoglobin_g_l"].notna()], key=int) == ["3", "11", "12", "14", "16", "17", "21"]
+    assert "hemoglobin_g_l" not in str(month.loc["11", "stale_columns"]) and report.lookback_days == 30
+    assert "hemoglobin_g_l" in month.loc["1", "stale_columns"].split(",")
 
 
 @needs_sample
@@ -194,8 +201,30 @@ def test_synthea_conditions_and_closed_world_flags(synthea):
     # NYHA: 0 without heart disease, unknown with coronary disease or heart failure
     assert frame.loc[["10", "11", "26"], "nyha_class"].isna().all()
     assert frame.loc["1", "nyha_class"] == 0
-    assert frame.loc["16", "days_since_transfusion"] == 6132  # packed cells 2005-09-14, index 2022-06-26
+    # packed cells 2005-09-14, index 2022-06-26: 6132 days, beyond the 365-day look-back of INCL07.TRANSFUSION
+    # (window_days up to 365): none on record (the long-window import below finds it)
+    assert frame["days_since_transfusion"].isna().all()
     assert frame["days_since_myocardial_infarction"].isna().all()  # record-based: none on record
+
+
+@needs_sample
+def test_event_lookback_follows_the_protocol_and_not_lookback_days():
+    """The transfusion look-back is INCL07.TRANSFUSION's window_days maximum (protocol.windows): with
+    the maximum raised to 36500 days, person 16's 2005 transfusion is on record; --lookback-days
+    (assessment windows only) does not move it."""
+    import yaml
+
+    from kn026.criteria import DEFAULT_PROTOCOL, build_protocol
+
+    doc = yaml.safe_load(DEFAULT_PROTOCOL.read_text(encoding="utf-8"))
+    rule = next(r for c in doc["criteria"] for r in c["rules"] if r["id"] == "INCL07.TRANSFUSION")
+    rule["params"]["window_days"]["max"] = 36500
+    frame, report = omop.import_omop(SAMPLE, "last", protocol=build_protocol(doc))
+    frame = frame.set_index("patient_id")
+    assert frame.loc["16", "days_since_transfusion"] == 6132  # packed cells 2005-09-14, index 2022-06-26
+    assert "searched 36500 days back" in report.column("days_since_transfusion").note
+    short, _ = omop.import_omop(SAMPLE, "last", lookback_days=36500)
+    assert short["days_since_transfusion"].isna().all()
 
 
 @needs_sample
@@ -274,7 +303,9 @@ def test_planted_labs_converted_with_reference_range_uln(planted):
     assert pd.isna(p["alt_uln_u_l"])  # no range_high: the engine's default ULN applies
     q = frame.loc["1002"]
     assert (q["hemoglobin_g_l"], q["platelets_1e9_l"], q["creatinine_umol_l"]) == (124.0, 210.0, 79.56)
-    assert report.column("hemoglobin_g_l").units == {"g/dL": 8, "mmol/L": 1}
+    # within INCL07's 7 days: 1002 and Synthea persons 3, 12, 14, 17, 21 in g/dL, 1001 in mmol/L
+    # (the 30-day look-back before the protocol windows also took persons 11 and 16)
+    assert report.column("hemoglobin_g_l").units == {"g/dL": 6, "mmol/L": 1}
 
 
 @needs_sample

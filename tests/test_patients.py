@@ -56,6 +56,34 @@ def test_status_filters_match_the_criterion_statistics(engine, scenario):
         assert count["passes"] == stats.loc[cid, "passed"], cid
 
 
+def test_filters_with_64_analyst_criteria_beside_the_protocol(engine):
+    """Masks of two words (123 leaves): every filter still equals the criterion statistics."""
+    from tests import cohorts
+
+    wide = Scenario("wide", overrides={"CUST64": {"limit": 1}}, disabled=frozenset({"EXCL20", "CUST02"}),
+                    custom=tuple(cohorts.analyst_rules(64)))
+    ext = analysis.engine_for(engine, wide)
+    assert ext.width == 2
+    res = analysis.run(ext, wide)
+    stats = res.stats.set_index("criterion")
+    for cid in [c for c in res.plan.ids if c.startswith("CUST")][-20:] + ["INCL07", "EXCL11"]:
+        count = {status: P.find(ext, wide, [P.Condition(status, cid)], limit=0).total
+                 for status in P.STATUSES}
+        assert count["fails"] == stats.loc[cid, "failed"], cid
+        assert count["fails only"] == stats.loc[cid, "unique"], cid
+        assert count["unknown on"] == stats.loc[cid, "unknown"], cid
+        assert count["passes"] == stats.loc[cid, "passed"], cid
+    totals = res.totals
+    counts = {v: P.find(ext, wide, eligible=v, limit=0).total for v in P.ELIGIBLE}
+    assert counts == {"yes": totals["strict"], "no": totals["excluded_optimistic"], "unknown": totals["unknown"]}
+    failing = P.find(ext, wide, [P.Condition("fails", "CUST64")], limit=5)
+    assert failing.total > 0 and all("CUST64" in f for f in failing.frame["fails"])
+    pid = failing.frame["patient_id"].iloc[0]
+    assert "CUST64" in P.patient_summary(ext, wide, pid)["fails"]
+    detail = P.patient_detail(ext, wide, pid).set_index("rule")
+    assert detail.loc["CUST64", "verdict"] == "fail"
+
+
 def test_eligibility_filter_matches_the_totals(engine):
     totals = analysis.run(engine, SCENARIO).totals
     counts = {v: P.find(engine, SCENARIO, eligible=v, limit=0).total for v in P.ELIGIBLE}
