@@ -147,12 +147,13 @@ def suppress(cells: Cells, k: int, protect: np.ndarray | None = None, force: np.
 
 
 def protect_cells(cells: Cells, k: int, protect: np.ndarray | None = None, force: np.ndarray | None = None,
-                  small: np.ndarray | None = None) -> Protection:
+                  small: np.ndarray | None = None, keep: np.ndarray | None = None) -> Protection:
     """Primary cells plus complementary cells until every hidden cell's interval is >= k wide.
 
     `protect` marks public cells (never hidden, never chosen as complements); `force`
     cells to hide whatever their value; `small` overrides the primary rule
-    (default: 0 < value < k).
+    (default: 0 < value < k); `keep` marks cells to hide as complements only when no
+    other cell will do (the eligible counts a report is read for).
 
     Hiding a cell only frees a value that was fixed, so intervals never shrink as cells
     are added: a cell found protected stays protected, and each round re-checks only
@@ -170,12 +171,13 @@ def protect_cells(cells: Cells, k: int, protect: np.ndarray | None = None, force
     if k <= 1 or not hidden.any():
         return Protection(hidden, seconds=time.perf_counter() - start)
     with _one_blas_thread():
-        return _protect(cells, k, protect, hidden, start)
+        return _protect(cells, k, protect, hidden, start, keep)
 
 
-def _protect(cells: Cells, k: int, protect: np.ndarray, hidden: np.ndarray, start: float) -> Protection:
+def _protect(cells: Cells, k: int, protect: np.ndarray, hidden: np.ndarray, start: float,
+             keep: np.ndarray | None) -> Protection:
     n = len(hidden)
-    solver = _Solver(cells, protect)
+    solver = _Solver(cells, protect, keep)
     stuck: set[int] = set()
     ok: set[int] = set()
     rounds = 0
@@ -262,8 +264,9 @@ _BLAS_SETTER: object = False
 class _Solver:
     """The constraint structure of `Cells`, with the hidden-group LPs cached per group."""
 
-    def __init__(self, cells: Cells, protect: np.ndarray):
+    def __init__(self, cells: Cells, protect: np.ndarray, keep: np.ndarray | None = None):
         self.cells = cells
+        self.keep = np.zeros(len(cells.values), bool) if keep is None else np.asarray(keep, bool)
         self.values = np.asarray(cells.values, dtype=float)
         self.lower = cells.lower_bounds()
         self.integer = cells.integers()
@@ -346,7 +349,8 @@ class _Solver:
         def rank(cell: int):
             v = abs(self.values[cell])
             opens = opened(cell)
-            return (len(opens), next_cost(cell, opens), 0 if v >= need else 1 if v > 0 else 2, v, cell)
+            return (bool(self.keep[cell]), len(opens), next_cost(cell, opens), 0 if v >= need else 1 if v > 0 else 2,
+                    v, cell)
 
         return min(candidates, key=rank)
 
@@ -370,7 +374,7 @@ class _Solver:
                         frontier.append(other)
                     elif not self.protect[other]:
                         candidates.append(other)
-        candidates.sort(key=lambda c: (0 if self.values[c] > 0 else 1, abs(self.values[c]), c))
+        candidates.sort(key=lambda c: (bool(self.keep[c]), 0 if self.values[c] > 0 else 1, abs(self.values[c]), c))
         rows = sorted(seen_eq)
         near = np.zeros(len(hidden), bool)  # only the hidden cells of the chain matter for j
         near[[c for c in seen_cell if hidden[c]]] = True
@@ -384,11 +388,14 @@ class _Solver:
 
     # ---------------------------------------------------------------- LP phase
     def widen(self, j: int, hidden: np.ndarray, need: float) -> int | None:
-        """One more cell to hide so that `j`'s interval can grow: a neighbour of `j`, else of its group."""
+        """One more cell to hide so that `j`'s interval can grow: a neighbour of `j`, else (or when
+        that neighbour is a cell to keep) a neighbour of any cell of its group."""
         pick = self._complement(j, hidden, need)
-        if pick is None:
+        if pick is None or self.keep[pick]:
             members = next((g for g in self.groups(hidden) if j in g), (j,))
-            pick = self._complement(j, hidden, need, cells=members)
+            alt = self._complement(j, hidden, need, cells=members)
+            if alt is not None and (pick is None or not self.keep[alt]):
+                pick = alt
         if pick is None:
             pick = self._wider(j, hidden)
         return pick

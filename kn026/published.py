@@ -68,6 +68,7 @@ def attrition(wb: Workbook, frame: pd.DataFrame, name: str = "Attrition", *, res
 
     wb.same(c(0, "strict"), big_n)
     wb.same(c(0, "optimistic"), big_n)
+    wb.prefer_visible(c(rows - 1, "strict"), c(rows - 1, "optimistic"), c(rows - 1, unk))
     wb.public(c(0, unk), c(0, "lost_strict"), c(0, "lost_optimistic"))
     for i in range(rows):
         wb.equation([(c(i, "strict"), 1), (c(i, unk), 1), (c(i, "optimistic"), -1)])

@@ -118,6 +118,7 @@ class Workbook:
         self.integer: list[bool] = []
         self.small: list[bool] = []
         self.is_public: list[bool] = []
+        self.keep: list[bool] = []
         self.equations: list[list[tuple[int, float]]] = []
         self.inequalities: list[list[tuple[int, float]]] = []
         self.names: list[str] = []
@@ -193,6 +194,12 @@ class Workbook:
         self.is_public[i] = self.is_public[i] or self.is_public[j]
         self.small[i] = self.small[i] or self.small[j]
 
+    def prefer_visible(self, *refs: Ref) -> None:
+        """Cells a reader comes for (the eligible counts): hidden as complements only as a last resort."""
+        for ref in refs:
+            if self.has(ref):
+                self.keep[self.cell(ref)] = True
+
     def public(self, *refs: Ref) -> None:
         for ref in refs:
             if self.has(ref):
@@ -217,16 +224,18 @@ class Workbook:
         integer = np.array([self.integer[r] for r in uniq])
         public = np.zeros(len(uniq), bool)
         small = np.zeros(len(uniq), bool)
+        keep = np.zeros(len(uniq), bool)
         for i in range(n):
             public[var[i]] |= self.is_public[i]
             small[var[i]] |= self.small[i]
+            keep[var[i]] |= self.keep[i]
         if self.k <= 1 or not n:
             hidden_var = np.zeros(len(uniq), bool)
             prot = None
         else:
             small &= ~public
             cells = Cells(values, _rows(self.equations, var), _rows(self.inequalities, var), lower, integer)
-            prot = protection.protect_cells(cells, self.k, public, small=small)
+            prot = protection.protect_cells(cells, self.k, public, small=small, keep=keep)
             hidden_var = prot.hidden
         tables = {}
         for name, sheet in self.sheets.items():
@@ -251,6 +260,7 @@ class Workbook:
         size = abs(value) if kind == "signed" else value
         self.small.append(bool(k > 1 and 0 < size < k))
         self.is_public.append(False)
+        self.keep.append(False)
         self.names.append(label)
         self._parent.append(len(self._parent))
         return len(self.values) - 1
