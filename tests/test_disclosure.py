@@ -94,10 +94,8 @@ def test_small_sites_report_withstands_arithmetic(small, k):
 
 def test_primary_suppression_alone_is_caught(builtin, monkeypatch):
     """Control: hiding only the small cells (no complements) must be found out by the adversary."""
-    def primary_only(cells, k, protect=None, force=None, small=None):
-        hidden = np.asarray(small, bool) & ~np.asarray(protect, bool)
-        v = np.asarray(cells.values, float)
-        return protection.Protection(hidden, v.copy(), v.copy())
+    def primary_only(cells, k, protect=None, force=None, small=None, keep=None):
+        return protection.Protection(np.asarray(small, bool) & ~np.asarray(protect, bool))
 
     monkeypatch.setattr(protection, "protect_cells", primary_only)
     rep, files = _files(builtin, 5)
