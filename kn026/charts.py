@@ -94,6 +94,36 @@ def _num(values) -> np.ndarray:
     return pd.to_numeric(pd.Series(values, dtype=object), errors="coerce").to_numpy(dtype=float)
 
 
+def stub_length(values) -> float:
+    """The length of a suppressed bar: 4 % of the largest shown value (never from a hidden one).
+
+    A hidden count is drawn as a hatched, outlined stub labelled "suppressed": visibly not
+    a zero, and of a length that says nothing about the count.
+    """
+    shown = np.abs(values[~np.isnan(values)]) if len(values) else np.array([])
+    return max(float(shown.max()) * 0.04, 1.0) if len(shown) else 1.0
+
+
+def hidden_marker(values: np.ndarray, color, stub: float | None = None) -> tuple[np.ndarray, dict, np.ndarray]:
+    """Bar lengths, marker and hidden flags with suppressed values drawn as labelled hatched stubs.
+
+    `values` has NaN where a count is hidden. Returns (lengths, marker dict for go.Bar,
+    hidden mask); the caller labels hidden bars with `HIDDEN`.
+    """
+    hidden = np.isnan(values)
+    if not hidden.any():
+        return values, dict(color=color), hidden
+    stub = stub_length(values) if stub is None else stub
+    lengths = np.where(hidden, stub, values)
+    colors = color if isinstance(color, (list, tuple, np.ndarray)) else [color] * len(values)
+    marker = dict(color=[("white" if h else c) for h, c in zip(hidden, colors, strict=True)],
+                  pattern=dict(shape=[("/" if h else "") for h in hidden], fgcolor=COLORS["muted"], size=6,
+                               solidity=0.3),
+                  line=dict(color=[(COLORS["muted"] if h else c) for h, c in zip(hidden, colors, strict=True)],
+                            width=[(1.2 if h else 0) for h in hidden]))
+    return lengths, marker, hidden
+
+
 # --------------------------------------------------------------------------- funnel
 
 
@@ -103,7 +133,10 @@ def funnel_figure(funnel: pd.DataFrame, labels: Mapping[str, str], texts: Mappin
 
     policy "both": strict count (blue) with the unknowns (amber) stacked on it, so the
     whole bar is the optimistic bound; "strict" or "optimistic": that bound alone.
-    Hidden (suppressed) counts come as missing values and are drawn empty.
+    Hidden (suppressed) counts come as missing values. A step with a hidden bar is drawn
+    as an outlined, unfilled bar labelled "suppressed", as long as the largest value the
+    reader already knows it cannot exceed (that step's optimistic count when shown, else
+    the nearest shown count above it): never as an empty bar that reads as zero.
     """
     if policy not in POLICIES:
         raise ValueError(f"policy must be one of {POLICIES}")
@@ -152,6 +185,16 @@ def funnel_figure(funnel: pd.DataFrame, labels: Mapping[str, str], texts: Mappin
                                 marker=dict(color=COLORS["optimistic"]), text=bar_text(optimistic, pct_o),
                                 textinfo="text", textposition="inside",
                                 insidetextfont=dict(color="white", size=12), **common))
+    hidden = {"both": np.isnan(strict) | np.isnan(unknown), "strict": np.isnan(strict),
+              "optimistic": np.isnan(optimistic)}[policy]
+    if hidden.any():
+        reach = _known_bound(strict if policy == "strict" else optimistic, optimistic if policy == "strict" else None)
+        if policy == "both":  # a shown strict bar stays; the outline covers what is not known
+            reach = np.maximum(reach - np.nan_to_num(strict), 0.0)
+        fig.add_trace(go.Funnel(name="Suppressed (outline: at most this many)", x=np.where(hidden, reach, 0.0),
+                                marker=dict(color="rgba(255,255,255,0)", line=dict(color=COLORS["muted"], width=1.5)),
+                                text=[HIDDEN if h else "" for h in hidden], textinfo="text", textposition="outside",
+                                outsidetextfont=dict(color=COLORS["muted"], size=12), **common))
     fig.update_layout(funnelmode="stack", funnelgap=0.18)
     fig.update_yaxes(autorange="reversed", tickfont=dict(size=12.5), ticklabelstandoff=6)
     fig = _style(fig, title, height=110 + 27 * len(ids))
@@ -161,6 +204,35 @@ def funnel_figure(funnel: pd.DataFrame, labels: Mapping[str, str], texts: Mappin
     fig.update_yaxes(automargin=False)
     fig.update_layout(margin_l=int(7.2 * max(map(len, ylab), default=8)) + 16)
     return fig
+
+
+def _legend_entry(keys: list, name: str, color: str, hidden: np.ndarray) -> None:
+    """A solid legend key for a trace whose first bar may be a hatched stub (plotly draws the
+    key like the first bar); the caller adds `keys` after its data traces."""
+    if hidden.any():
+        keys.append(go.Bar(x=[None], y=[None], name=name, marker=dict(color=color), legendgroup=name,
+                           hoverinfo="skip", orientation="h"))
+
+
+def _known_bound(values: np.ndarray, cap: np.ndarray | None = None) -> np.ndarray:
+    """Per step, the shown value, else the largest value a hidden one can have from shown ones.
+
+    Remaining counts never increase along a funnel, so a hidden count is at most the
+    nearest shown count above it; `cap` (the optimistic count for the strict bound) also
+    bounds it where shown.
+    """
+    out = np.empty(len(values))
+    last = np.nan
+    for i, v in enumerate(values):
+        if not np.isnan(v):
+            last = v
+            out[i] = v
+            continue
+        bound = last
+        if cap is not None and not np.isnan(cap[i]):
+            bound = cap[i] if np.isnan(bound) else min(bound, cap[i])
+        out[i] = 0.0 if np.isnan(bound) else bound
+    return out
 
 
 # --------------------------------------------------------------------------- overlap
@@ -193,8 +265,9 @@ def combinations_figure(combos: pd.DataFrame, order: Sequence[str], labels: Mapp
         members = [name_of[c] for c in involved if c in crit]
         mx += [x] * len(members) + [None]
         my += members + [None]
+    lengths, marker, _ = hidden_marker(counts, color)
     fig = go.Figure([
-        go.Bar(x=xs, y=np.nan_to_num(counts), marker=dict(color=color), hovertext=hover, hoverinfo="text",
+        go.Bar(x=xs, y=lengths, marker=marker, hovertext=hover, hoverinfo="text",
                text=[fmt_int(c) for c in counts], textposition="outside", cliponaxis=False, name="patients",
                showlegend=False, xaxis="x", yaxis="y"),
         go.Scatter(x=gx, y=gy, mode="markers", marker=dict(size=11, color="#e3e7ed"), hoverinfo="skip",
@@ -225,11 +298,18 @@ def compare_figure(totals: pd.DataFrame, scenario_name: str, title: str | None =
     measures = [m for m in ("strict", "optimistic", "unknown") if m in rows.index]
     names = {"strict": "Eligible, strict", "optimistic": "Eligible, optimistic", "unknown": "Unknown"}
     fig = go.Figure()
+    both = _num([rows.loc[m, c] for m in measures for c in ("base", "other")])
+    keys: list = []
     for col, name, color in (("base", "Protocol", COLORS["protocol"]), ("other", scenario_name, COLORS["scenario"])):
         vals = _num([rows.loc[m, col] for m in measures])
-        fig.add_trace(go.Bar(y=[names[m] for m in measures], x=np.nan_to_num(vals), orientation="h", name=wrap(name, 40),
-                             marker=dict(color=color), text=[fmt_int(v) for v in vals], textposition="outside",
-                             cliponaxis=False, hovertemplate="%{y}: %{x:,}<extra>" + name[:40] + "</extra>"))
+        lengths, marker, hidden = hidden_marker(vals, color, stub_length(both))
+        _legend_entry(keys, wrap(name, 40), color, hidden)
+        fig.add_trace(go.Bar(y=[names[m] for m in measures], x=lengths, orientation="h", name=wrap(name, 40),
+                             showlegend=not hidden.any(), legendgroup=name,
+                             marker=marker, text=[fmt_int(v) for v in vals], textposition="outside",
+                             customdata=[fmt_int(v) for v in vals], cliponaxis=False,
+                             hovertemplate="%{y}: %{customdata}<extra>" + name[:40] + "</extra>"))
+    fig.add_traces(keys)
     fig.update_layout(barmode="group", bargap=0.3)
     fig.update_yaxes(autorange="reversed")
     fig.update_xaxes(gridcolor=COLORS["grid"], rangemode="tozero")
@@ -243,9 +323,11 @@ def deltas_figure(deltas: pd.DataFrame, labels: Mapping[str, str], title: str | 
     vals = _num(d["failed_delta"])
     ylab = [f"{c} · {short(labels.get(c, ''), 34)}" for c in d["criterion"]]
     colors = [COLORS["excluded"] if v > 0 else COLORS["optimistic"] for v in np.nan_to_num(vals)]
-    fig = go.Figure(go.Bar(y=ylab, x=np.nan_to_num(vals), orientation="h", marker=dict(color=colors),
-                           text=[("" if np.isnan(v) else f"{int(v):+,}") for v in vals], textposition="outside",
-                           cliponaxis=False, hovertemplate="%{y}<br>failing: %{x:+,} patients<extra></extra>"))
+    lengths, marker, hidden = hidden_marker(vals, colors)
+    text = [HIDDEN if h else f"{int(v):+,}" for v, h in zip(vals, hidden, strict=True)]
+    fig = go.Figure(go.Bar(y=ylab, x=lengths, orientation="h", marker=marker, text=text, textposition="outside",
+                           customdata=text, cliponaxis=False,
+                           hovertemplate="%{y}<br>failing: %{customdata} patients<extra></extra>"))
     fig.update_yaxes(autorange="reversed")
     fig.update_xaxes(gridcolor=COLORS["grid"], zerolinecolor=COLORS["muted"])
     return _style(fig, title or "Change in patients failing each criterion", height=max(220, 90 + 34 * len(d)),
@@ -263,21 +345,28 @@ def sites_figure(frame: pd.DataFrame, key: str = "site", title: str | None = Non
     f = frame.head(top) if top else frame
     ylab = [str(s) if key != "site" or "country" not in f else f"{s} · {c}" for s, c in
             zip(f[key], f["country"] if "country" in f else f[key], strict=True)]
+    stub = stub_length(_num(f["screened"]))
+    keys: list = []
     fig = go.Figure()
     for col, name, color, width in (("screened", "Screened", COLORS["screened"], 0.8),
                                     ("optimistic", "Eligible, optimistic", COLORS["optimistic"], 0.55),
                                     ("strict", "Eligible, strict", COLORS["strict"], 0.3)):
         vals = _num(f[col])
-        fig.add_trace(go.Bar(y=ylab, x=np.nan_to_num(vals), orientation="h", name=name, width=width,
-                             marker=dict(color=color),
+        lengths, marker, hidden = hidden_marker(vals, color, stub)
+        _legend_entry(keys, name, color, hidden)
+        fig.add_trace(go.Bar(y=ylab, x=lengths, orientation="h", name=name, width=width, marker=marker,
+                             showlegend=not hidden.any(), legendgroup=name,
                              customdata=[fmt_int(v) for v in vals],
                              hovertemplate="%{y}<br>" + name + ": %{customdata}<extra></extra>"))
-    hidden = [y for y, s, o in zip(ylab, _num(f["strict"]), _num(f["optimistic"]), strict=True)
-              if np.isnan(s) or np.isnan(o)]
+    hidden = [(y, ", ".join(n for n, c in (("screened", "screened"), ("optimistic", "optimistic"),
+                                           ("strict", "strict")) if np.isnan(_num(f[c])[i])))
+              for i, y in enumerate(ylab)]
+    hidden = [(y, what) for y, what in hidden if what]
     if hidden:
-        fig.add_trace(go.Scatter(y=hidden, x=[0] * len(hidden), mode="text", text=["  small counts suppressed"] * len(hidden),
-                                 textposition="middle right", textfont=dict(color=COLORS["muted"], size=11),
-                                 hoverinfo="skip", showlegend=False))
+        fig.add_trace(go.Scatter(y=[y for y, _ in hidden], x=[stub] * len(hidden), mode="text",
+                                 text=[f"  {what} {HIDDEN}" for _, what in hidden], textposition="middle right",
+                                 textfont=dict(color=COLORS["muted"], size=11), hoverinfo="skip", showlegend=False))
+    fig.add_traces(keys)
     fig.update_layout(barmode="overlay", bargap=0.25)
     fig.update_yaxes(autorange="reversed", type="category")
     fig.update_xaxes(gridcolor=COLORS["grid"], rangemode="tozero")
@@ -305,13 +394,17 @@ def distribution_figure(bins: pd.DataFrame, title: str, unit: str, limits: Seque
         colors = [COLORS["pass"] if o else COLORS["fail"] for o in ok]
     else:
         colors = [COLORS["protocol"]] * len(mid)
+    lengths, marker, hidden = hidden_marker(counts, colors)
+    label = [HIDDEN if h else "" for h in hidden]
+    shown = [fmt_int(c) for c in counts]
     if discrete:
-        fig = go.Figure(go.Bar(x=x0, y=counts, marker=dict(color=colors), width=0.7,
-                               hovertemplate="%{x}: %{y:,} patients<extra></extra>"))
+        fig = go.Figure(go.Bar(x=x0, y=lengths, marker=marker, width=0.7, text=label, textposition="outside",
+                               customdata=shown, hovertemplate="%{x}: %{customdata} patients<extra></extra>"))
     else:
-        fig = go.Figure(go.Bar(x=mid, y=counts, width=(x1 - x0) * 0.95, marker=dict(color=colors),
-                               customdata=np.stack([x0, x1], axis=1) if len(x0) else None,
-                               hovertemplate="%{customdata[0]:.4g} – %{customdata[1]:.4g}: %{y:,} patients"
+        fig = go.Figure(go.Bar(x=mid, y=lengths, width=(x1 - x0) * 0.95, marker=marker, text=label,
+                               textposition="outside",
+                               customdata=[[float(a), float(b), t] for a, b, t in zip(x0, x1, shown, strict=True)],
+                               hovertemplate="%{customdata[0]:.4g} – %{customdata[1]:.4g}: %{customdata[2]} patients"
                                              "<extra></extra>"))
     for i, lim in enumerate(limits):
         is_protocol_only = str(lim.get("label", "")).startswith("protocol")
@@ -339,10 +432,11 @@ def category_figure(frame: pd.DataFrame, title: str, subtitle: str = "", height:
     """Horizontal bars of categories coloured by verdict (frame: category, count, verdict)."""
     colors = [VERDICT_COLORS.get(v, COLORS["protocol"]) for v in frame["verdict"]]
     counts = _num(frame["count"])
-    fig = go.Figure(go.Bar(y=list(frame["category"]), x=np.nan_to_num(counts), orientation="h",
-                           marker=dict(color=colors), text=[fmt_int(c) for c in counts], textposition="outside",
-                           cliponaxis=False, customdata=frame["verdict"],
-                           hovertemplate="%{y}: %{x:,} patients (%{customdata})<extra></extra>"))
+    lengths, marker, _ = hidden_marker(counts, colors)
+    fig = go.Figure(go.Bar(y=list(frame["category"]), x=lengths, orientation="h",
+                           marker=marker, text=[fmt_int(c) for c in counts], textposition="outside",
+                           cliponaxis=False, customdata=[[fmt_int(c), v] for c, v in zip(counts, frame["verdict"], strict=True)],
+                           hovertemplate="%{y}: %{customdata[0]} patients (%{customdata[1]})<extra></extra>"))
     full = title + (f"<br><span style='font-size:12px;color:{COLORS['muted']}'>{subtitle}</span>" if subtitle else "")
     fig.update_xaxes(gridcolor=COLORS["grid"], rangemode="tozero")
     fig.update_yaxes(autorange="reversed", tickfont=dict(size=11.5))

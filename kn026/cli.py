@@ -1,4 +1,4 @@
-"""Command line: `python -m kn026 screen|funnel|synth|forecast|import|sql|histogram|merge ...`.
+"""Command line: `python -m kn026 screen|funnel|report|synth|forecast|import|sql|histogram|merge ...`.
 
 Every failure the user can fix (bad file, bad column, unknown criterion ID, bad
 scenario) exits with status 2 and one short message naming the problem and the fix,
@@ -257,7 +257,7 @@ def jsonable(value):
 # Commands registered by other modules; only the one asked for is imported (each costs
 # 0.1 s or more at start-up, a fifth of a small `funnel` run).
 COMMAND_MODULES = {"synth": "synth", "forecast": "forecast", "import": "mapping", "sql": "portable",
-                   "histogram": "federated", "merge": "federated"}
+                   "histogram": "federated", "merge": "federated", "report": "report_cli"}
 
 
 LOADING_COMMANDS = ("screen", "funnel", "histogram", "forecast", "report", "import")

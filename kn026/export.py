@@ -12,7 +12,8 @@ from __future__ import annotations
 import datetime as _dt
 import html
 import io
-from collections.abc import Mapping, Sequence
+import re
+from collections.abc import Collection, Iterable, Mapping, Sequence
 
 import pandas as pd
 import plotly.graph_objects as go
@@ -99,18 +100,30 @@ def table_for_export(table: Table | pd.DataFrame, names: Mapping[str, str] | Non
 
 
 def csv_bytes(frame: pd.DataFrame) -> bytes:
-    """CSV (UTF-8 with BOM so Excel opens accents and ≥ correctly)."""
+    """CSV (UTF-8 with BOM so Excel opens accents and ≥ correctly); formulas neutralised."""
+    frame = upload.neutralise_formulas(frame)
     return ("\ufeff" + frame.to_csv(index=False, lineterminator="\n")).encode("utf-8")
 
 
+def safe_view(frame: pd.DataFrame) -> pd.DataFrame:
+    """A frame to hand to a table widget whose toolbar offers its own CSV download
+    (st.dataframe): the same formula neutralisation as every export."""
+    return upload.neutralise_formulas(frame)
+
+
 def excel_bytes(sheets: Mapping[str, pd.DataFrame], about: Sequence[tuple[str, str]] = ()) -> bytes:
-    """An .xlsx workbook: an "About" sheet (what, when, settings) then one sheet per table."""
+    """An .xlsx workbook: an "About" sheet (what, when, settings) then one sheet per table.
+
+    Every text cell, header, sheet name and About line is neutralised (a scenario or a
+    site called "=HYPERLINK(...)" stays text)."""
     buf = io.BytesIO()
+    safe = upload.neutralise_text
     with pd.ExcelWriter(buf, engine="openpyxl") as writer:
-        info = pd.DataFrame(list(about) or [("Generated", _now())], columns=["Item", "Value"])
+        info = pd.DataFrame([(safe(str(k)), safe(str(v))) for k, v in (list(about) or [("Generated", _now())])],
+                            columns=["Item", "Value"])
         info.to_excel(writer, sheet_name="About", index=False)
         for name, frame in sheets.items():
-            frame.to_excel(writer, sheet_name=name[:31], index=False)
+            upload.neutralise_formulas(frame).to_excel(writer, sheet_name=name[:31], index=False)
         for ws in writer.book.worksheets:
             ws.freeze_panes = "A2"
             for column in ws.columns:
@@ -131,7 +144,7 @@ def charts_html(figures: Sequence[tuple[str, go.Figure]], title: str,
         body = fig.to_html(full_html=False, include_plotlyjs=include_plotlyjs if i == 0 else False,
                            config={"displaylogo": False, "responsive": True})
         parts.append(f"<section><h2>{html.escape(heading)}</h2>{body}</section>")
-    rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>" for k, v in about)
+    rows = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>" for k, v in about)
     return (
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
         f"<title>{html.escape(title)}</title>"
@@ -141,6 +154,29 @@ def charts_html(figures: Sequence[tuple[str, go.Figure]], title: str,
         "th{color:#6b7280;font-weight:600}</style></head><body>"
         f"<h1>{html.escape(title)}</h1><table>{rows}</table>{''.join(parts)}</body></html>"
     )
+
+
+def drop_patient_lines(lines: Iterable[str], patient_ids: Collection[str],
+                       patient_level: bool = False) -> tuple[list[str], int]:
+    """Lines fit to show (or export) beside aggregates, and how many were dropped.
+
+    A line *names patients* when it lists patient IDs: a token of `patient_ids` after a
+    colon or a comma and followed by a comma, "..." or the end of the line (the form of
+    the import report's "...: P001, P007, P019 ..." warnings). Such lines are dropped
+    unless patient-level views are allowed (`patient_level`); a count followed by a word
+    ("5 persons have no year of birth") is not a list and stays.
+    """
+    kept, dropped = [], 0
+    ids = patient_ids if isinstance(patient_ids, (set, frozenset, dict)) else set(map(str, patient_ids))
+    for line in lines:
+        if not patient_level and any(m.group(1) in ids for m in _LISTED.finditer(str(line))):
+            dropped += 1
+            continue
+        kept.append(line)
+    return kept, dropped
+
+
+_LISTED = re.compile(r"(?:[:,]\s*)([^\s,;:]+?)(?=\s*(?:,|$|\.\.\.|…))")
 
 
 def screening_log_sql(engine: Engine, scenario: Scenario | None = None) -> str:

@@ -25,9 +25,13 @@ asking the site to export again.
 
 Small-cell suppression policy (``--suppress-below k``)
 ------------------------------------------------------
-Rows with ``0 < count < k`` are dropped and only their patient total is reported, as
-``suppression.suppressed``; the number and the patterns of the dropped rows are not
-disclosed. ``total`` still counts every patient. On merge those patients are counted
+Rows with ``0 < count < k`` are dropped, with complementary rows chosen by the app's one
+suppression step (:func:`kn026.suppression.suppress_parts`: the rows add up to the
+public ``total``, so one dropped row alone, or dropped rows adding up to fewer than k
+patients, would be recovered by subtraction; the step drops the smallest further rows
+until every dropped count could lie anywhere in an interval at least k wide). Only
+their patient total is reported, as ``suppression.suppressed``; the number and the
+patterns of the dropped rows are not disclosed. ``total`` still counts every patient. On merge those patients are counted
 as screened with every assessable rule *unknown*: they fall out of the strict bound
 and stay in the optimistic one, so the merged funnel's bounds remain true bounds
 (strict <= truly eligible <= optimistic), only wider; totals stay exact. A site that
@@ -134,10 +138,14 @@ def export_histogram(hist: Histogram, engine_or_meta, scenario: Scenario | None 
     keep = count > 0
     suppression = None
     if suppress_below is not None:
+        from kn026.suppression import suppress_parts
+
         k = int(suppress_below)
-        small = keep & (count < k)
-        suppression = {"below": k, "suppressed": int(count[small].sum())}
-        keep &= ~small
+        rows = np.flatnonzero(keep)
+        dropped = np.zeros(len(count), bool)
+        dropped[rows] = suppress_parts(count[rows], int(count[rows].sum()), k)
+        suppression = {"below": k, "suppressed": int(count[dropped].sum())}
+        keep &= ~dropped
     criteria = [[c.id, [r.id for r in c.rules if stage in r.stages]]
                 for c in protocol.criteria if stage in c.stages]
     return {

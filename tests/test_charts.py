@@ -151,3 +151,69 @@ def test_helpers_and_serialisation():
     html = fig.to_html(include_plotlyjs="cdn", full_html=False)
     assert "plotly" in html
     assert C.figure_spec(fig)["layout"]["font"]["family"] == C.FONT
+
+
+# --------------------------------------------------------------------------- suppressed values drawn
+
+
+def _trace_numbers(trace) -> set[float]:
+    """Every number a trace carries (positions, lengths, custom data), as floats."""
+    out = set()
+    for attr in ("x", "y", "customdata"):
+        values = getattr(trace, attr, None)
+        if values is None:
+            continue
+        for v in np.ravel(np.asarray(values, dtype=object)):
+            try:
+                out.add(float(str(v).replace(",", "")))
+            except (TypeError, ValueError):
+                pass
+    return out
+
+
+def test_funnel_draws_a_hidden_step_as_a_labelled_outline_at_a_known_bound():
+    f = funnel_df().rename(columns={"unknown": "unknown_so_far"}).astype({"strict": "Int64", "optimistic": "Int64",
+                                                                         "unknown_so_far": "Int64"})
+    hidden_values = (int(f.loc[2, "strict"]), int(f.loc[2, "optimistic"]))
+    f.loc[2, ["strict", "optimistic", "unknown_so_far", "pct_strict", "pct_optimistic"]] = pd.NA
+    fig = C.funnel_figure(f, LABELS)
+    outline = fig.data[-1]
+    assert outline.name.startswith("Suppressed") and outline.text[2] == C.HIDDEN
+    assert outline.x[2] == f.loc[1, "optimistic"]  # the nearest shown count above: public, not the hidden one
+    assert outline.x[1] == 0 and outline.marker.line.width > 0
+    assert fig.data[0].x[2] == 0 and fig.data[1].x[2] == 0
+    assert not set(hidden_values) - {f.loc[1, "optimistic"]} & {fig.data[0].x[2], fig.data[1].x[2], outline.x[2]}
+
+
+def test_bars_draw_hidden_counts_as_hatched_labelled_stubs():
+    sites = pd.DataFrame({"site": ["S1", "S2", "S3"], "country": ["X", "Y", "Y"], "screened": [100, 20, 7],
+                          "strict": pd.array([40, pd.NA, pd.NA], dtype="Int64"),
+                          "optimistic": pd.array([50, 12, pd.NA], dtype="Int64")})
+    fig = C.sites_figure(sites)
+    strict = fig.data[2]
+    assert list(strict.marker.pattern.shape) == ["", "/", "/"]
+    assert strict.x[1] == strict.x[2] == C.stub_length(np.array([100.0, 20.0, 7.0]))  # 4 % of the largest shown
+    assert strict.customdata[1] == C.HIDDEN
+    notes = next(t for t in fig.data if t.type == "scatter")
+    assert [t.name for t in fig.data if t.type == "bar" and len(t.x) == 1 and t.x[0] is None] == ["Eligible, optimistic",
+                                                                                  "Eligible, strict"]  # solid keys
+    assert "strict suppressed" in notes.text[0] and "optimistic, strict suppressed" in notes.text[1]
+    combos = pd.DataFrame({"criteria": [("A",), ("B",)], "label": ["A", "B"], "size": [1, 1],
+                           "count": pd.array([50, pd.NA], dtype="Int64"), "pct": [5.0, np.nan]})
+    fig = C.combinations_figure(combos, NAMES, LABELS)
+    assert fig.data[0].text[1] == C.HIDDEN and fig.data[0].marker.pattern.shape[1] == "/"
+    deltas = pd.DataFrame({"criterion": ["A", "B"], "failed_delta": pd.array([pd.NA, 30], dtype="Int64")})
+    fig = C.deltas_figure(deltas, LABELS)
+    assert fig.data[0].text[0] == C.HIDDEN and fig.data[0].x[0] > 0
+    totals = pd.DataFrame({"measure": ["screened", "strict", "optimistic", "unknown"],
+                           "base": pd.array([100, 3, 60, pd.NA], dtype="Int64"),
+                           "other": [100, 40, 60, 20], "delta": [0, 37, 0, 20]})
+    fig = C.compare_figure(totals, "S")
+    assert fig.data[0].text[2] == C.HIDDEN and 57 not in _trace_numbers(fig.data[0])
+    bins = pd.DataFrame({"x0": [0.0, 1.0], "x1": [1.0, 2.0], "count": pd.array([pd.NA, 40], dtype="Int64")})
+    fig = C.distribution_figure(bins, "t", "u", [], "ge")
+    assert fig.data[0].text[0] == C.HIDDEN and fig.data[0].y[0] > 0
+    cats = pd.DataFrame({"category": ["a", "b"], "count": pd.array([3, pd.NA], dtype="Int64"),
+                         "verdict": ["pass", "fail"]})
+    fig = C.category_figure(cats, "t")
+    assert fig.data[0].text[1] == C.HIDDEN and fig.data[0].marker.pattern.shape[1] == "/"

@@ -170,3 +170,26 @@ def test_about_rows():
     assert rows["Cohort"] == "Built-in (20,000 patients)"
     assert "INCL01 min_age: 18 -> 21" in rows["Changes from protocol"]
     assert rows["Small-cell suppression"].startswith("counts below 5")
+
+
+def test_every_table_download_neutralises_formulas():
+    frame = pd.DataFrame({"site": ["=HYPERLINK(\"http://x\")", "+1+1", "-5", "S2"], "n": [1, 2, -3, 4]})
+    text = X.csv_bytes(frame).decode("utf-8-sig")
+    assert "'=HYPERLINK" in text and "'+1+1" in text and "\n-5," in text  # a plain number stays a number
+    data = X.excel_bytes({"=cmd": frame}, [("Scenario", "@SUM(A1)")])
+    wb = openpyxl.load_workbook(io.BytesIO(data))
+    assert wb["About"]["B2"].value == "'@SUM(A1)"
+    ws = wb.worksheets[1]
+    assert ws["A2"].value.startswith("'=") and ws["A2"].data_type == "s" and ws["B4"].value == -3
+    assert X.safe_view(frame)["site"].tolist()[:2] == ["'=HYPERLINK(\"http://x\")", "'+1+1"]
+
+
+def test_patient_naming_lines_are_dropped_unless_patient_level_views_are_allowed():
+    lines = ["carboplatin: 3 patients have administrations whose dose cannot be computed; ...: P0012, P0015, P0099",
+             "drug X: 12 patients ...: P0003 ...",
+             "5 persons have no usable year of birth; age_years is NULL for them",
+             "concept 5 Neutrophils (5)"]
+    ids = {"P0012", "P0015", "P0099", "P0003", "5"}
+    kept, dropped = X.drop_patient_lines(lines, ids)
+    assert kept == lines[2:] and dropped == 2
+    assert X.drop_patient_lines(lines, ids, patient_level=True) == (lines, 0)

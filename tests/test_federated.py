@@ -78,10 +78,17 @@ def test_suppression_drops_small_rows_and_keeps_bounds(pooled):
     docs = site_docs(pooled, 1, SCENARIO, k=k)
     for a, b in zip(full, docs, strict=True):
         small = [r for r in a["rows"] if r[2] < k]
-        assert b["suppression"] == {"below": k, "suppressed": sum(r[2] for r in small)}
-        assert all(r[2] >= k for r in b["rows"])
+        kept = {(r[0], r[1]) for r in b["rows"]}
+        dropped = [r for r in a["rows"] if (r[0], r[1]) not in kept]
+        assert b["suppression"] == {"below": k, "suppressed": sum(r[2] for r in dropped)}
+        assert all(r[2] >= k for r in b["rows"]) and all(r in dropped for r in small)
         assert b["total"] == a["total"]
-        assert [r for r in a["rows"] if r[2] >= k] == b["rows"]
+        assert [r for r in a["rows"] if (r[0], r[1]) in kept] == b["rows"]
+        # the rows add up to the public total: the dropped ones must not be recoverable by subtraction,
+        # so each lies in [0, suppressed] with at least two of them and suppressed >= k (a site with
+        # fewer than k patients outside its published rows cannot be protected: it then drops all)
+        if dropped and len(dropped) < len(a["rows"]):
+            assert len(dropped) >= 2 and b["suppression"]["suppressed"] >= k
     assert sum(d["suppression"]["suppressed"] for d in docs) > 0
     true_res, true_sites = federated.network_result(*federated.merge_histograms(full))
     hist, meta = federated.merge_histograms(docs)

@@ -301,3 +301,102 @@ def test_a_cell_whose_neighbours_are_all_hidden_still_gets_protected():
     for (i, c), pos in index.items():
         hidden[pos] = bool(t.hidden[c].iloc[i])
     assert recoverable(a, hidden) == []
+
+
+# --------------------------------------------------------------------------- the LP guarantee
+
+
+def test_lp_rejects_a_pair_that_only_the_rank_test_accepts():
+    """a + b = t with a = 3, b = 1: hiding a and b defeats subtraction (the rank test is happy)
+    but a + b = 4 < 5 leaves a in [0, 4]. The step must hide more, until every hidden cell
+    can move by at least k."""
+    # cells: a, b, t (a row and its total), c, d, u (a second row), and column totals
+    #   a + b = t, c + d = u, a + c = p (public), b + d = q (public)
+    values = np.array([3, 1, 4, 40, 56, 96, 43, 57])
+    eqs = (((0, 1), (1, 1), (2, -1)), ((3, 1), (4, 1), (5, -1)), ((0, 1), (3, 1), (6, -1)),
+           ((1, 1), (4, 1), (7, -1)))
+    cells = sp.Cells(values, eqs)
+    public = np.array([False] * 6 + [True, True])
+    rank_only = np.array([True, True, False, True, True, False, False, False])  # a rectangle: no cell determined
+    assert not sp.determined(cells.matrix(), rank_only).any()
+    lo, hi = sp.intervals(cells, rank_only)
+    assert hi[0] - lo[0] == 4  # a + b = t = 4 visible: a is in [0, 4]
+    p = sp.protect_cells(cells, 5, public)
+    assert not p.unprotected and p.hidden[0] and p.hidden[1] and not p.hidden[6:].any()
+    lo, hi = sp.intervals(cells, p.hidden)
+    assert np.all((hi - lo)[p.hidden] >= 5)
+
+
+def test_inequalities_bound_a_hidden_cell():
+    """unique <= failed: a unique count of 3 under a visible failed count of 3 lies in [0, 3]."""
+    values = np.array([3, 3, 200])  # unique, failed, failed of another criterion (unrelated)
+    cells = sp.Cells(values, (), inequalities=(((0, 1), (1, -1)),))
+    lo, hi = sp.intervals(cells, np.array([True, False, False]))
+    assert (lo[0], hi[0]) == (0, 3)
+    p = sp.protect_cells(cells, 5)
+    assert p.hidden[:2].all() and not p.hidden[2] and not p.unprotected
+
+
+def test_a_cell_fixed_by_public_cells_is_reported_not_hidden_silently():
+    cells = sp.Cells(np.array([2, 2, 4]), (((0, 1), (1, 1), (2, -1)),))
+    p = sp.protect_cells(cells, 5, np.array([False, False, True]))
+    assert p.hidden[:2].all() and p.unprotected == [0, 1]  # 2 + 2 = 4 public: nothing protects them
+
+
+def test_changes_may_be_negative():
+    """A change (scenario - protocol) of -3 is a small count too, and its lower bound is not 0."""
+    values = np.array([100, 97, -3])  # base, other, delta = other - base
+    cells = sp.Cells(values, (((1, 1), (0, -1), (2, -1)),), lower=np.array([0, 0, -np.inf]))
+    p = sp.protect_cells(cells, 5, small=np.abs(values) < 5)
+    assert p.hidden[2] and p.hidden[:2].any() and not p.unprotected
+
+
+def test_threshold_names_and_bounds():
+    assert sp.threshold("cms") == sp.CMS_THRESHOLD == 11 and sp.threshold("5") == 5 and sp.threshold(0) == 0
+    assert sp.threshold(1) == 0  # hiding nothing below 1
+    with pytest.raises(ValueError, match=">= 0"):
+        sp.threshold(-1)
+    with pytest.raises(ValueError, match="cms"):
+        sp.threshold("strict")
+
+
+def test_workbook_same_quantity_is_hidden_in_both_tables():
+    from kn026.workbook import Workbook
+
+    wb = Workbook(5)
+    wb.add("A", pd.DataFrame({"x": [3, 97], "t": [100, 100]}), ["x"])
+    wb.add("B", pd.DataFrame({"y": [3]}), ["y"])
+    total = wb.constant("total", 100)
+    wb.equation([(("A", 0, "x"), 1), (("A", 1, "x"), 1), (total, -1)])
+    wb.same(("A", 0, "x"), ("B", 0, "y"))
+    out = wb.suppress()
+    assert out["A"].hidden["x"].tolist() == [True, True] and out["B"].hidden["y"].tolist() == [True]
+    with pytest.raises(ValueError, match="same quantity"):
+        wb.same(("A", 1, "x"), ("B", 0, "y"))
+
+
+def test_site_percentages_go_with_their_denominator():
+    sites, countries = site_tables([30, 3, 50, 2], [5, 1, 6, 0], [60, 0, 70, 1], ["A", "A", "B", "B"])
+    s, _ = sp.suppress_sites(sites, countries, 5)
+    for i in range(len(sites)):
+        if s.hidden.loc[i, "screened"]:
+            assert s.hidden.loc[i, ["pct_strict", "pct_optimistic"]].all()
+
+
+def test_recruitment_sites_hide_what_gives_a_hidden_count_back():
+    from kn026 import published
+    from kn026.workbook import Workbook
+
+    sites, countries = site_tables([30, 3, 50, 20], [5, 1, 6, 4], [60, 0, 70, 40], ["A", "A", "B", "B"])
+    sites["excluded"] = sites["screened"] - sites["optimistic"]
+    countries["excluded"] = countries["screened"] - countries["optimistic"]
+    rec = pd.DataFrame({"site": sites["site"], "screened": sites["screened"], "expected": [9.0, 0.5, 12.0, 6.0],
+                        "rate_mean": [3.0, 0.2, 4.0, 2.0]})
+    wb = Workbook(5)
+    published.sites(wb, sites, countries, attrition_name=None)
+    published.recruitment_sites(wb, rec)
+    out = wb.suppress()
+    hidden_sites = out["Sites"].hidden["screened"].to_numpy()
+    assert hidden_sites.any()
+    assert (out["Recruitment sites"].hidden["screened"].to_numpy() == hidden_sites).all()
+    assert (out["Recruitment sites"].hidden["expected"].to_numpy() == hidden_sites).all()
