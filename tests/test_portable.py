@@ -119,7 +119,10 @@ def test_emitted_sql_parses_back(dialect, stage, by_site):
         sql = scr.sql(dialect, table="warehouse.kn026.cohort", by_site=by_site)
         tree = sqlglot.parse_one(sql, read=dialect)
         assert isinstance(tree, exp.Select)
-        assert [s.alias_or_name for s in tree.selects] == (["site_id"] if by_site else []) + ["f0", "u0", "n"]
+        words = -(-len(portable.stage_rules(PROTOCOL, stage)) // portable.WORD_BITS)
+        masks = [f"f{k}" for k in range(words)] + [f"u{k}" for k in range(words)]
+        assert words == 2  # dictionary v2: 67 rules need two 63-bit words
+        assert [s.alias_or_name for s in tree.selects] == (["site_id"] if by_site else []) + masks + ["n"]
         assert tree.sql(dialect=dialect) == sql  # stable round trip: nothing was lost in parsing
         # the header is SQL comments: header + query is still one statement
         assert isinstance(sqlglot.parse_one(scr.header(dialect) + "\n" + sql, read=dialect), exp.Select)
@@ -195,7 +198,7 @@ def test_greatest_least_null_safe_under_either_null_rule(mins, maxs, halves):
     con = duckdb.connect()
     rows = ", ".join(f"({'NULL' if h is None else h}::DOUBLE, {d})" for h in HALF_LIVES for d in range(0, 40))
     table = f"(VALUES {rows}) AS t(last_anticancer_half_life_days, days_since_anticancer_therapy)"
-    extra = "NULL::INTEGER AS days_since_antitumor_tcm"
+    extra = "NULL::INTEGER AS days_since_antitumor_tcm, 1::INTEGER AS prior_systemic_lines"
 
     def run(pred):
         return con.execute(f"SELECT ({pred}) FROM (SELECT *, {extra} FROM {table})").fetchall()
@@ -233,9 +236,10 @@ def test_masks_are_bigint_words_of_63_leaves():
     tree = scr.tree()
     casts = [c for c in tree.find_all(exp.Cast) if c.to.is_type(exp.DataType.Type.BIGINT)]
     values = {int(c.this.this) for c in casts}
-    assert values == {0} | {1 << j for j in range(len(scr.leaves))}
-    assert max(values) == 1 << 58  # KN026-001: 59 leaves, one word
-    assert scr.words == 1
+    # KN026-001 (dictionary v2): 67 leaves, two words of 63: bits 0..62 and 0..3
+    assert values == {0} | {1 << (j % 63) for j in range(len(scr.leaves))}
+    assert len(scr.leaves) == 67 and max(values) == 1 << 62
+    assert scr.words == 2
 
     con = duckdb.connect()
     con.execute("CREATE TABLE cohort AS SELECT * FROM (VALUES (10.0), (NULL), (30.0)) t(age_years)")
@@ -287,7 +291,7 @@ def test_64_analyst_criteria_match_the_engine(wide_scenario):
     cohort = load_cohort(_csv_frame(patients), connect())
     extended = analysis.engine_for(Engine(cohort, PROTOCOL, 1), wide_scenario)
     scr = portable.screening(PROTOCOL, 1, wide_scenario, cohort.present)
-    assert len(scr.leaves) == 123 and scr.words == 2 and extended.width == 2
+    assert len(scr.leaves) == 67 + 64 and scr.words == 3 and extended.width == 3
     for by_site in (False, True):
         rows = cohort.con.execute(scr.sql("duckdb", cohort.table, by_site=by_site)).fetchall()
         got = portable.histogram_from_rows(rows, by_site=by_site)
@@ -299,7 +303,7 @@ def test_64_analyst_criteria_match_the_engine(wide_scenario):
         assert as_counter(arrow) == as_counter(want)
     for dialect in OTHER_DIALECTS:
         tree = sqlglot.parse_one(scr.sql(dialect), read=dialect)
-        assert [s.alias_or_name for s in tree.selects] == ["f0", "f1", "u0", "u1", "n"]
+        assert [s.alias_or_name for s in tree.selects] == ["f0", "f1", "f2", "u0", "u1", "u2", "n"]
 
 
 def _csv_frame(patients):
@@ -309,11 +313,13 @@ def _csv_frame(patients):
 
 
 def test_absent_columns_make_rules_not_assessable():
-    present = portable.ALL_COLUMNS - {"pt_s", "ecog", "inr_uln"}
+    present = portable.ALL_COLUMNS - {"pt_s", "inr", "ecog", "inr_uln"}
     scr = portable.screening(PROTOCOL, 1, present=present)
-    assert scr.not_assessable == {"INCL05": ["ecog"], "INCL07.COAG": ["pt_s"]}
+    assert scr.not_assessable == {"INCL05": ["ecog"], "INCL07.COAG": ["inr", "pt_s"]}
     assert "INCL05" not in scr.predicates and "INCL07.COAG" not in scr.predicates
-    assert "leaf  7 = f0/u0 bit  7 INCL05  (n/a: missing ecog)" in scr.header("trino")
+    assert "leaf 10 = f0/u0 bit 10 INCL05  (n/a: missing ecog)" in scr.header("trino")
+    # dictionary v2: with INR present, an absent PT reads as unknown and COAG is assessable
+    assert "INCL07.COAG" not in portable.screening(PROTOCOL, 1, present=present | {"inr"}).not_assessable
     # an absent optional column (ULN) reads as NULL, so the default ULN applies
     no_uln = portable.screening(PROTOCOL, 1, present=portable.ALL_COLUMNS - {"aptt_uln_s"})
     assert "INCL07.APTT" in no_uln.predicates
@@ -353,12 +359,12 @@ def test_cli_prints_parseable_sql(dialect, tmp_path):
     scen.write_text("scenario: CrCl 50\nparameters:\n  INCL07.CRCL: {min: 50}\n")
     code, text = run_cli(["sql", "--stage", "2", "--dialect", dialect, "--scenario", str(scen),
                           "--table", "proj.ds.cohort", "--by-site", "--columns",
-                          ",".join(sorted(portable.ALL_COLUMNS - {"pt_s"}))])
+                          ",".join(sorted(portable.ALL_COLUMNS - {"pt_s", "inr"}))])
     assert code == 0
     assert text.startswith("-- KN026-001 stage 2, scenario 'CrCl 50'")
-    assert "INCL07.COAG  (n/a: missing pt_s)" in text
+    assert "INCL07.COAG  (n/a: missing inr, pt_s)" in text  # v2: n/a only when neither is present
     tree = sqlglot.parse_one(text.rstrip().rstrip(";"), read=dialect)
-    assert [s.alias_or_name for s in tree.selects] == ["site_id", "f0", "u0", "n"]
+    assert [s.alias_or_name for s in tree.selects] == ["site_id", "f0", "f1", "u0", "u1", "n"]
     assert tree.find(exp.Table).name == "cohort"
 
 
