@@ -267,7 +267,7 @@ def test_evaluation_streams_record_batches(random_engine, wide, monkeypatch):
     batched = Engine(random_engine.cohort, protocol, 1, untrusted=changed)
     batched.evaluate()
     assert np.array_equal(whole._f, batched._f) and np.array_equal(whole._u, batched._u)
-    assert whole._f.shape == (2, random_engine.cohort.n) and whole._f[1].any()
+    assert whole._f.shape == (3, random_engine.cohort.n) and whole._f[1].any() and whole._f[2].any()
 
 
 def test_reorder_and_toggle_never_rescan(random_engine, monkeypatch):

@@ -117,7 +117,7 @@ def test_round_trip_and_validation(tmp_path, pooled):
         ({**doc, "version": 9}, "format version"),
         ({**doc, "format": "csv"}, "not a kn026-histogram"),
         ({**doc, "rows": [["0x3", "0x1", 5]], "total": 5}, "not a valid mask pair"),
-        ({**doc, "rows": [[hex(1 << 59), "0x0", 5]], "total": 5}, "not a valid mask pair"),
+        ({**doc, "rows": [[hex(1 << len(doc["leaves"])), "0x0", 5]], "total": 5}, "not a valid mask pair"),
         ({**doc, "rows": [["1", "0x0", 5]], "total": 5}, "hexadecimal"),
         ({**doc, "rows": [[3, 0, 5]], "total": 5}, "hexadecimal"),  # version 1 rows in a version 2 file
         ({**doc, "rows": [["0x3", "0x0", "5"]], "total": 5}, "whole number"),
@@ -144,10 +144,10 @@ def test_version_1_files_are_refused_with_what_to_do(tmp_path, pooled):
         federated.merge_histograms([doc, dict(old, site="other")])
     # the exported query's result: version 1 had columns f, u, n
     (tmp_path / "rows.csv").write_text("f,u,n\n0,0,5\n")
-    with pytest.raises(federated.FederatedError, match=r"^\S*rows.csv: columns f, u, n .*older kn026 \(rows version 1\).*f0, u0, n"):
+    with pytest.raises(federated.FederatedError, match=r"^\S*rows.csv: columns f, u, n .*older kn026 \(rows version 1\).*f0, f1, u0, u1, n"):
         federated.main_histogram(_histogram_args(tmp_path / "rows.csv", tmp_path / "x.json"))
-    (tmp_path / "rows.csv").write_text("f0,u0,f1,u1,n\n0,0,0,0,5\n")
-    with pytest.raises(federated.FederatedError, match="f1, u1 are more mask words"):
+    (tmp_path / "rows.csv").write_text("f0,u0,f1,u1,f2,u2,n\n0,0,0,0,0,0,5\n")  # 67 rules: two words
+    with pytest.raises(federated.FederatedError, match="f2, u2 are more mask words"):
         federated.main_histogram(_histogram_args(tmp_path / "rows.csv", tmp_path / "x.json"))
     (tmp_path / "rows.csv").write_text("u0,n\n0,5\n")
     with pytest.raises(federated.FederatedError, match="f0 missing"):
@@ -174,7 +174,7 @@ def test_64_analyst_criteria_merge_into_the_pooled_funnel(pooled, wide, tmp_path
     for site, part in pooled.groupby("site_id", sort=True):
         engine = analysis.engine_for(Engine(load_cohort(part.reset_index(drop=True), connect()), PROTOCOL, 1), wide)
         docs.append(federated.export_histogram(engine.histogram(wide.overrides), engine, wide, site))
-    assert len(docs[0]["leaves"]) == 123
+    assert len(docs[0]["leaves"]) == 67 + 64
     assert any(int(r[0], 16) >> 64 or int(r[1], 16) >> 64 for d in docs for r in d["rows"])
     paths = [federated.write_histogram(tmp_path / f"{d['site']}.json", d) for d in docs]
     hist, meta = federated.merge_histograms([federated.read_histogram(p) for p in paths])
@@ -203,7 +203,7 @@ def test_64_analyst_criteria_from_exported_query_rows(pooled, wide, tmp_path):
     cohort = load_cohort(part, connect())
     sql = portable.screening_sql(PROTOCOL, 1, "duckdb", wide, present=cohort.present)
     rows = cohort.con.execute(sql).df()
-    assert list(rows.columns) == ["f0", "f1", "u0", "u1", "n"]
+    assert list(rows.columns) == ["f0", "f1", "f2", "u0", "u1", "u2", "n"]  # 131 leaves: three words
     rows.to_csv(tmp_path / "rows.csv", index=False)
     scen = tmp_path / "wide.yaml"
     scen.write_text(wide.to_yaml(PROTOCOL))
@@ -242,8 +242,9 @@ def test_mismatches_are_refused(tmp_path, pooled):
 
 def test_rule_missing_at_one_site_counts_as_unknown_there(pooled):
     sites = sorted(pooled["site_id"].unique())
-    docs = site_docs(pooled, 1, Scenario(), drop={sites[0]: ["pt_s"]})
-    assert docs[0]["not_assessable"] == {"INCL07.COAG": ["pt_s"]}
+    # dictionary v2: COAG is n/a only without both INR and PT
+    docs = site_docs(pooled, 1, Scenario(), drop={sites[0]: ["pt_s", "inr"]})
+    assert docs[0]["not_assessable"] == {"INCL07.COAG": ["inr", "pt_s"]}
     hist, meta = federated.merge_histograms(docs)
     assert meta["partially_assessable"] == {"INCL07.COAG": [sites[0]]}
     assert meta["not_assessable"] == {}
@@ -252,9 +253,9 @@ def test_rule_missing_at_one_site_counts_as_unknown_there(pooled):
     result, _ = federated.network_result(hist, meta)
     assert "INCL07" in result.plan.ids
     # dropped everywhere: n/a in the network funnel too
-    docs = site_docs(pooled, 1, Scenario(), drop={s: ["pt_s"] for s in sites})
+    docs = site_docs(pooled, 1, Scenario(), drop={s: ["pt_s", "inr"] for s in sites})
     hist, meta = federated.merge_histograms(docs)
-    assert meta["not_assessable"] == {"INCL07.COAG": ["pt_s"]}
+    assert meta["not_assessable"] == {"INCL07.COAG": ["inr", "pt_s"]}
     assert meta["partially_assessable"] == {}
 
 
@@ -301,7 +302,7 @@ def test_cli_histogram_and_merge(tmp_path, pooled, capsys):
 
 def test_cli_histogram_from_exported_query_rows(tmp_path, pooled, capsys):
     """A site runs the exported SQL in its own database and converts the f,u,n result."""
-    part = pooled[pooled["site_id"] == sorted(pooled["site_id"].unique())[0]].drop(columns=["pt_s"])
+    part = pooled[pooled["site_id"] == sorted(pooled["site_id"].unique())[0]].drop(columns=["pt_s", "inr"])
     part = part.reset_index(drop=True)
     cohort = load_cohort(part, connect())
     columns = ",".join(sorted(cohort.present))
@@ -318,7 +319,7 @@ def test_cli_histogram_from_exported_query_rows(tmp_path, pooled, capsys):
                            "--out", str(tmp_path / "cohort.json")]) == 0
     a = federated.read_histogram(tmp_path / "rows.json")
     b = federated.read_histogram(tmp_path / "cohort.json")
-    assert a["rows"] == b["rows"] and a["not_assessable"] == b["not_assessable"] == {"INCL07.COAG": ["pt_s"]}
+    assert a["rows"] == b["rows"] and a["not_assessable"] == b["not_assessable"] == {"INCL07.COAG": ["inr", "pt_s"]}
     assert a["criteria_fingerprint"] == b["criteria_fingerprint"]
     assert a["engine"] == "sql" and b["engine"] == "duckdb"
     federated.merge_histograms([a, dict(b, site="B")])

@@ -63,7 +63,7 @@ def test_filters_with_64_analyst_criteria_beside_the_protocol(engine):
     wide = Scenario("wide", overrides={"CUST64": {"limit": 1}}, disabled=frozenset({"EXCL20", "CUST02"}),
                     custom=tuple(cohorts.analyst_rules(64)))
     ext = analysis.engine_for(engine, wide)
-    assert ext.width == 2
+    assert ext.width == 3  # 67 protocol rules + 64 analyst criteria
     res = analysis.run(ext, wide)
     stats = res.stats.set_index("criterion")
     for cid in [c for c in res.plan.ids if c.startswith("CUST")][-20:] + ["INCL07", "EXCL11"]:
