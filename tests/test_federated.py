@@ -150,7 +150,7 @@ def test_version_1_files_are_refused_with_what_to_do(tmp_path, pooled):
     with pytest.raises(federated.FederatedError, match="f2, u2 are more mask words"):
         federated.main_histogram(_histogram_args(tmp_path / "rows.csv", tmp_path / "x.json"))
     (tmp_path / "rows.csv").write_text("u0,n\n0,5\n")
-    with pytest.raises(federated.FederatedError, match="f0 missing"):
+    with pytest.raises(federated.FederatedError, match="f0, f1, u1 missing"):
         federated.main_histogram(_histogram_args(tmp_path / "rows.csv", tmp_path / "x.json"))
     assert not (tmp_path / "x.json").exists()
 
