@@ -26,8 +26,8 @@ test: $(VENV)/.dev
 	$(PY) -m pytest -q
 
 bench: $(VENV)/.dev
-	$(PY) -m kn026.bench
-	$(PY) -m kn026.bench --whole --markdown
+	$(PY) -m kn026.bench.engine
+	$(PY) -m kn026.bench.engine --whole --markdown
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis tests/artifacts

@@ -15,7 +15,7 @@ State model
   of a server whose app folder has a `pages/` directory).
 * Each session owns its DuckDB connection (in session state, not `st.cache_resource`):
   uploaded data never leaves the session and nothing is written to disk. `_install`
-  locks it down (kn026.loading.seal) as soon as its cohort is loaded, whatever the source.
+  locks it down (kn026.ingest.loading.seal) as soon as its cohort is loaded, whatever the source.
 * `st.cache_resource` holds only shared, read-only things: the protocol, the
   built-in cohort (as an Arrow table) and the example scenarios.
 * Buttons act through `on_click` callbacks, never through their return value: the
@@ -35,13 +35,17 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from kn026 import analysis, custom, edits, export, loading, patients, reader, suppression
-from kn026 import funnel as fm
-from kn026.cohort import COHORT_DB, Cohort, CohortError, connect, load_cohort
-from kn026.criteria import CriteriaError, Protocol, format_number, load_protocol, to_decimal
-from kn026.engine import Engine
-from kn026.rulecheck import RuleError
-from kn026.scenario import Scenario, parse_scenario
+from kn026.base.table import COHORT_DB, Cohort, connect
+from kn026.core import analysis, custom
+from kn026.core import funnel as fm
+from kn026.core.criteria import CriteriaError, Protocol, format_number, load_protocol, to_decimal
+from kn026.core.engine import Engine
+from kn026.core.scenario import Scenario, parse_scenario
+from kn026.ingest import edits, loading, reader
+from kn026.ingest.cohort import load_cohort
+from kn026.ingest.problems import CohortError
+from kn026.report import export, patients, suppression
+from kn026.rules.rulecheck import RuleError
 
 ROOT = Path(__file__).resolve().parent
 DATA = ROOT / "data"
@@ -72,7 +76,7 @@ K_THRESHOLD = K + "threshold"
 K_GEN_N, K_GEN_SEED, K_GEN_SITES = K + "gen_n", K + "gen_seed", K + "gen_sites"
 K_UPLOAD_SEEN = K + "upload_seen"
 K_LOAD_ERROR = K + "load_error"
-K_UPLOAD_EDITS = K + "upload_edits"  # {"id": file_id, "edits": [kn026.edits.Edit]}: the upload's choices
+K_UPLOAD_EDITS = K + "upload_edits"  # {"id": file_id, "edits": [kn026.ingest.edits.Edit]}: the upload's choices
 K_BAD_PENDING = K + "bad_pending"  # (flow, column, row) whose "Fix" was chosen before a value was typed
 K_IMPORT_ERROR = K + "import_error"  # (source, file name, message, problems, total) of a failed import
 K_OMOP_INDEX, K_OMOP_DATE = K + "omop_index", K + "omop_date"  # "last" / "fixed", and the fixed date
@@ -110,7 +114,7 @@ def builtin_table():
         return pq.read_table(BUILTIN)
     import pyarrow as pa
 
-    from kn026 import synth
+    from kn026.ingest import synth
 
     return pa.Table.from_pandas(synth.generate(BUILTIN_N, BUILTIN_SEED), preserve_index=False)
 
@@ -245,7 +249,7 @@ def _new_token() -> int:
 
 
 def _install(con, cohort, label: str, kind: str, seconds: float, report=None) -> None:
-    """Make a loaded cohort the session's: lock its connection down first (kn026.sandbox:
+    """Make a loaded cohort the session's: lock its connection down first (kn026.rules.sandbox:
     limits, no file / network access, configuration locked), then replace the old one."""
     loading.seal(con)
     old = st.session_state.get(K_DATA)
@@ -279,7 +283,7 @@ def _load_builtin() -> None:
     t0 = time.perf_counter()
     table, present, extra = builtin_cohort()
     con = loading.session_connection()
-    # Same layout as kn026.cohort.load_cohort: the table in the compressed in-memory
+    # Same layout as kn026.ingest.cohort.load_cohort: the table in the compressed in-memory
     # database when the connection has one, named by a view in the default catalog.
     compressed = con.execute("SELECT count(*) FROM duckdb_databases() WHERE database_name = ?",
                              [COHORT_DB]).fetchall()[0][0]
@@ -297,7 +301,7 @@ def _load_builtin() -> None:
 
 
 def _load_upload(uploaded, chosen=()) -> None:
-    """Load an uploaded cohort file (with the analyst's choices about its bad cells, kn026.edits)."""
+    """Load an uploaded cohort file (with the analyst's choices about its bad cells, kn026.ingest.edits)."""
     t0 = time.perf_counter()
     box = st.empty()  # the status, replaced by an honest warning when little can be assessed
     with box.status(f"Loading {uploaded.name}…", expanded=True) as status:
@@ -337,7 +341,7 @@ def _load_upload(uploaded, chosen=()) -> None:
                                       "rules that need them are not assessable (see the Cohort page).")
 
 
-# ---- bad cells: the analyst's choices instead of editing the file (kn026.edits)
+# ---- bad cells: the analyst's choices instead of editing the file (kn026.ingest.edits)
 
 CELL_LABELS = {"keep": "Leave it (stays a problem)", "fix": "Fix the value", "blank": "Blank it (unknown)",
                "drop": "Drop the row"}
@@ -385,7 +389,7 @@ def has_choices(problems) -> bool:
 
 def _source_of(column: str) -> str | None:
     """The mapped file's column behind dictionary column `column` (or the index date column)."""
-    from kn026 import date_formats
+    from kn026.ingest import date_formats
 
     m = mapping()
     if column == "index_column":
@@ -406,11 +410,11 @@ def cell_text(flow: str, problem) -> str | None:
 
 
 def cell_actions(flow: str, problem) -> list[str]:
-    """"keep" and what kn026.edits offers for the cell; a mapped constant cannot be fixed in the file,
-    and the date the day counts count from is never blanked (kn026.mapped)."""
+    """"keep" and what kn026.ingest.edits offers for the cell; a mapped constant cannot be fixed in the file,
+    and the date the day counts count from is never blanked (kn026.ingest.mapped)."""
     actions = edits.cell_actions(problem)
     if flow == "mapped":
-        from kn026 import mapped
+        from kn026.ingest import mapped
 
         if _source_of(problem.column) is None:
             actions = [a for a in actions if a == "drop"]
@@ -420,10 +424,10 @@ def cell_actions(flow: str, problem) -> list[str]:
 
 
 def column_choices(flow: str, column: str, problems) -> list[str]:
-    """PER_VALUE, then "blank" / "drop" for every bad value of `column`, as kn026.edits offers them."""
+    """PER_VALUE, then "blank" / "drop" for every bad value of `column`, as kn026.ingest.edits offers them."""
     found = [e.action for e in edits.column_edits(column, problems) if e.action != "unit"]
     if flow == "mapped":
-        from kn026 import mapped
+        from kn026.ingest import mapped
 
         if not mapped.blankable(mapping(), column):
             found = [a for a in found if a != "blank"]
@@ -435,7 +439,7 @@ def unit_choices(flow: str, column: str, problems) -> list[str]:
     if column not in schema_names() or not {p.kind for p in problems} & {"unit", "median"}:
         return []
     if flow == "mapped":
-        from kn026.mapping import units_for
+        from kn026.ingest.mapping import units_for
 
         return units_for(column) if mapping().get(column) is not None else []
     declared = [e.text for e in upload_edits() if e.action == "unit" and e.column == column]
@@ -443,13 +447,13 @@ def unit_choices(flow: str, column: str, problems) -> list[str]:
 
 
 def units_guard(column: str):
-    from kn026 import units
+    from kn026.ingest import units
 
     return units.guard_units(column)
 
 
 def unit_label(flow: str, column: str, unit: str) -> str:
-    from kn026 import units
+    from kn026.ingest import units
 
     col = schema_column(column)
     if flow == "mapped":
@@ -581,7 +585,7 @@ def _covered(flow: str, column: str) -> tuple[set, str]:
 def bad_cells_panel(flow: str, problems) -> None:
     """The reported problems with a choice for each (fix / blank / drop) and for each column (all of its
     bad values, the unit of its values), then the choices made so far. Layout only: the choices are
-    kn026.edits data, offered and applied by kn026."""
+    kn026.ingest.edits data, offered and applied by kn026."""
     st.markdown("**Choose what to do with each problem.** The file itself is not changed: the choices are "
                 "applied as it loads" + (" and saved in the mapping." if flow == "mapped" else "."))
     st.caption("*Blank* makes a value unknown. Record-based columns (days since an event, cumulative doses) "
@@ -651,7 +655,7 @@ def choices_list(flow: str, changes=()) -> None:
 def _generate(n: int, seed: int, sites: int) -> None:
     import pyarrow as pa
 
-    from kn026 import synth
+    from kn026.ingest import synth
 
     t0 = time.perf_counter()
     chunk = max(10_000, min(200_000, n // 10 or n))
@@ -682,7 +686,7 @@ def _bar_text(bar):
 
 
 def _file_problem(name: str, err: BaseException):
-    from kn026.cohort import Problem
+    from kn026.ingest.problems import Problem
 
     first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
     return Problem("file", f"{name} could not be read: {first}. Check that it is a CSV (UTF-8), Parquet or "
@@ -814,7 +818,7 @@ def _new_mapping(m) -> None:
 
 def on_map_file(key: str) -> None:
     """File-uploader callback: check and parse the file, suggest a mapping (or keep a fitting one)."""
-    from kn026.mapping import suggest_mapping
+    from kn026.ingest.mapping import suggest_mapping
 
     up = st.session_state.get(key)
     st.session_state[K_IMPORT_ERROR] = None
@@ -881,7 +885,7 @@ def map_source_widget(target: str) -> dict:
 
 
 def _on_map_source(target: str, key: str) -> None:
-    from kn026.mapping import suggest_column
+    from kn026.ingest.mapping import suggest_column
 
     m, f = mapping(), map_file()
     value = st.session_state[key]
@@ -906,7 +910,7 @@ def map_held_targets() -> list[str]:
 
 def map_note(target: str) -> tuple[str, str]:
     """("held" | "chosen", explanation) for a column the analyst must choose by hand, else ("", "")."""
-    from kn026.mapping import caution
+    from kn026.ingest.mapping import caution
 
     m = mapping()
     c = m.get(target)
@@ -922,14 +926,14 @@ def map_note(target: str) -> tuple[str, str]:
 
 def map_units(target: str) -> list[str]:
     """Units the file's column for `target` may be in (the dictionary unit first); [] if none."""
-    from kn026.mapping import units_for
+    from kn026.ingest.mapping import units_for
 
     return units_for(target)
 
 
 def map_unit_label(target: str, unit: str) -> str:
     """"in g/dL (× 10 → g/L)", or "in g/L (no conversion)" for the dictionary unit."""
-    from kn026.mapping import unit_factor
+    from kn026.ingest.mapping import unit_factor
 
     base = map_units(target)[0]
     if unit == base:
@@ -966,7 +970,7 @@ def _on_map_decimal(key: str) -> None:
 
 def map_value_targets() -> list[str]:
     """Mapped categorical columns whose values can be translated, in dictionary order."""
-    from kn026.mapping import dictionary_values
+    from kn026.ingest.mapping import dictionary_values
 
     return [c.target for c in mapping().columns
             if c.source is not None and not c.transform and dictionary_values(c.target)]
@@ -981,13 +985,13 @@ def map_distinct_values(target: str, limit: int = 40) -> list[tuple[str, int]]:
 
 
 def map_value_options(target: str) -> list[str]:
-    from kn026.mapping import dictionary_values
+    from kn026.ingest.mapping import dictionary_values
 
     return [KEEP_VALUE, EMPTY_VALUE, *dictionary_values(target)]
 
 
 def map_value_widget(target: str, value: str) -> dict:
-    from kn026.mapping import translate_value
+    from kn026.ingest.mapping import translate_value
 
     c = mapping().get(target)
     now = translate_value(target, value, c.values)
@@ -1015,8 +1019,8 @@ CHOOSE_DATE = "— choose the date format —"
 
 
 def _date_inference(source: str):
-    """What file column `source` says about its date format (kn026.date_formats.infer), per file."""
-    from kn026 import date_formats
+    """What file column `source` says about its date format (kn026.ingest.date_formats.infer), per file."""
+    from kn026.ingest import date_formats
 
     f = map_file()
     return memo(("map_date_infer", f["id"], source), lambda: date_formats.infer(f["frame"][source]))
@@ -1024,14 +1028,14 @@ def _date_inference(source: str):
 
 def _fill_dates(m) -> None:
     """Write the formats the file's values prove into mapping `m`, so the downloaded YAML carries them."""
-    from kn026 import date_formats
+    from kn026.ingest import date_formats
 
     date_formats.fill(map_file()["frame"], m, _date_inference)
 
 
 def map_date_columns() -> list:
-    """The mapping's date columns that are in the file (kn026.date_formats.DateColumn)."""
-    from kn026 import date_formats
+    """The mapping's date columns that are in the file (kn026.ingest.date_formats.DateColumn)."""
+    from kn026.ingest import date_formats
 
     frame = map_file()["frame"]
     return [d for d in date_formats.date_columns(mapping()) if d.source in frame.columns]
@@ -1039,7 +1043,7 @@ def map_date_columns() -> list:
 
 def _date_reads(source: str, code: str) -> int:
     """Non-empty rows of file column `source` that format `code` reads."""
-    from kn026 import date_formats
+    from kn026.ingest import date_formats
 
     inf = _date_inference(source)
     if code in inf.rows or code in date_formats.CATALOGUE:
@@ -1066,7 +1070,7 @@ def map_date_wait() -> str:
 
 def map_date_options(d) -> list[str]:
     """The formats offered for date column `d`: those that read the most of its values first."""
-    from kn026.date_formats import CATALOGUE
+    from kn026.ingest.date_formats import CATALOGUE
 
     inf = _date_inference(d.source)
     if inf.status in ("typed", "empty") and not d.given:
@@ -1079,7 +1083,7 @@ def map_date_options(d) -> list[str]:
 
 def map_date_label(d, code: str) -> str:
     """"dd/mm/yyyy (day first) · reads all 300"."""
-    from kn026.date_formats import describe
+    from kn026.ingest.date_formats import describe
 
     if code == CHOOSE_DATE:
         return code
@@ -1096,7 +1100,7 @@ def map_date_widget(d) -> dict:
 
 
 def _on_map_date(target: str, key: str) -> None:
-    from kn026 import date_formats
+    from kn026.ingest import date_formats
 
     chosen = st.session_state[key]
     date_formats.set_format(mapping(), target, None if chosen == CHOOSE_DATE else chosen)
@@ -1104,7 +1108,7 @@ def _on_map_date(target: str, key: str) -> None:
 
 def map_date_samples(d, n: int = 3) -> list[tuple[str, str]]:
     """The column's first distinct values and how they read: under its format, or under each candidate."""
-    from kn026 import date_formats
+    from kn026.ingest import date_formats
 
     inf = _date_inference(d.source)
     texts = map_file()["frame"][d.source].dropna().astype(str).str.strip()
@@ -1121,7 +1125,7 @@ def map_date_samples(d, n: int = 3) -> list[tuple[str, str]]:
 
 def map_date_note(d) -> tuple[str, str]:
     """("asked" | "proven" | "chosen", the sentence to show beside date column `d`)."""
-    from kn026.date_formats import describe
+    from kn026.ingest.date_formats import describe
 
     inf = _date_inference(d.source)
     if not d.given and not inf.settled:
@@ -1139,14 +1143,14 @@ def map_date_note(d) -> tuple[str, str]:
 
 
 def human_date(value) -> str:
-    from kn026.date_formats import human
+    from kn026.ingest.date_formats import human
 
     return human(value)
 
 
 def map_date_report() -> pd.DataFrame:
-    """kn026.date_formats.date_report of the file under the current mapping: earliest and latest dates."""
-    from kn026 import date_formats
+    """kn026.ingest.date_formats.date_report of the file under the current mapping: earliest and latest dates."""
+    from kn026.ingest import date_formats
 
     f, m = map_file(), mapping()
     return memo(("map_date_report", f["id"], m.to_yaml()),
@@ -1155,7 +1159,7 @@ def map_date_report() -> pd.DataFrame:
 
 def map_preview():
     """(Preview of the whole mapped file with load_cohort's problems, or None; error message)."""
-    from kn026.mapping import preview_mapping
+    from kn026.ingest.mapping import preview_mapping
 
     f, m = map_file(), mapping()
 
@@ -1176,7 +1180,7 @@ def request_mapped_load() -> None:
 def _load_mapped() -> None:
     import copy
 
-    from kn026.mapping import value_report
+    from kn026.ingest.mapping import value_report
 
     f, m = map_file(), mapping()
     if f is None or m is None:
@@ -1207,19 +1211,19 @@ def has_upload(key: str) -> bool:
 
 
 def schema_column(name: str):
-    from kn026 import schema
+    from kn026.base import schema
 
     return schema.BY_NAME[name]
 
 
 def schema_names() -> set[str]:
-    from kn026 import schema
+    from kn026.base import schema
 
     return set(schema.BY_NAME)
 
 
 def dictionary_columns() -> list[str]:
-    from kn026 import schema
+    from kn026.base import schema
 
     return [c.name for c in schema.COLUMNS]
 
@@ -1240,9 +1244,9 @@ value_table = loading.value_table
 
 def report_csv(frame: pd.DataFrame) -> str:
     """A report table as CSV, with spreadsheet formulas neutralised (concept names are data)."""
-    from kn026 import upload
+    from kn026.report import neutralise
 
-    return upload.neutralise_formulas(frame).to_csv(index=False)
+    return neutralise.neutralise_formulas(frame).to_csv(index=False)
 
 
 def data() -> Bundle:
@@ -1416,7 +1420,7 @@ def on_scenario_upload(key: str) -> None:
     st.session_state[K + "scenario_error"] = None
     if up is None:
         return
-    from kn026 import upload
+    from kn026.ingest import sniff as upload
 
     try:  # checked by content first: size, a renamed binary or HTML page, UTF-8
         text = upload.sniff_text(up.getvalue(), up.name)
@@ -1430,7 +1434,7 @@ def on_scenario_upload(key: str) -> None:
 
 def text_upload_limit_mb() -> int:
     """The scenario / mapping YAML limit in whole MB, for the uploader's own label and check."""
-    from kn026 import upload
+    from kn026.ingest import sniff as upload
 
     return max(1, upload.MAX_TEXT_BYTES // 2**20)
 
@@ -1448,7 +1452,7 @@ def scenario_yaml(ctx: Ctx) -> str:
 
 # --- custom rules
 # Analyst-written criteria and rewritten rule expressions of the active scenario. Text is
-# validated against the loaded cohort (kn026.custom, kn026.rulecheck) and screened once
+# validated against the loaded cohort (kn026.core.custom, kn026.rules.rulecheck) and screened once
 # *before* the scenario changes, so a rejected rule changes nothing; the rejection (with the
 # position of the offending token) is kept under K_RULE_ERROR until the next attempt.
 # Applying edits the active scenario like a threshold does (editable_scenario()). Form
@@ -2381,7 +2385,7 @@ def left_out(ctx: Ctx, res) -> None:
 # State of the Recruitment page (pages/recruitment.py): persistent input values under
 # `kn026.rec.*` (widgets `kn026.w.rec.*`, seeded on every run like the sidebar, so the
 # inputs survive page switches), and per-session memos of the site estimate, the
-# forecasts and the figures. The computations themselves are in kn026.recruitment.
+# forecasts and the figures. The computations themselves are in kn026.forecast.recruitment.
 
 K_REC = K + "rec."
 
@@ -2407,7 +2411,8 @@ def rec_token() -> int:
 def rec_estimated_sites(ctx: Ctx):
     """(SiteInputs estimated from the cohort's site_id / screening_date, or None; why not)."""
     def build():
-        from kn026 import forecast, recruitment
+        from kn026.forecast import model as forecast
+        from kn026.forecast import recruitment
 
         frame = recruitment.cohort_site_frame(ctx.data.cohort)
         if frame is None:
@@ -2445,7 +2450,7 @@ def rec_hidden_sites(ctx: Ctx) -> tuple[str, ...]:
 
 def rec_outcome(ctx: Ctx, plan, sites, bound: str, fraction: float | None, label: str, with_need: bool = True):
     """One bound's forecast for `plan` (memoised per cohort, plan, bound, fraction and label)."""
-    from kn026 import recruitment
+    from kn026.forecast import recruitment
 
     key = ("rec_run", rec_token(), plan, bound, fraction, label, with_need)
     return memo(key, lambda: recruitment.run_bound(plan, sites, bound, fraction, ctx.data.cohort.n,
@@ -2462,7 +2467,7 @@ def rec_figure(name: str, key: tuple, build):
 # session (read from memory once, kept across page switches under `kn026.net.files`), the
 # page's inputs under `kn026.net.*` (widgets `kn026.w.net.*`), and memos of this session's
 # own histogram and of the merged network. Reading, merging and the file format are in
-# kn026.federated; nothing here writes to disk.
+# kn026.scale.federated; nothing here writes to disk.
 
 K_NET = K + "net."
 K_NET_FILES = K_NET + "files"  # {sha256 of the bytes: NetFile}, in upload order
@@ -2521,7 +2526,7 @@ def net_add_files(files) -> list[NetFile]:
     """
     import hashlib
 
-    from kn026 import federated
+    from kn026.scale import federated
 
     store = st.session_state.setdefault(K_NET_FILES, {})
     added = []
@@ -2575,7 +2580,7 @@ def net_scenario(ctx: Ctx) -> Scenario:
 
 def net_site_doc(ctx: Ctx, site: str, below: int | None) -> dict:
     """This session's cohort as a site's histogram document (stage and scenario of the sidebar)."""
-    from kn026 import federated
+    from kn026.scale import federated
 
     scen = net_scenario(ctx)
     key = ("net_doc", engine_key(ctx.engine), scenario_key(scen), scen.order, str(site).strip(), below)
@@ -2611,7 +2616,7 @@ def _session_mismatch(own: dict, first: dict) -> str | None:
 
 def net_merge(ctx: Ctx, include_session: bool, site: str) -> tuple[Network | None, str | None]:
     """Merge the valid uploaded files (and this session's cohort if asked): (network, None) or (None, why not)."""
-    from kn026 import federated
+    from kn026.scale import federated
 
     docs = [f.doc for f in net_files() if f.doc is not None]
     own = None

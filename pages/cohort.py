@@ -6,7 +6,7 @@ import datetime as dt
 import streamlit as st
 
 import ui_state as ui
-from kn026 import charts, patients, suppression
+from kn026.report import charts, patients, suppression
 
 ctx = ui.page_start("Cohort", ":material/groups:")
 cohort = ctx.data.cohort
@@ -158,7 +158,7 @@ def in_use(text: str) -> None:
 
 
 def changes_table(changes) -> None:
-    """What the analyst's choices about bad cells changed (kn026.edits.Change), one row each."""
+    """What the analyst's choices about bad cells changed (kn026.ingest.edits.Change), one row each."""
     st.dataframe(ui.changes_frame(changes), hide_index=True, width="stretch", column_config={
         "column": st.column_config.TextColumn("Column", width=180),
         "change": st.column_config.TextColumn("Your choice", width="large"),

@@ -9,8 +9,10 @@ import pandas as pd
 import streamlit as st
 
 import ui_state as ui
-from kn026 import custom, patients, rulecheck
-from kn026.criteria import format_number
+from kn026.core import custom
+from kn026.core.criteria import format_number
+from kn026.report import patients
+from kn026.rules import rulecheck
 
 INTEGRAL_UNITS = {"years", "lines", "lesions", "ECOG", "NYHA class", "CTCAE grade", "days", "half-lives"}
 PARAM_NAMES = {

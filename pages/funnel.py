@@ -4,7 +4,7 @@ import pandas as pd
 import streamlit as st
 
 import ui_state as ui
-from kn026 import charts, suppression
+from kn026.report import charts, suppression
 
 ctx = ui.page_start("Funnel", ":material/filter_alt:")
 res = ui.result(ctx)

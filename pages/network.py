@@ -1,7 +1,7 @@
 """Network: share this cohort's histogram, or merge site histograms into one network funnel.
 
 Sites that cannot share patient rows share the histogram of (fail, unknown) masks
-instead (kn026.federated); histograms add, so the network funnel, per-criterion table
+instead (kn026.scale.federated); histograms add, so the network funnel, per-criterion table
 and per-site breakdown are the same computations as for one cohort.
 """
 
@@ -12,7 +12,8 @@ import pandas as pd
 import streamlit as st
 
 import ui_state as ui
-from kn026 import charts, federated
+from kn026.report import charts
+from kn026.scale import federated
 
 ctx = ui.page_start("Network", ":material/hub:")
 placeholder = "suppressed" if ctx.k else ""

@@ -6,7 +6,7 @@ import pandas as pd
 import streamlit as st
 
 import ui_state as ui
-from kn026 import charts, export, patients, suppression
+from kn026.report import charts, export, patients, suppression
 
 VERDICT_STYLE = {
     "pass": "color: #1b7a70; font-weight: 600",

@@ -7,8 +7,8 @@ from dataclasses import replace
 import streamlit as st
 
 import ui_state as ui
-from kn026 import forecast as fc
-from kn026 import recruitment as rc
+from kn026.forecast import model as fc
+from kn026.forecast import recruitment as rc
 
 ctx = ui.page_start("Recruitment", ":material/trending_up:")
 

@@ -5,7 +5,7 @@ import re
 import streamlit as st
 
 import ui_state as ui
-from kn026 import charts, export
+from kn026.report import charts, export
 
 ctx = ui.page_start("Sites", ":material/location_on:")
 

@@ -1,7 +1,7 @@
 """A reader who wants the suppressed counts back: reads a report file, does the arithmetic.
 
 Written from what the published tables mean (their headers, README / docs), not from
-kn026.published: the identities below are this reader's own. For every cell shown as
+kn026.report.published: the identities below are this reader's own. For every cell shown as
 suppressed it solves, with scipy's linprog, the smallest and largest value consistent
 with every number the file shows (tables and chart data alike), the identities and
 non-negativity, and reports the interval. Rounded numbers (percentages and Shapley

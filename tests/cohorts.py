@@ -12,8 +12,8 @@ from collections import Counter
 
 from hypothesis import strategies as st
 
-from kn026 import funnel as fm
-from kn026 import schema
+from kn026.base import schema
+from kn026.core import funnel as fm
 
 FLAG = (None, True, False)
 DAYS = (None, 0, 6, 7, 13, 14, 27, 28, 90, 91, 182, 183, 400)
@@ -133,7 +133,7 @@ def analyst_rules(n: int = 64) -> list:
     wider than 64 bits: thresholds taken from each column's own boundary values (so every
     rule fails some patients and is unknown on the NULLs), alternating directions and kinds,
     with a parameter on every third rule and a flag or text rule now and then."""
-    from kn026.custom import CustomRule
+    from kn026.core.custom import CustomRule
 
     numeric = [c for c, vals in VALUES.items()
                if c not in ("site_id", "country", "screening_date")

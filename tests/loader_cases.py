@@ -27,7 +27,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from kn026 import schema
+from kn026.base import schema
 
 NBSP = "\u00a0"
 
@@ -245,7 +245,7 @@ def _value(v):
 
 def outcome(load) -> dict:
     """What `load()` produced: the table (names, types, rows in stored order) or the problems."""
-    from kn026.cohort import CohortError
+    from kn026.ingest.problems import CohortError
 
     try:
         cohort = load()
@@ -261,7 +261,7 @@ def outcome(load) -> dict:
 
 
 def _file_outcome(data: bytes, suffix: str) -> dict:
-    from kn026.cohort import load_cohort
+    from kn026.ingest.cohort import load_cohort
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / f"c{suffix}"
@@ -270,14 +270,14 @@ def _file_outcome(data: bytes, suffix: str) -> dict:
 
 
 def _upload_outcome(data: bytes, suffix: str) -> dict:
-    from kn026 import loading
+    from kn026.ingest import loading
 
     return outcome(lambda: loading.load_upload(f"c{suffix}", data)[1])
 
 
 def all_outcomes() -> dict[str, dict]:
     """Every case through every entry point that accepts it: {"<path>/<kind>/<case>": outcome}."""
-    from kn026.cohort import load_cohort
+    from kn026.ingest.cohort import load_cohort
 
     out = {}
     for suffix, cases in ((".csv", csv_cases()), (".parquet", parquet_cases()), (".xlsx", excel_cases())):

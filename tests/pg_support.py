@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from kn026 import schema
+from kn026.base import schema
 
 REQUIRE = "KN026_REQUIRE_POSTGRES"
 PORT = "5432"  # names the socket file only: there is no TCP listener

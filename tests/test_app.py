@@ -17,7 +17,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 import ui_state
-from kn026 import synth
+from kn026.ingest import synth
 from tests.app_support import (
     APP,
     charts,

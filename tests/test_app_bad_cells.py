@@ -15,8 +15,8 @@ import pandas as pd
 import pytest
 
 import ui_state
-from kn026 import edits as E
-from kn026 import mapping as mp
+from kn026.ingest import edits as E
+from kn026.ingest import mapping as mp
 from tests.app_support import go, ok, open_tab, sidebar_radio
 from tests.test_app import small_cohort
 from tests.test_app_import import _select, _upload_foreign, bundle, choose, foreign_frame, new_app, texts

@@ -27,9 +27,12 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 import ui_state
-from kn026 import analysis, export, sandbox, synth
-from kn026.custom import CustomRule
-from kn026.scenario import Scenario
+from kn026.core import analysis
+from kn026.core.custom import CustomRule
+from kn026.core.scenario import Scenario
+from kn026.ingest import synth
+from kn026.report import export
+from kn026.rules import sandbox
 from tests import app_support
 from tests.app_support import ROOT, go, ok, open_expander, sidebar_radio
 from tests.shared_data import OMOP_SAMPLE

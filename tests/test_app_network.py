@@ -1,7 +1,7 @@
 """AppTest of the Network page: share this cohort's histogram, merge site histograms.
 
 Drives the real `app.py` headlessly. Site files are made with
-`kn026.federated.export_histogram` from two halves of a synthetic cohort and uploaded
+`kn026.scale.federated.export_histogram` from two halves of a synthetic cohort and uploaded
 through the page's file uploader; downloads are captured where Streamlit stores their
 bytes for the browser (its in-memory media storage), so the tests read exactly what a
 user would get.
@@ -17,11 +17,14 @@ from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
 from streamlit.testing.v1 import AppTest
 
 import ui_state
-from kn026 import analysis, federated, synth
-from kn026.cohort import connect, load_cohort
-from kn026.criteria import load_protocol
-from kn026.engine import Engine
-from kn026.scenario import Scenario
+from kn026.base.table import connect
+from kn026.core import analysis
+from kn026.core.criteria import load_protocol
+from kn026.core.engine import Engine
+from kn026.core.scenario import Scenario
+from kn026.ingest import synth
+from kn026.ingest.cohort import load_cohort
+from kn026.scale import federated
 from tests import app_support
 from tests.app_support import metrics, number, ok, open_tab
 

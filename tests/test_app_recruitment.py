@@ -1,6 +1,6 @@
 """AppTest of the Recruitment page (pages/recruitment.py) through the real app.py.
 
-The numbers on the page are checked against kn026.forecast called directly with the
+The numbers on the page are checked against kn026.forecast.model called directly with the
 same inputs; plotly charts are read from their JSON spec (plotly 7 encodes numeric
 arrays as {"dtype", "bdata"} base64).
 """
@@ -15,13 +15,15 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 import ui_state
-from kn026 import analysis, synth
-from kn026 import forecast as fc
-from kn026 import recruitment as rc
-from kn026.cohort import connect, load_cohort
-from kn026.criteria import load_protocol
-from kn026.engine import Engine
-from kn026.scenario import Scenario
+from kn026.base.table import connect
+from kn026.core import analysis
+from kn026.core.criteria import load_protocol
+from kn026.core.engine import Engine
+from kn026.core.scenario import Scenario
+from kn026.forecast import model as fc
+from kn026.forecast import recruitment as rc
+from kn026.ingest import synth
+from kn026.ingest.cohort import load_cohort
 from tests import app_support
 from tests.app_support import decode, ok
 

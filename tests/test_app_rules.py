@@ -13,11 +13,12 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 import ui_state
-from kn026 import analysis, custom
-from kn026.cohort import connect, load_cohort
-from kn026.criteria import load_protocol
-from kn026.engine import Engine
-from kn026.scenario import Scenario, parse_scenario
+from kn026.base.table import connect
+from kn026.core import analysis, custom
+from kn026.core.criteria import load_protocol
+from kn026.core.engine import Engine
+from kn026.core.scenario import Scenario, parse_scenario
+from kn026.ingest.cohort import load_cohort
 from tests import app_support
 from tests.app_support import go, number, ok, open_expander, open_tab
 

@@ -1,4 +1,4 @@
-"""The whole-process benchmark harness (kn026.bench --whole) on tiny cohorts: it runs the
+"""The whole-process benchmark harness (kn026.bench.engine --whole) on tiny cohorts: it runs the
 command line and the pandas peer on the same files, checks they agree, times the app's
 upload path and renders the README table. Correctness of the harness only: no time limits."""
 
@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 
-from kn026 import bench
+from kn026.bench import engine as bench
 
 
 def test_whole_process_harness_on_tiny_cohorts(tmp_path, monkeypatch):
@@ -31,10 +31,10 @@ def test_whole_process_harness_on_tiny_cohorts(tmp_path, monkeypatch):
 
 def test_peer_agrees_with_the_engine_on_the_command_line_fixture():
     """The pandas peer reads a CSV itself and must count what `python -m kn026 funnel` counts."""
-    from kn026 import analysis
-    from kn026.cohort import load_cohort
-    from kn026.criteria import load_protocol
-    from kn026.engine import Engine
+    from kn026.core import analysis
+    from kn026.core.criteria import load_protocol
+    from kn026.core.engine import Engine
+    from kn026.ingest.cohort import load_cohort
 
     fixture = "tests/fixtures/cli_cohort.csv"
     ours = analysis.run(Engine(load_cohort(fixture), load_protocol(), 1)).totals["strict"]

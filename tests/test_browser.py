@@ -187,7 +187,7 @@ def test_upload_report_and_suppressed_funnel(server, browser, tmp_path):
     from playwright.sync_api import expect
 
     sys.path.insert(0, str(ROOT))
-    from kn026 import synth
+    from kn026.ingest import synth
 
     good = synth.generate(400, 3, sites=10)
     bad = good.head(60).astype(object)

@@ -59,7 +59,7 @@ def test_upload_with_bad_cells_each_choice_then_load(server, browser, tmp_path):
     from playwright.sync_api import expect
 
     sys.path.insert(0, str(ROOT))
-    from kn026 import synth
+    from kn026.ingest import synth
 
     ARTIFACTS.mkdir(exist_ok=True)
     df = synth.generate(60, 8, sites=4).astype({"age_years": object, "sex": object,

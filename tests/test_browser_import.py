@@ -78,7 +78,7 @@ def test_mapping_wizard_and_refused_binary(server, browser, tmp_path):
     from playwright.sync_api import expect
 
     sys.path.insert(0, str(ROOT))
-    from kn026 import synth
+    from kn026.ingest import synth
 
     ARTIFACTS.mkdir(exist_ok=True)
     base = synth.generate(80, 4, sites=3)

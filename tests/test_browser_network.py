@@ -15,10 +15,13 @@ import re
 import pandas as pd
 import pytest
 
-from kn026 import analysis, federated, synth
-from kn026.cohort import connect, load_cohort
-from kn026.criteria import load_protocol
-from kn026.engine import Engine
+from kn026.base.table import connect
+from kn026.core import analysis
+from kn026.core.criteria import load_protocol
+from kn026.core.engine import Engine
+from kn026.ingest import synth
+from kn026.ingest.cohort import load_cohort
+from kn026.scale import federated
 from tests.browser_support import ARTIFACTS, TIMEOUT_MS, main_text, metric, no_exception, settle
 
 pytestmark = pytest.mark.browser

@@ -119,7 +119,7 @@ def test_uploaded_cohort_with_suppressed_sites(server, browser, tmp_path):
     from tests.browser_support import ROOT
 
     sys.path.insert(0, str(ROOT))
-    from kn026 import synth
+    from kn026.ingest import synth
 
     synth.generate(300, 6, sites=12).to_csv(tmp_path / "small_sites.csv", index=False)  # one site has 3
     page = browser.new_page(viewport={"width": 1400, "height": 900})

@@ -16,11 +16,12 @@ from pathlib import Path
 
 import pytest
 
-from kn026 import analysis, custom
-from kn026.cohort import connect, load_cohort
-from kn026.criteria import load_protocol
-from kn026.engine import Engine
-from kn026.scenario import Scenario, parse_scenario
+from kn026.base.table import connect
+from kn026.core import analysis, custom
+from kn026.core.criteria import load_protocol
+from kn026.core.engine import Engine
+from kn026.core.scenario import Scenario, parse_scenario
+from kn026.ingest.cohort import load_cohort
 from tests.browser_support import ARTIFACTS, ROOT, TIMEOUT_MS, main_text, metric, no_exception, settle
 
 pytestmark = pytest.mark.browser

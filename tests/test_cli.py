@@ -1,6 +1,6 @@
-"""The command line (kn026/cli.py): `screen` and `funnel`, and how it fails.
+"""The command line (kn026/cli/main.py): `screen` and `funnel`, and how it fails.
 
-Most tests call `kn026.cli.main(argv)` in-process; two run `python -m kn026` for real.
+Most tests call `kn026.cli.main.main(argv)` in-process; two run `python -m kn026` for real.
 Every user error must exit with status 2 and a short message naming the problem and
 the fix, with no traceback.
 
@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from kn026.cli import main
-from kn026.criteria import load_protocol
+from kn026.cli.main import main
+from kn026.core.criteria import load_protocol
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURE = Path(__file__).parent / "fixtures" / "cli_cohort.csv"
@@ -387,7 +387,8 @@ def test_funnel_keeps_the_scenarios_custom_rules(tmp_path, capsys):
 
 def test_sql_histogram_and_merge_commands(tmp_path, capsys):
     """`sql`, `histogram` and `merge` are subcommands of `python -m kn026`."""
-    from kn026.cohort import connect, load_cohort
+    from kn026.base.table import connect
+    from kn026.ingest.cohort import load_cohort
 
     code, out, err = run(["sql", "--stage", 1, "--dialect", "duckdb", "--no-header"], capsys)
     assert code == 0, err

@@ -1,4 +1,4 @@
-"""`--on-bad-value {error,blank,drop}` on the commands that load a cohort (kn026/cli.py).
+"""`--on-bad-value {error,blank,drop}` on the commands that load a cohort (kn026/cli/main.py).
 
 error (the default) stops with the loader's list; blank empties bad values (unknown) and
 refuses record-based columns, naming them and suggesting drop; drop leaves their rows

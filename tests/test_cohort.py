@@ -1,4 +1,4 @@
-"""The cohort loader (kn026/cohort.py) against cohort-dictionary.md sections 1 and 4.
+"""The cohort loader (kn026/ingest/cohort.py) against cohort-dictionary.md sections 1 and 4.
 
 Table tests in the datasette style: each row is raw input -> expected value, or raw
 input -> the problem the loader must report. A bad value is always an error naming
@@ -20,10 +20,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kn026 import schema
-from kn026.cohort import CohortError, Problem, connect, load_cohort
-from kn026.criteria import load_protocol
-from kn026.engine import Engine
+from kn026.base import schema
+from kn026.base.table import connect
+from kn026.core.criteria import load_protocol
+from kn026.core.engine import Engine
+from kn026.ingest.cohort import load_cohort
+from kn026.ingest.problems import CohortError, Problem
 
 PROTOCOL = load_protocol()
 
@@ -836,7 +838,7 @@ def test_cohort_error_total_defaults_to_problem_count():
 # -- unit guard (dictionary section 4, "Plausible ranges and units") ----------------------
 
 # column, plausible range and the likely unit named for a value below / above it, as the
-# dictionary lists them (written out here, not read from kn026.schema)
+# dictionary lists them (written out here, not read from kn026.base.schema)
 GUARD_SPEC = [
     ("hemoglobin_g_l", 30, 250, "g/dL", None),
     ("platelets_1e9_l", 1, 2000, None, "per microlitre"),

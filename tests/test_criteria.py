@@ -1,4 +1,4 @@
-"""Criteria as data (kn026/criteria.py, kn026/protocols/kn026_001.yaml).
+"""Criteria as data (kn026/core/criteria.py, kn026/protocols/kn026_001.yaml).
 
 Two halves: the shipped KN026-001 file against cohort-dictionary.md section 5, and
 the validator against small broken protocol documents (one mutation per row ->
@@ -14,8 +14,8 @@ from decimal import Decimal
 import pytest
 import yaml
 
-from kn026 import schema
-from kn026.criteria import (
+from kn026.base import schema
+from kn026.core.criteria import (
     DEFAULT_PROTOCOL,
     CriteriaError,
     Param,
@@ -548,7 +548,7 @@ def test_parse_predicate_names():
     assert cols == {"inr", "inr_uln", "pt_s"} and params == {"x", "d"}
 
 
-# -- time windows (kn026/windows.py; dictionary section 1) ---------------------------------------------------
+# -- time windows (kn026/core/windows.py; dictionary section 1) ---------------------------------------------------
 SHIPPED = yaml.safe_load(DEFAULT_PROTOCOL.read_text(encoding="utf-8"))
 INCL07_LABS = ["anc_1e9_l", "platelets_1e9_l", "hemoglobin_g_l", "bilirubin_total_umol_l",
                "bilirubin_direct_umol_l", "ast_u_l", "alt_u_l", "albumin_g_l", "creatinine_umol_l",

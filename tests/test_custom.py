@@ -5,12 +5,13 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from kn026 import analysis, custom
-from kn026.cohort import connect, load_cohort
-from kn026.criteria import CriteriaError, load_protocol
-from kn026.engine import Engine
-from kn026.rulecheck import RuleError
-from kn026.scenario import Scenario
+from kn026.base.table import connect
+from kn026.core import analysis, custom
+from kn026.core.criteria import CriteriaError, load_protocol
+from kn026.core.engine import Engine
+from kn026.core.scenario import Scenario
+from kn026.ingest.cohort import load_cohort
+from kn026.rules.rulecheck import RuleError
 
 PROTOCOL = load_protocol()
 
@@ -119,7 +120,7 @@ def test_no_ceiling_on_the_number_of_rules(engine):
 
 
 def test_scenario_yaml_carries_custom_and_replaced_rules(engine):
-    from kn026.scenario import parse_scenario
+    from kn026.core.scenario import parse_scenario
 
     text = """
 scenario: Older patients out, clearance from the measured value
@@ -147,7 +148,7 @@ custom:
 
 
 def test_scenario_with_hostile_custom_rule_is_refused_when_screened(engine):
-    from kn026.scenario import Scenario as S
+    from kn026.core.scenario import Scenario as S
 
     scen = S("bad", custom=(custom.CustomRule("CUST01", "exclusion", "x", "glob('*') IS NULL"),))
     with pytest.raises(RuleError, match="glob"):

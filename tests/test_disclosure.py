@@ -3,7 +3,7 @@
 The report is written to Excel, HTML and PowerPoint, read back as a reader would
 (openpyxl, an HTML parser, python-pptx including the charts' data), and
 tests/adversary.py (identities written from the tables' meaning, not from
-kn026.published) solves the smallest and largest value of each suppressed cell with
+kn026.report.published) solves the smallest and largest value of each suppressed cell with
 linprog. Every interval must be at least k wide, at k = 5 and 11, on the built-in
 cohort (50 sites, 5 countries) and on a small multi-site cohort with small sites. A
 control run with primary suppression only must be caught, so the check can fail.
@@ -24,11 +24,14 @@ for p in (ROOT, ROOT / "tests"):
 
 import adversary as A  # noqa: E402
 
-from kn026 import protection, report, synth  # noqa: E402
-from kn026.cohort import connect, load_cohort  # noqa: E402
-from kn026.criteria import load_protocol  # noqa: E402
-from kn026.engine import Engine  # noqa: E402
-from kn026.scenario import load_scenario  # noqa: E402
+from kn026.base.table import connect  # noqa: E402
+from kn026.core.criteria import load_protocol  # noqa: E402
+from kn026.core.engine import Engine  # noqa: E402
+from kn026.core.scenario import load_scenario  # noqa: E402
+from kn026.feasibility import report  # noqa: E402
+from kn026.ingest import synth  # noqa: E402
+from kn026.ingest.cohort import load_cohort  # noqa: E402
+from kn026.report import protection  # noqa: E402
 
 COUNT_HEADERS = {"Remaining (strict)", "Remaining (optimistic)", "Unknown so far", "Lost at step (strict)",
                  "Lost at step (optimistic)", "Fail (marginal)", "Fail only this (unique)", "Unknown on criterion",

@@ -1,4 +1,4 @@
-"""Bad cells answered without editing the file (kn026/edits.py): fix, blank, drop, declare a unit.
+"""Bad cells answered without editing the file (kn026/ingest/edits.py): fix, blank, drop, declare a unit.
 
 Every edit is checked against the same file edited by hand and loaded: the cohort must
 be identical (columns, types, values, stored order), and the report of changes must
@@ -20,9 +20,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kn026 import edits as E
-from kn026 import omop_concepts, reader, schema, synth, units
-from kn026.cohort import EXAMPLES_PER_COLUMN, CohortError, connect, load_cohort
+from kn026.base import schema
+from kn026.base.table import connect
+from kn026.ingest import edits as E
+from kn026.ingest import omop_concepts, reader, synth, units
+from kn026.ingest.cohort import EXAMPLES_PER_COLUMN, load_cohort
+from kn026.ingest.problems import CohortError
 
 
 def base(n: int = 40, seed: int = 3) -> pd.DataFrame:

@@ -12,12 +12,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kn026 import analysis, custom
-from kn026 import engine as engine_module
-from kn026.cohort import connect, load_cohort
-from kn026.criteria import load_protocol
-from kn026.engine import Engine, compile_rule
-from kn026.scenario import Scenario
+from kn026.base.table import connect
+from kn026.core import analysis, custom
+from kn026.core import engine as engine_module
+from kn026.core.criteria import load_protocol
+from kn026.core.engine import Engine, compile_rule
+from kn026.core.scenario import Scenario
+from kn026.ingest.cohort import load_cohort
 from tests import cohorts, reference
 
 GOLDEN = sorted((Path(__file__).parent / "golden").glob("*.csv"))

@@ -14,14 +14,21 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from kn026 import analysis, charts, synth  # noqa: E402
-from kn026 import export as X  # noqa: E402
-from kn026 import patients as P  # noqa: E402
-from kn026 import suppression as sp  # noqa: E402
-from kn026.cohort import CohortError, connect, load_cohort  # noqa: E402
-from kn026.criteria import load_protocol  # noqa: E402
-from kn026.engine import Engine  # noqa: E402
-from kn026.scenario import Scenario  # noqa: E402
+from kn026.base.table import connect  # noqa: E402
+from kn026.core import analysis  # noqa: E402
+from kn026.core.criteria import load_protocol  # noqa: E402
+from kn026.core.engine import Engine  # noqa: E402
+from kn026.core.scenario import Scenario  # noqa: E402
+from kn026.ingest import (  # noqa: E402
+    reader,  # noqa: E402
+    synth,  # noqa: E402
+)
+from kn026.ingest.cohort import load_cohort  # noqa: E402
+from kn026.ingest.problems import CohortError  # noqa: E402
+from kn026.report import charts  # noqa: E402
+from kn026.report import export as X  # noqa: E402
+from kn026.report import patients as P  # noqa: E402
+from kn026.report import suppression as sp  # noqa: E402
 
 N = 1_500
 
@@ -41,7 +48,7 @@ def engine(frame) -> Engine:
 
 def test_csv_upload_reads_text_and_keeps_every_row(frame):
     data = frame.to_csv(index=False).encode()
-    table = X.read_cohort_bytes("cohort.csv", data)
+    table = reader.read_cohort_bytes("cohort.csv", data)
     assert table.num_rows == N and set(table.column_names) == set(frame.columns)
     cohort = load_cohort(table, connect())
     assert cohort.n == N and "her2_ish" in cohort.present
@@ -49,7 +56,7 @@ def test_csv_upload_reads_text_and_keeps_every_row(frame):
 
 def test_csv_with_bom_and_semicolons():
     text = "\ufeffpatient_id;age_years;sex\nA;40;female\nB;;M\n"
-    table = X.read_cohort_bytes("x.csv", text.encode("utf-8"))
+    table = reader.read_cohort_bytes("x.csv", text.encode("utf-8"))
     assert table.column_names == ["patient_id", "age_years", "sex"]
     cohort = load_cohort(table, connect())
     ages = cohort.con.execute("SELECT age_years FROM cohort ORDER BY patient_id").fetchall()
@@ -59,10 +66,10 @@ def test_csv_with_bom_and_semicolons():
 def test_parquet_and_excel_uploads(frame):
     buf = io.BytesIO()
     frame.head(40).to_parquet(buf, index=False)
-    assert X.read_cohort_bytes("c.parquet", buf.getvalue()).num_rows == 40
+    assert reader.read_cohort_bytes("c.parquet", buf.getvalue()).num_rows == 40
     xbuf = io.BytesIO()
     frame.head(30).astype(object).where(frame.head(30).notna(), None).to_excel(xbuf, index=False)
-    excel = X.read_cohort_bytes("c.xlsx", xbuf.getvalue())
+    excel = reader.read_cohort_bytes("c.xlsx", xbuf.getvalue())
     assert len(excel) == 30 and load_cohort(excel, connect()).n == 30
 
 
@@ -76,7 +83,7 @@ def test_parquet_and_excel_uploads(frame):
 ])
 def test_unreadable_uploads_raise_a_readable_problem(name, data):
     with pytest.raises(CohortError) as err:
-        X.read_cohort_bytes(name, data, max_bytes=200)
+        reader.read_cohort_bytes(name, data, max_bytes=200)
     problem = err.value.problems[0]
     assert problem.column == "file" and problem.row is None
     assert len(problem.message) > 15 and "Traceback" not in problem.message

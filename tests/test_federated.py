@@ -10,13 +10,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from kn026 import analysis, federated, portable, synth
-from kn026.cli import main as cli_main
-from kn026.cohort import connect, load_cohort
-from kn026.criteria import DEFAULT_PROTOCOL, load_protocol
-from kn026.custom import CustomRule
-from kn026.engine import Engine
-from kn026.scenario import Scenario
+from kn026.base.table import connect
+from kn026.cli.main import main as cli_main
+from kn026.core import analysis
+from kn026.core.criteria import DEFAULT_PROTOCOL, load_protocol
+from kn026.core.custom import CustomRule
+from kn026.core.engine import Engine
+from kn026.core.scenario import Scenario
+from kn026.ingest import synth
+from kn026.ingest.cohort import load_cohort
+from kn026.scale import federated, portable
 from tests import cohorts
 from tests.cohorts import as_counter
 
@@ -192,7 +195,7 @@ def test_64_analyst_criteria_merge_into_the_pooled_funnel(pooled, wide, tmp_path
 
 
 def fm_merge_sites(hist):
-    from kn026 import funnel as fm
+    from kn026.core import funnel as fm
 
     return fm.merge(fm.Histogram(hist.fail, hist.unknown, hist.count))
 

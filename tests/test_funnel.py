@@ -1,4 +1,4 @@
-"""Tests for kn026.funnel: hand-computed examples, then properties against a brute force.
+"""Tests for kn026.core.funnel: hand-computed examples, then properties against a brute force.
 
 The brute force expands a histogram into one record per patient and evaluates everything
 with plain Python (sets, loops, Fractions), so it shares no code with the module.
@@ -20,13 +20,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 try:
-    import kn026.funnel  # noqa: F401
+    import kn026.core.funnel  # noqa: F401
 except ImportError:  # run as `pytest tests/...` without the repo root on sys.path
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from kn026 import funnel as fn
-from kn026 import masks as mw
-from kn026.funnel import Histogram
+from kn026.base import masks as mw
+from kn026.core import funnel as fn
+from kn026.core.funnel import Histogram
 
 A, B, C = 0b001, 0b010, 0b100
 NAMES = ["A", "B", "C"]

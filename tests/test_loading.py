@@ -1,5 +1,5 @@
-"""Loading uploads into a locked-down session connection (kn026.loading), in-memory OMOP zips,
-ZIP / YAML sniffing (kn026.upload.sniff_zip, sniff_text) and the wizard helpers of kn026.mapping."""
+"""Loading uploads into a locked-down session connection (kn026.ingest.loading), in-memory OMOP zips,
+ZIP / YAML sniffing (kn026.ingest.sniff.sniff_zip, sniff_text) and the wizard helpers of kn026.ingest.mapping."""
 
 from __future__ import annotations
 
@@ -12,9 +12,11 @@ import duckdb
 import pandas as pd
 import pytest
 
-from kn026 import loading, omop, sandbox, upload
-from kn026 import mapping as mp
-from kn026.cohort import CohortError
+from kn026.ingest import loading, omop
+from kn026.ingest import mapping as mp
+from kn026.ingest import sniff as upload
+from kn026.ingest.problems import CohortError
+from kn026.rules import sandbox
 from tests.shared_data import OMOP_SAMPLE
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -159,7 +161,7 @@ def test_upload_limit_is_configurable(monkeypatch):
 
 
 def test_every_loader_returns_a_connection_that_seal_locks(monkeypatch):
-    from kn026 import synth
+    from kn026.ingest import synth
 
     monkeypatch.setenv(loading.ENV_MEMORY, "512MB")
     csv = synth.generate(200, 3, sites=4).to_csv(index=False).encode()

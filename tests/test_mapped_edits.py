@@ -1,4 +1,4 @@
-"""Bad cells of a mapped file answered in the mapping (kn026/mapped.py, kn026/edits.py).
+"""Bad cells of a mapped file answered in the mapping (kn026/ingest/mapped.py, kn026/ingest/edits.py).
 
 A fix is typed as the file writes the value and then goes through the mapping; date
 cells a format does not read are blanked or their rows dropped, all of them, not only
@@ -11,10 +11,12 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from kn026 import edits as E
-from kn026 import mapped
-from kn026 import mapping as mp
-from kn026.cohort import EXAMPLES_PER_COLUMN, CohortError, connect
+from kn026.base.table import connect
+from kn026.ingest import edits as E
+from kn026.ingest import mapped
+from kn026.ingest import mapping as mp
+from kn026.ingest.cohort import EXAMPLES_PER_COLUMN
+from kn026.ingest.problems import CohortError
 
 
 def export(n: int = 30) -> pd.DataFrame:
@@ -56,12 +58,12 @@ def edited(frame: pd.DataFrame, column: str, rows, text) -> pd.DataFrame:
 def test_a_fix_is_typed_as_the_file_writes_it_and_goes_through_the_mapping():
     good = export()
     bad = edited(good, "Hb", [5], "12,5 g")
-    preview = mp.preview_mapping(bad, mapping())
+    preview = mapped.preview(bad, mapping())
     [p] = preview.problems
     assert (p.column, p.row, p.kind) == ("hemoglobin_g_l", 5, "value")
     m = mapping()
     m.edits = [E.fix("hemoglobin_g_l", 5, "12,5", was="12,5 g")]
-    preview = mp.preview_mapping(bad, m)
+    preview = mapped.preview(bad, m)
     assert preview.ok and [str(c) for c in preview.changes] == [
         "fix hemoglobin_g_l row 5: '12,5 g' -> '12,5': 1 cell(s) fixed"]
     got = loaded(bad, m)
@@ -74,12 +76,12 @@ def test_every_unread_date_of_a_column_blanked_or_its_rows_dropped():
     rows = [2, 6, 7, 13, 19, 22, 31]
     bad = edited(good, "Visit", rows, "2023-13-45")
     assert len(rows) > EXAMPLES_PER_COLUMN
-    listed = [p for p in mp.preview_mapping(bad, mapping()).problems if p.column == "screening_date"]
+    listed = [p for p in mapped.preview(bad, mapping()).problems if p.column == "screening_date"]
     assert len(listed) == EXAMPLES_PER_COLUMN and all(p.kind == "date" for p in listed)
     m = mapping()
     m.index_date = "2023-12-31"  # the transforms count from a fixed date: Visit may be blanked
     m.edits = [E.blank("screening_date")]
-    preview = mp.preview_mapping(bad, m)
+    preview = mapped.preview(bad, m)
     assert preview.ok, preview.problems
     [change] = preview.changes
     assert change.count == len(rows) and change.rows == tuple(rows)
@@ -100,11 +102,11 @@ def test_the_index_date_of_day_counts_is_never_blanked():
     bad = edited(export(), "Visit", [3], "someday")
     m = mapping()  # days_since_radiotherapy counts from screening_date's Visit
     m.edits = [E.blank("screening_date")]
-    preview = mp.preview_mapping(bad, m)
+    preview = mapped.preview(bad, m)
     assert not preview.ok and preview.problems[0].kind == "edit"
     assert "index date of the days_since_* columns" in preview.problems[0].message
     m.edits = [E.drop("screening_date", 3, was="someday")]
-    assert mp.preview_mapping(bad, m).ok
+    assert mapped.preview(bad, m).ok
 
 
 def test_record_based_transforms_are_never_blanked():
@@ -126,9 +128,9 @@ def test_edits_travel_in_the_yaml_and_refuse_another_file():
     assert "edits:" in text and "was: 12,5 g" in text
     back = mp.Mapping.from_yaml(text)
     assert back.edits == m.edits
-    assert mp.preview_mapping(bad, back).ok
+    assert mapped.preview(bad, back).ok
     other = edited(export(), "Hb", [5], "11,0")  # next month's export: row 5 is another value
-    preview = mp.preview_mapping(other, back)
+    preview = mapped.preview(other, back)
     assert not preview.ok and "made for another file" in preview.problems[0].message
     with pytest.raises(ValueError, match="unit of a mapped column is its `unit` setting"):
         mp.Mapping.from_yaml(text + "edits:\n- unit: {column: hemoglobin_g_l, text: g/dL}\n")
@@ -156,7 +158,7 @@ def test_an_index_date_column_of_its_own_fixed_or_its_row_dropped():
     frame.loc[4, "Index"] = "June"
     m = mapping()
     m.index_column, m.index_column_format = "Index", "%d/%m/%Y"
-    [p] = [p for p in mp.preview_mapping(frame, m).problems]
+    [p] = [p for p in mapped.preview(frame, m).problems]
     assert (p.column, p.row, p.kind) == ("index_column", 5, "date")
     assert E.cell_actions(p) == ["fix", "blank", "drop"] and E.column_edits("index_column", [p]) == []
     assert not mapped.blankable(m, "index_column")

@@ -10,9 +10,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kn026 import date_formats, schema
-from kn026 import mapping as mp
-from kn026.cohort import CohortError, load_cohort
+from kn026.base import schema
+from kn026.ingest import date_formats, mapped
+from kn026.ingest import mapping as mp
+from kn026.ingest.cohort import load_cohort
+from kn026.ingest.problems import CohortError
 from tests.shared_data import OMOP_SAMPLE
 
 SAMPLE = OMOP_SAMPLE
@@ -202,7 +204,7 @@ def test_preview_runs_validation_and_lists_problems():
     frame = _frame()
     frame.loc[1, "Hb"] = "n.d."
     frame.loc[2, "Gender"] = "unknown"
-    preview = mp.preview_mapping(frame, _mapping(), rows=2)
+    preview = mapped.preview(frame, _mapping(), rows=2)
     assert not preview.ok and preview.n_rows == 3 and len(preview.frame) == 2
     by_col = {p.column: p for p in preview.problems}
     assert set(by_col) == {"hemoglobin_g_l", "sex"}
@@ -213,7 +215,7 @@ def test_preview_runs_validation_and_lists_problems():
     vals = preview.values.set_index(["column", "value"])
     assert vals.loc[("sex", "unknown"), "valid"] == False  # noqa: E712
     assert vals.loc[("her2_ihc", "IHC 3+"), "maps_to"] == "3"
-    assert mp.preview_mapping(_frame(), _mapping()).ok
+    assert mapped.preview(_frame(), _mapping()).ok
 
 
 def test_yaml_round_trip(tmp_path):
@@ -441,7 +443,7 @@ def test_day_first_export_is_read_day_first_throughout():
     inf = date_formats.infer(two["Visit"])
     assert (inf.status, inf.format) == ("proven", "%d/%m/%Y")
     assert "1 date(s) have a first number above 12 (e.g. '14/09/2022' in row 2)" in inf.why
-    assert mp.preview_mapping(frame, _dated_mapping()).ok
+    assert mapped.preview(frame, _dated_mapping()).ok
 
 
 def test_ambiguous_date_column_is_refused_naming_the_column_and_date_format():
@@ -454,7 +456,7 @@ def test_ambiguous_date_column_is_refused_naming_the_column_and_date_format():
     with pytest.raises(date_formats.DateFormatError, match=message):
         mp.apply_mapping(frame, _dated_mapping())
     with pytest.raises(ValueError, match=message):
-        mp.preview_mapping(frame, _dated_mapping())
+        mapped.preview(frame, _dated_mapping())
     assert _suggested_format(frame) is None  # asked
     # the analyst's format decides, both ways
     assert mp.apply_mapping(frame, _dated_mapping(date_format="%d/%m/%Y"))["screening_date"].tolist() == [
@@ -498,7 +500,7 @@ def test_contradictory_date_column_is_refused_and_a_given_format_reports_the_oth
     assert (p.column, p.row, p.patient_id, p.value, p.count) == ("screening_date", 2, "B", "01/13/2022", 1)
     assert p.message == ("is not a date in the format dd/mm/yyyy (day first) (%d/%m/%Y) of file column 'Visit'; "
                          "correct the cell (empty if unknown), or give the format the file uses (date_format)")
-    preview = mp.preview_mapping(frame, _dated_mapping(date_format="%d/%m/%Y"))
+    preview = mapped.preview(frame, _dated_mapping(date_format="%d/%m/%Y"))
     assert not preview.ok and [q.row for q in preview.problems] == [2] and preview.total_problems == 1
     assert preview.frame["screening_date"].tolist() == ["2022-01-13", None, None]
     # ISO and day-first values in one column are mixed too

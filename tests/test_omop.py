@@ -17,10 +17,11 @@ import duckdb
 import pandas as pd
 import pytest
 
-from kn026 import omop, schema
-from kn026.cohort import load_cohort
-from kn026.omop_columns import at_least
-from kn026.omop_vocab import icdo_parts
+from kn026.base import schema
+from kn026.ingest import omop
+from kn026.ingest.cohort import load_cohort
+from kn026.ingest.omop_columns import at_least
+from kn026.ingest.omop_vocab import icdo_parts
 from tests.shared_data import OMOP_SAMPLE
 
 SAMPLE = OMOP_SAMPLE
@@ -214,7 +215,7 @@ def test_event_lookback_follows_the_protocol_and_not_lookback_days():
     (assessment windows only) does not move it."""
     import yaml
 
-    from kn026.criteria import DEFAULT_PROTOCOL, build_protocol
+    from kn026.core.criteria import DEFAULT_PROTOCOL, build_protocol
 
     doc = yaml.safe_load(DEFAULT_PROTOCOL.read_text(encoding="utf-8"))
     rule = next(r for c in doc["criteria"] for r in c["rules"] if r["id"] == "INCL07.TRANSFUSION")

@@ -14,12 +14,14 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from kn026 import analysis, synth  # noqa: E402
-from kn026 import patients as P  # noqa: E402
-from kn026.cohort import connect, load_cohort  # noqa: E402
-from kn026.criteria import load_protocol  # noqa: E402
-from kn026.engine import Engine  # noqa: E402
-from kn026.scenario import Scenario  # noqa: E402
+from kn026.base.table import connect  # noqa: E402
+from kn026.core import analysis  # noqa: E402
+from kn026.core.criteria import load_protocol  # noqa: E402
+from kn026.core.engine import Engine  # noqa: E402
+from kn026.core.scenario import Scenario  # noqa: E402
+from kn026.ingest import synth  # noqa: E402
+from kn026.ingest.cohort import load_cohort  # noqa: E402
+from kn026.report import patients as P  # noqa: E402
 
 N = 3_000
 

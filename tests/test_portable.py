@@ -16,13 +16,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlglot import exp
 
-from kn026 import funnel as fm
-from kn026 import portable
-from kn026.cohort import connect, load_cohort
-from kn026.criteria import build_protocol, load_protocol
-from kn026.custom import CustomRule
-from kn026.engine import Engine, compile_rule
-from kn026.scenario import Scenario
+from kn026.base.table import connect
+from kn026.core import funnel as fm
+from kn026.core.criteria import build_protocol, load_protocol
+from kn026.core.custom import CustomRule
+from kn026.core.engine import Engine, compile_rule
+from kn026.core.scenario import Scenario
+from kn026.ingest.cohort import load_cohort
+from kn026.scale import portable
 from tests import cohorts
 from tests.cohorts import as_counter
 
@@ -82,7 +83,7 @@ def test_duckdb_sql_matches_engine_on_random_cohorts(tmp_path_factory, cohort, s
 
 
 def test_duckdb_sql_matches_engine_on_synthetic_cohort():
-    from kn026 import synth
+    from kn026.ingest import synth
 
     cohort = load_cohort(synth.generate(3000, seed=7), connect())
     for stage in (1, 2):
@@ -91,7 +92,8 @@ def test_duckdb_sql_matches_engine_on_synthetic_cohort():
 
 
 def test_query_engine_on_parquet_matches_engine(tmp_path):
-    from kn026 import analysis, synth
+    from kn026.core import analysis
+    from kn026.ingest import synth
 
     path = tmp_path / "c.parquet"
     synth.write(path, 2000, seed=3)
@@ -116,7 +118,7 @@ def test_emitted_sql_parses_back(dialect, stage, by_site):
     present = portable.ALL_COLUMNS - {"pt_s", "inr_uln", "last_anticancer_half_life_days"}
     for scenario in (SCENARIOS["protocol"], SCENARIOS["washout"]):
         scr = portable.screening(PROTOCOL, stage, scenario, present)
-        sql = scr.sql(dialect, table="warehouse.kn026.cohort", by_site=by_site)
+        sql = scr.sql(dialect, table="warehouse.kn026.ingest.cohort", by_site=by_site)
         tree = sqlglot.parse_one(sql, read=dialect)
         assert isinstance(tree, exp.Select)
         words = -(-len(portable.stage_rules(PROTOCOL, stage)) // portable.WORD_BITS)
@@ -284,7 +286,7 @@ def test_64_analyst_criteria_match_the_engine(wide_scenario):
     """The DuckDB run of the emitted SQL with two mask words equals the engine's histogram."""
     import random
 
-    from kn026 import analysis
+    from kn026.core import analysis
 
     rng = random.Random(9)
     patients = [{c: rng.choice(v) for c, v in cohorts.VALUES.items()} for _ in range(2000)]
@@ -369,7 +371,7 @@ def test_cli_prints_parseable_sql(dialect, tmp_path):
 
 
 def test_cli_sql_runs_on_duckdb(tmp_path):
-    from kn026 import synth
+    from kn026.ingest import synth
 
     path = tmp_path / "c.parquet"
     synth.write(path, 500, seed=5)
@@ -428,7 +430,8 @@ ANALYST = Scenario(
 
 def test_custom_and_rewritten_rules_match_the_engine():
     """A scenario's analyst rules are part of the portable query, evaluated as the engine does."""
-    from kn026 import analysis, synth
+    from kn026.core import analysis
+    from kn026.ingest import synth
 
     cohort = load_cohort(synth.generate(3000, seed=11), connect())
     for stage in (1, 2):
@@ -444,7 +447,8 @@ def test_custom_and_rewritten_rules_match_the_engine():
 
 
 def test_query_engine_runs_custom_rules_through_the_analysis(tmp_path):
-    from kn026 import analysis, synth
+    from kn026.core import analysis
+    from kn026.ingest import synth
 
     path = synth.write(tmp_path / "c.parquet", 2000, seed=12)
     engine = Engine(load_cohort(path, connect()), PROTOCOL, 1)
@@ -464,7 +468,7 @@ def test_custom_rules_change_both_fingerprints():
 
 
 def test_hostile_custom_rule_never_reaches_the_query():
-    from kn026.rulecheck import RuleError
+    from kn026.rules.rulecheck import RuleError
 
     bad = Scenario("bad", custom=(CustomRule("EVIL", "exclusion", "x",
                                              "(SELECT count(*) FROM read_csv('/etc/passwd')) > 0"),))

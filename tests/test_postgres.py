@@ -3,7 +3,7 @@
 One throwaway server for the session (tests/pg_support.py: initdb as the postgres user,
 Unix socket in a temporary folder, no TCP). Two levels:
 
-* every PostgreSQL rewrite of :mod:`kn026.pgsql` gives DuckDB's value, row by row, on
+* every PostgreSQL rewrite of :mod:`kn026.scale.pgsql` gives DuckDB's value, row by row, on
   ties, zeros, negatives, NULL, NaN and infinities;
 * the command line as a site would use it: ``sql --dialect postgres`` -> psql ->
   CSV with a header -> ``histogram --rows`` -> ``merge --json``, compared with
@@ -29,7 +29,8 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from kn026 import cli, portable
+from kn026.cli import main as cli
+from kn026.scale import portable
 
 N_PATIENTS = 3000
 SITES = 2
@@ -74,7 +75,7 @@ EXPRESSIONS = [
     "SQRT(x)", "POWER(x, y)", "POW(x, 2)", "x ** y", "EXP(x)", "EXP(x) > y",
     "SQRT(LN(x))", "ROUND(LN(ABS(x) + 1), 3)", "LN(x) * 2 < y", "x / y", "GREATEST(x, y)",
 ]
-OVERFLOW = {("1e20", "3")}  # POWER beyond the double range stays an error in PostgreSQL (kn026.pgsql)
+OVERFLOW = {("1e20", "3")}  # POWER beyond the double range stays an error in PostgreSQL (kn026.scale.pgsql)
 
 
 def _float(value):
@@ -120,7 +121,7 @@ def _compare(postgres, con, pairs, expressions) -> list[str]:
 
 def test_postgres_rewrites_give_duckdb_values(postgres):
     """ROUND (half away, with digits), logarithms with a base, and NaN/infinity where
-    PostgreSQL would raise: each rewrite of kn026.pgsql, value by value."""
+    PostgreSQL would raise: each rewrite of kn026.scale.pgsql, value by value."""
     pairs = [(a, b) for a in VALUES for b in SECOND if (a, b) not in OVERFLOW]
     con = _load_pairs(postgres, pairs)
     assert _compare(postgres, con, pairs, EXPRESSIONS) == []

@@ -1,4 +1,4 @@
-"""The one reader (kn026/reader.py) and the chunked loader: progress, chunks, replacing a cohort.
+"""The one reader (kn026/ingest/reader.py) and the chunked loader: progress, chunks, replacing a cohort.
 
 The loader's values and messages are compared with the previous loader in
 test_loader_golden.py; here: what is new. Progress reports every step in order and
@@ -17,8 +17,11 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 
-from kn026 import cli, loading, reader
-from kn026.cohort import COHORT_DB, CohortError, connect, load_cohort
+from kn026.base.table import COHORT_DB, connect
+from kn026.cli import main as cli
+from kn026.ingest import loading, reader
+from kn026.ingest.cohort import load_cohort
+from kn026.ingest.problems import CohortError
 from tests import loader_cases
 
 

@@ -1,4 +1,4 @@
-"""kn026.recruitment: the Recruitment page's logic (approach share, site inputs, readout, tables)."""
+"""kn026.forecast.recruitment: the Recruitment page's logic (approach share, site inputs, readout, tables)."""
 
 from __future__ import annotations
 
@@ -9,10 +9,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from kn026 import forecast as fc
-from kn026 import recruitment as rc
-from kn026 import synth
-from kn026.cohort import connect, load_cohort
+from kn026.base.table import connect
+from kn026.forecast import model as fc
+from kn026.forecast import recruitment as rc
+from kn026.ingest import synth
+from kn026.ingest.cohort import load_cohort
 
 START = dt.date(2026, 1, 1)
 DEADLINE = dt.date(2027, 6, 30)

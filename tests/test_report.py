@@ -15,11 +15,14 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from kn026 import cli, report, synth  # noqa: E402
-from kn026.cohort import connect, load_cohort  # noqa: E402
-from kn026.criteria import load_protocol  # noqa: E402
-from kn026.engine import Engine  # noqa: E402
-from kn026.scenario import load_scenario  # noqa: E402
+from kn026.base.table import connect  # noqa: E402
+from kn026.cli import main as cli  # noqa: E402
+from kn026.core.criteria import load_protocol  # noqa: E402
+from kn026.core.engine import Engine  # noqa: E402
+from kn026.core.scenario import load_scenario  # noqa: E402
+from kn026.feasibility import report  # noqa: E402
+from kn026.ingest import synth  # noqa: E402
+from kn026.ingest.cohort import load_cohort  # noqa: E402
 
 EVIL = '=HYPERLINK("http://example.invalid","x")'
 

@@ -1,4 +1,4 @@
-"""Tests for kn026.rulecheck: the grammar, messages, binding, the hostile corpus, and
+"""Tests for kn026.rules.rulecheck: the grammar, messages, binding, the hostile corpus, and
 random expression trees (Hypothesis) evaluated in DuckDB on a cohort with NULLs."""
 
 from __future__ import annotations
@@ -14,21 +14,22 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 try:
-    import kn026.rulecheck  # noqa: F401
+    import kn026.rules.rulecheck  # noqa: F401
 except ImportError:  # run as `pytest tests/...` without the repo root on sys.path
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from kn026 import sandbox
-from kn026.cohort import COHORT_DB, connect, load_cohort
-from kn026.criteria import load_protocol
-from kn026.rulecheck import (
+from kn026.base.sqlpass import harden
+from kn026.base.table import COHORT_DB, connect
+from kn026.core.criteria import load_protocol
+from kn026.ingest.cohort import load_cohort
+from kn026.rules import sandbox
+from kn026.rules.rulecheck import (
     ALLOWED_FUNCTIONS,
     CheckedRule,
     RuleError,
     bind,
     check_expression,
     dictionary_kinds,
-    harden,
     param_value,
     point_at,
 )

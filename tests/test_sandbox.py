@@ -1,4 +1,4 @@
-"""Tests for kn026.sandbox: what the lockdown blocks in DuckDB 2.0.1 (each verified
+"""Tests for kn026.rules.sandbox: what the lockdown blocks in DuckDB 2.0.1 (each verified
 against a control connection where the same statement works), what still works
 (register, from_df), no spill to disk, and the statement timeout."""
 
@@ -16,13 +16,15 @@ import pyarrow as pa
 import pytest
 
 try:
-    import kn026.sandbox  # noqa: F401
+    import kn026.rules.sandbox  # noqa: F401
 except ImportError:  # run as `pytest tests/...` without the repo root on sys.path
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from kn026 import sandbox
-from kn026.cohort import CohortError, connect, load_cohort
-from kn026.sandbox import Lockdown, is_locked, lock_down, run_with_timeout
+from kn026.base.table import connect
+from kn026.ingest.cohort import load_cohort
+from kn026.ingest.problems import CohortError
+from kn026.rules import sandbox
+from kn026.rules.sandbox import Lockdown, is_locked, lock_down, run_with_timeout
 
 SLOW = "SELECT count(*) FROM range(100000000) a, range(100000000) b"
 SECRET = "KN026-SENTINEL-SECRET"
@@ -202,7 +204,7 @@ def test_register_still_works_after_lockdown():
 def test_unfinished_results_block_register_in_duckdb_2():
     """DuckDB 2.0 Python: after fetchone() the result is unfinished, and register(),
     unregister() and from_df() raise until it is fetched to the end. Not a lockdown
-    effect; kn026.sandbox always fetches results completely."""
+    effect; kn026.rules.sandbox always fetches results completely."""
     con = duckdb.connect()
     con.execute("SELECT 1").fetchone()
     with pytest.raises(duckdb.Error, match="unfinished result"):
@@ -328,7 +330,7 @@ def test_corpus_run_raw_cannot_reach_files_or_settings(files):
     con = session()
     lock_down(con, memory_limit="256MB", threads=1)
     before = con.execute("SELECT name, value FROM duckdb_settings() ORDER BY name").fetchall()
-    from kn026.rulecheck import _STATEMENT_WORDS
+    from kn026.rules.rulecheck import _STATEMENT_WORDS
 
     ran = 0
     for case in corpus["cases"]:

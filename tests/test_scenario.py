@@ -1,4 +1,4 @@
-"""Scenarios (kn026/scenario.py): YAML round trip, validation, the shipped CrCl-50 file."""
+"""Scenarios (kn026/core/scenario.py): YAML round trip, validation, the shipped CrCl-50 file."""
 
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kn026 import analysis
-from kn026.cohort import load_cohort
-from kn026.criteria import CriteriaError, load_protocol
-from kn026.engine import Engine
-from kn026.scenario import Scenario, load_scenario, parse_scenario
+from kn026.core import analysis
+from kn026.core.criteria import CriteriaError, load_protocol
+from kn026.core.engine import Engine
+from kn026.core.scenario import Scenario, load_scenario, parse_scenario
+from kn026.ingest.cohort import load_cohort
 
 PROTOCOL = load_protocol()
 ROOT = Path(__file__).resolve().parents[1]

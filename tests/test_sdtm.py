@@ -17,12 +17,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kn026 import schema
-from kn026.cohort import CohortError, load_cohort
-from kn026.criteria import load_protocol
-from kn026.sdtm import import_sdtm
-from kn026.sdtm_source import read_study
-from kn026.sdtm_terms import load_terms, parse_dtc
+from kn026.base import schema
+from kn026.core.criteria import load_protocol
+from kn026.ingest.cohort import load_cohort
+from kn026.ingest.problems import CohortError
+from kn026.ingest.sdtm import import_sdtm
+from kn026.ingest.sdtm_source import read_study
+from kn026.ingest.sdtm_terms import load_terms, parse_dtc
 from tests.sdtm_support import FIXTURES, dataset_json, ibm_double, write_fixtures
 
 PROTOCOL = load_protocol()

@@ -16,12 +16,14 @@ pytest.importorskip("pyspark", reason="PySpark is optional: pip install -r requi
 if shutil.which("java") is None:  # pragma: no cover - Java is on the machine image
     pytest.skip("Spark needs Java 17+", allow_module_level=True)
 
-from kn026 import analysis, synth  # noqa: E402
-from kn026 import spark as kspark  # noqa: E402
-from kn026.cohort import connect, load_cohort  # noqa: E402
-from kn026.criteria import load_protocol  # noqa: E402
-from kn026.engine import Engine  # noqa: E402
-from kn026.scenario import Scenario  # noqa: E402
+from kn026.base.table import connect
+from kn026.core import analysis
+from kn026.core.criteria import load_protocol  # noqa: E402
+from kn026.core.engine import Engine  # noqa: E402
+from kn026.core.scenario import Scenario  # noqa: E402
+from kn026.ingest import synth
+from kn026.ingest.cohort import load_cohort
+from kn026.scale import spark as kspark
 from tests import cohorts  # noqa: E402
 from tests.cohorts import as_counter  # noqa: E402
 
@@ -136,7 +138,7 @@ def test_funnel_command_on_spark_equals_duckdb_with_analyst_rules(spark, tmp_pat
     """`python -m kn026 funnel --engine spark` gives DuckDB's JSON, custom criteria included."""
     import json
 
-    from kn026.cli import main
+    from kn026.cli.main import main
 
     path = synth.write(tmp_path / "c.parquet", 3000, seed=4, sites=5)
     scen = tmp_path / "analyst.yaml"

@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from kn026 import suppression as sp  # noqa: E402
+from kn026.report import suppression as sp  # noqa: E402
 
 
 def recoverable(a: np.ndarray, hidden: np.ndarray) -> list[int]:
@@ -361,7 +361,7 @@ def test_threshold_names_and_bounds():
 
 
 def test_workbook_same_quantity_is_hidden_in_both_tables():
-    from kn026.workbook import Workbook
+    from kn026.report.workbook import Workbook
 
     wb = Workbook(5)
     wb.add("A", pd.DataFrame({"x": [3, 97], "t": [100, 100]}), ["x"])
@@ -384,8 +384,8 @@ def test_site_percentages_go_with_their_denominator():
 
 
 def test_recruitment_sites_hide_what_gives_a_hidden_count_back():
-    from kn026 import published
-    from kn026.workbook import Workbook
+    from kn026.report import published
+    from kn026.report.workbook import Workbook
 
     sites, countries = site_tables([30, 3, 50, 20], [5, 1, 6, 4], [60, 0, 70, 40], ["A", "A", "B", "B"])
     sites["excluded"] = sites["screened"] - sites["optimistic"]

@@ -1,4 +1,4 @@
-"""The synthetic KN026-001 screening population (kn026/synth.py).
+"""The synthetic KN026-001 screening population (kn026/ingest/synth.py).
 
 Tolerances of the realism checks are the ones listed in docs/synthetic-population.md;
 every seed tried at 50k patients (1-5, 7, 26) meets them; the tests pin seed 26, so
@@ -19,7 +19,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kn026 import schema, synth
+from kn026.base import schema
+from kn026.base import table as table_mod
+from kn026.ingest import synth
 
 N = 50_000
 SEED = 26
@@ -428,24 +430,24 @@ def test_missingness_correlated_by_site(df):
 
 
 def test_generated_cohorts_pass_the_loader(df, tmp_path):
-    cohort_mod = pytest.importorskip("kn026.cohort")
-    cohort = cohort_mod.load_cohort(df, cohort_mod.connect())  # raises CohortError on any problem
+    cohort_mod = pytest.importorskip("kn026.ingest.cohort")
+    cohort = cohort_mod.load_cohort(df, table_mod.connect())  # raises CohortError on any problem
     assert cohort.absent == ("stale_columns",)  # no dated results: nothing is stale
-    n = cohort.con.execute(f"SELECT count(*) FROM {cohort_mod.q(cohort.table)}").fetchone()[0]
+    n = cohort.con.execute(f"SELECT count(*) FROM {table_mod.q(cohort.table)}").fetchone()[0]
     assert n == N
     for suffix in (".csv", ".parquet"):
         path = synth.write(tmp_path / f"c{suffix}", 2_000, 9, sites=13, chunk_size=700)
-        loaded = cohort_mod.load_cohort(path, cohort_mod.connect())
+        loaded = cohort_mod.load_cohort(path, table_mod.connect())
         assert loaded.absent == ("stale_columns",)
 
 
 def _screen(df, stage):
-    cohort_mod = pytest.importorskip("kn026.cohort")
-    analysis = pytest.importorskip("kn026.analysis")
-    from kn026.criteria import load_protocol
-    from kn026.engine import Engine
+    cohort_mod = pytest.importorskip("kn026.ingest.cohort")
+    analysis = pytest.importorskip("kn026.core.analysis")
+    from kn026.core.criteria import load_protocol
+    from kn026.core.engine import Engine
 
-    cohort = cohort_mod.load_cohort(df, cohort_mod.connect())
+    cohort = cohort_mod.load_cohort(df, table_mod.connect())
     return analysis.run(Engine(cohort, load_protocol(), stage))
 
 

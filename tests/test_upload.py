@@ -1,4 +1,4 @@
-"""Tests for kn026.upload: sniffing uploads by their bytes, and formula neutralisation."""
+"""Tests for kn026.ingest.sniff: sniffing uploads by their bytes, and formula neutralisation."""
 
 from __future__ import annotations
 
@@ -12,11 +12,12 @@ import pandas as pd
 import pytest
 
 try:
-    import kn026.upload  # noqa: F401
+    import kn026.ingest.sniff  # noqa: F401
 except ImportError:  # run as `pytest tests/...` without the repo root on sys.path
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from kn026.upload import UploadError, neutralise_formulas, neutralise_text, sniff
+from kn026.ingest.sniff import UploadError, sniff
+from kn026.report.neutralise import neutralise_formulas, neutralise_text
 
 CSV = b"patient_id,age_years,sex\np1,45,F\np2,70,M\n"
 
@@ -67,7 +68,7 @@ def test_accepts_real_parquet_and_xlsx(tmp_path):
 
 
 def test_accepted_files_load_with_the_cohort_loader(tmp_path):
-    from kn026.cohort import load_cohort
+    from kn026.ingest.cohort import load_cohort
 
     for name, data in (("c.csv", b"\xef\xbb\xbf" + CSV), ("c.parquet", parquet_bytes()), ("c.xlsx", xlsx_bytes())):
         sniff(data, name)

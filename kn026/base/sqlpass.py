@@ -1,0 +1,119 @@
+"""SQL passes over parsed predicates, shared by the engine and the rule checker.
+
+Limits are exact (cohort dictionary, section 2): a computed comparison side such as
+`1.5 * inr_uln` is rounded to EXACT_DECIMALS before it is compared, so ties at a limit
+agree with decimal arithmetic. Untrusted arithmetic is promoted to DOUBLE, which never
+raises on overflow.
+"""
+
+from __future__ import annotations
+
+import sqlglot
+from sqlglot import exp
+
+EXACT_DECIMALS = 9  # both sides of a computed comparison are rounded to this many decimals
+COMPARE = (exp.GT, exp.GTE, exp.LT, exp.LTE, exp.EQ, exp.NEQ)
+ARITH = (exp.Add, exp.Sub, exp.Mul, exp.Div, exp.Pow, exp.Mod)  # any of these makes a side "computed"
+PROMOTED = (exp.Add, exp.Sub, exp.Mul, exp.Div)  # operators an analyst may write; operands go to DOUBLE
+_NOT_PREDICATE = (exp.Query, exp.Table, exp.DDL, exp.DML, exp.Command, exp.Set, exp.Pragma)
+
+
+def exact(tree: exp.Expression) -> exp.Expression:
+    """Round computed sides of comparisons (x * ULN) so ties at limits are exact.
+
+    A recorded value is already the double nearest its decimal text; a product such
+    as 1.5 * 1.2 is not (1.7999999999999998). Rounding the computed side to
+    EXACT_DECIMALS gives the double nearest the exact decimal result, so the
+    comparison agrees with decimal arithmetic. Derived values are rounded the same
+    way, so a clearance of exactly 30 (age 68, 30 kg, creatinine 88.4) is not
+    29.999999999999996. `round(x * 1e9) / 1e9` is used because DuckDB's
+    two-argument ROUND costs 2.5x more per row.
+    """
+    scale = exp.Literal.number(f"1e{EXACT_DECIMALS}")
+
+    def visit(node):
+        if isinstance(node, COMPARE):
+            for side in ("this", "expression"):
+                if node.args[side].find(*ARITH):
+                    scaled = exp.Mul(this=exp.Paren(this=node.args[side].copy()), expression=scale.copy())
+                    node.set(side, exp.Div(this=exp.Round(this=scaled), expression=scale.copy()))
+        return node
+
+    return tree.transform(visit, copy=True)
+
+
+def harden(tree: exp.Expression) -> exp.Expression:
+    """A copy of `tree` whose arithmetic runs in DOUBLE.
+
+    DuckDB raises on INTEGER/BIGINT/DECIMAL overflow (``days * 24`` with a large record
+    value, or many-digit decimal literals) but DOUBLE arithmetic never raises (it gives
+    inf or NaN). Every operand of + - * / and unary minus that is not itself arithmetic
+    is wrapped in ``CAST(... AS DOUBLE)``. Exactness at limits is unaffected for the
+    engine, which rounds computed comparison sides to 9 decimals.
+    """
+    tree = tree.copy()
+
+    def operator(node) -> bool:  # arithmetic, but not a negative literal such as -1
+        return isinstance(node, PROMOTED) or (isinstance(node, exp.Neg) and not (
+            type(node.this) is exp.Literal and not node.this.is_string))
+
+    skip = {id(n) for r in tree.find_all(exp.Round) if r.args.get("decimals") is not None
+            for n in r.args["decimals"].walk()}  # round's digits stay INTEGER
+    nodes = [n for n in tree.walk() if operator(n) and id(n) not in skip]
+    for node in nodes:
+        for key in ("this", "expression"):
+            child = node.args.get(key)
+            if child is None:
+                continue
+            inner = child
+            while isinstance(inner, exp.Paren):
+                inner = inner.this
+            if operator(inner):
+                continue
+            if isinstance(inner, exp.Cast) and inner.to.is_type(exp.DataType.Type.DOUBLE):
+                continue
+            node.set(key, exp.Cast(this=child, to=exp.DataType.build("DOUBLE")))
+    return tree
+
+
+def round_computed(tree: exp.Expression) -> exp.Expression:
+    """Round arithmetic comparison sides to EXACT_DECIMALS, as the engine does.
+
+    DOUBLE arithmetic gets ties wrong (1.5 * 1.2 is 1.7999999999999998); rounding the
+    computed side to 9 decimals gives the double nearest the exact decimal result, so
+    a value exactly at a limit meets it (cohort dictionary, section 2).
+    """
+    scale = f"1e{EXACT_DECIMALS}"
+    for node in [n for n in tree.walk() if isinstance(n, COMPARE)]:
+        for key in ("this", "expression"):
+            side = node.args[key]
+            inner = side
+            while isinstance(inner, exp.Paren):
+                inner = inner.this
+            if isinstance(inner, (*PROMOTED, exp.Neg)):
+                scaled = exp.Mul(this=exp.Paren(this=side.copy()), expression=exp.Literal.number(scale))
+                node.set(key, exp.Div(this=exp.Round(this=scaled), expression=exp.Literal.number(scale)))
+    return tree
+
+
+def parse_predicate(sql: str, where: str, error: type[Exception] = ValueError) -> exp.Expression:
+    """Parse one boolean SQL expression (DuckDB dialect) or raise `error` naming the rule (`where`)."""
+    try:
+        tree = sqlglot.parse_one(sql, read="duckdb")
+    except sqlglot.errors.SqlglotError as err:  # ParseError, and TokenError (unclosed quote)
+        raise error(f"{where}: the SQL does not parse: {err}") from None
+    if tree is None:
+        raise error(f"{where}: the SQL is empty")
+    if isinstance(tree, exp.Block):
+        raise error(f"{where}: the SQL holds several statements; write one expression")
+    if tree.find(*_NOT_PREDICATE):
+        raise error(f"{where}: the SQL must be one expression over cohort columns, "
+                            "without queries, tables or statements")
+    return tree
+
+
+def names_in(tree: exp.Expression) -> tuple[set[str], set[str]]:
+    """The column names and the :parameter names a predicate mentions."""
+    cols = {c.name for c in tree.find_all(exp.Column)}
+    params = {p.name for p in tree.find_all(exp.Placeholder)}
+    return cols, params
