@@ -169,6 +169,7 @@ class Bundle:
     seconds: float
     engines: dict
     report: object = None  # omop.ImportReport, or {"mapping", "values", ...} for a mapped file
+    extended: dict = dataclasses.field(default_factory=dict)  # stage -> analysis.Extensions
 
 
 @dataclass
@@ -1266,6 +1267,11 @@ def engine_for(stage: int) -> Engine:
     return eng
 
 
+def _extensions(base: Engine) -> analysis.Extensions:
+    """The loaded cohort's engines extended with scenarios' analyst rules, per stage."""
+    return st.session_state[K_DATA].extended.setdefault(base.stage, analysis.Extensions())
+
+
 # --------------------------------------------------------------------------- scenarios
 
 
@@ -1486,7 +1492,7 @@ def _screen_once(candidate: Scenario) -> Scenario:
     """`candidate` validated against the protocol and screened on the loaded cohort
     (raises RuleError, CriteriaError, ValueError or a DuckDB error)."""
     candidate = candidate.validate(protocol())
-    analysis.run(_stage_engine(), candidate)
+    analysis.run(analysis.engine_for(_stage_engine(), candidate, _extensions(_stage_engine())), candidate)
     return candidate
 
 
@@ -1679,7 +1685,7 @@ def rules_problem(s: Scenario) -> str | None:
     if not s.custom and not s.replace:
         return None
     try:
-        analysis.engine_for(_stage_engine(), s)
+        analysis.engine_for(_stage_engine(), s, _extensions(_stage_engine()))
     except (RuleError, CriteriaError, ValueError) as err:
         return str(err)
     return None
@@ -1692,7 +1698,7 @@ def screening(base: Engine, scen: Scenario) -> tuple[Engine, Scenario, list[str]
     if not scen.custom and not scen.replace:
         return base, scen, []
     try:
-        return analysis.engine_for(base, scen), scen, []
+        return analysis.engine_for(base, scen, _extensions(base)), scen, []
     except (RuleError, CriteriaError, ValueError):
         pass
     proto, problems, keep, replace = base.protocol, [], [], {}
@@ -1717,7 +1723,7 @@ def screening(base: Engine, scen: Scenario) -> tuple[Engine, Scenario, list[str]
     ids = {c.id for c in scen.custom}
     kept = without(ids - {c.id for c in keep}, keep, replace)
     try:
-        return analysis.engine_for(base, kept), kept, problems
+        return analysis.engine_for(base, kept, _extensions(base)), kept, problems
     except (RuleError, CriteriaError, ValueError) as err:
         return base, without(ids, (), {}), [*problems, str(err)]
 
@@ -1820,8 +1826,8 @@ def scenario_key(s: Scenario) -> tuple:
 
 def engine_key(engine: Engine) -> tuple:
     # an engine extended with a scenario's custom / rewritten rules has more rules than the
-    # stage's engine (analysis.engine_for marks it with the rules' key)
-    return (st.session_state[K_DATA].token, engine.stage, getattr(engine, "_scenario_key", None))
+    # stage's engine (analysis.engine_for gives it the rules' key)
+    return (st.session_state[K_DATA].token, engine.stage, engine.rules_key)
 
 
 def memo(key, fn):
@@ -1841,7 +1847,7 @@ def result(ctx: Ctx, scenario: Scenario | None = None, order=None) -> analysis.R
     o = ctx.order if order is None else tuple(order)
     base = ctx.data.engines[ctx.stage]  # not ctx.engine: `s` (the protocol, say) brings its own rules
     return memo(("run", engine_key(base), scenario_key(s), o),
-                lambda: analysis.run(base, s, order=list(o) or None))
+                lambda: analysis.run(analysis.engine_for(base, s, _extensions(base)), s, order=list(o) or None))
 
 
 def protocol_result(ctx: Ctx) -> analysis.Result:

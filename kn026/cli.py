@@ -192,7 +192,7 @@ def cmd_funnel(args) -> int:
     if twice:
         raise ValueError(f"--order lists {', '.join(twice)} more than once; name each criterion once")
     scenario = dataclasses.replace(scenario, disabled=scenario.disabled | set(disabled))
-    result = analysis.run(engine, scenario, order or None)
+    result = analysis.run(screened, scenario, order or None)
     na_rules = analysis.not_assessable_rules(screened)
     warnings = _assessability_warnings(screened, scenario)
     _close(getattr(args, "progress", None))
