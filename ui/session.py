@@ -19,7 +19,7 @@ from kn026.criteria import CriteriaError, Protocol, format_number, load_protocol
 from kn026.engine import Engine
 from kn026.scenario import Scenario, parse_scenario
 
-ROOT = Path(__file__).resolve().parent
+ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "data"
 BUILTIN = DATA / "builtin_cohort.parquet"
 BUILTIN_N, BUILTIN_SEED = 20_000, 26
