@@ -1,11 +1,10 @@
 """KN026 Feasibility Explorer: the entry point Streamlit runs (`streamlit run app.py`).
 
-It only registers the pages and runs the selected one; every page draws the shared
-sidebar through `ui_state.page_start()`. Starts on the built-in synthetic cohort.
+It registers the pages, draws the shared sidebar once (ui.sidebar) and runs the selected
+page (ui.shell.run); every page then calls `ui.shell.page_start()` for its context.
+Starts on the built-in synthetic cohort.
 """
 
-import ui_state
+from ui import shell
 
-page = ui_state.navigation()
-ui_state.mark_shell()
-page.run()
+shell.run()

@@ -5,17 +5,18 @@ import datetime as dt
 
 import streamlit as st
 
-import ui_state as ui
 from kn026.report import charts, patients, suppression
+from ui import badcells, components, results, scenarios, session, shell, sources, wizard
+from ui import cohort as page
 
-ctx = ui.page_start("Cohort", ":material/groups:")
+ctx = shell.page_start("Cohort", ":material/groups:")
 cohort = ctx.data.cohort
-columns, coverage = ui.cohort_profile(ctx)
+columns, coverage = results.cohort_profile(ctx)
 
 st.title("Cohort")
-ui.context_line(ctx)
+components.context_line(ctx)
 
-facts = ui.memo(("facts", ui.engine_key(ctx.engine)), lambda: patients.cohort_facts(ctx.engine))
+facts = page.facts(ctx)
 c = st.columns(4)
 c[0].metric("Patients", f"{cohort.n:,}", border=True)
 c[1].metric("Sites", f"{facts['sites']:,}" if facts["sites"] else "—", border=True)
@@ -29,7 +30,7 @@ n_mostly = int((coverage["status"] == "mostly unknown").sum())
 n_often = int((coverage["status"] == "often unknown").sum())
 absent = [col for col, present in zip(columns["column"], columns["present"], strict=True) if not present]
 
-tab_complete, tab_dist, tab_columns, tab_load, tab_report = ui.tabs(
+tab_complete, tab_dist, tab_columns, tab_load, tab_report = session.tabs(
     "cohort", ["Completeness", "Distributions", "Columns", "Load data", "Import report"])
 
 
@@ -89,7 +90,7 @@ def distribution_figures() -> list:
         figs.append(("her2", charts.category_figure(h, "HER2 status (INCL02.HER2)",
                                                     "passes: IHC 3+, or IHC 2+ with ISH positive")))
     for measure in patients.MEASURES:
-        dist = ui.distribution(ctx, measure)
+        dist = results.distribution(ctx, measure)
         if not dist.available or dist.bins.empty:
             figs.append((measure.key, None, f"**{measure.title}**: {dist.reason or 'no values'}"))
             continue
@@ -109,7 +110,7 @@ def distributions_tab():
     st.subheader("Key distributions and the protocol's limits")
     st.caption("Bars meeting the current limit are teal, the others red; a dashed line marks the protocol's "
                "limit when the scenario changes it. Extreme values are gathered in the end bins.")
-    figs = ui.memo(("distribution_figures", *ui.ckey(ctx)), distribution_figures)
+    figs = page.distribution_figures(ctx, distribution_figures)
     for i in range(0, len(figs), 3):
         row = st.columns(3)
         for col, item in zip(row, figs[i:i + 3], strict=False):
@@ -147,8 +148,8 @@ def columns_tab():
 
 
 def in_use(text: str) -> None:
-    """The loaded cohort's line: a green tick only when it can assess the protocol (ui.data_badge)."""
-    kind, badge = ui.data_badge()
+    """The loaded cohort's line: a green tick only when it can assess the protocol (sources.data_badge)."""
+    kind, badge = sources.data_badge()
     if kind == "ok":
         st.success(f"{text} {badge}", icon=":material/check_circle:")
     elif kind == "little":
@@ -159,7 +160,7 @@ def in_use(text: str) -> None:
 
 def changes_table(changes) -> None:
     """What the analyst's choices about bad cells changed (kn026.ingest.edits.Change), one row each."""
-    st.dataframe(ui.changes_frame(changes), hide_index=True, width="stretch", column_config={
+    st.dataframe(sources.changes_frame(changes), hide_index=True, width="stretch", column_config={
         "column": st.column_config.TextColumn("Column", width=180),
         "change": st.column_config.TextColumn("Your choice", width="large"),
         "result": st.column_config.TextColumn("What it changed", width=170),
@@ -168,42 +169,42 @@ def changes_table(changes) -> None:
 
 
 def show_import_error(source: str) -> None:
-    err = ui.import_error(source)
+    err = sources.import_error(source)
     if err is None:
         return
     message, problems, _total = err
     with st.container(border=True):
         st.error(message, icon=":material/error:")
         if problems:
-            st.dataframe(ui.problems_frame(problems), hide_index=True, width="stretch")
+            st.dataframe(sources.problems_frame(problems), hide_index=True, width="stretch")
             st.caption("Row numbers count data rows: row 1 is the first line under the header.")
-        st.button("Dismiss", key=ui.W + "dismiss_import_error", on_click=ui.dismiss_import_error)
+        st.button("Dismiss", key=page.DISMISS_IMPORT_ERROR, on_click=sources.dismiss_import_error)
 
 
 def omop_wizard():
     st.subheader("Import an OMOP CDM (zip)")
     st.caption(f"A .zip of the CDM 5.3 / 5.4 tables as CSV or Parquet (PERSON, OBSERVATION_PERIOD, MEASUREMENT, "
-               f"CONDITION_OCCURRENCE, DRUG_EXPOSURE, CONCEPT, ...), at most {ui.upload_limit_mb()} MB. It is "
+               f"CONDITION_OCCURRENCE, DRUG_EXPOSURE, CONCEPT, ...), at most {sources.upload_limit_mb()} MB. It is "
                "read in memory, in this session only; nothing is written to disk.")
-    st.file_uploader("OMOP CDM zip", type=["zip"], key=ui.OMOP_ZIP_KEY, max_upload_size=ui.upload_limit_mb())
+    st.file_uploader("OMOP CDM zip", type=["zip"], key=sources.OMOP_ZIP_KEY, max_upload_size=sources.upload_limit_mb())
     c1, c2, c3 = st.columns([2, 1, 1], gap="large")
     with c1:
-        index = st.radio("Index date", list(ui.OMOP_INDEX_LABELS), format_func=ui.OMOP_INDEX_LABELS.get,
-                         horizontal=True, **ui.load_setting("omop_index", "last"),
+        index = st.radio("Index date", list(sources.OMOP_INDEX_LABELS), format_func=sources.OMOP_INDEX_LABELS.get,
+                         horizontal=True, **sources.load_setting("omop_index", "last"),
                          help="The date each person is screened at. Only records up to it are used.")
         if index == "fixed":
             st.date_input("Fixed index date", min_value=dt.date(1900, 1, 1), max_value=dt.date(2100, 12, 31),
-                          format="YYYY-MM-DD", **ui.load_setting("omop_date", dt.date.today()))
+                          format="YYYY-MM-DD", **sources.load_setting("omop_date", dt.date.today()))
     c2.number_input("Look-back for labs (days)", min_value=0, max_value=36500, step=1,
-                    **ui.load_setting("omop_lookback", 30),
+                    **sources.load_setting("omop_lookback", 30),
                     help="Each lab is the latest value within this many days up to the index date.")
     with c3:
         st.write("")
-        st.toggle("No record means no", **ui.load_setting("omop_closed", True),
+        st.toggle("No record means no", **sources.load_setting("omop_closed", True),
                   help="On: a condition or drug with no record counts as absent (false / none / 0), as for "
                        "a full health record. Off: it is unknown.")
-    st.button("Import the OMOP CDM", type="primary", icon=":material/database:", key=ui.W + "omop_import",
-              on_click=ui.request_omop_import, disabled=not ui.has_upload(ui.OMOP_ZIP_KEY))
+    st.button("Import the OMOP CDM", type="primary", icon=":material/database:", key=page.OMOP_IMPORT,
+              on_click=sources.request_omop_import, disabled=not sources.has_upload(sources.OMOP_ZIP_KEY))
     show_import_error("omop")
     if ctx.data.kind == "omop":
         in_use(f"In use: {ctx.data.label}. What each column was filled from is in the **Import report** tab.")
@@ -212,16 +213,16 @@ def omop_wizard():
 def mapped_columns_grid(targets):
     """One row per dictionary column: name and unit | file column | unit of the file's values."""
     for target in targets:
-        col = ui.schema_column(target)
+        col = sources.schema_column(target)
         c1, c2, c3 = st.columns([3, 3, 2], vertical_alignment="center")
         c1.markdown(f"`{target}`" + (f" ({col.unit})" if col.unit else ""), help=col.description or None)
-        source = c2.selectbox(target, ui.map_source_options(target), label_visibility="collapsed",
-                              **ui.map_source_widget(target))
-        units = ui.map_units(target)
-        if units and source != ui.NOT_MAPPED and not source.startswith("constant: "):
+        source = c2.selectbox(target, wizard.map_source_options(target), label_visibility="collapsed",
+                              **wizard.map_source_widget(target))
+        units = wizard.map_units(target)
+        if units and source != wizard.NOT_MAPPED and not source.startswith("constant: "):
             c3.selectbox(f"Unit of {source}", units, label_visibility="collapsed",
-                         format_func=lambda u, t=target: ui.map_unit_label(t, u), **ui.map_unit_widget(target))
-        kind, note = ui.map_note(target)  # QTc -> qtcf_ms, eGFR -> clearance: only by the analyst's choice
+                         format_func=lambda u, t=target: wizard.map_unit_label(t, u), **wizard.map_unit_widget(target))
+        kind, note = wizard.map_note(target)  # QTc -> qtcf_ms, eGFR -> clearance: only by the analyst's choice
         if kind == "held":
             st.warning(note, icon=":material/help:")
         elif kind == "chosen":
@@ -230,7 +231,7 @@ def mapped_columns_grid(targets):
 
 def dates_section():
     """One format per date column: recognised when the values prove it, else chosen here."""
-    dates = ui.map_date_columns()
+    dates = wizard.map_date_columns()
     if not dates:
         return
     st.markdown("#### 3 · Dates")
@@ -245,15 +246,15 @@ def dates_section():
     for d in dates:
         c1, c2, c3 = st.columns([3, 3, 4], vertical_alignment="center")
         c1.markdown(f"`{d.key}` ← “{d.source}”")
-        options = ui.map_date_options(d)
+        options = wizard.map_date_options(d)
         if options:
-            labels = {code: ui.map_date_label(d, code) for code in options}  # a plain lookup: AppTest calls it
+            labels = {code: wizard.map_date_label(d, code) for code in options}  # a plain lookup: AppTest calls it
             c2.selectbox(f"Date format of {d.source}", options, label_visibility="collapsed",
-                         format_func=labels.get, **ui.map_date_widget(d))
+                         format_func=labels.get, **wizard.map_date_widget(d))
         else:
             c2.caption("dates already (no format needed)")
-        c3.markdown("  \n".join(f"{value} → **{read}**" for value, read in ui.map_date_samples(d)) or "—")
-        kind, note = ui.map_date_note(d)
+        c3.markdown("  \n".join(f"{value} → **{read}**" for value, read in wizard.map_date_samples(d)) or "—")
+        kind, note = wizard.map_date_note(d)
         if kind == "asked":
             st.warning(note, icon=":material/event:")
         elif kind == "chosen" and "problems below" in note:
@@ -264,52 +265,52 @@ def dates_section():
 
 def date_ranges():
     """Earliest and latest date of each date column as read: wrong years or months show at once."""
-    report = ui.map_date_report()
+    report = wizard.map_date_report()
     report = report[report["dates"] > 0]
     if report.empty:
         return
-    lines = [f"- `{r.column}` from “{r.source}” read as {r.shown}: earliest **{ui.human_date(r.earliest)}**, "
-             f"latest **{ui.human_date(r.latest)}** ({r.dates:,} dates)" for r in report.itertuples()]
+    lines = [f"- `{r.column}` from “{r.source}” read as {r.shown}: earliest **{wizard.human_date(r.earliest)}**, "
+             f"latest **{wizard.human_date(r.latest)}** ({r.dates:,} dates)" for r in report.itertuples()]
     st.markdown("**Dates as read** (check the years and months):\n" + "\n".join(lines))
 
 
 def mapping_wizard():
     st.subheader("Import a CSV / Excel file with a column mapping")
     st.caption("For exports in another layout: map the file's columns to the data dictionary, choose units and "
-               f"value translations, check the preview, load. At most {ui.upload_limit_mb()} MB; read in memory, "
+               f"value translations, check the preview, load. At most {sources.upload_limit_mb()} MB; read in memory, "
                "in this session only; nothing is written to disk.")
     c1, c2 = st.columns(2, gap="large")
     c1.file_uploader("1 · The file (CSV UTF-8, Excel .xlsx or Parquet)", type=["csv", "txt", "tsv", "xlsx",
                                                                                "parquet"],
-                     key=ui.MAP_FILE_KEY, on_change=ui.on_map_file, args=(ui.MAP_FILE_KEY,),
-                     max_upload_size=ui.upload_limit_mb())
-    f = ui.map_file()
+                     key=wizard.MAP_FILE_KEY, on_change=wizard.on_map_file, args=(wizard.MAP_FILE_KEY,),
+                     max_upload_size=sources.upload_limit_mb())
+    f = wizard.map_file()
     if f is not None:
-        yaml_key = ui.map_key("yaml")
+        yaml_key = wizard.map_key("yaml")
         c2.file_uploader("Reuse a saved mapping (YAML)", type=["yaml", "yml"], key=yaml_key,
-                         on_change=ui.on_map_yaml, args=(yaml_key,), max_upload_size=ui.text_upload_limit_mb(),
+                         on_change=wizard.on_map_yaml, args=(yaml_key,), max_upload_size=scenarios.text_upload_limit_mb(),
                          help="A mapping downloaded from this wizard (or written by hand, see docs/importers.md).")
     show_import_error("mapped")
     if f is None:
         return
-    m = ui.mapping()
+    m = wizard.mapping()
     frame = f["frame"]
     st.markdown(f"**{f['name']}**: {len(frame):,} rows, {len(frame.columns)} columns; {len(m.columns)} mapped to "
                 "the dictionary" + (f"; not used: {', '.join(m.unmatched)}" if m.unmatched else "") + ".")
 
     st.markdown("#### 2 · Columns and units")
     st.radio("Decimal separator in the file", [".", ","], horizontal=True,
-             format_func={".": "12.5 (point)", ",": "12,5 (comma)"}.get, **ui.map_decimal_widget())
+             format_func={".": "12.5 (point)", ",": "12,5 (comma)"}.get, **wizard.map_decimal_widget())
     mapped = [c.target for c in m.columns]
-    mapped += [t for t in ui.map_held_targets() if t not in mapped]  # offered, waiting for a choice
+    mapped += [t for t in wizard.map_held_targets() if t not in mapped]  # offered, waiting for a choice
     h1, h2, h3 = st.columns([3, 3, 2])
     h1.caption("Dictionary column (unit)")
     h2.caption("File column")
     h3.caption("The file's unit (converted)")
     mapped_columns_grid(mapped)
-    others = [c for c in ui.dictionary_columns() if c not in mapped]
+    others = [c for c in sources.dictionary_columns() if c not in mapped]
     # fixed label (the expander's identity); its content runs only when open
-    more = st.expander("Map more dictionary columns", key=ui.expander_key("map_more"), on_change="rerun")
+    more = st.expander("Map more dictionary columns", key=session.expander_key("map_more"), on_change="rerun")
     if more.open:
         with more:
             st.caption(f"{len(others)} dictionary column(s) are not mapped; rules that need them are not "
@@ -317,41 +318,41 @@ def mapping_wizard():
             mapped_columns_grid(others)
 
     dates_section()
-    targets = ui.map_value_targets()
+    targets = wizard.map_value_targets()
     if targets:
         st.markdown("#### 4 · Values")
-        target = st.selectbox("Translate the values of", targets, key=ui.map_key("value_target"),
+        target = st.selectbox("Translate the values of", targets, key=wizard.map_key("value_target"),
                               format_func=lambda t: f"{t} (file column {m.get(t).source})")
-        options = ui.map_value_options(target)
-        distinct = ui.map_distinct_values(target)
+        options = wizard.map_value_options(target)
+        distinct = wizard.map_distinct_values(target)
         cols = st.columns(3)
         for i, (value, count) in enumerate(distinct):
-            cols[i % 3].selectbox(f"“{value}” ({count:,} rows)", options, **ui.map_value_widget(target, value))
+            cols[i % 3].selectbox(f"“{value}” ({count:,} rows)", options, **wizard.map_value_widget(target, value))
         if not distinct:
             st.caption("The column is empty in the file.")
 
     st.markdown("#### 5 · Preview and validation")
-    waiting = ui.map_date_wait()
-    preview, error = (None, "") if waiting else ui.map_preview()
+    waiting = wizard.map_date_wait()
+    preview, error = (None, "") if waiting else wizard.map_preview()
     if waiting:
         st.warning(waiting, icon=":material/event:")
     elif error:
         st.error(f"The mapping cannot be applied: {error}", icon=":material/error:")
     elif preview is not None:
         if preview.ok:
-            dropped = ui.dropped_count(preview.changes)
+            dropped = sources.dropped_count(preview.changes)
             rows = (f"All {preview.n_rows - dropped:,} rows left after your choices ({dropped:,} dropped)"
                     if dropped else f"All {preview.n_rows:,} rows")
             st.success(f"{rows} pass the data dictionary's checks. {len(preview.present)} "
                        f"dictionary column(s) filled; {len(preview.absent)} absent (rules needing them are "
                        "not assessable).", icon=":material/check_circle:")
-            ui.choices_list("mapped", preview.changes)
+            badcells.choices_list("mapped", preview.changes)
         else:
             st.error(f"{preview.total_problems:,} problem(s) in the mapped file. Fix the mapping (units, "
                      "values) above, choose below what to do with each, or fix the file.", icon=":material/error:")
             with st.expander("The problems as a table"):
-                st.dataframe(ui.problems_frame(preview.problems), hide_index=True, width="stretch")
-            ui.bad_cells_panel("mapped", preview.problems)
+                st.dataframe(sources.problems_frame(preview.problems), hide_index=True, width="stretch")
+            badcells.bad_cells_panel("mapped", preview.problems)
         date_ranges()
         st.caption("First rows after mapping (dictionary columns and units):")
         st.dataframe(preview.frame, hide_index=True, width="stretch", height=240)
@@ -362,17 +363,17 @@ def mapping_wizard():
                     "maps_to": st.column_config.TextColumn("Becomes"),
                 })
     b1, b2, _ = st.columns([2, 2, 3])
-    b1.button("Load this cohort", type="primary", icon=":material/upload:", key=ui.W + "map_load",
-              on_click=ui.request_mapped_load, disabled=preview is None or not preview.ok, width="stretch")
-    b2.download_button("Download the mapping (YAML)", ui.mapping_yaml(), file_name=f"{m.name or 'mapping'}.yaml",
-                       mime="application/x-yaml", icon=":material/download:", key=ui.W + "map_download",
+    b1.button("Load this cohort", type="primary", icon=":material/upload:", key=page.MAP_LOAD,
+              on_click=wizard.request_mapped_load, disabled=preview is None or not preview.ok, width="stretch")
+    b2.download_button("Download the mapping (YAML)", wizard.mapping_yaml(), file_name=f"{m.name or 'mapping'}.yaml",
+                       mime="application/x-yaml", icon=":material/download:", key=page.MAP_DOWNLOAD,
                        on_click="ignore", width="stretch")
     if ctx.data.kind == "mapped":
         in_use(f"In use: {ctx.data.label}.")
 
 
 def load_tab():
-    source = ui.data_source()
+    source = sources.data_source()
     if source == "omop":
         omop_wizard()
     elif source == "mapped":
@@ -383,15 +384,15 @@ def load_tab():
                     "shape, and a generated cohort are chosen in the sidebar. Data in another shape is imported "
                     "here:")
         c1, c2, _ = st.columns([2, 2, 3])
-        c1.button(ui.SOURCES["omop"], icon=":material/database:", key=ui.W + "choose_omop", width="stretch",
-                  on_click=ui.choose_source, args=("omop",))
-        c2.button(ui.SOURCES["mapped"], icon=":material/table_view:", key=ui.W + "choose_mapped", width="stretch",
-                  on_click=ui.choose_source, args=("mapped",))
+        c1.button(sources.SOURCES["omop"], icon=":material/database:", key=page.CHOOSE_OMOP, width="stretch",
+                  on_click=sources.choose_source, args=("omop",))
+        c2.button(sources.SOURCES["mapped"], icon=":material/table_view:", key=page.CHOOSE_MAPPED, width="stretch",
+                  on_click=sources.choose_source, args=("mapped",))
 
 
 def omop_report(rep):
     c = st.columns(4)
-    c[0].metric("Persons imported", f"{ui.count_text(rep.n_persons, ctx.k)} of {rep.n_source_persons:,}",
+    c[0].metric("Persons imported", f"{sources.count_text(rep.n_persons, ctx.k)} of {rep.n_source_persons:,}",
                 border=True)
     last = rep.index_date == "last"
     c[1].metric("Index date", "Per person" if last else "Fixed", border=True, delta_color="off", delta_arrow="off",
@@ -402,9 +403,9 @@ def omop_report(rep):
     c[3].metric("CDM version", rep.cdm_version, border=True,
                 help="Closed world: no record means no." if rep.closed_world else "Open world: no record is unknown.")
     st.caption(f"Source: {rep.source}. Rows per table: "
-               + ", ".join(f"{t} {ui.count_text(n, ctx.k)}" for t, n in rep.tables.items()))
+               + ", ".join(f"{t} {sources.count_text(n, ctx.k)}" for t, n in rep.tables.items()))
     if rep.excluded:
-        st.info("Left out: " + "; ".join(f"{ui.count_text(n, ctx.k)} {reason}" for reason, n in rep.excluded.items()),
+        st.info("Left out: " + "; ".join(f"{sources.count_text(n, ctx.k)} {reason}" for reason, n in rep.excluded.items()),
                 icon=":material/person_off:")
     if rep.warnings:
         with st.expander(f"{len(rep.warnings)} warning(s)"):
@@ -413,7 +414,7 @@ def omop_report(rep):
                            "only under your data agreement.")
             for w in rep.warnings:
                 st.markdown(f"- {w}")
-    table = ui.omop_report_table(rep, ctx.k)
+    table = sources.omop_report_table(rep, ctx.k)
     st.dataframe(table, hide_index=True, width="stretch", height=560, placeholder="suppressed" if ctx.k else "—",
                  key="import_report_table", column_config={
                      "column": st.column_config.TextColumn("Dictionary column", width=190),
@@ -431,8 +432,8 @@ def omop_report(rep):
                      "source": st.column_config.TextColumn("OMOP source", width=200),
                      "note": st.column_config.TextColumn("Note", width="large"),
                  })
-    st.download_button("Download the import report (CSV)", ui.report_csv(table), file_name="omop_import_report.csv",
-                       mime="text/csv", icon=":material/download:", key=ui.W + "report_download", on_click="ignore")
+    st.download_button("Download the import report (CSV)", sources.report_csv(table), file_name="omop_import_report.csv",
+                       mime="text/csv", icon=":material/download:", key=page.REPORT_DOWNLOAD, on_click="ignore")
 
 
 def upload_report(rep):
@@ -447,7 +448,7 @@ def mapped_report(rep):
     if rep.get("changes"):
         st.markdown("**Your choices about bad cells** (saved in the mapping below; the file is unchanged):")
         changes_table(rep["changes"])
-    table = ui.mapping_table(rep["mapping"])
+    table = sources.mapping_table(rep["mapping"])
     for name in ("transform", "date_format"):
         if not table[name].astype(bool).any():
             table = table.drop(columns=name)
@@ -461,18 +462,18 @@ def mapped_report(rep):
     })
     if not rep["values"].empty:
         st.markdown("**Categorical values**")
-        st.dataframe(ui.value_table(rep["values"], ctx.k), hide_index=True, width="stretch",
+        st.dataframe(sources.value_table(rep["values"], ctx.k), hide_index=True, width="stretch",
                      placeholder="suppressed" if ctx.k else "—",
                      column_config={"valid": st.column_config.CheckboxColumn("Valid"),
                                     "maps_to": st.column_config.TextColumn("Becomes")})
     st.download_button("Download the mapping (YAML)", rep["mapping"].to_yaml(),
                        file_name=f"{rep['mapping'].name or 'mapping'}.yaml", mime="application/x-yaml",
-                       icon=":material/download:", key=ui.W + "report_mapping_download", on_click="ignore")
+                       icon=":material/download:", key=page.REPORT_MAPPING_DOWNLOAD, on_click="ignore")
 
 
 def report_tab():
     st.subheader("Import report")
-    rep = ui.import_report()
+    rep = sources.import_report()
     if rep is None:
         st.info(f"{ctx.data.label} was not imported through a wizard, so there is no import report. Import an "
                 "OMOP CDM or a mapped file in the **Load data** tab.", icon=":material/info:")
@@ -490,4 +491,4 @@ for tab, body in ((tab_complete, completeness_tab), (tab_dist, distributions_tab
         with tab:
             body()
 
-ui.page_end()
+shell.page_end()

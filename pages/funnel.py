@@ -3,36 +3,37 @@
 import pandas as pd
 import streamlit as st
 
-import ui_state as ui
 from kn026.report import charts, suppression
+from ui import components, results, scenarios, session, shell
+from ui import funnel as page
 
-ctx = ui.page_start("Funnel", ":material/filter_alt:")
-res = ui.result(ctx)
-labels, texts = ui.labels(ctx), ui.texts(ctx)
-table = ui.attrition(ctx)
+ctx = shell.page_start("Funnel", ":material/filter_alt:")
+res = results.result(ctx)
+labels, texts = results.labels(ctx), results.texts(ctx)
+table = results.attrition(ctx)
 shown = table.masked()
 placeholder = "suppressed" if ctx.k else ""
 
 st.title("Eligibility funnel")
-ui.context_line(ctx)
-ui.metric_cards(ctx)
+components.context_line(ctx)
+components.metric_cards(ctx)
 
 left, right = st.columns([3, 2], vertical_alignment="bottom")
 with left:
-    key = ui.wkey("order_mode", ui.active_name())
-    st.segmented_control("Funnel order", list(ui.ORDER_MODES), format_func=ui.ORDER_LABELS.get,
-                         default=ctx.order_mode, key=key, on_change=ui.set_order_mode,
+    key = page.order_key()
+    st.segmented_control("Funnel order", list(scenarios.ORDER_MODES), format_func=scenarios.ORDER_LABELS.get,
+                         default=ctx.order_mode, key=key, on_change=scenarios.set_order_mode,
                          args=(key, tuple(res.plan.ids)), required=True)
 with right:
     if ctx.order_mode == "manual":
         st.caption("Reorder by hand on the **Criteria** page (type a new position in the table).")
 
-tab_funnel, tab_table, tab_overlap, tab_compare = ui.tabs(
+tab_funnel, tab_table, tab_overlap, tab_compare = session.tabs(
     "funnel", ["Funnel", "Per-criterion table", "Overlap", "Scenario vs protocol"])
 
 if tab_funnel.open:
     with tab_funnel:
-        fig = ui.figure(ctx, "funnel", lambda: charts.funnel_figure(
+        fig = results.figure(ctx, "funnel", lambda: charts.funnel_figure(
             shown, labels, texts, ctx.policy,
             title=f"Patients remaining after each criterion · {charts.POLICY_LABELS[ctx.policy]}"))
         st.plotly_chart(fig, theme=None, config={"displaylogo": False}, key="funnel_chart")
@@ -40,7 +41,7 @@ if tab_funnel.open:
             st.caption("Blue: eligible so far under the strict reading (unknown counts as failing). "
                        "Amber: patients whose eligibility is still unknown; blue + amber is the optimistic bound. "
                        "Hover a bar for the criterion's text and counts.")
-        ui.left_out(ctx, res)
+        components.left_out(ctx, res)
 
 if tab_table.open:
     with tab_table:
@@ -79,22 +80,22 @@ if tab_overlap.open:
         st.subheader("Which criteria exclude patients together")
         c1, c2 = st.columns([1, 2])
         with c1:
-            top = st.slider("Combinations shown", 5, 25, 12, key=ui.wkey("overlap_top"))
+            top = st.slider("Combinations shown", 5, 25, 12, key=page.overlap_top_key())
         with c2:
             if ctx.policy == "both":
                 bound = st.radio("Count a patient under", ["optimistic", "strict"], horizontal=True,
-                                 key=ui.wkey("overlap_bound"),
+                                 key=page.overlap_bound_key(),
                                  format_func={"optimistic": "the criteria they fail",
                                               "strict": "the criteria they fail or are unknown on"}.get)
             else:
                 bound = ctx.policy
-        combos = ui.memo(("combos", *ui.ckey(ctx, top, bound)), lambda: res.combinations(top, bound))
+        combos = page.combinations(ctx, res, top, bound)
         if combos.empty:
             st.info("No patient is excluded by the criteria in this funnel.")
         else:
             if ctx.k:
                 combos = suppression.suppress_independent(combos, ["count"], ctx.k, also={"pct": "count"}).masked()
-            fig = ui.figure(ctx, "overlap", lambda: charts.combinations_figure(combos, list(res.plan.ids), labels,
+            fig = results.figure(ctx, "overlap", lambda: charts.combinations_figure(combos, list(res.plan.ids), labels,
                                                                              bound), top, bound)
             st.plotly_chart(fig, theme=None, config={"displaylogo": False}, key="overlap_chart")
             st.caption("Each excluded patient is counted once, under the exact set of criteria that exclude them "
@@ -113,13 +114,13 @@ if tab_compare.open:
                     icon=":material/compare_arrows:")
             st.page_link("pages/criteria.py", label="Open the Criteria page", icon=":material/rule:")
         else:
-            tot, deltas = ui.compare_tables(ctx)
+            tot, deltas = results.compare_tables(ctx)
             st.subheader(f"{ctx.scenario_name} vs the protocol")
             changes = ctx.scenario.changes(ctx.protocol)
             st.caption("Changes: " + ("; ".join(changes) if changes else "none (same as the protocol)"))
             c1, c2 = st.columns([3, 2])
             with c1:
-                st.plotly_chart(ui.figure(ctx, "compare", lambda: charts.compare_figure(tot.masked(),
+                st.plotly_chart(results.figure(ctx, "compare", lambda: charts.compare_figure(tot.masked(),
                                                                                       ctx.scenario_name)),
                                 theme=None, config={"displaylogo": False}, key="compare_chart")
             with c2:
@@ -135,7 +136,7 @@ if tab_compare.open:
             st.markdown("**Per criterion**: patients failing, unknown on, or failing only this criterion, "
                         "protocol → scenario.")
             d = deltas.masked()
-            show_all = st.toggle("Show unchanged criteria too", key=ui.wkey("compare_all"))
+            show_all = st.toggle("Show unchanged criteria too", key=page.compare_all_key())
             changed = (d[["failed_delta", "unknown_delta", "unique_delta"]].fillna(1) != 0).any(axis=1) | \
                 (d["in_base"] != d["in_other"])
             view = d if show_all else d[changed]
@@ -165,4 +166,4 @@ if tab_compare.open:
                     st.plotly_chart(charts.deltas_figure(view, labels), theme=None,
                                     config={"displaylogo": False}, key="deltas_chart")
 
-ui.page_end()
+shell.page_end()

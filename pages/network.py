@@ -11,11 +11,12 @@ import re
 import pandas as pd
 import streamlit as st
 
-import ui_state as ui
 from kn026.report import charts
 from kn026.scale import federated
+from ui import components, results, session, shell
+from ui import network as page
 
-ctx = ui.page_start("Network", ":material/hub:")
+ctx = shell.page_start("Network", ":material/hub:")
 placeholder = "suppressed" if ctx.k else ""
 _MD = re.compile(r"([\\`*_{}\[\]<>()#+|!$~])")
 
@@ -30,27 +31,27 @@ def slug(text: str) -> str:
 
 
 st.title("Network feasibility")
-ui.context_line(ctx)
+components.context_line(ctx)
 st.caption("Hospitals that cannot share patient rows can still answer one feasibility question together: each "
            "site screens its own patients and shares only a small histogram file, and the histograms add up to "
            "the network's funnel. The same file comes from `python -m kn026 histogram` at a site.")
 
-tab_share, tab_merge = ui.tabs("network", ["Share this cohort's histogram", "Merge site histograms"])
+tab_share, tab_merge = session.tabs("network", ["Share this cohort's histogram", "Merge site histograms"])
 
 
 def share_tab():
     c1, c2, c3 = st.columns([4, 3, 2], vertical_alignment="bottom", gap="medium")
     site = c1.text_input("Site name", max_chars=80, help="How this cohort is named in the network funnel.",
-                         **ui.net_state("site", "My site"))
-    drop = c2.toggle("Drop small cells before sharing", value=ctx.k is not None, key=ui.W + f"net.share_drop.{ctx.k}",
+                         **page.net_state("site", "My site"))
+    drop = c2.toggle("Drop small cells before sharing", value=ctx.k is not None, key=page.share_drop_key(ctx.k),
                      help="Rows of the histogram with fewer patients than the threshold are left out; only their "
                           "number of patients is reported. The network then counts them as unknown on every "
                           "criterion (out of the strict bound, in the optimistic one). The default follows the "
                           "sidebar's small-cell suppression.")
     below = c3.number_input("Drop rows below", min_value=2, max_value=50, value=ctx.k or 5, step=1,
-                            key=ui.W + f"net.share_k.{ctx.k}", disabled=not drop)
+                            key=page.share_k_key(ctx.k), disabled=not drop)
     try:
-        doc = ui.net_site_doc(ctx, site, int(below) if drop else None)
+        doc = page.net_site_doc(ctx, site, int(below) if drop else None)
     except federated.FederatedError as err:
         st.warning(f"{err}. Type a site name to make the file.", icon=":material/edit:")
         return
@@ -61,7 +62,7 @@ def share_tab():
               help="Distinct combinations of failed and unknown rules, each with its number of patients.")
     m3.metric("Patients in dropped rows", f"{supp.get('suppressed', 0):,}", border=True,
               help="Patients whose combination is rarer than the threshold: shared as a total only.")
-    m4.download_button("Download the histogram (JSON)", ui.histogram_json(doc),
+    m4.download_button("Download the histogram (JSON)", page.histogram_json(doc),
                        file_name=f"kn026_stage{doc['stage']}_{slug(doc['site'])}_histogram.json",
                        mime="application/json", type="primary", icon=":material/download:",
                        on_click="ignore", key="dl_site_histogram", width="stretch")
@@ -113,13 +114,13 @@ def files_overview(files) -> bool:
     return differ
 
 
-def network_view(net: ui.Network) -> None:
+def network_view(net: page.Network) -> None:
     meta, res = net.meta, net.result
     n_sites = len(meta["sites"])
     st.subheader(f"Network funnel · {n_sites} site{'s' if n_sites != 1 else ''}")
     scen = meta["scenario"]
     st.caption(f"{meta['protocol']} · stage {meta['stage']} · "
-               + ("protocol as written" if scen["name"] == ui.PROTOCOL else f"scenario “{md(scen['name'])}”")
+               + ("protocol as written" if scen["name"] == session.PROTOCOL else f"scenario “{md(scen['name'])}”")
                + f" · criteria fingerprint `{meta['criteria_fingerprint'][:23]}…`"
                + (f" · counts below {ctx.k} hidden" if ctx.k else ""))
     shown = net.attrition.masked()
@@ -130,7 +131,7 @@ def network_view(net: ui.Network) -> None:
                                            ("optimistic", ":green[■] Eligible · optimistic"),
                                            ("unknown_so_far", ":orange[■] Unknown")), strict=True):
         value = last[field]
-        col.metric(label, ui.fmt(None if pd.isna(value) else value), border=True)
+        col.metric(label, components.fmt(None if pd.isna(value) else value), border=True)
     if meta["suppressed"]:
         dropped = net.files.masked().set_index("site")["suppressed"]
         where = [f"{md(s['site'])} (threshold {s['suppress_below']}: "
@@ -149,8 +150,8 @@ def network_view(net: ui.Network) -> None:
                    + "; ".join(f"**{cid}** ({', '.join(cols)} absent)" for cid, cols in
                                res.plan.not_assessable.items()), icon=":material/warning:")
 
-    t_funnel, t_table, t_sites = ui.tabs("network_result", ["Funnel", "Per criterion", "Per site"])
-    labels, texts = ui.labels(ctx), ui.texts(ctx)
+    t_funnel, t_table, t_sites = session.tabs("network_result", ["Funnel", "Per criterion", "Per site"])
+    labels, texts = results.labels(ctx), results.texts(ctx)
     if t_funnel.open:
         with t_funnel:
             fig = charts.funnel_figure(shown, labels, texts, ctx.policy,
@@ -230,28 +231,28 @@ def network_view(net: ui.Network) -> None:
 
 
 def merge_tab():
-    key = ui.net_uploader_key()
+    key = page.net_uploader_key()
     c1, c2 = st.columns([3, 2], gap="large")
     with c1:
         st.file_uploader("Site histogram files (.json)", type=["json"], accept_multiple_files=True, key=key,
-                         on_change=ui.net_on_upload, args=(key,),
+                         on_change=page.net_on_upload, args=(key,),
                          max_upload_size=federated.MAX_FILE_BYTES // 2**20,
                          help="The files the sites made with the Network page or `python -m kn026 histogram`. "
                               "They are read in memory and kept only in this browser session.")
     with c2:
-        site = ui.net_value("site", "My site")
-        st.toggle("Add this session's cohort as a site", **ui.net_state("include", False),
+        site = page.net_value("site", "My site")
+        st.toggle("Add this session's cohort as a site", **page.net_state("include", False),
                   help="Screens the cohort loaded in this session with the sidebar's stage and scenario and adds "
                        "it to the network under the site name of the other tab.")
-        if ui.net_value("include"):
+        if page.net_value("include"):
             st.caption(f"As site “{md(site)}”: {md(ctx.data.label)}, stage {ctx.stage}, "
                        + ("protocol as written." if ctx.is_protocol else f"scenario “{md(ctx.scenario_name)}”."))
-    files = ui.net_files()
+    files = page.net_files()
     differ = False
     if files:
         differ = files_overview(files)
-        st.button("Clear the uploaded files", icon=":material/delete:", on_click=ui.net_clear, key="net_clear")
-    net, error = ui.net_merge(ctx, bool(ui.net_value("include")), site)
+        st.button("Clear the uploaded files", icon=":material/delete:", on_click=page.net_clear, key="net_clear")
+    net, error = page.net_merge(ctx, bool(page.net_value("include")), site)
     if error:
         error = re.sub(r"^cannot merge: ", "", error)
         hint = (" Remove the file(s) whose status says *differs* (✕ in the file box), or ask those sites to "
@@ -271,4 +272,4 @@ for tab, body in ((tab_share, share_tab), (tab_merge, merge_tab)):
         with tab:
             body()
 
-ui.page_end()
+shell.page_end()

@@ -5,8 +5,9 @@ import re
 import pandas as pd
 import streamlit as st
 
-import ui_state as ui
 from kn026.report import charts, export, patients, suppression
+from ui import components, results, scenarios, session, shell
+from ui import patients as page
 
 VERDICT_STYLE = {
     "pass": "color: #1b7a70; font-weight: 600",
@@ -16,51 +17,49 @@ VERDICT_STYLE = {
 }
 EXAMPLES = (("fails only", "EXCL09"), ("unknown on", "INCL02.HER2"), ("fails", "INCL07.CRCL"))
 
-ctx = ui.page_start("Patients", ":material/person_search:")
+ctx = shell.page_start("Patients", ":material/person_search:")
 engine, scenario = ctx.engine, ctx.scenario
-labels = ui.labels(ctx)
+labels = results.labels(ctx)
 targets = patients.targets(engine)
 target_label = dict(targets)
 
 st.title("Patients")
-ui.context_line(ctx)
+components.context_line(ctx)
 
-tab_find, tab_downloads = ui.tabs("patients", ["Find and inspect patients", "Downloads"])
+tab_find, tab_downloads = session.tabs("patients", ["Find and inspect patients", "Downloads"])
 
 
 def find_tab():
     with st.container(border=True):
         st.markdown("**Filter patients** — conditions combine with *and*")
         c1, c2, c3 = st.columns([1.2, 2.2, 0.8], vertical_alignment="bottom")
-        skey, tkey = ui.W + "cond_status", ui.W + "cond_target"
+        skey, tkey = page.COND_STATUS, page.COND_TARGET
         c1.selectbox("Status", patients.STATUSES, key=skey,
                      help="fails: fails it (whatever else). fails only: fails it and no other criterion in the "
                           "funnel. unknown on: cannot be assessed on it (and does not fail it). passes: passes it.")
         c2.selectbox("Criterion or sub-rule", [t for t, _ in targets], key=tkey,
                      format_func=lambda t: f"{t} · {target_label.get(t, '')}")
-        c3.button("Add", on_click=ui.add_condition, args=(skey, tkey), type="primary", width="stretch",
+        c3.button("Add", on_click=page.add_condition, args=(skey, tkey), type="primary", width="stretch",
                   icon=":material/add:")
-        xkey = ui.W + "examples"
-        st.pills("Examples", [f"{s} {t}" for s, t in EXAMPLES], key=xkey, on_change=ui.add_example, args=(xkey,))
-        conds = ui.conditions()
+        xkey = page.EXAMPLES
+        st.pills("Examples", [f"{s} {t}" for s, t in EXAMPLES], key=xkey, on_change=page.add_example, args=(xkey,))
+        conds = page.conditions()
         if conds:
             st.markdown("**Active conditions** (click one to remove it)")
             with st.container(horizontal=True):
                 for i, cond in enumerate(conds):
-                    st.button(f"{cond.status} **{cond.target}** ✕", key=ui.W + f"remove_cond_{i}_{cond}",
-                              on_click=ui.remove_condition, args=(i,),
+                    st.button(f"{cond.status} **{cond.target}** ✕", key=page.remove_condition_key(i, cond),
+                              on_click=page.remove_condition, args=(i,),
                               help=f"{target_label.get(cond.target, '')} — click to remove")
-                st.button("Clear all", on_click=ui.clear_conditions, key=ui.W + "clear_conds", type="tertiary")
+                st.button("Clear all", on_click=page.clear_conditions, key=page.CLEAR_CONDITIONS, type="tertiary")
         e1, e2, _ = st.columns([1, 1, 2])
-        eligible = e1.selectbox("Eligible", ["any", "yes", "no", "unknown"], key=ui.W + "eligible_filter",
+        eligible = e1.selectbox("Eligible", ["any", "yes", "no", "unknown"], key=page.ELIGIBLE_FILTER,
                                 help="Over the criteria in the current funnel: yes = no fail and no unknown; "
                                      "no = at least one fail; unknown = no fail but something unknown.")
         site_choice = "All sites"
         if "site_id" in ctx.data.cohort.present:
-            site_list = ui.memo(("site_list", ui.engine_key(engine)), lambda: ctx.engine.con.execute(
-                "SELECT DISTINCT site_id FROM cohort WHERE site_id IS NOT NULL ORDER BY site_id").df()["site_id"]
-                .tolist())
-            site_choice = e2.selectbox("Site", ["All sites", *site_list], key=ui.W + "site_filter")
+            site_list = page.site_list(ctx)
+            site_choice = e2.selectbox("Site", ["All sites", *site_list], key=page.SITE_FILTER)
     found = patients.find(engine, scenario, conds, None if eligible == "any" else eligible,
                           None if site_choice == "All sites" else site_choice, limit=500)
     what = " and ".join(f"{c.status} {c.target}" for c in conds) or "all patients"
@@ -75,7 +74,7 @@ def find_tab():
     listing = found.frame.rename(columns={"patient_id": "Patient", "site_id": "Site", "country": "Country",
                                           "eligible": "Eligible", "fails": "Fails", "unknown on": "Unknown on"})
     picked = st.dataframe(listing, hide_index=True, height=280, on_select="rerun", selection_mode="single-row",
-                          key=ui.wkey("patient_list", len(conds), eligible, site_choice),
+                          key=page.patient_list_key(len(conds), eligible, site_choice),
                           column_config={"Patient": st.column_config.TextColumn(width=110),
                                          "Site": st.column_config.TextColumn(width=70),
                                          "Country": st.column_config.TextColumn(width=120),
@@ -83,21 +82,21 @@ def find_tab():
                                          "Fails": st.column_config.TextColumn(width="large"),
                                          "Unknown on": st.column_config.TextColumn(width="medium")})
     rows = picked.selection.rows if picked is not None and hasattr(picked, "selection") else []
-    if ui.selection_changed("patient_list", rows) and rows:
-        ui.set_patient(str(found.frame["patient_id"].iloc[rows[0]]))
+    if page.selection_changed("patient_list", rows) and rows:
+        page.set_patient(str(found.frame["patient_id"].iloc[rows[0]]))
 
     st.subheader("One patient, rule by rule")
     ids = found.frame["patient_id"].astype(str).tolist()
-    current = ui.selected_patient()
+    current = page.selected_patient()
     if current is None and ids:
         current = ids[0]
     options = ids if current in ids or current is None else [current, *ids]
-    pkey = ui.seed_widget("patient_pick", current)
+    pkey = page.seed_widget("patient_pick", current)
     p1, p1b, p2 = st.columns([1, 1, 3], vertical_alignment="bottom")
-    p1.selectbox("Patient", options, key=pkey, on_change=ui.select_patient, args=(pkey,),
+    p1.selectbox("Patient", options, key=pkey, on_change=page.select_patient, args=(pkey,),
                  placeholder="Pick a patient", help="The patients matching the filter (or select a table row).")
-    ikey = ui.W + "patient_id_input"
-    p1b.text_input("…or type a patient ID", key=ikey, on_change=ui.select_patient, args=(ikey,),
+    ikey = page.PATIENT_ID_INPUT
+    p1b.text_input("…or type a patient ID", key=ikey, on_change=page.select_patient, args=(ikey,),
                    placeholder="e.g. P0000001")
     summary = None
     if current:
@@ -115,7 +114,7 @@ def find_tab():
         detail = patients.patient_detail(engine, scenario, current)
         only = st.segmented_control("Rules shown", ["All", "Not passed"],
                                     default="Not passed" if verdict != "yes" else "All",
-                                    key=ui.W + "detail_filter", required=True)
+                                    key=page.DETAIL_FILTER, required=True)
         if only == "Not passed":
             detail = detail[detail["verdict"] != "pass"]
         view = detail[["rule", "verdict", "requirement", "values", "note"]].rename(
@@ -136,23 +135,23 @@ def downloads_tab():
     slug = re.sub(r"[^A-Za-z0-9]+", "_", ctx.scenario_name).strip("_").lower()
     base = f"kn026_stage{ctx.stage}_{slug}"
     about = export.about_rows(ctx.data.label, ctx.data.cohort.n, ctx.stage, scenario, ctx.protocol,
-                              charts.POLICY_LABELS[ctx.policy], ui.ORDER_LABELS[ctx.order_mode], ctx.k)
-    attrition = export.table_for_export(ui.attrition(ctx), export.ATTRITION_COLUMNS)
+                              charts.POLICY_LABELS[ctx.policy], scenarios.ORDER_LABELS[ctx.order_mode], ctx.k)
+    attrition = export.table_for_export(results.attrition(ctx), export.ATTRITION_COLUMNS)
     sheets = {"Attrition": attrition}
     if not ctx.is_protocol:
-        tot, deltas = ui.compare_tables(ctx)
+        tot, deltas = results.compare_tables(ctx)
         sheets["Scenario vs protocol"] = export.table_for_export(tot, {"measure": "Measure", "base": "Protocol",
                                                                        "other": "Scenario", "delta": "Change"})
         sheets["Per-criterion changes"] = export.table_for_export(deltas, {})
-    site_tabs = ui.site_tables(ctx)
+    site_tabs = results.site_tables(ctx)
     if site_tabs is not None:
         sheets["Sites"] = export.table_for_export(site_tabs[0], {})
         sheets["Countries"] = export.table_for_export(site_tabs[1], {})
 
     def figures():
-        res = ui.result(ctx)
-        shown = ui.attrition(ctx).masked()
-        out = [("Sequential attrition", charts.funnel_figure(shown, labels, ui.texts(ctx), ctx.policy, title=None))]
+        res = results.result(ctx)
+        shown = results.attrition(ctx).masked()
+        out = [("Sequential attrition", charts.funnel_figure(shown, labels, results.texts(ctx), ctx.policy, title=None))]
         combos = res.combinations(12, "strict" if ctx.policy == "strict" else "optimistic")
         if not combos.empty:
             if ctx.k:
@@ -161,7 +160,7 @@ def downloads_tab():
                         charts.combinations_figure(combos, list(res.plan.ids), labels,
                                                    "strict" if ctx.policy == "strict" else "optimistic", title="")))
         if not ctx.is_protocol:
-            tot, _ = ui.compare_tables(ctx)
+            tot, _ = results.compare_tables(ctx)
             out.append(("Scenario vs protocol", charts.compare_figure(tot.masked(), ctx.scenario_name, title="")))
         if site_tabs is not None:
             out.append(("Screened and eligible per site", charts.sites_figure(site_tabs[0].masked(), title="")))
@@ -216,4 +215,4 @@ for tab, body in ((tab_find, find_tab), (tab_downloads, downloads_tab)):
         with tab:
             body()
 
-ui.page_end()
+shell.page_end()

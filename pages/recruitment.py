@@ -6,21 +6,23 @@ from dataclasses import replace
 
 import streamlit as st
 
-import ui_state as ui
+from kn026.forecast import charts as fcharts
 from kn026.forecast import model as fc
 from kn026.forecast import recruitment as rc
+from ui import components, results, session, shell
+from ui import recruitment as page
 
-ctx = ui.page_start("Recruitment", ":material/trending_up:")
+ctx = shell.page_start("Recruitment", ":material/trending_up:")
 
 st.title("Recruitment forecast")
-ui.context_line(ctx)
+components.context_line(ctx)
 st.caption("How long enrolling the target takes, with honest uncertainty: the Poisson-Gamma recruitment model "
            "(Anisimov and Fedorov) fed by the funnel's eligible fraction and each site's screening rate. "
            "Method and assumptions: the *Method* tab and docs/forecast.md.")
 summary = st.container()  # the readout goes above the inputs; filled once they are read
 
-estimated, why_not = ui.rec_estimated_sites(ctx)
-token = ui.rec_token()
+estimated, why_not = page.rec_estimated_sites(ctx)
+token = page.rec_token()
 today = dt.date.today()
 
 
@@ -48,18 +50,18 @@ with inputs_box:
     st.markdown("**Trial**")
     c = st.columns(5)
     target = c[0].number_input(
-        "Target enrolment", min_value=0, max_value=100_000, step=1, **ui.rec_state("target", fc.DEFAULT_TARGET),
+        "Target enrolment", min_value=0, max_value=100_000, step=1, **page.rec_state("target", fc.DEFAULT_TARGET),
         help="Patients to enrol. 286 is the issue's figure for KN026-001 (NCT05427383); the registry text in "
              "../shared/protocol says \"Target enrollment: 0\", so confirm the number with the sponsor.")
     enrolled = c[1].number_input("Already enrolled", min_value=0, max_value=100_000, step=1,
-                                 **ui.rec_state("enrolled", 0), help="Patients in the trial at the start date.")
+                                 **page.rec_state("enrolled", 0), help="Patients in the trial at the start date.")
     uptake = c[2].number_input(
         "Uptake (%)", min_value=0.0, max_value=100.0, step=5.0, format="%.1f",
-        **ui.rec_state("uptake", 100 * fc.DEFAULT_UPTAKE),
+        **page.rec_state("uptake", 100 * fc.DEFAULT_UPTAKE),
         help="Share of eligible patients who enrol: consent, willingness, investigator judgement, screen "
              "failures the data cannot show. Default 85 %.")
-    start = c[3].date_input("Enrolment starts", **ui.rec_state("start", today), format="YYYY-MM-DD")
-    deadline = c[4].date_input("Deadline", **ui.rec_state("deadline", end_of_month(today, 12)),
+    start = c[3].date_input("Enrolment starts", **page.rec_state("start", today), format="YYYY-MM-DD")
+    deadline = c[4].date_input("Deadline", **page.rec_state("deadline", end_of_month(today, 12)),
                                format="YYYY-MM-DD",
                                help="Gives P(target reached by then) and how many more sites reach it with "
                                     "the probability set under *Simulation*.")
@@ -70,7 +72,7 @@ with inputs_box:
         st.caption(f"Site rates from inputs: {why_not}.")
     else:
         source = st.radio("Site screening rates", list(rc.SOURCES), format_func=rc.SOURCES.get, horizontal=True,
-                          **ui.rec_state("source", "cohort"), label_visibility="collapsed",
+                          **page.rec_state("source", "cohort"), label_visibility="collapsed",
                           help="From the cohort: each site's rate is its empirical-Bayes posterior Gamma from "
                                "its screening dates. From inputs: sites you describe.")
     c = st.columns(5)  # the grid of the Trial row
@@ -78,7 +80,7 @@ with inputs_box:
         default_share = 100 * rc.default_approach(estimated, ctx.data.kind in rc.SYNTHETIC_KINDS)
         approach = c[0].number_input(
             "Share approached (%)", min_value=0.0, max_value=100.0, step=0.5, format="%.1f",
-            **ui.rec_state(f"approach.{token}", default_share),
+            **page.rec_state(f"approach.{token}", default_share),
             help="Share of each site's patients in the cohort who are approached for *this* trial (competing "
                  "trials, referral habits, investigators' choice; consent is in the uptake). 100 % when the "
                  "cohort is this trial's screening log. For a synthetic cohort the default brings the sites "
@@ -89,35 +91,35 @@ with inputs_box:
     else:
         approach = 100.0
         n_sites = c[0].number_input("Sites", min_value=1, max_value=2_000, step=1,
-                                    **ui.rec_state("n_sites", estimated.n_sites if estimated else 20))
+                                    **page.rec_state("n_sites", estimated.n_sites if estimated else 20))
         mean_rate = c[1].number_input(
             "Screened / site-month", min_value=0.0, max_value=1_000.0, step=0.1, format="%.2f",
-            **ui.rec_state("mean_rate", rc.SYNTHETIC_REFERRAL_RATE),
+            **page.rec_state("mean_rate", rc.SYNTHETIC_REFERRAL_RATE),
             help="Mean patients each site screens for this trial per month at full speed.")
         cv = c[2].number_input("Between-site CV", min_value=0.0, max_value=5.0, step=0.1, format="%.2f",
-                               **ui.rec_state("cv", fc.DEFAULT_CV),
+                               **page.rec_state("cv", fc.DEFAULT_CV),
                                help="Coefficient of variation of the site rates (0: every site at the mean). "
                                     "0.8 is a generic default; use experience from comparable trials.")
         c, col = st.columns(5), 0
     stagger = c[col].number_input("Sites open over (months)", min_value=0.0, max_value=60.0, step=1.0,
-                                  format="%.1f", **ui.rec_state("stagger", 0.0),
+                                  format="%.1f", **page.rec_state("stagger", 0.0),
                                   help="0: every site opens at the start; else evenly over this many months.")
     ramp = c[col + 1].number_input("Ramp-up (months)", min_value=0.0, max_value=24.0, step=1.0, format="%.1f",
-                                   **ui.rec_state("ramp", 0.0),
+                                   **page.rec_state("ramp", 0.0),
                                    help="A newly opened site reaches full speed linearly over this many months.")
     new_month = c[col + 2].number_input(
         "Extra sites open (month)", min_value=0.0, max_value=60.0, step=1.0, format="%.1f",
-        **ui.rec_state("new_site_month", 3.0),
+        **page.rec_state("new_site_month", 3.0),
         help="When additional sites (for the deadline) could start enrolling, in months after the start: "
              "site start-up takes time.")
     with st.expander("Simulation"):
         s = st.columns(3)
         n_sims = s[0].number_input("Simulated trials", min_value=200, max_value=50_000, step=1_000,
-                                   **ui.rec_state("n_sims", fc.DEFAULT_SIMS))
-        seed = s[1].number_input("Seed", min_value=0, max_value=2**31 - 1, step=1, **ui.rec_state("seed", 0))
+                                   **page.rec_state("n_sims", fc.DEFAULT_SIMS))
+        seed = s[1].number_input("Seed", min_value=0, max_value=2**31 - 1, step=1, **page.rec_state("seed", 0))
         probability = s[2].number_input("Finish by the deadline with probability (%)", min_value=50.0,
                                         max_value=99.0, step=5.0, format="%.0f",
-                                        **ui.rec_state("probability", 100 * fc.DEFAULT_PROBABILITY))
+                                        **page.rec_state("probability", 100 * fc.DEFAULT_PROBABILITY))
 
 plan = rc.Plan(target=int(target), enrolled=int(enrolled), uptake=uptake / 100, start=start, deadline=deadline,
                source=source, approach=approach / 100, n_sites=int(n_sites), mean_rate=float(mean_rate),
@@ -126,15 +128,15 @@ plan = rc.Plan(target=int(target), enrolled=int(enrolled), uptake=uptake / 100, 
 problem = plan.check()
 if problem:
     st.error(f"Cannot forecast: {problem}.", icon=":material/error:")
-    ui.page_end()
+    shell.page_end()
     st.stop()
 sites = rc.build_sites(plan, estimated)
 
 bounds = rc.BOUNDS if ctx.policy == "both" else (ctx.policy,)
-all_totals = ui.rec_totals(ctx)
+all_totals = page.rec_totals(ctx)
 fractions = {name: rc.bound_fractions(t) for name, t in all_totals.items()}
 active = fractions[ctx.scenario_name]
-outcomes = {b: ui.rec_outcome(ctx, plan, sites, b, active[b], b.capitalize()) for b in bounds}
+outcomes = {b: page.rec_outcome(ctx, plan, sites, b, active[b], b.capitalize()) for b in bounds}
 
 with inputs_box:
     screened_sm, _ = rc.implied_rates(sites, 0.0, plan.uptake)
@@ -154,7 +156,7 @@ with inputs_box:
 
 with summary:
     st.subheader("Readout")
-    coverage = ui.assessability(ctx)
+    coverage = results.assessability(ctx)
     if coverage is not None and coverage.little:
         st.warning("These forecasts use eligible fractions from a cohort that cannot assess much of the "
                    f"protocol ({len(coverage.not_assessable)} of {coverage.rules} rules n/a"
@@ -188,19 +190,19 @@ with summary:
 
 ok = [outcomes[b] for b in bounds if outcomes[b].ok]
 if not ok:
-    ui.page_end()
+    shell.page_end()
     st.stop()
 main = ok[0]
 
 # --------------------------------------------------------------------------- details
-tab_fan, tab_sites, tab_cmp, tab_method = ui.tabs("recruitment", ["Fan chart", "Per site", "Protocol vs scenario",
+tab_fan, tab_sites, tab_cmp, tab_method = session.tabs("recruitment", ["Fan chart", "Per site", "Protocol vs scenario",
                                                                   "Method"])
 
 
 def fan_tab():
     other = ok[1].result if len(ok) > 1 else None
-    fig = ui.rec_figure("fan", (plan, ctx.scenario_name, tuple(o.bound for o in ok), tuple(active.items())),
-                        lambda: fc.fan_chart(main.result, other=other, deadline=plan.deadline,
+    fig = page.rec_figure("fan", (plan, ctx.scenario_name, tuple(o.bound for o in ok), tuple(active.items())),
+                        lambda: fcharts.fan_chart(main.result, other=other, deadline=plan.deadline,
                                              title=f"Patients enrolled over time · {ctx.scenario_name}"))
     st.plotly_chart(fig, theme=None, config={"displaylogo": False}, key="rec_fan")
     st.caption("Solid line: median simulated trial; shaded: the middle 50 / 80 / 95 % of simulated trials at each "
@@ -210,13 +212,13 @@ def fan_tab():
 
 
 def sites_tab():
-    hidden = ui.rec_hidden_sites(ctx) if source == "cohort" else ()
+    hidden = page.rec_hidden_sites(ctx) if source == "cohort" else ()
     table = rc.site_table(main.result, estimated.table if source == "cohort" else None, hidden)
     st.caption(f"{main.bound.capitalize()} bound. Expected patients each site contributes to the "
                f"{main.result.remaining:,} still to enrol, largest first.")
     top = min(25, sites.n_sites - len(hidden))
-    fig = ui.rec_figure("sites", (plan, main.bound, main.fraction, hidden),
-                        lambda: fc.site_contribution_chart(rc.visible_contribution(main.result, hidden), top=top,
+    fig = page.rec_figure("sites", (plan, main.bound, main.fraction, hidden),
+                        lambda: fcharts.site_contribution_chart(rc.visible_contribution(main.result, hidden), top=top,
                                                            title=f"Expected patients per site ({top} largest)"))
     st.plotly_chart(fig, theme=None, config={"displaylogo": False}, key="rec_sites_chart")
     if hidden:
@@ -251,9 +253,9 @@ def compare_tab():
                 "creatinine-clearance scenario), or change a criterion on the Criteria page, to see what it does "
                 "to the timeline.", icon=":material/compare_arrows:")
         return
-    base = fractions[ui.PROTOCOL]
+    base = fractions[session.PROTOCOL]
     labels = ("Protocol", "Scenario")
-    pairs = {b: (ui.rec_outcome(ctx, plan, sites, b, base[b], b.capitalize()), outcomes[b]) for b in bounds}
+    pairs = {b: (page.rec_outcome(ctx, plan, sites, b, base[b], b.capitalize()), outcomes[b]) for b in bounds}
     changes = ctx.scenario.changes(ctx.protocol)
     for b, (a, s) in pairs.items():
         st.markdown(f"**{b.capitalize()}:** {rc.saving_sentence(a, s, ('Protocol', ctx.scenario_name), changes)}")
@@ -267,8 +269,8 @@ def compare_tab():
                                              "takes longer)")})
     a, s = pairs[main.bound]
     if a.ok and s.ok:
-        fig = ui.rec_figure("cmp", (plan, ctx.scenario_name, main.bound, a.fraction, s.fraction),
-                            lambda: fc.fan_chart(replace(a.result, label="Protocol"),
+        fig = page.rec_figure("cmp", (plan, ctx.scenario_name, main.bound, a.fraction, s.fraction),
+                            lambda: fcharts.fan_chart(replace(a.result, label="Protocol"),
                                                  other=replace(s.result, label="Scenario"),
                                                  deadline=plan.deadline,
                                                  title=f"Protocol (blue) vs {ctx.scenario_name} (orange) · "
@@ -304,4 +306,4 @@ for tab, body in ((tab_fan, fan_tab), (tab_sites, sites_tab), (tab_cmp, compare_
         with tab:
             body()
 
-ui.page_end()
+shell.page_end()

@@ -4,15 +4,16 @@ import re
 
 import streamlit as st
 
-import ui_state as ui
 from kn026.report import charts, export
+from ui import components, results, session, shell
+from ui import sites as page
 
-ctx = ui.page_start("Sites", ":material/location_on:")
+ctx = shell.page_start("Sites", ":material/location_on:")
 
 st.title("Sites and countries")
-ui.context_line(ctx)
+components.context_line(ctx)
 
-tables = ui.site_tables(ctx)
+tables = results.site_tables(ctx)
 if tables is None:
     st.warning("This cohort has no **site_id** column, so screened and eligible counts cannot be split by site. "
                "Add site_id (and country) to the file to see this page.", icon=":material/location_off:")
@@ -54,16 +55,16 @@ if ctx.policy == "strict":
 elif ctx.policy == "optimistic":
     columns = [c for c in columns if "strict" not in c]
 
-tab_sites, tab_countries = ui.tabs("sites", ["By site", "By country"])
+tab_sites, tab_countries = session.tabs("sites", ["By site", "By country"])
 
 
 def sites_tab():
     c1, c2 = st.columns([2, 3], vertical_alignment="bottom")
     top = c1.slider("Sites in the chart (largest first)", 5, max(5, len(raw)), min(20, max(5, len(raw))),
-                    key=ui.wkey("sites_top"))
+                    key=page.top_key())
     c2.caption("Grey: screened · teal: eligible if unknowns pass (optimistic) · blue: eligible with nothing "
                "unknown (strict).")
-    fig = ui.figure(ctx, "sites", lambda: charts.sites_figure(
+    fig = results.figure(ctx, "sites", lambda: charts.sites_figure(
         site_view, title=f"Screened and eligible patients, {top} largest sites", top=top), top)
     st.plotly_chart(fig, theme=None, config={"displaylogo": False}, key="sites_chart")
     st.dataframe(site_view[["site", "country", *columns]], hide_index=True, height=420, column_config=config,
@@ -75,7 +76,7 @@ def sites_tab():
 
 
 def countries_tab():
-    fig = ui.figure(ctx, "countries", lambda: charts.sites_figure(
+    fig = results.figure(ctx, "countries", lambda: charts.sites_figure(
         country_view, key="country", title="Screened and eligible patients per country"))
     st.plotly_chart(fig, theme=None, config={"displaylogo": False}, key="countries_chart")
     st.dataframe(country_view[["country", "sites", *columns]], hide_index=True, column_config=config,
@@ -93,4 +94,4 @@ for tab, body in ((tab_sites, sites_tab), (tab_countries, countries_tab)):
 st.caption("Eligible · strict: no criterion fails and none is unknown. Eligible · optimistic: no criterion fails. "
            "Unknown: optimistic minus strict. Percentages are of the site's (country's) screened patients.")
 
-ui.page_end()
+shell.page_end()

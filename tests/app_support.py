@@ -20,7 +20,7 @@ if str(ROOT) not in sys.path:
 
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
-import ui_state  # noqa: E402
+from ui import session  # noqa: E402
 
 APP = str(ROOT / "app.py")
 TIMEOUT = 120
@@ -52,7 +52,7 @@ def go(at: AppTest, page: str, title: str | None = None) -> AppTest:
 
 def open_tab(at: AppTest, page: str, label: str) -> AppTest:
     """Select a tab (tabs run their content lazily, only when selected)."""
-    at.session_state[ui_state.tab_key(page)] = label
+    at.session_state[session.tab_key(page)] = label
     at.run()
     ok(at)
     return at
@@ -60,7 +60,7 @@ def open_tab(at: AppTest, page: str, label: str) -> AppTest:
 
 def open_expander(at: AppTest, item: str) -> AppTest:
     """Open the expander of `item` (a criterion id or a page's expander name)."""
-    at.session_state[ui_state.expander_key(item)] = True
+    at.session_state[session.expander_key(item)] = True
     at.run()
     ok(at)
     return at

@@ -16,7 +16,6 @@ import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
-import ui_state
 from kn026.ingest import synth
 from tests.app_support import (
     APP,
@@ -31,8 +30,9 @@ from tests.app_support import (
     sidebar_radio,
 )
 from tests.app_support import go as _go
+from ui import scenarios, session, shell
 
-PAGES = [path for path, *_ in ui_state.PAGES]  # every registered page
+PAGES = [path for path, *_ in shell.PAGES]  # every registered page
 TITLES = {"pages/funnel.py": "Eligibility funnel", "pages/cohort.py": "Cohort", "pages/criteria.py": "Criteria",
           "pages/patients.py": "Patients", "pages/sites.py": "Sites and countries",
           "pages/recruitment.py": "Recruitment forecast", "pages/network.py": "Network feasibility"}
@@ -74,7 +74,7 @@ def test_starts_on_builtin_data_with_the_funnel():
     assert x_strict[0] == 20_000 and x_strict[-1] == strict
     assert x_strict[-1] + x_unknown[-1] == optimistic
     assert "INCL02" in funnel_traces[0]["hovertext"][2] and "Remaining, strict" in funnel_traces[0]["hovertext"][2]
-    assert at.session_state[ui_state.K_LAST_RUN] > 0
+    assert at.session_state[session.K_LAST_RUN] > 0
 
 
 @pytest.mark.parametrize("page", PAGES)
@@ -156,11 +156,11 @@ def test_threshold_change_creates_a_scenario_and_updates_counts():
     go(at, "pages/criteria.py")
     assert not at.main.number_input  # closed expanders do not run
     open_expander(at, "INCL07")
-    crcl = by_key_prefix(at.number_input, ui_state.W + "param.INCL07.CRCL.min@")
+    crcl = by_key_prefix(at.number_input, session.W + "param.INCL07.CRCL.min@")
     assert crcl.value == 30.0
     crcl.set_value(60.0).run()
     ok(at)
-    assert at.session_state[ui_state.K_ACTIVE] == "My scenario"
+    assert at.session_state[session.K_ACTIVE] == "My scenario"
     after = number(metrics(at)["Eligible · strict"])
     assert after < before
     assert at.sidebar.selectbox[0].value == "My scenario"
@@ -170,7 +170,7 @@ def test_threshold_change_creates_a_scenario_and_updates_counts():
     go(at, "pages/funnel.py")
     assert number(metrics(at)["Eligible · strict"]) == after
     # back to the protocol in the sidebar: counts return
-    at.sidebar.selectbox[0].set_value(ui_state.PROTOCOL).run()
+    at.sidebar.selectbox[0].set_value(session.PROTOCOL).run()
     assert number(metrics(at)["Eligible · strict"]) == before
 
 
@@ -186,12 +186,12 @@ def test_toggle_and_reorder_in_the_criteria_table():
                                     "added_rows": [], "deleted_rows": []}
     at.run()
     ok(at)
-    assert "EXCL09" in at.session_state[ui_state.K_SCENARIOS]["My scenario"].disabled
+    assert "EXCL09" in at.session_state[session.K_SCENARIOS]["My scenario"].disabled
     assert number(metrics(at)["Eligible · strict"]) > before
     rows = at.data_editor[0].value
     assert rows["Criterion"].iloc[0] == "INCL05"  # row 4 (INCL05) moved to position 1
     assert not rows.loc[rows["Criterion"] == "EXCL09", "Apply"].iloc[0]
-    mode, manual = at.session_state[ui_state.K_ORDERS]["My scenario"]
+    mode, manual = at.session_state[session.K_ORDERS]["My scenario"]
     assert mode == "manual" and manual[0] == "INCL05"
     # the funnel follows: INCL05 first, EXCL09 left out
     go(at, "pages/funnel.py")
@@ -206,11 +206,11 @@ def test_sub_rule_toggle_and_reset():
     go(at, "pages/criteria.py")
     before = number(metrics(at)["Eligible · optimistic"])
     open_expander(at, "INCL02")
-    toggle = by_key_prefix(at.toggle, ui_state.W + "apply.INCL02.HER2@")
+    toggle = by_key_prefix(at.toggle, session.W + "apply.INCL02.HER2@")
     toggle.set_value(False).run()
     ok(at)
     assert number(metrics(at)["Eligible · optimistic"]) > before
-    assert "INCL02.HER2" in at.session_state[ui_state.K_SCENARIOS]["My scenario"].disabled
+    assert "INCL02.HER2" in at.session_state[session.K_SCENARIOS]["My scenario"].disabled
     next(b for b in at.button if b.label == "Reset to protocol").click().run()
     ok(at)
     assert number(metrics(at)["Eligible · optimistic"]) == before
@@ -220,26 +220,26 @@ def test_scenario_yaml_download_and_upload_round_trip():
     at = new_app()
     go(at, "pages/criteria.py")
     open_expander(at, "INCL01")
-    by_key_prefix(at.number_input, ui_state.W + "param.INCL01.min_age@").set_value(21).run()
+    by_key_prefix(at.number_input, session.W + "param.INCL01.min_age@").set_value(21).run()
     key = next(t.key for t in at.text_input if t.key and "scenario_name" in t.key)
     at.text_input(key=key).set_value("Adults 21+").run()
     ok(at)
     assert at.sidebar.selectbox[0].value == "Adults 21+"
-    ctx_yaml = ui_state.scenario_yaml  # the download's content comes from here
+    ctx_yaml = scenarios.scenario_yaml  # the download's content comes from here
     assert callable(ctx_yaml)
     text = ("scenario: Older adults\nprotocol: KN026-001\nparameters:\n  INCL01:\n    min_age: 30\n"
             "disabled: [EXCL20]\norder: [EXCL09, INCL01]\n")
-    uploader = next(u for u in at.file_uploader if u.key == ui_state.W + "scenario_upload")
+    uploader = next(u for u in at.file_uploader if u.key == session.W + "scenario_upload")
     uploader.set_value(("older.yaml", text.encode(), "application/x-yaml")).run()
     ok(at)
-    assert at.session_state[ui_state.K_ACTIVE] == "Older adults"
-    s = at.session_state[ui_state.K_SCENARIOS]["Older adults"]
+    assert at.session_state[session.K_ACTIVE] == "Older adults"
+    s = at.session_state[session.K_SCENARIOS]["Older adults"]
     assert str(s.overrides["INCL01"]["min_age"]) == "30" and s.disabled == frozenset({"EXCL20"})
-    assert at.session_state[ui_state.K_ORDERS]["Older adults"] == ("manual", ("EXCL09", "INCL01"))
+    assert at.session_state[session.K_ORDERS]["Older adults"] == ("manual", ("EXCL09", "INCL01"))
     assert at.data_editor[0].value["Criterion"].iloc[0] == "EXCL09"
     # a bad file gives a readable error, never a traceback
     bad = "scenario: x\nparameters:\n  INCL01:\n    min_age: 500\n"
-    uploader = next(u for u in at.file_uploader if u.key == ui_state.W + "scenario_upload")
+    uploader = next(u for u in at.file_uploader if u.key == session.W + "scenario_upload")
     uploader.set_value(("bad.yaml", bad.encode(), "application/x-yaml")).run()
     ok(at)
     assert any("outside the allowed range" in e.value for e in at.error)
@@ -273,7 +273,7 @@ def test_absent_columns_make_rules_not_assessable():
     sidebar_radio(at, "Cohort").set_value("upload").run()
     at.sidebar.file_uploader[0].set_value(("partial.csv", df.to_csv(index=False).encode(), "text/csv")).run()
     ok(at)
-    assert at.session_state[ui_state.K_DATA].kind == "upload"
+    assert at.session_state[session.K_DATA].kind == "upload"
     go(at, "pages/cohort.py")
     warnings = " ".join(w.value for w in at.warning)
     assert "not assessable" in warnings and "EXCL11.QTCF" in warnings and "INCL02.HER2" not in warnings
@@ -335,7 +335,7 @@ def test_upload_parquet_and_excel_turn_suppression_on():
     at.sidebar.file_uploader[0].set_value(("c.parquet", buf.getvalue(), "application/octet-stream")).run()
     ok(at)
     assert metrics(at)["Screened"] == "120"
-    assert at.session_state[ui_state.K_SUPPRESS] is True
+    assert at.session_state[session.K_SUPPRESS] is True
     assert at.sidebar.toggle[0].value is True
     xbuf = io.BytesIO()
     small_cohort(80, seed=9).astype(object).where(lambda d: d.notna(), None).to_excel(xbuf, index=False)
@@ -347,15 +347,15 @@ def test_upload_parquet_and_excel_turn_suppression_on():
 def test_generate_a_synthetic_cohort_with_progress():
     at = new_app()
     sidebar_radio(at, "Cohort").set_value("generate").run()
-    at.sidebar.number_input(key=ui_state.W + "gen_n").set_value(3_000)
-    at.sidebar.number_input(key=ui_state.W + "gen_seed").set_value(7)
-    at.sidebar.number_input(key=ui_state.W + "gen_sites").set_value(10)
+    at.sidebar.number_input(key=session.W + "gen_n").set_value(3_000)
+    at.sidebar.number_input(key=session.W + "gen_seed").set_value(7)
+    at.sidebar.number_input(key=session.W + "gen_sites").set_value(10)
     at.sidebar.button[0].click().run()
     ok(at)
     assert metrics(at)["Screened"] == "3,000"
     assert any(p.value == 100 and "Ready" in p.proto.text for p in at.get("progress"))
-    assert at.session_state[ui_state.K_DATA].kind == "generated"
-    assert at.session_state[ui_state.K_SUPPRESS] is False
+    assert at.session_state[session.K_DATA].kind == "generated"
+    assert at.session_state[session.K_SUPPRESS] is False
     sidebar_radio(at, "Cohort").set_value("builtin").run()
     ok(at)
     assert metrics(at)["Screened"] == "20,000"
@@ -367,8 +367,8 @@ def test_generate_a_synthetic_cohort_with_progress():
 def test_patient_filters_and_drill_down():
     at = new_app()
     go(at, "pages/patients.py")
-    at.selectbox(key=ui_state.W + "cond_status").set_value("fails only")
-    at.selectbox(key=ui_state.W + "cond_target").set_value("EXCL09")
+    at.selectbox(key=session.W + "cond_status").set_value("fails only")
+    at.selectbox(key=session.W + "cond_target").set_value("EXCL09")
     next(b for b in at.button if b.label == "Add").click().run()
     ok(at)
     heading = next(m.value for m in at.markdown if m.value.startswith("####"))
@@ -387,14 +387,14 @@ def test_patient_filters_and_drill_down():
     assert ("unresolved_ae_grade" if row["Rule"] == "EXCL09.AE" else "peripheral_neuropathy_grade") \
         in row["Patient's values"]
     # a second condition, an example, and typing another patient ID
-    at.pills(key=ui_state.W + "examples").set_value("unknown on INCL02.HER2").run()
+    at.pills(key=session.W + "examples").set_value("unknown on INCL02.HER2").run()
     ok(at)
-    assert len(at.session_state[ui_state.K_CONDITIONS]) == 2
-    at.text_input(key=ui_state.W + "patient_id_input").set_value("P0000001").run()
+    assert len(at.session_state[session.K_CONDITIONS]) == 2
+    at.text_input(key=session.W + "patient_id_input").set_value("P0000001").run()
     ok(at)
     detail = next(t.value for t in at.table if "Verdict" in t.value.columns)
-    assert at.session_state[ui_state.K_PATIENT] == "P0000001" and len(detail)
-    at.text_input(key=ui_state.W + "patient_id_input").set_value("NOPE").run()
+    assert at.session_state[session.K_PATIENT] == "P0000001" and len(detail)
+    at.text_input(key=session.W + "patient_id_input").set_value("NOPE").run()
     ok(at)
     assert any("No patient with ID" in w.value for w in at.warning)
 
@@ -429,7 +429,7 @@ def test_sites_page_and_suppression():
     assert len(countries) == 5
     # the threshold is configurable
     open_tab(at, "sites", "By site")
-    at.sidebar.number_input(key=ui_state.W + "threshold").set_value(20).run()
+    at.sidebar.number_input(key=session.W + "threshold").set_value(20).run()
     ok(at)
     sites20 = next(d.value for d in at.dataframe if "site" in d.value.columns)
     assert sites20["strict"].isna().sum() >= sites["strict"].isna().sum()
@@ -453,10 +453,10 @@ def test_speed_on_a_million_patients():
     at = AppTest.from_file(APP, default_timeout=900)
     t0 = time.perf_counter()
     at.run()
-    first = {"first_funnel_builtin_server_s": at.session_state[ui_state.K_LAST_RUN],
+    first = {"first_funnel_builtin_server_s": at.session_state[session.K_LAST_RUN],
              "first_funnel_builtin_wall_s": time.perf_counter() - t0}
     sidebar_radio(at, "Cohort").set_value("generate").run()
-    at.sidebar.number_input(key=ui_state.W + "gen_n").set_value(1_000_000)
+    at.sidebar.number_input(key=session.W + "gen_n").set_value(1_000_000)
     t0 = time.perf_counter()
     at.sidebar.button[0].click().run()
     ok(at)
@@ -466,7 +466,7 @@ def test_speed_on_a_million_patients():
     def timed(name, action):
         action()
         ok(at)
-        times.setdefault(name, []).append(at.session_state[ui_state.K_LAST_RUN])
+        times.setdefault(name, []).append(at.session_state[session.K_LAST_RUN])
 
     generate = time.perf_counter() - t0
     for mode in ("restrictive", "protocol", "restrictive", "protocol"):
@@ -476,10 +476,10 @@ def test_speed_on_a_million_patients():
     open_expander(at, "EXCL09")
     for value in (50.0, 45.0, 40.0, 35.0):
         timed("threshold change (criteria page)", lambda v=value: by_key_prefix(
-            at.number_input, ui_state.W + "param.INCL07.CRCL.min@").set_value(v).run())
+            at.number_input, session.W + "param.INCL07.CRCL.min@").set_value(v).run())
     for value in (False, True, False, True):
         timed("toggle a criterion (criteria page)", lambda v=value: by_key_prefix(
-            at.toggle, ui_state.W + "apply.EXCL09@").set_value(v).run())
+            at.toggle, session.W + "apply.EXCL09@").set_value(v).run())
     go(at, "pages/funnel.py")
     for mode in ("restrictive", "protocol", "restrictive", "protocol"):
         timed("reorder after changes (funnel page)", lambda m=mode: at.get("button_group")[0].set_value(m).run())

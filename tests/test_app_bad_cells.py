@@ -14,14 +14,14 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-import ui_state
 from kn026.ingest import edits as E
 from kn026.ingest import mapping as mp
 from tests.app_support import go, ok, open_tab, sidebar_radio
 from tests.test_app import small_cohort
 from tests.test_app_import import _select, _upload_foreign, bundle, choose, foreign_frame, new_app, texts
+from ui import session
 
-W = ui_state.W
+W = session.W
 
 
 def select(at, key: str):
@@ -80,7 +80,7 @@ def test_upload_choices_fix_blank_drop_and_unit_then_load():
     assert not [s for s in at.selectbox if s.key and s.key.startswith(W + "bad.upload.cell.hemoglobin_g_l.")]
     assert not [s for s in at.selectbox if s.key and s.key.startswith(W + "bad.upload.cell.age_years.")]
     assert "its values will be converted from g/dL" in texts(at)
-    chosen = at.session_state[ui_state.K_UPLOAD_EDITS]["edits"]
+    chosen = at.session_state[session.K_UPLOAD_EDITS]["edits"]
     assert set(chosen) == {E.fix("age_years", 4, "44", "forty"), E.blank("age_years"), E.blank("sex", 8, "X"),
                            E.drop("days_since_radiotherapy", 10, "recent"), E.fix("ecog", 15, "1", "7"),
                            E.unit("hemoglobin_g_l", "g/dL")}
@@ -111,11 +111,11 @@ def test_undo_and_new_file_reset_the_choices():
     at = new_app()
     upload(at, bad_upload())
     select(at, W + "bad.upload.column.age_years").set_value("drop").run()
-    assert at.session_state[ui_state.K_UPLOAD_EDITS]["edits"] == [E.drop("age_years")]
+    assert at.session_state[session.K_UPLOAD_EDITS]["edits"] == [E.drop("age_years")]
     undo = next(b for b in at.button if b.label == "Undo")
     undo.click().run()
     ok(at)
-    assert at.session_state[ui_state.K_UPLOAD_EDITS]["edits"] == []
+    assert at.session_state[session.K_UPLOAD_EDITS]["edits"] == []
     select(at, W + "bad.upload.column.age_years").set_value("drop").run()
     other = bad_upload()
     other.loc[0, "patient_id"] = "ANOTHER"
@@ -136,7 +136,7 @@ def test_mapping_wizard_bad_cell_blanked_in_the_preview_then_loaded():
     select(at, W + "bad.mapped.cell.ecog.9").set_value("fix").run()
     at.text_input(key=W + "bad.mapped.text.ecog.9").input("1").run()
     ok(at)
-    m = at.session_state[ui_state.K_MAPPING]
+    m = at.session_state[session.K_MAPPING]
     assert set(m.edits) == {E.blank("hemoglobin_g_l", 4, "n.d."), E.fix("ecog", 9, "1", "unknown?")}
     assert not at.button(key=W + "map_load").disabled
     assert "Your choices (2)" in texts(at) and "1 cell(s) fixed" in texts(at) and "1 cell(s) blanked" in texts(at)
@@ -164,8 +164,8 @@ def test_mapping_wizard_unit_choice_is_the_columns_unit_setting():
     unit = select(at, W + "bad.mapped.unit.hemoglobin_g_l")
     unit.set_value("g/dL").run()
     ok(at)
-    assert at.session_state[ui_state.K_MAPPING].get("hemoglobin_g_l").unit == "g/dL"
-    assert at.session_state[ui_state.K_MAPPING].edits == []
+    assert at.session_state[session.K_MAPPING].get("hemoglobin_g_l").unit == "g/dL"
+    assert at.session_state[session.K_MAPPING].edits == []
     assert "All 60 rows pass" in texts(at)
 
 

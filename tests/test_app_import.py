@@ -26,7 +26,6 @@ import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
-import ui_state
 from kn026.core import analysis
 from kn026.core.custom import CustomRule
 from kn026.core.scenario import Scenario
@@ -36,6 +35,7 @@ from kn026.rules import sandbox
 from tests import app_support
 from tests.app_support import ROOT, go, ok, open_expander, sidebar_radio
 from tests.shared_data import OMOP_SAMPLE
+from ui import session, sources, wizard
 
 TIMEOUT = 180
 FIXTURES = ROOT / "tests" / "fixtures" / "omop"
@@ -71,7 +71,7 @@ def errors(at: AppTest) -> str:
 
 
 def bundle(at: AppTest):
-    return at.session_state[ui_state.K_DATA]
+    return at.session_state[session.K_DATA]
 
 
 def fixture_zip(with_ancestor: bool = False) -> bytes:
@@ -89,16 +89,16 @@ def choose(at: AppTest, source: str) -> AppTest:
     """Pick a source in the sidebar; the wizard sources open the Cohort page's Load data tab."""
     sidebar_radio(at, "Cohort").set_value(source).run()
     ok(at)
-    if source in ui_state.WIZARD_SOURCES:
+    if source in sources.WIZARD_SOURCES:
         assert at.title[0].value == "Cohort"
-        assert at.session_state[ui_state.tab_key("cohort")] == "Load data"
+        assert at.session_state[session.tab_key("cohort")] == "Load data"
     return at
 
 
 def import_omop(at: AppTest, name: str, data: bytes) -> AppTest:
-    uploader(at, ui_state.OMOP_ZIP_KEY).set_value((name, data, "application/zip")).run()
+    uploader(at, sources.OMOP_ZIP_KEY).set_value((name, data, "application/zip")).run()
     ok(at)
-    at.button(key=ui_state.W + "omop_import").click().run()
+    at.button(key=session.W + "omop_import").click().run()
     ok(at)
     return at
 
@@ -158,15 +158,15 @@ def test_builtin_session_connection_is_locked_and_the_app_still_works():
     # threshold change on the Criteria page (re-evaluates one rule on the locked connection)
     go(at, "pages/criteria.py")
     open_expander(at, "INCL07")
-    crcl = next(w for w in at.number_input if w.key and w.key.startswith(ui_state.W + "param.INCL07.CRCL.min@"))
+    crcl = next(w for w in at.number_input if w.key and w.key.startswith(session.W + "param.INCL07.CRCL.min@"))
     crcl.set_value(60.0).run()
     ok(at)
-    assert at.session_state[ui_state.K_ACTIVE] == "My scenario"
+    assert at.session_state[session.K_ACTIVE] == "My scenario"
     go(at, "pages/funnel.py")
     assert at.metric[0].value == "20,000"
     # exports on the locked connection: screening log (own cursor), attrition CSV
     eng = bundle(at).engines[1]
-    log = export.screening_log_csv(eng, at.session_state[ui_state.K_SCENARIOS]["My scenario"])
+    log = export.screening_log_csv(eng, at.session_state[session.K_SCENARIOS]["My scenario"])
     assert log.count(b"\n") == 20_001
     # a custom rule through analysis.engine_for on the locked connection, and in the app
     rule = CustomRule("CUST01", "exclusion", "Haemoglobin below a limit", "hemoglobin_g_l < :limit",
@@ -176,8 +176,8 @@ def test_builtin_session_connection_is_locked_and_the_app_still_works():
     assert "CUST01" in {c.id for c in extended.protocol.criteria}
     plan = analysis.plan(eng, scen)
     assert "CUST01" in plan.ids
-    at.session_state[ui_state.K_SCENARIOS]["With a custom rule"] = scen
-    at.session_state[ui_state.K_ACTIVE] = "With a custom rule"
+    at.session_state[session.K_SCENARIOS]["With a custom rule"] = scen
+    at.session_state[session.K_ACTIVE] = "With a custom rule"
     at.run()
     ok(at)
     assert "With a custom rule" in texts(at)
@@ -187,7 +187,7 @@ def test_builtin_session_connection_is_locked_and_the_app_still_works():
 def test_generated_and_uploaded_connections_are_locked():
     at = new_app()
     sidebar_radio(at, "Cohort").set_value("generate").run()
-    at.sidebar.number_input(key=ui_state.W + "gen_n").set_value(2_000)
+    at.sidebar.number_input(key=session.W + "gen_n").set_value(2_000)
     at.sidebar.button[0].click().run()
     ok(at)
     assert bundle(at).kind == "generated" and bundle(at).cohort.n == 2_000
@@ -210,14 +210,14 @@ def test_omop_zip_upload_imports_the_planted_persons_with_a_report():
     at = new_app()
     choose(at, "omop")
     assert "Import an OMOP CDM (zip)" in texts(at)
-    assert at.button(key=ui_state.W + "omop_import").disabled  # no zip yet
+    assert at.button(key=session.W + "omop_import").disabled  # no zip yet
     import_omop(at, "planted_cdm.zip", fixture_zip())
     b = bundle(at)
     assert b.kind == "omop" and b.cohort.n == 6, texts(at)
     assert_locked(b.con)
-    assert at.session_state[ui_state.K_SUPPRESS]  # uploaded data: suppression on
+    assert at.session_state[session.K_SUPPRESS]  # uploaded data: suppression on
     # the report opens: per dictionary column, patients with a value and the concepts
-    assert at.session_state[ui_state.tab_key("cohort")] == "Import report"
+    assert at.session_state[session.tab_key("cohort")] == "Import report"
     report = b.report
     hb = report.column("hemoglobin_g_l")
     assert hb.status == "derived" and hb.n_value >= 1
@@ -241,9 +241,9 @@ def test_omop_zip_upload_imports_the_planted_persons_with_a_report():
 def test_omop_fixed_index_date_and_lookback_are_used():
     at = new_app()
     choose(at, "omop")
-    at.radio(key=ui_state.W + "omop_index").set_value("fixed").run()
-    at.date_input(key=ui_state.W + "omop_date").set_value(dt.date(2024, 6, 30)).run()
-    at.number_input(key=ui_state.W + "omop_lookback").set_value(10).run()
+    at.radio(key=session.W + "omop_index").set_value("fixed").run()
+    at.date_input(key=session.W + "omop_date").set_value(dt.date(2024, 6, 30)).run()
+    at.number_input(key=session.W + "omop_lookback").set_value(10).run()
     import_omop(at, "planted_cdm.zip", fixture_zip())
     rep = bundle(at).report
     assert rep.index_date == "2024-06-30" and rep.lookback_days == 10
@@ -287,7 +287,7 @@ def test_omop_bad_uploads_are_refused_with_messages():
     import_omop(at, "cdm.zip", PNG)
     assert "cdm.zip is a PNG image, not a .zip of OMOP tables" in errors(at)
     assert bundle(at).kind == "builtin"
-    at.button(key=ui_state.W + "dismiss_import_error").click().run()
+    at.button(key=session.W + "dismiss_import_error").click().run()
     assert "PNG" not in errors(at)
     import_omop(at, "cdm.zip", HTML)
     assert "HTML" in errors(at)
@@ -324,13 +324,13 @@ def test_oversize_uploads_are_refused_by_the_configured_limit(monkeypatch):
 
 
 def _upload_foreign(at: AppTest, frame: pd.DataFrame, name: str = "site_export.csv") -> AppTest:
-    uploader(at, ui_state.MAP_FILE_KEY).set_value((name, frame.to_csv(index=False).encode(), "text/csv")).run()
+    uploader(at, wizard.MAP_FILE_KEY).set_value((name, frame.to_csv(index=False).encode(), "text/csv")).run()
     ok(at)
     return at
 
 
 def _select(at: AppTest, key_part: str):
-    found = [s for s in at.selectbox if s.key and s.key.startswith(ui_state.W + "map." + key_part + "@")]
+    found = [s for s in at.selectbox if s.key and s.key.startswith(session.W + "map." + key_part + "@")]
     assert found, f"no selectbox {key_part}"
     return found[0]
 
@@ -346,7 +346,7 @@ def test_mapping_wizard_loads_a_foreign_csv_with_converted_units():
     choose(at, "mapped")
     frame = foreign_frame()
     _upload_foreign(at, frame)
-    m = at.session_state[ui_state.K_MAPPING]
+    m = at.session_state[session.K_MAPPING]
     assert m.get("hemoglobin_g_l").source == "Hb (g/dL)" and m.get("hemoglobin_g_l").unit == "g/dL"
     assert m.get("sex").source == "Gender" and m.get("creatinine_umol_l").unit == "mg/dL"
     assert m.unmatched == ["Comments"]
@@ -357,7 +357,7 @@ def test_mapping_wizard_loads_a_foreign_csv_with_converted_units():
     # edit: the unit selectbox drives the conversion (g/dL -> g/L is x10; g/L is none)
     _select(at, "unit.hemoglobin_g_l").set_value("g/L").run()
     ok(at)
-    assert at.session_state[ui_state.K_MAPPING].get("hemoglobin_g_l").unit is None
+    assert at.session_state[session.K_MAPPING].get("hemoglobin_g_l").unit is None
     first = frame["Hb (g/dL)"].iloc[0]
     assert preview_value(at, "hemoglobin_g_l") == pytest.approx(first)  # taken as g/L: not converted
     _select(at, "unit.hemoglobin_g_l").set_value("g/dL").run()
@@ -371,14 +371,14 @@ def test_mapping_wizard_loads_a_foreign_csv_with_converted_units():
     problems = next(d.value for d in at.dataframe if "Problem and fix" in d.value.columns)
     assert problems.iloc[0]["Column"] == "hemoglobin_g_l" and problems.iloc[0]["Row"] == 4
     assert problems.iloc[0]["Value"] == "n.d."
-    assert at.button(key=ui_state.W + "map_load").disabled
+    assert at.button(key=session.W + "map_load").disabled
     _upload_foreign(at, frame)
     # a categorical value translated by hand: "male" -> M is suggested; map it explicitly too
     _select(at, "value_target").set_value("sex").run()
     _select(at, "value.sex.male").set_value("M").run()
     ok(at)
-    assert at.session_state[ui_state.K_MAPPING].get("sex").values["male"] == "M"
-    at.button(key=ui_state.W + "map_load").click().run()
+    assert at.session_state[session.K_MAPPING].get("sex").values["male"] == "M"
+    at.button(key=session.W + "map_load").click().run()
     ok(at)
     b = bundle(at)
     assert b.kind == "mapped" and b.cohort.n == 60, errors(at)
@@ -391,7 +391,7 @@ def test_mapping_wizard_loads_a_foreign_csv_with_converted_units():
     assert sexes <= {"F", "M"}
     ihc = {r[0] for r in b.con.execute("SELECT DISTINCT her2_ihc FROM cohort").fetchall()} - {None}
     assert ihc <= {0, 1, 2, 3} and ihc
-    assert at.session_state[ui_state.tab_key("cohort")] == "Import report"
+    assert at.session_state[session.tab_key("cohort")] == "Import report"
     assert "via mapping" in b.label and b.report["file"] == "site_export.csv"
 
 
@@ -401,37 +401,37 @@ def test_mapping_yaml_round_trip_and_unmapping():
     frame = foreign_frame()
     _upload_foreign(at, frame)
     # unmap creatinine and change haemoglobin's unit; download the YAML
-    _select(at, "src.creatinine_umol_l").set_value(ui_state.NOT_MAPPED).run()
+    _select(at, "src.creatinine_umol_l").set_value(wizard.NOT_MAPPED).run()
     ok(at)
-    assert at.session_state[ui_state.K_MAPPING].get("creatinine_umol_l") is None
-    text = at.session_state[ui_state.K_MAPPING].to_yaml()
+    assert at.session_state[session.K_MAPPING].get("creatinine_umol_l") is None
+    text = at.session_state[session.K_MAPPING].to_yaml()
     assert "Creat_mgdl" not in text and "unit: g/dL" in text
     # map it again from "Map more dictionary columns" (lazy: runs only when open)
     assert not [s for s in at.selectbox if s.key and ".src.albumin_g_l@" in s.key]
     open_expander(at, "map_more")
     _select(at, "src.creatinine_umol_l").set_value("Creat_mgdl").run()
     ok(at)
-    again = at.session_state[ui_state.K_MAPPING].get("creatinine_umol_l")
+    again = at.session_state[session.K_MAPPING].get("creatinine_umol_l")
     assert (again.source, again.unit) == ("Creat_mgdl", "mg/dL")  # unit suggested from the header
     # a fresh session: the same file, then the saved mapping
     at2 = new_app()
     choose(at2, "mapped")
     _upload_foreign(at2, frame)
-    assert at2.session_state[ui_state.K_MAPPING].get("creatinine_umol_l") is not None
-    yaml_up = next(u for u in at2.file_uploader if u.key and u.key.startswith(ui_state.W + "map.yaml@"))
+    assert at2.session_state[session.K_MAPPING].get("creatinine_umol_l") is not None
+    yaml_up = next(u for u in at2.file_uploader if u.key and u.key.startswith(session.W + "map.yaml@"))
     yaml_up.set_value(("site.yaml", text.encode(), "application/x-yaml")).run()
     ok(at2)
-    assert at2.session_state[ui_state.K_MAPPING].get("creatinine_umol_l") is None
+    assert at2.session_state[session.K_MAPPING].get("creatinine_umol_l") is None
     assert not [s for s in at2.selectbox if s.key and ".src.creatinine_umol_l@" in s.key]  # not in the mapped list
     assert _select(at2, "src.hemoglobin_g_l").value == "Hb (g/dL)"
     # a mapping made for another layout names the missing columns
     other = text.replace("Hb (g/dL)", "Haemoglobin")
-    yaml_up = next(u for u in at2.file_uploader if u.key and u.key.startswith(ui_state.W + "map.yaml@"))
+    yaml_up = next(u for u in at2.file_uploader if u.key and u.key.startswith(session.W + "map.yaml@"))
     yaml_up.set_value(("other.yaml", other.encode(), "application/x-yaml")).run()
     ok(at2)
     assert "'Haemoglobin' are not in the file" in errors(at2)
     # a PNG named .yaml
-    yaml_up = next(u for u in at2.file_uploader if u.key and u.key.startswith(ui_state.W + "map.yaml@"))
+    yaml_up = next(u for u in at2.file_uploader if u.key and u.key.startswith(session.W + "map.yaml@"))
     yaml_up.set_value(("site.yaml", PNG, "application/x-yaml")).run()
     assert "site.yaml is a PNG image" in errors(at2)
 
@@ -452,12 +452,12 @@ def test_mapping_wizard_asks_before_mapping_qtc_and_egfr():
                           "QTc (ms)": ["452", "430", "471"], "QT (ms)": ["400", "390", "410"],
                           "HR": ["72", "65", "80"], "eGFR (CKD-EPI)": ["58", "90", "44"]})
     _upload_foreign(at, frame, "ecg_export.csv")
-    m = at.session_state[ui_state.K_MAPPING]
+    m = at.session_state[session.K_MAPPING]
     assert m.get("qtcf_ms") is None and m.get("creatinine_clearance_ml_min") is None
     assert m.get("qt_ms").source == "QT (ms)" and m.get("heart_rate_bpm").source == "HR"
     # offered in the grid, not pre-selected, with the reason beside it
-    assert _select(at, "src.qtcf_ms").value == ui_state.NOT_MAPPED
-    assert _select(at, "src.creatinine_clearance_ml_min").value == ui_state.NOT_MAPPED
+    assert _select(at, "src.qtcf_ms").value == wizard.NOT_MAPPED
+    assert _select(at, "src.creatinine_clearance_ml_min").value == wizard.NOT_MAPPED
     warned = _warnings(at)
     assert "“QTc (ms)” looks like `qtcf_ms` but is not mapped without your choice" in warned
     assert "Fridericia" in warned and "Bazett" in warned
@@ -468,19 +468,19 @@ def test_mapping_wizard_asks_before_mapping_qtc_and_egfr():
     # the analyst chooses explicitly: mapped, and the explanation stays in view
     _select(at, "src.qtcf_ms").set_value("QTc (ms)").run()
     ok(at)
-    assert at.session_state[ui_state.K_MAPPING].get("qtcf_ms").source == "QTc (ms)"
+    assert at.session_state[session.K_MAPPING].get("qtcf_ms").source == "QTc (ms)"
     assert "“QTc (ms)” is mapped to `qtcf_ms` by your choice" in _infos(at) and "Fridericia" in _infos(at)
     assert "“QTc (ms)” looks like" not in _warnings(at) and "“eGFR (CKD-EPI)” looks like" in _warnings(at)
     assert preview_value(at, "qtcf_ms") == 452
     # unmapped again: offered again, not mapped
-    _select(at, "src.qtcf_ms").set_value(ui_state.NOT_MAPPED).run()
+    _select(at, "src.qtcf_ms").set_value(wizard.NOT_MAPPED).run()
     ok(at)
-    assert at.session_state[ui_state.K_MAPPING].get("qtcf_ms") is None
+    assert at.session_state[session.K_MAPPING].get("qtcf_ms") is None
     assert "“QTc (ms)” looks like `qtcf_ms`" in _warnings(at)
     # the eGFR by explicit choice too; the download YAML holds only what was chosen
     _select(at, "src.creatinine_clearance_ml_min").set_value("eGFR (CKD-EPI)").run()
     ok(at)
-    text = at.session_state[ui_state.K_MAPPING].to_yaml()
+    text = at.session_state[session.K_MAPPING].to_yaml()
     assert "creatinine_clearance_ml_min:\n    source: eGFR (CKD-EPI)" in text and "qtcf_ms" not in text
     assert "is mapped to `creatinine_clearance_ml_min` by your choice" in _infos(at)
 
@@ -488,14 +488,14 @@ def test_mapping_wizard_asks_before_mapping_qtc_and_egfr():
 def test_mapping_bad_files_are_refused():
     at = new_app()
     choose(at, "mapped")
-    uploader(at, ui_state.MAP_FILE_KEY).set_value(("export.csv", HTML, "text/csv")).run()
+    uploader(at, wizard.MAP_FILE_KEY).set_value(("export.csv", HTML, "text/csv")).run()
     ok(at)
     assert "export.csv looks like an HTML or XML page" in errors(at)
-    assert at.session_state[ui_state.K_MAP_FILE] is None
-    uploader(at, ui_state.MAP_FILE_KEY).set_value(("export.xlsx", PNG, "application/vnd.ms-excel")).run()
+    assert at.session_state[session.K_MAP_FILE] is None
+    uploader(at, wizard.MAP_FILE_KEY).set_value(("export.xlsx", PNG, "application/vnd.ms-excel")).run()
     assert "export.xlsx is a PNG image" in errors(at)
     latin1 = "Patient,Gender\nA1,Féminin\n".encode("latin-1")
-    uploader(at, ui_state.MAP_FILE_KEY).set_value(("latin.csv", latin1, "text/csv")).run()
+    uploader(at, wizard.MAP_FILE_KEY).set_value(("latin.csv", latin1, "text/csv")).run()
     assert "not UTF-8" in errors(at) and "line 2" in errors(at)
     assert bundle(at).kind == "builtin" and not at.exception
 
@@ -519,14 +519,14 @@ def test_renamed_binary_and_html_cohort_uploads_are_refused():
 def test_scenario_upload_is_sniffed():
     at = new_app()
     go(at, "pages/criteria.py")
-    up = uploader(at, ui_state.W + "scenario_upload")
+    up = uploader(at, session.W + "scenario_upload")
     up.set_value(("scenario.yaml", PNG, "application/x-yaml")).run()
     ok(at)
     assert "scenario.yaml is not a usable scenario:** scenario.yaml is a PNG image, not a text file" in errors(at)
-    up = uploader(at, ui_state.W + "scenario_upload")
+    up = uploader(at, session.W + "scenario_upload")
     up.set_value(("scenario.yaml", HTML, "application/x-yaml")).run()
     assert "looks like an HTML or XML page" in errors(at)
-    assert at.session_state[ui_state.K_ACTIVE] == ui_state.PROTOCOL
+    assert at.session_state[session.K_ACTIVE] == session.PROTOCOL
 
 
 def test_mapping_wizard_reads_excel():
@@ -535,12 +535,12 @@ def test_mapping_wizard_reads_excel():
     frame.to_excel(buf, index=False, sheet_name="screening")
     at = new_app()
     choose(at, "mapped")
-    uploader(at, ui_state.MAP_FILE_KEY).set_value(("export.xlsx", buf.getvalue(),
+    uploader(at, wizard.MAP_FILE_KEY).set_value(("export.xlsx", buf.getvalue(),
                                                    "application/vnd.ms-excel")).run()
     ok(at)
-    assert at.session_state[ui_state.K_MAPPING].get("hemoglobin_g_l").unit == "g/dL"
+    assert at.session_state[session.K_MAPPING].get("hemoglobin_g_l").unit == "g/dL"
     assert "All 60 rows pass" in texts(at)
-    at.button(key=ui_state.W + "map_load").click().run()
+    at.button(key=session.W + "map_load").click().run()
     ok(at)
     assert bundle(at).kind == "mapped" and bundle(at).cohort.n == 60
 
@@ -569,40 +569,40 @@ def test_mapping_wizard_asks_the_date_format_of_an_ambiguous_column():
     at = new_app()
     choose(at, "mapped")
     _upload_foreign(at, dated_frame(["05/09/2022", "01/02/2023", "12/11/2022", "03/04/2022"]), "ambiguous.csv")
-    m = at.session_state[ui_state.K_MAPPING]
+    m = at.session_state[session.K_MAPPING]
     assert m.get("screening_date").source == "Date of screening" and m.get("screening_date").date_format is None
     select = _date_select(at, "Date of screening")
-    assert select.value == ui_state.CHOOSE_DATE
-    assert select.options[:3] == [ui_state.CHOOSE_DATE, "dd/mm/yyyy (day first) · reads all 4",
+    assert select.value == wizard.CHOOSE_DATE
+    assert select.options[:3] == [wizard.CHOOSE_DATE, "dd/mm/yyyy (day first) · reads all 4",
                                   "mm/dd/yyyy (month first) · reads all 4"]
     assert "every date reads as dd/mm/yyyy (day first) or mm/dd/yyyy (month first)" in _warnings(at)
     assert "'05/09/2022' in row 1 is 5 Sep 2022 or 9 May 2022" in _warnings(at)
     assert "05/09/2022 → **5 Sep 2022 or 9 May 2022**" in _markdown(at)
     assert "Choose the date format of `screening_date` (file column “Date of screening”)" in _warnings(at)
     assert not errors(at)
-    assert at.button(key=ui_state.W + "map_load").disabled
+    assert at.button(key=session.W + "map_load").disabled
     assert "Dates as read" not in _markdown(at)
     # the analyst chooses day first: the preview reads every value day first
     _date_select(at, "Date of screening").set_value("%d/%m/%Y").run()
     ok(at)
-    assert at.session_state[ui_state.K_MAPPING].get("screening_date").date_format == "%d/%m/%Y"
-    assert not at.button(key=ui_state.W + "map_load").disabled
+    assert at.session_state[session.K_MAPPING].get("screening_date").date_format == "%d/%m/%Y"
+    assert not at.button(key=session.W + "map_load").disabled
     assert "05/09/2022 → **5 Sep 2022**" in _markdown(at)
     assert ("`screening_date` from “Date of screening” read as dd/mm/yyyy (day first): earliest **3 Apr 2022**, "
             "latest **1 Feb 2023** (4 dates)") in _markdown(at)
     assert preview_value(at, "screening_date") == "2022-09-05"
-    assert "    date_format: '%d/%m/%Y'" in at.session_state[ui_state.K_MAPPING].to_yaml()  # the download
+    assert "    date_format: '%d/%m/%Y'" in at.session_state[session.K_MAPPING].to_yaml()  # the download
     # month first instead: other dates, shown at once
     _date_select(at, "Date of screening").set_value("%m/%d/%Y").run()
     ok(at)
     assert "earliest **4 Mar 2022**, latest **2 Jan 2023** (4 dates)" in _markdown(at)
-    at.button(key=ui_state.W + "map_load").click().run()
+    at.button(key=session.W + "map_load").click().run()
     ok(at)
     b = bundle(at)
     assert b.kind == "mapped" and b.cohort.n == 4, errors(at)
     got = dict(b.con.execute("SELECT patient_id, CAST(screening_date AS VARCHAR) FROM cohort").fetchall())
     assert got == {"P001": "2022-05-09", "P002": "2023-01-02", "P003": "2022-12-11", "P004": "2022-03-04"}
-    table = ui_state.mapping_table(b.report["mapping"]).set_index("column")
+    table = sources.mapping_table(b.report["mapping"]).set_index("column")
     assert table.loc["screening_date", "date_format"] == "mm/dd/yyyy (month first): %m/%d/%Y"
 
 
@@ -612,9 +612,9 @@ def test_mapping_wizard_reads_a_day_first_export_day_first_throughout():
     choose(at, "mapped")
     frame = dated_frame(["05/09/2022", "14/09/2022", "01/10/2022", "28/02/2023", "n.k."])
     _upload_foreign(at, frame, "site.csv")
-    assert at.session_state[ui_state.K_MAPPING].get("screening_date").date_format == "%d/%m/%Y"  # proven
+    assert at.session_state[session.K_MAPPING].get("screening_date").date_format == "%d/%m/%Y"  # proven
     select = _date_select(at, "Date of screening")
-    assert select.value == "%d/%m/%Y" and ui_state.CHOOSE_DATE not in select.options
+    assert select.value == "%d/%m/%Y" and wizard.CHOOSE_DATE not in select.options
     captions = "\n".join(c.value for c in at.caption)
     assert "Recognised as dd/mm/yyyy (day first): 2 date(s) have a first number above 12" in captions
     assert "1 value(s) are not dates" in captions
@@ -623,17 +623,17 @@ def test_mapping_wizard_reads_a_day_first_export_day_first_throughout():
     problems = next(d.value for d in at.dataframe if "Problem and fix" in d.value.columns)
     assert problems.iloc[0]["Column"] == "screening_date" and problems.iloc[0]["Row"] == 5
     assert problems.iloc[0]["Value"] == "n.k." and "dd/mm/yyyy" in problems.iloc[0]["Problem and fix"]
-    assert at.button(key=ui_state.W + "map_load").disabled
+    assert at.button(key=session.W + "map_load").disabled
     # the saved mapping carries the format and is reused for the next export
-    text = at.session_state[ui_state.K_MAPPING].to_yaml()
+    text = at.session_state[session.K_MAPPING].to_yaml()
     assert "date_format: '%d/%m/%Y'" in text
     at2 = new_app()
     choose(at2, "mapped")
     _upload_foreign(at2, dated_frame(["05/09/2022", "01/10/2022"]), "next_export.csv")  # ambiguous alone
-    assert _date_select(at2, "Date of screening").value == ui_state.CHOOSE_DATE
-    yaml_up = next(u for u in at2.file_uploader if u.key and u.key.startswith(ui_state.W + "map.yaml@"))
+    assert _date_select(at2, "Date of screening").value == wizard.CHOOSE_DATE
+    yaml_up = next(u for u in at2.file_uploader if u.key and u.key.startswith(session.W + "map.yaml@"))
     yaml_up.set_value(("site.yaml", text.encode(), "application/x-yaml")).run()
     ok(at2)
     assert _date_select(at2, "Date of screening").value == "%d/%m/%Y"
     assert "earliest **5 Sep 2022**, latest **1 Oct 2022** (2 dates)" in _markdown(at2)
-    assert not at2.button(key=ui_state.W + "map_load").disabled
+    assert not at2.button(key=session.W + "map_load").disabled

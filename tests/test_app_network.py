@@ -16,7 +16,6 @@ import pytest
 from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
 from streamlit.testing.v1 import AppTest
 
-import ui_state
 from kn026.base.table import connect
 from kn026.core import analysis
 from kn026.core.criteria import load_protocol
@@ -27,6 +26,7 @@ from kn026.ingest.cohort import load_cohort
 from kn026.scale import federated
 from tests import app_support
 from tests.app_support import metrics, number, ok, open_tab
+from ui import network, session, shell
 
 PAGE = "pages/network.py"
 PROTOCOL = load_protocol()
@@ -40,7 +40,7 @@ def network_page() -> AppTest:
 
 
 def uploader(at: AppTest):
-    return next(u for u in at.file_uploader if u.key and u.key.startswith(ui_state.W + "net.upload."))
+    return next(u for u in at.file_uploader if u.key and u.key.startswith(session.W + "net.upload."))
 
 
 def upload(at: AppTest, files: dict[str, bytes]) -> AppTest:
@@ -106,14 +106,14 @@ def pooled_totals(*parts: pd.DataFrame, stage: int = 1) -> dict:
 
 def test_page_is_registered_last():
     """Network is the advanced page: after the single-cohort pages and Recruitment."""
-    urls = [url for *_, url in ui_state.PAGES]
+    urls = [url for *_, url in shell.PAGES]
     assert urls[-1] == "network" and urls.index("recruitment") > urls.index("sites")
 
 
 def test_share_downloads_this_cohorts_histogram(downloads, tmp_path):
     at = network_page()
     assert "No patient rows" in texts(at.markdown)
-    at.text_input(key=ui_state.W + "net.site").set_value("Klinikum Nord").run()
+    at.text_input(key=session.W + "net.site").set_value("Klinikum Nord").run()
     ok(at)
     name = "kn026_stage1_klinikum_nord_histogram.json"
     assert name in downloads
@@ -125,11 +125,11 @@ def test_share_downloads_this_cohorts_histogram(downloads, tmp_path):
     assert doc["criteria_fingerprint"] in texts(at.code)
     # the file is this cohort's screening: its network of one equals the Funnel page's totals
     res, _ = federated.network_result(*federated.merge_histograms([doc]))
-    ctx_totals = analysis.run(at.session_state[ui_state.K_DATA].engines[1]).totals
+    ctx_totals = analysis.run(at.session_state[session.K_DATA].engines[1]).totals
     assert res.totals == ctx_totals
     # small cells dropped before sharing: rows below k left out, their patients counted in the total
-    at.toggle(key=ui_state.W + "net.share_drop.None").set_value(True).run()
-    at.number_input(key=ui_state.W + "net.share_k.None").set_value(10).run()
+    at.toggle(key=session.W + "net.share_drop.None").set_value(True).run()
+    at.number_input(key=session.W + "net.share_k.None").set_value(10).run()
     ok(at)
     dropped = federated.histogram_from_bytes(downloads[name], name)
     assert dropped["suppression"]["below"] == 10 and dropped["suppression"]["suppressed"] > 0
@@ -138,14 +138,14 @@ def test_share_downloads_this_cohorts_histogram(downloads, tmp_path):
     # the sidebar's small-cell suppression sets the default: on, at its threshold
     at.sidebar.toggle[0].set_value(True).run()
     ok(at)
-    assert at.toggle(key=ui_state.W + "net.share_drop.5").value
+    assert at.toggle(key=session.W + "net.share_drop.5").value
     assert federated.histogram_from_bytes(downloads[name], name)["suppression"]["below"] == 5
 
 
 def test_share_follows_stage_and_scenario_of_the_sidebar(downloads):
     at = network_page()
     next(r for r in at.sidebar.radio if r.label == "Protocol stage").set_value(2).run()
-    at.sidebar.selectbox(key=ui_state.W + "active").set_value("Creatinine clearance >= 50 mL/min "
+    at.sidebar.selectbox(key=session.W + "active").set_value("Creatinine clearance >= 50 mL/min "
                                                                "(other registry version)").run()
     ok(at)
     doc = federated.histogram_from_bytes(downloads["kn026_stage2_my_site_histogram.json"], "x.json")
@@ -232,7 +232,7 @@ def test_malformed_files_are_named_and_left_out(halves):
     assert list(frame(at, "net_files")["Status"]) == ["ok"]
     at.button(key="net_clear").click().run()
     ok(at)
-    assert not at.session_state[ui_state.K_NET_FILES]
+    assert not at.session_state[network.K_NET_FILES]
     assert "net_files" not in {k for k, v in TABLES.items() if any(v in d.value.columns for d in at.dataframe)}
     assert any("Upload the histogram files" in i.value for i in at.info)
 
@@ -242,7 +242,7 @@ def test_session_cohort_joins_the_network_and_mismatches_say_what_to_change(halv
     at = network_page()
     open_tab(at, "network", "Merge site histograms")
     upload(at, {"north.json": site_file(north, "North"), "south.json": site_file(south, "South")})
-    at.toggle(key=ui_state.W + "net.include").set_value(True).run()
+    at.toggle(key=session.W + "net.include").set_value(True).run()
     ok(at)
     assert number(metrics(at)["Screened"]) == 1200 + 20_000
     open_tab(at, "network_result", "Per site")
@@ -256,7 +256,7 @@ def test_session_cohort_joins_the_network_and_mismatches_say_what_to_change(halv
     # ... and so does an empty site name for this session's cohort
     next(r for r in at.sidebar.radio if r.label == "Protocol stage").set_value(1).run()
     assert number(metrics(at)["Screened"]) == 21_200
-    at.session_state[ui_state.K_NET + "site"] = "  "
+    at.session_state[network.K_NET + "site"] = "  "
     at.run()
     ok(at)
     assert "a site name is needed" in texts(at.error)

@@ -14,7 +14,6 @@ import re
 import pytest
 from streamlit.testing.v1 import AppTest
 
-import ui_state
 from kn026.base.table import connect
 from kn026.core import analysis
 from kn026.core.criteria import load_protocol
@@ -26,10 +25,11 @@ from kn026.ingest import synth
 from kn026.ingest.cohort import load_cohort
 from tests import app_support
 from tests.app_support import decode, ok
+from ui import session, shell
 
 PAGE = "pages/recruitment.py"
 TIMEOUT = 180
-W = ui_state.W + "rec."
+W = session.W + "rec."
 READOUT = re.compile(r"median (\d+\.\d) months, 80 % interval (\d+\.\d)-(\d+\.\d) months")
 
 
@@ -73,7 +73,7 @@ def table(at: AppTest, *columns: str):
 def builtin():
     """The built-in cohort's site estimate and stage-1 funnel totals, computed without the app."""
     con = connect()
-    cohort = load_cohort(ui_state.BUILTIN, con)
+    cohort = load_cohort(session.BUILTIN, con)
     totals = analysis.run(Engine(cohort, load_protocol(), 1), Scenario()).totals
     return fc.estimate_sites(rc.cohort_site_frame(cohort)), totals
 
@@ -82,15 +82,15 @@ def builtin():
 
 
 def test_the_page_is_registered_after_sites():
-    paths = [p[0] for p in ui_state.PAGES]
+    paths = [p[0] for p in shell.PAGES]
     assert PAGE in paths and paths.index(PAGE) > paths.index("pages/sites.py")
-    assert dict((p[0], p[3]) for p in ui_state.PAGES)[PAGE] == "recruitment"
+    assert dict((p[0], p[3]) for p in shell.PAGES)[PAGE] == "recruitment"
 
 
 def test_readout_agrees_with_the_model_called_directly(builtin):
     est, totals = builtin
     at = open_page()
-    approach = at.number_input(key=W + f"approach.{at.session_state[ui_state.K_DATA].token}").value
+    approach = at.number_input(key=W + f"approach.{at.session_state[session.K_DATA].token}").value
     share = rc.default_approach(est, synthetic=True)
     assert approach == pytest.approx(100 * share)  # 8.5 %: the generator's 1.2 referrals per site-month
     start, deadline = at.date_input(key=W + "start").value, at.date_input(key=W + "deadline").value
@@ -141,7 +141,7 @@ def test_target_and_uptake_move_the_median_the_right_way():
     set_input(at, "uptake", 50.0)
     slower = median(at)
     assert slower > longer
-    approach = f"approach.{at.session_state[ui_state.K_DATA].token}"
+    approach = f"approach.{at.session_state[session.K_DATA].token}"
     set_input(at, approach, 20.0)
     assert median(at) < slower  # more candidates approached: faster
     assert not at.warning  # 2.8 screened, 0.66 enrolled per site-month: plausible
@@ -181,10 +181,10 @@ def test_no_eligible_patients_says_target_unreachable():
     at = open_page()
     df = synth.generate(200, 3, sites=6)
     df["ecog"] = 3  # everybody fails INCL05
-    at.sidebar.radio(key=ui_state.W + "source").set_value("upload").run()
+    at.sidebar.radio(key=session.W + "source").set_value("upload").run()
     at.sidebar.file_uploader[0].set_value(("all_ecog3.csv", df.to_csv(index=False).encode(), "text/csv")).run()
     ok(at)
-    assert at.session_state[ui_state.K_DATA].kind == "upload"
+    assert at.session_state[session.K_DATA].kind == "upload"
     for bound in ("strict", "optimistic"):
         assert "target unreachable: no eligible patients" in readout(at, bound)
 
@@ -192,12 +192,12 @@ def test_no_eligible_patients_says_target_unreachable():
 def test_uploaded_cohort_defaults_to_full_approach_and_suppresses_small_sites():
     at = open_page()
     df = synth.generate(300, 6, sites=12)  # one site has 3 patients
-    at.sidebar.radio(key=ui_state.W + "source").set_value("upload").run()
+    at.sidebar.radio(key=session.W + "source").set_value("upload").run()
     at.sidebar.file_uploader[0].set_value(("small.csv", df.to_csv(index=False).encode(), "text/csv")).run()
     ok(at)
-    token = at.session_state[ui_state.K_DATA].token
+    token = at.session_state[session.K_DATA].token
     assert at.number_input(key=W + f"approach.{token}").value == 100.0  # a real log is taken as it is
-    assert at.session_state[ui_state.K_SUPPRESS] is True  # on by default for uploads
+    assert at.session_state[session.K_SUPPRESS] is True  # on by default for uploads
     open_tab(at, "Per site")
     sites = table(at, "site", "expected")
     counts = df["site_id"].value_counts()
@@ -251,7 +251,7 @@ def test_strict_policy_forecasts_one_bound():
 def test_cohort_without_site_columns_forecasts_from_inputs():
     at = open_page()
     df = synth.generate(300, 5, sites=12).drop(columns=["site_id", "screening_date"])
-    at.sidebar.radio(key=ui_state.W + "source").set_value("upload").run()
+    at.sidebar.radio(key=session.W + "source").set_value("upload").run()
     at.sidebar.file_uploader[0].set_value(("nosites.csv", df.to_csv(index=False).encode(), "text/csv")).run()
     ok(at)
     assert any("Site rates from inputs: the cohort has no site_id and screening_date" in c.value for c in at.caption)

@@ -12,7 +12,6 @@ import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
-import ui_state
 from kn026.base.table import connect
 from kn026.core import analysis, custom
 from kn026.core.criteria import load_protocol
@@ -21,6 +20,7 @@ from kn026.core.scenario import Scenario, parse_scenario
 from kn026.ingest.cohort import load_cohort
 from tests import app_support
 from tests.app_support import go, number, ok, open_expander, open_tab
+from ui import session
 
 TIMEOUT = 180
 PROTOCOL = load_protocol()
@@ -34,7 +34,7 @@ NEW_RULE = dict(id="HB100", kind="inclusion", text="Haemoglobin at least 100 g/L
 @pytest.fixture(scope="module")
 def engine() -> Engine:
     """The built-in cohort screened by kn026 directly (the app loads the same file)."""
-    return Engine(load_cohort(str(ui_state.BUILTIN), connect()), PROTOCOL, 1)
+    return Engine(load_cohort(str(session.BUILTIN), connect()), PROTOCOL, 1)
 
 
 def criteria_page() -> AppTest:
@@ -50,7 +50,7 @@ def click(at: AppTest, label: str) -> AppTest:
 
 
 def field(at: AppTest, form: str, name: str):
-    key = ui_state.W + f"rule.{form}.{name}@"
+    key = session.W + f"rule.{form}.{name}@"
     for widgets in (at.text_input, at.text_area, at.selectbox, at.button_group):
         for w in widgets:
             if w.key and w.key.startswith(key):
@@ -88,8 +88,8 @@ def expected_totals(engine: Engine, scenario: Scenario) -> dict[str, int]:
 
 def stored(at: AppTest) -> Scenario:
     """The active scenario as the session keeps it."""
-    name = at.session_state[ui_state.K_ACTIVE]
-    return at.session_state[ui_state.K_SCENARIOS][name] if name != ui_state.PROTOCOL else Scenario()
+    name = at.session_state[session.K_ACTIVE]
+    return at.session_state[session.K_SCENARIOS][name] if name != session.PROTOCOL else Scenario()
 
 
 def funnel_tab(at: AppTest, label: str) -> AppTest:
@@ -124,7 +124,7 @@ def test_crcl50_rewrite_and_a_new_rule_match_kn026(engine):
     assert field(at, "replace", "rule").value == "INCL07.CRCL"
     assert "crcl_if_female >= 50" in field(at, "replace", "sql").value
     click(at, "Rewrite rule")
-    assert at.session_state[ui_state.K_ACTIVE] == "My scenario"  # the protocol never changes
+    assert at.session_state[session.K_ACTIVE] == "My scenario"  # the protocol never changes
     assert stored(at).replace == {"INCL07.CRCL": custom.EXAMPLE_REPLACE[1]}
     by_param = expected_totals(engine, Scenario("p", overrides={"INCL07.CRCL": {"min": 50}}))
     assert totals_of(at) == by_param == expected_totals(engine, crcl50_scenario())
@@ -175,10 +175,10 @@ def test_crcl50_rewrite_and_a_new_rule_match_kn026(engine):
 
     # the Patients page filters on them and shows them in one patient's rule-by-rule verdicts
     go(at, "pages/patients.py", "Patients")
-    targets = at.selectbox(key=ui_state.W + "cond_target").options
+    targets = at.selectbox(key=session.W + "cond_target").options
     assert any(t.startswith("CUST01") for t in targets) and any(t.startswith("HB100") for t in targets)
-    at.selectbox(key=ui_state.W + "cond_status").set_value("fails only")
-    at.selectbox(key=ui_state.W + "cond_target").set_value("CUST01")
+    at.selectbox(key=session.W + "cond_status").set_value("fails only")
+    at.selectbox(key=session.W + "cond_target").set_value("CUST01")
     click(at, "Add")
     heading = next(m.value for m in at.markdown if m.value.startswith("####"))
     assert int(heading.split()[1].replace(",", "")) == int(exp.loc["CUST01", "unique"]) > 0
@@ -192,7 +192,7 @@ def test_crcl50_rewrite_and_a_new_rule_match_kn026(engine):
     text = stored(at).to_yaml(PROTOCOL)
     assert parse_scenario(text, PROTOCOL).custom == scen.custom
     again = criteria_page()
-    uploader = next(u for u in again.file_uploader if u.key == ui_state.W + "scenario_upload")
+    uploader = next(u for u in again.file_uploader if u.key == session.W + "scenario_upload")
     uploader.set_value(("rules.yaml", text.encode(), "application/x-yaml")).run()
     ok(again)
     assert stored(again).custom == scen.custom and stored(again).replace == scen.replace
@@ -238,8 +238,8 @@ def test_twelve_custom_criteria_beyond_one_mask_word(engine):
     assert (int(got.loc["CUST12", "failed"]), int(got.loc["CUST12", "unknown"])) == last and last[0] > 0
 
     go(at, "pages/patients.py", "Patients")
-    at.selectbox(key=ui_state.W + "cond_status").set_value("fails")
-    at.selectbox(key=ui_state.W + "cond_target").set_value("CUST12")
+    at.selectbox(key=session.W + "cond_status").set_value("fails")
+    at.selectbox(key=session.W + "cond_target").set_value("CUST12")
     click(at, "Add")
     heading = next(m.value for m in at.markdown if m.value.startswith("####"))
     assert int(heading.split()[1].replace(",", "")) == last[0]
@@ -253,7 +253,7 @@ def test_changing_a_rule_recomputes_and_removing_restores(engine):
     assert first == expected_totals(engine, Scenario("x", custom=(new_rule(NEW_RULE),)))
     # its parameter is a threshold like any other: a number box in its expander
     open_expander(at, "HB100")
-    box = next(n for n in at.number_input if n.key and n.key.startswith(ui_state.W + "param.HB100.min_hb@"))
+    box = next(n for n in at.number_input if n.key and n.key.startswith(session.W + "param.HB100.min_hb@"))
     box.set_value(110).run()
     ok(at)
     tuned = Scenario("x", overrides={"HB100": {"min_hb": 110}}, custom=(new_rule(NEW_RULE),))
@@ -325,16 +325,16 @@ def test_hostile_text_is_refused_with_the_token_and_changes_nothing(engine, text
     line, marks = pointer[0].split("\n")  # the text as typed, carets under the offending token
     col = marks.index("^")
     assert line == text and marks.strip() == "^" * len(token) and text[col:col + len(token)] == token
-    assert at.session_state[ui_state.K_ACTIVE] == ui_state.PROTOCOL  # no scenario was started
-    assert "My scenario" not in at.session_state[ui_state.K_SCENARIOS]
+    assert at.session_state[session.K_ACTIVE] == session.PROTOCOL  # no scenario was started
+    assert "My scenario" not in at.session_state[session.K_SCENARIOS]
     assert totals_of(at) == before == expected_totals(engine, Scenario())
     assert field(at, "add", "sql").value == text  # kept for fixing
     # the same text as a rewrite is refused too, and the session still holds its cohort
     field(at, "replace", "sql").set_value(text)
     click(at, "Rewrite rule")
     assert any("Not rewritten; nothing changed." in e for e in errors(at))
-    assert at.session_state[ui_state.K_ACTIVE] == ui_state.PROTOCOL and totals_of(at) == before
-    bundle = at.session_state[ui_state.K_DATA]
+    assert at.session_state[session.K_ACTIVE] == session.PROTOCOL and totals_of(at) == before
+    bundle = at.session_state[session.K_DATA]
     assert bundle.con.execute("SELECT count(*) FROM cohort").fetchone()[0] == 20_000
 
 
@@ -348,15 +348,15 @@ def test_bad_definitions_are_explained(engine):
     assert any("min_hb" in e for e in errors(at))
     fill_new_rule(at, dict(NEW_RULE, sql="sex > 5", params=""))  # a type error, pointed at
     assert any("cannot compare" in e for e in errors(at))
-    assert at.session_state[ui_state.K_ACTIVE] == ui_state.PROTOCOL
+    assert at.session_state[session.K_ACTIVE] == session.PROTOCOL
     # a scenario file with a hostile rule is refused as a whole, with the reason
     text = ("scenario: sneaky\ncustom:\n  - id: CUST01\n    kind: exclusion\n"
             "    sql: \"glob('/home/*') IS NULL\"\n")
-    uploader = next(u for u in at.file_uploader if u.key == ui_state.W + "scenario_upload")
+    uploader = next(u for u in at.file_uploader if u.key == session.W + "scenario_upload")
     uploader.set_value(("sneaky.yaml", text.encode(), "application/x-yaml")).run()
     ok(at)
     assert any("glob is not an allowed function" in e for e in errors(at))
-    assert "sneaky" not in at.session_state[ui_state.K_SCENARIOS]
+    assert "sneaky" not in at.session_state[session.K_SCENARIOS]
     # and a good rule afterwards clears the message
     fill_new_rule(at, NEW_RULE)
     assert not any("Not added" in e for e in errors(at)) and [c.id for c in stored(at).custom] == ["HB100"]
@@ -368,7 +368,7 @@ def test_a_rule_the_new_cohort_cannot_screen_is_left_out_with_a_warning(engine):
     fill_new_rule(at, rule)
     assert [c.id for c in stored(at).custom] == ["WT"]
     # a cohort without weight_kg: the rule cannot run; pages still work and say why
-    frame_ = pd.read_parquet(ui_state.BUILTIN).head(400).drop(columns=["weight_kg"])
+    frame_ = pd.read_parquet(session.BUILTIN).head(400).drop(columns=["weight_kg"])
     next(r for r in at.sidebar.radio if r.label == "Cohort").set_value("upload").run()
     ok(at)
     buf = frame_.to_csv(index=False).encode()

@@ -231,13 +231,18 @@ def test_column_help_lists_what_a_rule_may_use():
 
 def test_extended_engines_are_bounded_and_reused(engine):
     """Each scenario with analyst rules gets an extended engine with its own masks once used;
-    only the most recent few are kept."""
+    the caller's cache keeps only the most recent few, and nothing is cached on the engine."""
     scenarios = [Scenario(f"s{i}", custom=(custom.CustomRule("CUST01", "exclusion", "x", f"age_years <= {60 + i}"),))
                  for i in range(analysis.EXTENDED_KEEP + 2)]
-    first = analysis.engine_for(engine, scenarios[0])
-    assert analysis.engine_for(engine, scenarios[0]) is first
+    cache = analysis.Extensions()
+    first = analysis.engine_for(engine, scenarios[0], cache)
+    assert analysis.engine_for(engine, scenarios[0], cache) is first
+    assert analysis.engine_for(first, scenarios[0]) is first  # already extended for these rules
+    assert first.rules_key == analysis.rules_key(scenarios[0]) and engine.rules_key is None
+    assert analysis.engine_for(engine, scenarios[0]) is not first  # no cache given: made anew
     for s in scenarios:
-        analysis.run(engine, s)
-    assert len(engine._extended) == analysis.EXTENDED_KEEP
-    assert analysis.engine_for(engine, scenarios[0]) is not first  # dropped, made again
-    assert analysis.engine_for(engine, scenarios[-1]) is analysis.engine_for(engine, scenarios[-1])
+        analysis.run(analysis.engine_for(engine, s, cache), s)
+    assert len(cache) == analysis.EXTENDED_KEEP
+    assert not hasattr(engine, "_extended") and not hasattr(first, "_scenario_key")
+    assert analysis.engine_for(engine, scenarios[0], cache) is not first  # dropped, made again
+    assert analysis.engine_for(engine, scenarios[-1], cache) is analysis.engine_for(engine, scenarios[-1], cache)

@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 from kn026.base.table import connect
+from kn026.cli import histogram as histogram_cli
 from kn026.cli.main import main as cli_main
 from kn026.core import analysis
 from kn026.core.criteria import DEFAULT_PROTOCOL, load_protocol
@@ -148,13 +149,13 @@ def test_version_1_files_are_refused_with_what_to_do(tmp_path, pooled):
     # the exported query's result: version 1 had columns f, u, n
     (tmp_path / "rows.csv").write_text("f,u,n\n0,0,5\n")
     with pytest.raises(federated.FederatedError, match=r"^\S*rows.csv: columns f, u, n .*older kn026 \(rows version 1\).*f0, f1, u0, u1, n"):
-        federated.main_histogram(_histogram_args(tmp_path / "rows.csv", tmp_path / "x.json"))
+        histogram_cli.main_histogram(_histogram_args(tmp_path / "rows.csv", tmp_path / "x.json"))
     (tmp_path / "rows.csv").write_text("f0,u0,f1,u1,f2,u2,n\n0,0,0,0,0,0,5\n")  # 67 rules: two words
     with pytest.raises(federated.FederatedError, match="f2, u2 are more mask words"):
-        federated.main_histogram(_histogram_args(tmp_path / "rows.csv", tmp_path / "x.json"))
+        histogram_cli.main_histogram(_histogram_args(tmp_path / "rows.csv", tmp_path / "x.json"))
     (tmp_path / "rows.csv").write_text("u0,n\n0,5\n")
     with pytest.raises(federated.FederatedError, match="f0, f1, u1 missing"):
-        federated.main_histogram(_histogram_args(tmp_path / "rows.csv", tmp_path / "x.json"))
+        histogram_cli.main_histogram(_histogram_args(tmp_path / "rows.csv", tmp_path / "x.json"))
     assert not (tmp_path / "x.json").exists()
 
 
@@ -210,7 +211,7 @@ def test_64_analyst_criteria_from_exported_query_rows(pooled, wide, tmp_path):
     rows.to_csv(tmp_path / "rows.csv", index=False)
     scen = tmp_path / "wide.yaml"
     scen.write_text(wide.to_yaml(PROTOCOL))
-    assert federated.main_histogram(_histogram_args(tmp_path / "rows.csv", tmp_path / "rows.json", str(scen))) == 0
+    assert histogram_cli.main_histogram(_histogram_args(tmp_path / "rows.csv", tmp_path / "rows.json", str(scen))) == 0
     engine = analysis.engine_for(Engine(cohort, PROTOCOL, 1), wide)
     want = federated.export_histogram(engine.histogram(wide.overrides), engine, wide, "A")
     got = federated.read_histogram(tmp_path / "rows.json")

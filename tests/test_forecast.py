@@ -17,6 +17,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from kn026.cli import forecast as fcli
+from kn026.forecast import charts as fcharts
 from kn026.forecast import model as fc
 
 START = dt.date(2025, 1, 1)
@@ -425,12 +427,12 @@ def test_compare_fractions_uses_common_random_numbers():
 def test_figures_are_plain_plotly():
     res = fc.forecast(_sites(), 0.3, target=150, start=START, n_sims=1000, label="Protocol")
     other = fc.forecast(_sites(), 0.36, target=150, start=START, n_sims=1000, label="Scenario")
-    fig = fc.fan_chart(res, other=other, deadline="2026-01-01")
+    fig = fcharts.fan_chart(res, other=other, deadline="2026-01-01")
     assert isinstance(fig, go.Figure)
     names = [t.name for t in fig.data]
     assert "Protocol: median" in names and "Scenario: median" in names
     assert "Protocol: 80 % band" in names
-    bars = fc.site_contribution_chart(res)
+    bars = fcharts.site_contribution_chart(res)
     assert isinstance(bars, go.Figure)
     assert sum(len(t.y) for t in bars.data) == res.sites.n_sites
     source = Path(fc.__file__).read_text()
@@ -442,7 +444,7 @@ def test_figures_are_plain_plotly():
 # ---------------------------------------------------------------------------
 def _parser():
     parser = argparse.ArgumentParser(prog="kn026")
-    fc.add_cli(parser.add_subparsers(dest="command", required=True))
+    fcli.add_cli(parser.add_subparsers(dest="command", required=True))
     return parser
 
 
@@ -458,7 +460,7 @@ def test_cli_json_from_cohort_sites(synth_csv, capsys):
     args = _parser().parse_args(["forecast", "--cohort", str(synth_csv), "--stage", "2", "--target", "200",
                                  "--start", "2026-01-01", "--deadline", "2026-04-01", "--n-sims", "2000",
                                  "--scenario", "data/scenario_crcl50.yaml", "--json", "--ramp", "1"])
-    assert fc.main_forecast(args) == 0
+    assert fcli.main_forecast(args) == 0
     doc = json.loads(capsys.readouterr().out)
     assert doc["sites"]["source"] == "cohort" and doc["sites"]["n"] == 12
     for bound in ("strict", "optimistic"):
@@ -472,7 +474,7 @@ def test_cli_text_with_input_sites(synth_csv, capsys):
     args = _parser().parse_args(["forecast", "--cohort", str(synth_csv), "--stage", "1", "--sites", "8",
                                  "--mean-rate", "3", "--cv", "0.5", "--start", "2026-01-01",
                                  "--deadline", "2026-06-01", "--n-sims", "1000", "--seed", "3"])
-    assert fc.main_forecast(args) == 0
+    assert fcli.main_forecast(args) == 0
     out = capsys.readouterr().out
     assert "strict" in out and "optimistic" in out and "median" in out and "80 % interval" in out
 
@@ -483,7 +485,7 @@ def test_cli_approach_share_thins_the_estimated_rates(synth_csv, capsys):
             "--json"]
     docs = {}
     for a in ("1", "0.25"):
-        assert fc.main_forecast(_parser().parse_args([*base, "--approach", a])) == 0
+        assert fcli.main_forecast(_parser().parse_args([*base, "--approach", a])) == 0
         docs[a] = json.loads(capsys.readouterr().out)
     full, quarter = docs["1"], docs["0.25"]
     assert quarter["approach"] == 0.25
@@ -507,7 +509,7 @@ def test_cli_approach_share_thins_the_estimated_rates(synth_csv, capsys):
 def test_cli_bad_arguments(synth_csv, argv, message):
     args = _parser().parse_args(["forecast", "--cohort", str(synth_csv), "--stage", "2", *argv])
     with pytest.raises(ValueError, match=message):
-        fc.main_forecast(args)
+        fcli.main_forecast(args)
 
 
 def test_cli_cohort_without_sites_or_eligible_patients(tmp_path):
@@ -515,6 +517,6 @@ def test_cli_cohort_without_sites_or_eligible_patients(tmp_path):
     pd.DataFrame({"patient_id": ["a", "b", "c"], "age_years": [15, 16, 17]}).to_csv(path, index=False)
     base = ["forecast", "--cohort", str(path), "--stage", "2", "--start", "2026-01-01"]
     with pytest.raises(ValueError, match="has no screening_date or site_id column"):
-        fc.main_forecast(_parser().parse_args(base))
+        fcli.main_forecast(_parser().parse_args(base))
     with pytest.raises(ValueError, match="target unreachable: no eligible patients"):
-        fc.main_forecast(_parser().parse_args([*base, "--sites", "5", "--mean-rate", "2"]))
+        fcli.main_forecast(_parser().parse_args([*base, "--sites", "5", "--mean-rate", "2"]))

@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kn026.base import schema
+from kn026.cli import importing
 from kn026.ingest import date_formats, mapped
 from kn026.ingest import mapping as mp
 from kn026.ingest.cohort import load_cohort
@@ -305,7 +306,7 @@ def test_read_table_csv_semicolon_excel_and_parquet(tmp_path):
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kn026-test")
-    mp.add_cli(parser.add_subparsers(dest="command", required=True))
+    importing.add_cli(parser.add_subparsers(dest="command", required=True))
     return parser
 
 

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from sqlglot import exp
 
 from kn026.base.table import connect
+from kn026.cli import sql as sql_cli
 from kn026.core import funnel as fm
 from kn026.core.criteria import build_protocol, load_protocol
 from kn026.core.custom import CustomRule
@@ -347,7 +348,7 @@ def test_fingerprints_follow_the_question():
 def run_cli(argv) -> tuple[int, str]:
     parser = argparse.ArgumentParser()
     sub = parser.add_subparsers(dest="command", required=True)
-    portable.add_cli(sub)
+    sql_cli.add_cli(sub)
     args = parser.parse_args(argv)
     out = io.StringIO()
     with contextlib.redirect_stdout(out):

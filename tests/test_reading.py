@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from kn026.base.table import COHORT_DB, connect
+from kn026.cli import common
 from kn026.cli import main as cli
 from kn026.ingest import loading, reader
 from kn026.ingest.cohort import load_cohort
@@ -153,13 +154,13 @@ def test_command_line_progress_on_a_terminal_only(monkeypatch, capsys):
 
 def test_terminal_progress_draws_one_line_and_throttles():
     out = _Terminal()
-    bar = cli.TerminalProgress(out, interval=60)
+    bar = common.TerminalProgress(out, interval=60)
     bar(0.25, "reading x")
     bar(0.3, "reading y")  # within the interval: skipped
     bar(1.0, "done")  # the end is always shown
     bar.close()
     assert out.getvalue() == ("\r[#####...............] reading x\x1b[K\r[####################] done\x1b[K\r\x1b[K")
-    assert cli.TerminalProgress.for_stream(io.StringIO()) is None
+    assert common.TerminalProgress.for_stream(io.StringIO()) is None
 
 
 @pytest.mark.parametrize("case", ["every_kind", "every_kind_bad", "wide_domains", "guard_values", "guard_hb_gdl",

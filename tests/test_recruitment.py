@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from kn026.base.table import connect
+from kn026.forecast import charts as fcharts
 from kn026.forecast import model as fc
 from kn026.forecast import recruitment as rc
 from kn026.ingest import synth
@@ -210,5 +211,5 @@ def test_summary_and_comparison_tables():
 
 def test_site_contribution_chart_orders_bars_by_size():
     res = fc.forecast(_sites(), 0.3, target=100, start=START, n_sims=500)
-    fig = fc.site_contribution_chart(res)
+    fig = fcharts.site_contribution_chart(res)
     assert fig.layout.yaxis.categoryorder == "total ascending"  # largest on top, whatever the country

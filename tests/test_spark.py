@@ -17,6 +17,7 @@ if shutil.which("java") is None:  # pragma: no cover - Java is on the machine im
     pytest.skip("Spark needs Java 17+", allow_module_level=True)
 
 from kn026.base.table import connect
+from kn026.cli import engines
 from kn026.core import analysis
 from kn026.core.criteria import load_protocol  # noqa: E402
 from kn026.core.engine import Engine  # noqa: E402
@@ -119,14 +120,14 @@ def test_engine_option_helpers():
     import argparse
 
     parser = argparse.ArgumentParser()
-    kspark.add_cli_engine_option(parser)
+    engines.add_cli_engine_option(parser)
     args = parser.parse_args(["--engine", "spark"])
     assert args.engine == "spark" and args.spark_master == "local[*]"
     args.cohort, args.stage = "cohort.csv", 1
     with pytest.raises(ValueError, match="Parquet"):
-        kspark.engine_from_args(args, PROTOCOL)
+        engines.engine_from_args(args, PROTOCOL)
     args.engine = "duckdb"
-    assert kspark.engine_from_args(args, PROTOCOL) is None
+    assert engines.engine_from_args(args, PROTOCOL) is None
 
 
 def test_unreadable_path_is_a_clear_error(spark, tmp_path):

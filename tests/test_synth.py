@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 
 from kn026.base import schema
 from kn026.base import table as table_mod
+from kn026.cli import synth as synth_cli
 from kn026.ingest import synth
 
 N = 50_000
@@ -219,7 +220,7 @@ def test_write_rejects_bad_arguments_without_leaving_files(tmp_path):
 def test_cli(tmp_path, capsys):
     parser = argparse.ArgumentParser()
     sub = parser.add_subparsers(dest="command")
-    synth.add_cli(sub)
+    synth_cli.add_cli(sub)
     out = tmp_path / "cli.parquet"
     sites_out = tmp_path / "sites.csv"
     args = parser.parse_args(["synth", "--n", "2000", "--seed", "5", "--sites", "7",
@@ -232,7 +233,7 @@ def test_cli(tmp_path, capsys):
     assert len(pd.read_csv(sites_out)) == 7
     bad = parser.parse_args(["synth", "--n", "10", "--seed", "1", "--out",
                              str(tmp_path / "x.txt")])
-    assert synth.main_synth(bad) == 2
+    assert synth_cli.main_synth(bad) == 2
     assert "csv or .parquet" in capsys.readouterr().err
 
 

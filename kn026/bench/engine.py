@@ -360,7 +360,7 @@ def whole_process(path: Path, repeat: int) -> dict:
 def upload_to_funnel(n: int) -> dict:
     """The app's upload path, server side, in this (fresh) process: CSV bytes to the first funnel.
 
-    What ui_state does for an upload: `loading.load_upload` (sniff, read, validate, store),
+    What the app (ui/sources.py) does for an upload: `loading.load_upload` (sniff, read, validate, store),
     `loading.seal`, then the engine's first full evaluation and the funnel page's result.
     """
     from kn026.ingest import loading

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
+from pathlib import Path
+
+from kn026.core.criteria import Protocol
+from kn026.scale.spark import DEFAULT_MASTER, spark_engine
 
 
 def add_cli_engine_option(parser: argparse.ArgumentParser) -> None:

@@ -7,11 +7,12 @@ import datetime as _dt
 import json
 import math
 import sys
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
+
+from kn026.forecast.model import compare_fractions, eligible_fractions, forecast, sites_needed
+from kn026.forecast.sites import SiteInputs, estimate_sites, to_date
 
 DAYS_PER_MONTH = 365.25 / 12
 DEFAULT_TARGET = 286  # NCT05427383 registry estimate of the enrolment target
@@ -89,7 +90,7 @@ def main_forecast(args) -> int:
     scenario = load_scenario(args.scenario, protocol) if args.scenario else None
     con = connect()
     con.execute("SET enable_progress_bar = false")
-    from kn026.cli.main import load_for
+    from kn026.cli.common import load_for
 
     cohort = load_for(args, con)  # progress on a terminal
     engine = Engine(cohort, protocol, args.stage)

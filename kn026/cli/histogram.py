@@ -2,6 +2,16 @@
 
 from __future__ import annotations
 
+import csv
+import re
+import sys
+from pathlib import Path
+
+from kn026.core import analysis
+from kn026.core.criteria import load_protocol
+from kn026.core.scenario import Scenario, load_scenario
+from kn026.scale.federated import FederatedError, export_histogram, write_histogram
+from kn026.scale.portable import ROWS_VERSION, histogram_from_rows, mask_columns
 
 
 def add_cli(subparsers) -> None:
@@ -97,7 +107,7 @@ def main_histogram(args) -> int:
 
             con = connect()
             con.execute("SET enable_progress_bar = false")
-            from kn026.cli.main import load_for
+            from kn026.cli.common import load_for
 
             engine = Engine(load_for(args, con), protocol, args.stage)  # progress on a terminal
         engine = analysis.engine_for(engine, scenario)  # with the scenario's custom criteria

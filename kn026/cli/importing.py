@@ -55,7 +55,7 @@ def _check_loads(frame) -> None:
 
 
 def cmd_import(args) -> int:
-    from kn026.cli import main as cli
+    from kn026.cli import common as cli
 
     if (getattr(args, "on_bad_value", None) or "error") != "error" and not args.mapping:
         raise ValueError("--on-bad-value applies to --mapping; the OMOP and SDTM importers write no bad value")

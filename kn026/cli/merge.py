@@ -2,6 +2,17 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
+from kn026.cli.common import jsonable, print_tables
+from kn026.scale.federated import (
+    merge_histograms,
+    network_histogram,
+    network_result,
+    read_histogram,
+    write_histogram,
+)
 
 
 def add_cli(subparsers) -> None:
@@ -18,7 +29,6 @@ def add_cli(subparsers) -> None:
 
 
 def main_merge(args) -> int:
-    from kn026.cli.main import jsonable, print_tables  # the command line's own text and JSON forms
 
     docs = [read_histogram(path) for path in args.files]
     hist, meta = merge_histograms(docs)

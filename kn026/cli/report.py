@@ -36,7 +36,7 @@ def add_cli(subparsers) -> None:
 
 
 def main_report(args) -> int:
-    from kn026.cli.main import _close, _engine, _ids
+    from kn026.cli.common import close_progress, engine_and_scenario, ids
     from kn026.core import analysis
 
     out = Path(args.out)
@@ -50,12 +50,12 @@ def main_report(args) -> int:
     k = suppression.threshold(args.suppress_below)
     if not 0 < args.approach <= 100:
         raise ValueError(f"--approach must be a percentage above 0 and at most 100, not {args.approach:g}")
-    order = _ids(args.order)
+    order = ids(args.order)
     twice = sorted({cid for cid in order if order.count(cid) > 1})
     if twice:
         raise ValueError(f"--order lists {', '.join(twice)} more than once; name each criterion once")
-    engine, scenario = _engine(args)
-    disabled = _ids(args.disable)
+    engine, scenario = engine_and_scenario(args)
+    disabled = ids(args.disable)
     screened = analysis.engine_for(engine, scenario)
     known = {c.id for c in screened.protocol.criteria} | set(screened.protocol.rule_ids())
     for cid in disabled:
@@ -70,7 +70,7 @@ def main_report(args) -> int:
                                recruitment=Plan(approach=args.approach / 100))
     rep = report.build(engine, scenario, settings, Path(args.cohort).name)
     data = report.render(rep, fmt)
-    _close(getattr(args, "progress", None))
+    close_progress(getattr(args, "progress", None))
     out.write_bytes(data)
     hidden = rep.published.n_hidden
     print(f"{rep.title}: {len(rep.sections)} tables, "

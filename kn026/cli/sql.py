@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
+
+from kn026.core.criteria import load_protocol
+from kn026.core.scenario import Scenario, load_scenario
+from kn026.scale.portable import DIALECTS, _present, screening
 
 
 def _columns_arg(text: str | None) -> frozenset[str] | None:

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import argparse
+import datetime as _dt
+import sys
+import time
+
+from kn026.ingest.synth import DEFAULT_MONTHS, DEFAULT_SITES, DEFAULT_START, generate_sites, write
 
 
 def add_cli(subparsers) -> argparse.ArgumentParser:

@@ -22,25 +22,58 @@ ORDERS = ("protocol", "most restrictive first")
 EXTENDED_KEEP = 4  # extended engines (scenarios with analyst rules) kept per engine, least recent dropped
 
 
-def engine_for(engine: Engine, scenario: Scenario | None) -> Engine:
-    """The engine screening `scenario`: `engine` itself, or one extended with the
-    scenario's custom criteria and rewritten rules (cached; reuses the patient pass)."""
+def rules_key(scenario: Scenario | None) -> str | None:
+    """The identity of a scenario's analyst rules (custom criteria and rewritten rules);
+    None when it has none and the stage's own engine screens it."""
     if scenario is None or (not scenario.custom and not scenario.replace):
+        return None
+    return repr(([c.to_doc() for c in scenario.custom], sorted(scenario.replace.items())))
+
+
+class Extensions:
+    """Engines extended with scenarios' analyst rules, for one base engine: the `keep`
+    most recently used are kept (each holds its own per-patient masks once used).
+
+    The caller owns it (the app: one per loaded cohort and stage), so nothing is cached
+    on the engines themselves and the bound is explicit.
+    """
+
+    def __init__(self, keep: int = EXTENDED_KEEP):
+        self.keep = keep
+        self._engines: OrderedDict[str, Engine] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._engines)
+
+    def get(self, key: str, make):
+        """The engine for rules `key`, made by `make()` when not kept."""
+        if key in self._engines:
+            self._engines.move_to_end(key)
+            return self._engines[key]
+        engine = make()
+        self._engines[key] = engine
+        while len(self._engines) > self.keep:
+            self._engines.popitem(last=False)
         return engine
-    key = repr(([c.to_doc() for c in scenario.custom], sorted(scenario.replace.items())))
-    if getattr(engine, "_scenario_key", None) == key:
-        return engine  # already extended for this scenario
-    cache = engine.__dict__.setdefault("_extended", OrderedDict())
-    if key in cache:
-        cache.move_to_end(key)
-    else:
+
+
+def engine_for(engine: Engine, scenario: Scenario | None, cache: Extensions | None = None) -> Engine:
+    """The engine screening `scenario`: `engine` itself, or one extended with the
+    scenario's custom criteria and rewritten rules (reuses the patient pass).
+
+    An engine already extended for these rules (its `rules_key`) is returned as is;
+    `cache`, when given, keeps the extended engines of `engine` for reuse.
+    """
+    key = rules_key(scenario)
+    if key is None or engine.rules_key == key:
+        return engine
+
+    def make():
         protocol, changed = custom.extend(engine.protocol, engine.cohort, list(scenario.custom),
                                           scenario.replace)
-        cache[key] = engine.with_protocol(protocol, changed, untrusted=changed)
-        cache[key]._scenario_key = key
-        while len(cache) > EXTENDED_KEEP:  # each holds its own per-patient masks once used
-            cache.popitem(last=False)
-    return cache[key]
+        return engine.with_protocol(protocol, changed, untrusted=changed, rules_key=key)
+
+    return make() if cache is None else cache.get(key, make)
 
 
 @dataclass(frozen=True)

@@ -114,7 +114,7 @@ class Engine:
     """Screening of one cohort for one protocol stage; caches histograms per scenario."""
 
     def __init__(self, cohort: Cohort, protocol: Protocol, stage: int,
-                 untrusted: frozenset[str] = frozenset()):
+                 untrusted: frozenset[str] = frozenset(), rules_key: str | None = None):
         if stage not in protocol.stages:
             raise ValueError(f"stage {stage} is not a stage of {protocol.name}; "
                              f"choose one of {sorted(protocol.stages)}")
@@ -131,9 +131,10 @@ class Engine:
         self._masks_stored = False
         self._sites: tuple[np.ndarray, tuple[str, ...]] | None = None
         self.untrusted = frozenset(untrusted)  # analyst-written rules (see kn026.core.custom)
+        self.rules_key = rules_key  # the analyst rules this engine adds (kn026.core.analysis.rules_key)
         self._pending: frozenset[str] = frozenset()  # rules newer than the masks (see with_protocol)
 
-    def with_protocol(self, protocol: Protocol, changed, untrusted=frozenset()) -> Engine:
+    def with_protocol(self, protocol: Protocol, changed, untrusted=frozenset(), rules_key=None) -> Engine:
         """An engine for `protocol` that reuses this engine's pass over the patients.
 
         `protocol` must keep this engine's rules in the same order (same bits) and may
@@ -142,7 +143,7 @@ class Engine:
         own copy of the masks (widened if the new rules need more words), so later
         threshold changes cost what they cost without them.
         """
-        other = Engine(self.cohort, protocol, self.stage, frozenset(untrusted))
+        other = Engine(self.cohort, protocol, self.stage, frozenset(untrusted), rules_key)
         if [r.id for r in other.rules[:len(self.rules)]] != [r.id for r in self.rules]:
             raise ValueError("the extended protocol must keep the original rules in order")
         self._ready()

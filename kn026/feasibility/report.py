@@ -65,7 +65,7 @@ def build(engine: Engine, scenario: Scenario | None = None, settings: Settings |
     labels = {c.id: patients.criterion_label(c, stage) for c in protocol.criteria}
     kinds = {c.id: c.kind for c in protocol.criteria}
     texts = {c.id: c.text for c in protocol.criteria}
-    res = analysis.run(engine, scenario, list(settings.order) or None)
+    res = analysis.run(screened_engine, scenario, list(settings.order) or None)
     n = int(res.totals["screened"])
 
     wb = Workbook(settings.k)

@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-import argparse
-import datetime as _dt
-import json
-import math
-import sys
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
-
 import numpy as np
 import pandas as pd
+
+from kn026.forecast.model import ForecastResult
+from kn026.forecast.sites import to_date
 
 DAYS_PER_MONTH = 365.25 / 12
 DEFAULT_TARGET = 286  # NCT05427383 registry estimate of the enrolment target

@@ -29,16 +29,24 @@ numbers. Figures are pure plotly; this module never imports streamlit.
 
 from __future__ import annotations
 
-import argparse
 import datetime as _dt
-import json
 import math
-import sys
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Mapping
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+
+from kn026.forecast.sites import (
+    SiteInputs,
+    _fraction,
+    _months,
+    date_after,
+    months_between,
+    ramp_integral,
+    ramp_level,
+    to_date,
+)
 
 DAYS_PER_MONTH = 365.25 / 12
 DEFAULT_TARGET = 286  # NCT05427383 registry estimate of the enrolment target

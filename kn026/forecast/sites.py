@@ -5,11 +5,8 @@ The inputs of the Poisson-Gamma forecast (kn026.forecast.model; formulas in docs
 
 from __future__ import annotations
 
-import argparse
 import datetime as _dt
-import json
 import math
-import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 

@@ -483,14 +483,36 @@ def _load(con, src, chunk, chunks, raw: str, table: str, max_examples: int, prog
     except BaseException:
         con.execute(f"DROP TABLE IF EXISTS {plan.staging}")
         raise
-    _drop_named(con, table)
-    con.execute(f"ALTER TABLE {plan.staging} RENAME TO {q(table)}")
-    if plan.compressed:  # compress, and name it in the default catalog for every cursor
-        con.execute(f"CHECKPOINT {COHORT_DB}")
-        con.execute(f"CREATE OR REPLACE VIEW {q(table)} AS SELECT * FROM {COHORT_DB}.main.{q(table)}")
+    _publish(con, plan.staging, table, plan.compressed)
     _report(progress, 1.0, f"loaded {n:,} patients")
     return Cohort(con, table, n, frozenset(c.name for c in plan.present), tuple(plan.extra), source=src.label,
                   changes=tuple(changes))
+
+
+def _publish(con, staging: str, table: str, compressed: bool) -> None:
+    """Make the stored `staging` table the cohort `table`, replacing the old one; a table in the
+    compressed database is checkpointed and named by a view in the default catalog."""
+    _drop_named(con, table)
+    con.execute(f"ALTER TABLE {staging} RENAME TO {q(table)}")
+    if compressed:  # compress, and name it in the default catalog for every cursor
+        con.execute(f"CHECKPOINT {COHORT_DB}")
+        con.execute(f"CREATE OR REPLACE VIEW {q(table)} AS SELECT * FROM {COHORT_DB}.main.{q(table)}")
+
+
+def adopt(con: duckdb.DuckDBPyConnection, arrow: pa.Table, present, extra, source: str = "",
+          table: str = "cohort", compress: bool = True) -> Cohort:
+    """An already validated cohort (an Arrow table of a `load_cohort` result, with its `present`
+    and `extra` columns) stored in `con` the way `load_cohort` stores one, without checking it again."""
+    compressed = bool(compress) and con.execute(
+        "SELECT count(*) FROM duckdb_databases() WHERE database_name = ?", [COHORT_DB]).fetchall()[0][0] > 0
+    staging = f"{COHORT_DB + '.main.' if compressed else ''}{q('_load_' + table)}"
+    con.register("_adopt", arrow)
+    try:
+        con.execute(f"CREATE OR REPLACE TABLE {staging} AS SELECT * FROM _adopt")
+    finally:
+        con.unregister("_adopt")
+    _publish(con, staging, table, compressed)
+    return Cohort(con, table, arrow.num_rows, frozenset(present), tuple(extra), source=source)
 
 
 # ----------------------------------------------------------------------------- the analyst's edits

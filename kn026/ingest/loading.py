@@ -1,6 +1,6 @@
 """A session's cohort, from uploaded bytes to a locked-down DuckDB connection (no Streamlit).
 
-The app (ui_state.py) calls these for every data source. Each returns a new private
+The app (ui/sources.py) calls these for every data source. Each returns a new private
 in-memory connection holding the validated cohort; the caller installs it in the
 session and then calls `seal`, which locks the connection down (kn026.rules.sandbox):
 memory and thread limits, no file or network access, no extensions, no spilling to

@@ -26,9 +26,7 @@ Pure numpy / pandas / pyarrow; no Python loop over patients.
 
 from __future__ import annotations
 
-import argparse
 import datetime as _dt
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path

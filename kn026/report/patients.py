@@ -366,6 +366,12 @@ def cohort_facts(engine: Engine) -> dict:
     return out
 
 
+def site_ids(engine: Engine) -> list:
+    """The cohort's site IDs, sorted (the Patients page's site filter)."""
+    return [r[0] for r in engine.con.execute(
+        f"SELECT DISTINCT site_id FROM {q(engine.cohort.table)} WHERE site_id IS NOT NULL ORDER BY site_id").fetchall()]
+
+
 
 def completeness(engine: Engine) -> pd.DataFrame:
     """Per dictionary column: present or absent, missing values, and the rules that use it."""

@@ -53,10 +53,8 @@ per-criterion table and the per-site breakdown from it exactly as for one cohort
 
 from __future__ import annotations
 
-import csv
 import json
 import re
-import sys
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -68,16 +66,13 @@ import numpy as np
 from kn026.base import masks as mw
 from kn026.core import analysis
 from kn026.core import funnel as fm
-from kn026.core.criteria import Protocol, format_number, load_protocol
+from kn026.core.criteria import Protocol, format_number
 from kn026.core.funnel import Histogram
-from kn026.core.scenario import Scenario, load_scenario
+from kn026.core.scenario import Scenario
 from kn026.scale.portable import (
     NO_SITE,
-    ROWS_VERSION,
     criteria_fingerprint,
     effective_overrides,
-    histogram_from_rows,
-    mask_columns,
     scenario_fingerprint,
     stage_rules,
 )

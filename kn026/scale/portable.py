@@ -61,7 +61,6 @@ and absent optional columns (ULNs, overrides) read as NULL, as in the engine.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 from collections.abc import Callable, Iterable
@@ -76,10 +75,10 @@ from sqlglot import exp
 
 from kn026.base import masks as mw
 from kn026.base import schema
-from kn026.core.criteria import CriteriaError, Protocol, Rule, format_number, load_protocol, parse_predicate
+from kn026.core.criteria import CriteriaError, Protocol, Rule, format_number, parse_predicate
 from kn026.core.engine import compile_rule, missing_columns
 from kn026.core.funnel import Histogram
-from kn026.core.scenario import Scenario, load_scenario
+from kn026.core.scenario import Scenario
 from kn026.scale import pgsql
 
 DIALECTS = ("spark", "postgres", "bigquery", "snowflake", "trino", "duckdb")
@@ -545,9 +544,11 @@ class QueryEngine:
 
     def __init__(self, protocol: Protocol, stage: int, present: Iterable[str] | None,
                  run: Callable[[str, bool], Histogram], dialect: str = "duckdb",
-                 table: str = "cohort", source: str = "", untrusted: Iterable[str] = ()):
+                 table: str = "cohort", source: str = "", untrusted: Iterable[str] = (),
+                 rules_key: str | None = None):
         self.protocol, self.stage, self.dialect, self.table = protocol, stage, dialect, table
         self.untrusted = frozenset(untrusted)  # analyst-written rules (see kn026.core.custom)
+        self.rules_key = rules_key  # the analyst rules this engine adds (kn026.core.analysis.rules_key)
         self.rules = stage_rules(protocol, stage)
         self.bit = {r.id: j for j, r in enumerate(self.rules)}
         self.cohort = CohortInfo(_present(present), None, table, source)
@@ -556,12 +557,12 @@ class QueryEngine:
         self._run = run
         self._cache: dict = {}
 
-    def with_protocol(self, protocol: Protocol, changed=(), untrusted=()) -> QueryEngine:
+    def with_protocol(self, protocol: Protocol, changed=(), untrusted=(), rules_key=None) -> QueryEngine:
         """The same data screened with another protocol (a scenario's custom criteria and
         rewritten rules, see :func:`kn026.core.analysis.engine_for`); `changed` is unused here:
         the emitted query evaluates every rule anew."""
         other = QueryEngine(protocol, self.stage, self.cohort.present, self._run, self.dialect,
-                            self.table, self.cohort.source, untrusted)
+                            self.table, self.cohort.source, untrusted, rules_key)
         other.cohort.n = self.cohort.n
         return other
 

@@ -20,7 +20,6 @@ module works without it, calling it raises a clear error.
 
 from __future__ import annotations
 
-import argparse
 import os
 import tempfile
 import warnings
