@@ -11,7 +11,7 @@ import streamlit as st
 from kn026.core import custom
 from kn026.core.criteria import format_number
 from kn026.report import patients
-from kn026.rules import rulecheck
+from kn026.rules import grammar, rulecheck
 from ui import components, results, rules, scenarios, session, shell
 from ui import criteria as page
 
@@ -300,7 +300,7 @@ if help_box.open:
                 "`=` `<>` `!=` `<` `<=` `>` `>=`; `AND` `OR` `NOT`; `+` `-` `*` `/`; parentheses; "
                 "`CASE WHEN … THEN … ELSE … END`; `IS [NOT] NULL`; `[NOT] IN (values)`; "
                 "`[NOT] BETWEEN … AND …`.\n\n"
-                "**Functions**: " + ", ".join(f"`{f}`" for f in rulecheck.ALLOWED_FUNCTIONS) + ".\n\n"
+                "**Functions**: " + ", ".join(f"`{f}`" for f in grammar.ALLOWED_FUNCTIONS) + ".\n\n"
                 "**Refused**, with the position: other functions (file readers, settings), subqueries, "
                 "several statements (`;`), comments, casts, `LIKE`, table names.")
         with g2:

@@ -21,6 +21,7 @@ from kn026.core.engine import Engine
 from kn026.core.scenario import Scenario
 from kn026.forecast import model as fc
 from kn026.forecast import recruitment as rc
+from kn026.forecast import sites as fsites
 from kn026.ingest import synth
 from kn026.ingest.cohort import load_cohort
 from tests import app_support
@@ -75,7 +76,7 @@ def builtin():
     con = connect()
     cohort = load_cohort(session.BUILTIN, con)
     totals = analysis.run(Engine(cohort, load_protocol(), 1), Scenario()).totals
-    return fc.estimate_sites(rc.cohort_site_frame(cohort)), totals
+    return fsites.estimate_sites(rc.cohort_site_frame(cohort)), totals
 
 
 # --------------------------------------------------------------------------- tests

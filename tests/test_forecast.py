@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from kn026.cli import forecast as fcli
 from kn026.forecast import charts as fcharts
 from kn026.forecast import model as fc
+from kn026.forecast import sites as fsites
 
 START = dt.date(2025, 1, 1)
 
@@ -175,7 +176,7 @@ def test_intervals_calibrated_when_rates_are_estimated_from_history():
     p, u, target = 0.3, 0.85, 80
     for r in range(reps):
         frame, truth, end = _history(rng, k=15, mean=2.0, span_days=365)
-        sites = fc.estimate_sites(frame)
+        sites = fsites.estimate_sites(frame)
         # a short fan chart horizon: only the time-to-target quantiles are checked here
         res = fc.forecast(sites, p, u, target=target, start=START, n_sims=1000, seed=r, horizon_months=1)
         rate = p * u * truth.loc[list(sites.site_id)].sum()
@@ -198,8 +199,8 @@ def test_estimated_site_rates_cover_known_rates(with_activation):
     hits80 = hits95 = total = 0
     for _ in range(5):
         frame, truth, end = _history(rng, k=60, with_activation=with_activation)
-        s80 = fc.estimate_sites(frame, as_of=end)
-        s95 = fc.estimate_sites(frame, as_of=end, level=0.95)
+        s80 = fsites.estimate_sites(frame, as_of=end)
+        s95 = fsites.estimate_sites(frame, as_of=end, level=0.95)
         t80 = s80.table.set_index("site_id").join(truth)
         t95 = s95.table.set_index("site_id").join(truth)
         hits80 += int(((t80.rate_lo <= t80.true_rate) & (t80.true_rate <= t80.rate_hi)).sum())
@@ -218,13 +219,13 @@ def test_prior_fit_recovers_known_gamma():
     t = rng.uniform(3, 24, size=400)
     k = rng.poisson(rng.gamma(shape, mean / shape, size=400) * t)
     for method in ("ml", "mom"):
-        alpha, beta, how = fc.fit_gamma_prior(k, t, method)
+        alpha, beta, how = fsites.fit_gamma_prior(k, t, method)
         assert 1.4 <= alpha <= 2.9, (method, alpha)
         assert 3.5 <= alpha / beta <= 4.5, (method, alpha / beta)
         assert "empirical-Bayes" in how
     # identical sites: no detectable heterogeneity -> alpha capped at the total events
     k_same = rng.poisson(3.0 * t)
-    alpha, beta, _ = fc.fit_gamma_prior(k_same, t)
+    alpha, beta, _ = fsites.fit_gamma_prior(k_same, t)
     assert alpha <= k_same.sum() + 1e-6 and alpha > 50
 
 
@@ -233,7 +234,7 @@ def test_estimate_from_synth_cohort_covers_true_site_rates():
     if "return_sites" not in synth.generate.__code__.co_varnames:
         pytest.skip("kn026.ingest.synth does not expose its true site rates")
     df, true = synth.generate(8000, 3, sites=40, return_sites=True)
-    s = fc.estimate_sites(df[["site_id", "country", "screening_date"]], level=0.95)
+    s = fsites.estimate_sites(df[["site_id", "country", "screening_date"]], level=0.95)
     tab = s.table.merge(true[["site_id", "rate_per_month"]], on="site_id")
     assert len(tab) == 40
     inside = (tab.rate_lo <= tab.rate_per_month) & (tab.rate_per_month <= tab.rate_hi)
@@ -244,14 +245,14 @@ def test_estimate_from_synth_cohort_covers_true_site_rates():
 
 def test_estimate_sites_input_checks_and_single_site():
     with pytest.raises(ValueError, match="needs columns site_id and screening_date; missing: screening_date"):
-        fc.estimate_sites(pd.DataFrame({"site_id": ["A"]}))
+        fsites.estimate_sites(pd.DataFrame({"site_id": ["A"]}))
     with pytest.raises(ValueError, match="not dates"):
-        fc.estimate_sites(pd.DataFrame({"site_id": ["A"], "screening_date": ["soon"]}))
+        fsites.estimate_sites(pd.DataFrame({"site_id": ["A"], "screening_date": ["soon"]}))
     with pytest.raises(ValueError, match="no screenings"):
-        fc.estimate_sites(pd.DataFrame({"site_id": [None], "screening_date": ["2024-01-01"]}))
+        fsites.estimate_sites(pd.DataFrame({"site_id": [None], "screening_date": ["2024-01-01"]}))
     one = pd.DataFrame({"site_id": ["A"] * 13,
                         "screening_date": pd.date_range("2024-01-01", periods=13, freq="28D")})
-    s = fc.estimate_sites(one)
+    s = fsites.estimate_sites(one)
     assert s.n_sites == 1 and "reference prior" in s.note
     # 12 events after the first over 12 * 28 + 0.5 days
     assert s.table.loc[0, "events"] == 12
@@ -259,16 +260,16 @@ def test_estimate_sites_input_checks_and_single_site():
     res = fc.forecast(s, 0.5, target=20, start=START, n_sims=2000)
     assert np.isfinite(res.median) and res.median > 0
     # as_of cuts the history
-    s_cut = fc.estimate_sites(one, as_of="2024-03-01")
+    s_cut = fsites.estimate_sites(one, as_of="2024-03-01")
     assert s_cut.table.loc[0, "screened"] == 3
     # a known activation date: all 13 screenings count, exposure from that date
-    s_act = fc.estimate_sites(one, activation_dates={"A": "2023-12-01"})
+    s_act = fsites.estimate_sites(one, activation_dates={"A": "2023-12-01"})
     last = one["screening_date"].max()
     days = (last - pd.Timestamp("2023-12-01")).days + 1
     assert s_act.table.loc[0, "events"] == 13 and bool(s_act.table.loc[0, "activation_known"])
     assert s_act.table.loc[0, "exposure_months"] == pytest.approx(days / fc.DAYS_PER_MONTH)
     with pytest.raises(ValueError, match="unknown site"):
-        fc.estimate_sites(one, activation_dates={"B": "2023-12-01"})
+        fsites.estimate_sites(one, activation_dates={"B": "2023-12-01"})
 
 
 # ---------------------------------------------------------------------------
@@ -493,7 +494,7 @@ def test_cli_approach_share_thins_the_estimated_rates(synth_csv, capsys):
     assert "25.0% of candidates approached" in quarter["sites"]["note"]
     f = full["bounds"]["strict"]["eligible_fraction"]
     frame = pd.read_csv(synth_csv, usecols=["site_id", "screening_date", "country"])
-    direct = fc.forecast(fc.estimate_sites(frame), 0.25 * f, target=fc.DEFAULT_TARGET, start="2026-01-01",
+    direct = fc.forecast(fsites.estimate_sites(frame), 0.25 * f, target=fc.DEFAULT_TARGET, start="2026-01-01",
                          n_sims=1000, fraction_screened=full["screened"])
     assert quarter["bounds"]["strict"]["median_months"] == pytest.approx(direct.median, rel=0.02)
     assert quarter["bounds"]["strict"]["median_months"] > 3 * full["bounds"]["strict"]["median_months"]

@@ -13,6 +13,7 @@ from kn026.base.table import connect
 from kn026.forecast import charts as fcharts
 from kn026.forecast import model as fc
 from kn026.forecast import recruitment as rc
+from kn026.forecast import sites as fsites
 from kn026.ingest import synth
 from kn026.ingest.cohort import load_cohort
 
@@ -34,7 +35,7 @@ def _plan(**kw) -> rc.Plan:
 def synthetic():
     """A synthetic cohort (30 sites, 36 months) and its site estimate."""
     frame = synth.generate(6000, 4, sites=30)
-    return frame, fc.estimate_sites(frame[["site_id", "screening_date", "country"]])
+    return frame, fsites.estimate_sites(frame[["site_id", "screening_date", "country"]])
 
 
 # --------------------------------------------------------------------------- approach share

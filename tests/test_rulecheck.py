@@ -23,8 +23,8 @@ from kn026.base.table import COHORT_DB, connect
 from kn026.core.criteria import load_protocol
 from kn026.ingest.cohort import load_cohort
 from kn026.rules import sandbox
+from kn026.rules.grammar import ALLOWED_FUNCTIONS
 from kn026.rules.rulecheck import (
-    ALLOWED_FUNCTIONS,
     CheckedRule,
     RuleError,
     bind,

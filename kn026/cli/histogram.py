@@ -98,7 +98,7 @@ def main_histogram(args) -> int:
     else:
         engine = None
         if args.engine == "spark":
-            from kn026.scale.spark import engine_from_args
+            from kn026.cli.engines import engine_from_args
 
             engine = engine_from_args(args, protocol)
         if engine is None:

@@ -24,6 +24,7 @@ from kn026.core.engine import Engine
 from kn026.core.scenario import Scenario
 from kn026.feasibility.document import Report, Section, Settings
 from kn026.forecast import recruitment as rc
+from kn026.forecast import sites as fsites
 from kn026.report import export, patients, published
 from kn026.report.workbook import Published, Table, Workbook
 
@@ -150,10 +151,9 @@ def recruitment_forecast(engine: Engine, attrition: Table, plan: rc.Plan) -> tup
     frame = rc.cohort_site_frame(engine.cohort)
     if frame is None or frame.empty:
         return None, {}
-    from kn026.forecast import model as fc
 
     try:
-        sites = rc.build_sites(plan, fc.estimate_sites(frame))
+        sites = rc.build_sites(plan, fsites.estimate_sites(frame))
     except ValueError:
         return None, {}
     last = attrition.masked().iloc[-1]
