@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from kn026.forecast import model as fc
-from kn026.ingest.synth import DEFAULT_MEAN_RATE as SYNTHETIC_REFERRAL_RATE
+from kn026.ingest.synth_params import DEFAULT_MEAN_RATE as SYNTHETIC_REFERRAL_RATE
 from kn026.report import suppression
 
 BOUNDS = ("strict", "optimistic")
@@ -104,7 +104,7 @@ def approached(sites: fc.SiteInputs, share: float) -> fc.SiteInputs:
 
 def default_approach(sites: fc.SiteInputs, synthetic: bool) -> float:
     """1 for real screening data; for a synthetic cohort, the share that brings the mean site
-    back to the generator's unscaled referral rate (`synth.DEFAULT_MEAN_RATE` per month),
+    back to the generator's unscaled referral rate (`synth_params.DEFAULT_MEAN_RATE` per month),
     rounded to 0.1 %."""
     if not synthetic or sites.prior_mean <= SYNTHETIC_REFERRAL_RATE:
         return 1.0
