@@ -28,7 +28,15 @@ import pandas as pd
 from kn026 import analysis, schema
 from kn026 import funnel as fm
 from kn026.cohort import q
-from kn026.criteria import FILTER_STATUSES, CategoryChart, Measure, Rule, format_number, names_in, parse_predicate
+from kn026.criteria import (
+    FILTER_STATUSES,
+    CategoryChart,
+    Measure,
+    Rule,
+    format_number,
+    names_in,
+    parse_predicate,
+)
 from kn026.engine import Engine, compile_rule, mask_columns, meets_sql, row_masks
 from kn026.scenario import Scenario
 
