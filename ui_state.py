@@ -1606,7 +1606,8 @@ def replace_form(stage: int) -> str:
     pick, sql = rule_field("replace", "rule"), rule_field("replace", "sql")
     choices = replace_choices(stage)
     if ss.get(pick) not in choices:
-        ss[pick] = custom.EXAMPLE_REPLACE[0] if custom.EXAMPLE_REPLACE[0] in choices else choices[0]
+        example = protocol().examples.replace
+        ss[pick] = example[0] if example and example[0] in choices else choices[0]
         ss.pop(sql, None)
     if sql not in ss:
         ss[sql] = custom.expression_for_edit(protocol(), active_scenario().replace, ss[pick], stage)
@@ -1622,8 +1623,8 @@ def pick_replace_rule(stage: int) -> None:
 
 
 def example_replace_rule() -> None:
-    """Button callback: fill the rewrite form with the clearance >= 50 mL/min example."""
-    rid, sql = custom.EXAMPLE_REPLACE
+    """Button callback: fill the rewrite form with the protocol file's rewrite example."""
+    rid, sql = protocol().examples.replace
     st.session_state[rule_field("replace", "rule")] = rid
     st.session_state[rule_field("replace", "sql")] = sql
     st.session_state[K_RULE_ERROR] = None
@@ -2229,7 +2230,7 @@ def add_condition(status_key: str, target_key: str) -> None:
 
 
 def add_example(key: str) -> None:
-    """Widget callback: an example filter ("fails only EXCL09") was picked."""
+    """Widget callback: an example filter of the protocol file ("fails only X") was picked."""
     value = st.session_state.get(key)
     if value:
         status, target = str(value).rsplit(" ", 1)
