@@ -15,9 +15,9 @@ import sys
 import time
 from pathlib import Path
 
-from kn026 import analysis
+from kn026 import analysis, protocol_files
 from kn026.cohort import CohortError, connect, load_cohort
-from kn026.criteria import CriteriaError, load_protocol
+from kn026.criteria import CriteriaError
 from kn026.engine import Engine
 from kn026.scenario import Scenario, load_scenario
 from kn026.spark import SparkUnavailable
@@ -29,13 +29,12 @@ def _ids(text: str | None) -> list[str]:
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cohort", required=True, help="cohort file: CSV, Parquet or Excel")
-    p.add_argument("--stage", type=int, choices=(1, 2), required=True, help="protocol stage")
+    protocol_files.add_options(p)
     p.add_argument("--scenario", help="scenario YAML (threshold overrides, disabled criteria)")
-    p.add_argument("--protocol", help="criteria file (default: KN026-001)")
 
 
 def _engine(args) -> tuple[Engine, Scenario]:
-    protocol = load_protocol(args.protocol)
+    protocol = protocol_files.for_args(args)  # --stage checked against its stages
     scenario = load_scenario(args.scenario, protocol) if args.scenario else Scenario()
     from kn026.spark import engine_from_args
 

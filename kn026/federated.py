@@ -68,7 +68,7 @@ import numpy as np
 from kn026 import analysis
 from kn026 import funnel as fm
 from kn026 import masks as mw
-from kn026.criteria import Protocol, format_number, load_protocol
+from kn026.criteria import Protocol, format_number
 from kn026.funnel import Histogram
 from kn026.portable import (
     NO_SITE,
@@ -568,9 +568,10 @@ def add_cli(subparsers) -> None:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--cohort", help="cohort file: CSV, Parquet or Excel")
     src.add_argument("--rows", help="CSV with columns f0,..,u0,..,n: the result of the `sql` query")
-    p.add_argument("--stage", type=int, required=True, help="protocol stage")
+    from kn026 import protocol_files
+
+    protocol_files.add_options(p)
     p.add_argument("--scenario", help="scenario YAML")
-    p.add_argument("--protocol", help="criteria file (default: KN026-001)")
     p.add_argument("--site", required=True, help="this site's name as shown in the network funnel")
     p.add_argument("--out", required=True, help="output .json path")
     p.add_argument("--suppress-below", type=int, default=None, metavar="K",
@@ -633,7 +634,9 @@ def main_histogram(args) -> int:
     out = Path(args.out)
     if out.suffix.lower() != ".json":
         raise ValueError(f"--out {out} must end in .json")
-    protocol = load_protocol(args.protocol)
+    from kn026 import protocol_files
+
+    protocol = protocol_files.for_args(args)  # --stage checked against its stages
     scenario = load_scenario(args.scenario, protocol) if args.scenario else Scenario()
     if args.rows:
         from kn026.portable import screening

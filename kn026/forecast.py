@@ -41,7 +41,7 @@ import numpy as np
 import pandas as pd
 
 DAYS_PER_MONTH = 365.25 / 12
-DEFAULT_TARGET = 286  # NCT05427383 registry estimate of the enrolment target
+BENCH_TARGET = 200  # patients to enrol in the timing benchmark only (a protocol's target is in its file)
 DEFAULT_UPTAKE = 0.85
 DEFAULT_CV = 0.8  # between-site coefficient of variation of rates when none is given
 DEFAULT_SIMS = 10_000
@@ -770,6 +770,9 @@ def _d(x) -> str:
 def _check_common(eligible_fraction, uptake, target, enrolled, n_sims) -> tuple[float, float, int, int, int]:
     f = _fraction(eligible_fraction)
     u = _fraction(uptake, "uptake")
+    if target is None:
+        raise ValueError("give the enrolment target (patients to enrol); a protocol file declares its own "
+                         "under `enrollment:`")
     for name, v in (("target", target), ("enrolled", enrolled), ("n_sims", n_sims)):
         if isinstance(v, bool) or not float(v).is_integer():
             raise ValueError(f"{name} must be a whole number, got {v!r}")
@@ -794,7 +797,7 @@ def _check_rates(sites: SiteInputs, remaining: int) -> None:
 
 
 def forecast(sites: SiteInputs, eligible_fraction: float, uptake: float = DEFAULT_UPTAKE,
-             target: int = DEFAULT_TARGET, start=None, horizon_months: float | None = None,
+             target: int | None = None, start=None, horizon_months: float | None = None,
              n_sims: int = DEFAULT_SIMS, seed: int = 0, *, enrolled: int = 0,
              fraction_screened: int | None = None, keep_paths: bool = False,
              label: str = "") -> ForecastResult:
@@ -928,7 +931,7 @@ class SitesNeeded:
 
 
 def sites_needed(sites: SiteInputs, eligible_fraction: float, deadline, *, uptake: float = DEFAULT_UPTAKE,
-                 target: int = DEFAULT_TARGET, start=None, probability: float = DEFAULT_PROBABILITY,
+                 target: int | None = None, start=None, probability: float = DEFAULT_PROBABILITY,
                  new_site_activation=0.0, exact_mean: bool = False, n_sims: int = DEFAULT_SIMS,
                  seed: int = 0, enrolled: int = 0, fraction_screened: int | None = None,
                  max_additional: int = 2000) -> SitesNeeded:
@@ -1162,13 +1165,14 @@ def bench_forecast(n_sims: int = DEFAULT_SIMS, n_sites: int = 100, repeat: int =
     def ttt():
         rng = np.random.default_rng(seed)
         lam = _draw_rates(flat, n_sims, rng) * 0.3
-        time_to_count(lam, flat.activation, 0.0, rng.gamma(DEFAULT_TARGET, 1.0, size=n_sims))
+        time_to_count(lam, flat.activation, 0.0, rng.gamma(BENCH_TARGET, 1.0, size=n_sims))
 
     jobs = {
         "time_to_target": ttt,
-        "forecast": lambda: forecast(flat, 0.3, start=start, n_sims=n_sims, seed=seed),
-        "forecast_ramp": lambda: forecast(ramp, 0.3, start=start, n_sims=n_sims, seed=seed),
-        "sites_needed": lambda: sites_needed(ramp, 0.3, "2025-10-01", start=start, n_sims=n_sims, seed=seed),
+        "forecast": lambda: forecast(flat, 0.3, target=BENCH_TARGET, start=start, n_sims=n_sims, seed=seed),
+        "forecast_ramp": lambda: forecast(ramp, 0.3, target=BENCH_TARGET, start=start, n_sims=n_sims, seed=seed),
+        "sites_needed": lambda: sites_needed(ramp, 0.3, "2025-10-01", target=BENCH_TARGET, start=start,
+                                             n_sims=n_sims, seed=seed),
     }
     out = {"n_sims": n_sims, "n_sites": n_sites}
     jobs["forecast"]()  # warm up (scipy import, caches)
@@ -1193,9 +1197,10 @@ def add_cli(subparsers) -> argparse.ArgumentParser:
                     "funnel (strict and optimistic), site screening rates from the cohort (site_id, "
                     "screening_date) or from --sites/--mean-rate/--cv.")
     p.add_argument("--cohort", required=True, help="cohort file: CSV, Parquet or Excel")
-    p.add_argument("--stage", type=int, choices=(1, 2), required=True, help="protocol stage")
-    p.add_argument("--target", type=int, default=DEFAULT_TARGET,
-                   help=f"patients to enrol (default {DEFAULT_TARGET}, the registry estimate)")
+    from kn026 import protocol_files
+
+    protocol_files.add_options(p)
+    protocol_files.add_target_options(p)
     p.add_argument("--enrolled", type=int, default=0, help="patients already enrolled at the start (0)")
     p.add_argument("--sites", type=int, help="number of sites (instead of estimating them from the cohort)")
     p.add_argument("--mean-rate", type=float, help="with --sites: mean patients screened per site-month")
@@ -1216,7 +1221,6 @@ def add_cli(subparsers) -> argparse.ArgumentParser:
                    help="months after the start at which additional sites would open (0)")
     p.add_argument("--as-of", help="estimate site rates from screenings up to this date (default: last)")
     p.add_argument("--scenario", help="scenario YAML: forecast it side by side with the protocol")
-    p.add_argument("--protocol", help="criteria file (default: KN026-001)")
     p.add_argument("--n-sims", type=int, default=DEFAULT_SIMS, help=f"simulated trials ({DEFAULT_SIMS})")
     p.add_argument("--seed", type=int, default=0, help="random seed (0)")
     p.add_argument("--json", action="store_true", help="JSON output")
@@ -1226,9 +1230,8 @@ def add_cli(subparsers) -> argparse.ArgumentParser:
 
 def main_forecast(args) -> int:
     """Run the forecast command; a ValueError carries the one-line message for bad input."""
-    from kn026 import analysis
+    from kn026 import analysis, protocol_files
     from kn026.cohort import connect
-    from kn026.criteria import load_protocol
     from kn026.engine import Engine
     from kn026.scenario import Scenario, load_scenario
 
@@ -1243,7 +1246,8 @@ def main_forecast(args) -> int:
         raise ValueError("--sites needs --mean-rate (patients screened per site-month)")
     start = to_date(args.start, "--start") if args.start else _dt.date.today()
     deadline = to_date(args.deadline, "--deadline") if args.deadline else None
-    protocol = load_protocol(getattr(args, "protocol", None))
+    protocol = protocol_files.for_args(args)  # --stage checked against its stages
+    target, target_text = protocol_files.target_for(args, protocol)
     scenario = load_scenario(args.scenario, protocol) if args.scenario else None
     con = connect()
     con.execute("SET enable_progress_bar = false")
@@ -1274,10 +1278,11 @@ def main_forecast(args) -> int:
         sites = approached(sites, args.approach).with_activation(stagger_months=args.stagger,
                                                                  ramp_months=args.ramp)
 
-    common = dict(uptake=args.uptake, target=args.target, start=start, n_sims=args.n_sims, seed=args.seed,
+    common = dict(uptake=args.uptake, target=target, start=start, n_sims=args.n_sims, seed=args.seed,
                   enrolled=args.enrolled, fraction_screened=base["screened"])
     doc = {"protocol": protocol.name, "stage": args.stage, "cohort": str(args.cohort),
-           "screened": base["screened"], "target": args.target, "enrolled": args.enrolled,
+           "screened": base["screened"], "target": target, "target_source": target_text,
+           "enrolled": args.enrolled,
            "uptake": args.uptake, "approach": args.approach, "start": start.isoformat(),
            "deadline": deadline.isoformat() if deadline else None,
            "sites": {"source": sites.source, "n": sites.n_sites, "note": sites.note,
@@ -1345,6 +1350,7 @@ def _print_text(doc, results, errors, comparisons, base, args) -> None:
     print(f"Sites: {s['note']}; open from {doc['start']}"
           + (f" over {s['stagger_months']:g} months" if s["stagger_months"] else "")
           + (f", ramp-up {s['ramp_months']:g} months" if s["ramp_months"] else "") + ".", file=out)
+    print(f"target: {doc['target_source']}", file=out)
     any_res = next(iter(results.values()))
     print(f"Target {doc['target']} enrolled ({doc['enrolled']} already), {any_res.n_sims} simulated trials, "
           f"seed {any_res.seed}:", file=out)

@@ -48,7 +48,8 @@ class Plan:
     `approach`) or "inputs" (`n_sites` sites at `mean_rate` screened per month, `cv`).
     """
 
-    target: int = fc.DEFAULT_TARGET
+    target: int | None = None  # patients to enrol: the protocol file's `enrollment:` or the user's figure
+    target_source: str = ""  # which figure `target` is ("286 patients (whole study, ...)")
     enrolled: int = 0
     uptake: float = fc.DEFAULT_UPTAKE
     start: _dt.date = _dt.date(2027, 1, 1)
@@ -67,6 +68,8 @@ class Plan:
 
     def check(self) -> str | None:
         """The first problem with the inputs, as a sentence for the page, or None."""
+        if self.target is None:
+            return "give the enrolment target (patients to enrol in this stage)"
         if self.source not in SOURCES:
             return f"unknown site source {self.source!r}"
         if self.deadline is not None and self.deadline <= self.start:
@@ -74,6 +77,16 @@ class Plan:
         if self.source == "inputs" and self.n_sites < 1:
             return "give at least one site"
         return None
+
+
+def target_text(declared, target: int) -> str:
+    """Which figure a target is, for the page: the protocol's whole figure, a share of it, or the user's own."""
+    if declared.target is not None and target == declared.target:
+        return declared.text() + "; the protocol gives no split between stages, enter this stage's share"
+    if declared.target:
+        pct = 100 * target / declared.target
+        return f"{target} patients, {pct:.1f} % of the protocol file's {declared.text()}"
+    return f"{target} patients (the protocol file declares no enrolment target)"
 
 
 # --------------------------------------------------------------------------- sites

@@ -12,21 +12,21 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from kn026 import report, suppression
+from kn026 import protocol_files, report, suppression
 
 
 def add_cli(subparsers) -> None:
     p = subparsers.add_parser("report", help="feasibility report (Excel, HTML or PowerPoint) with small-cell "
                                              "suppression")
     p.add_argument("--cohort", required=True, help="cohort file: CSV, Parquet or Excel")
-    p.add_argument("--stage", type=int, choices=(1, 2), required=True, help="protocol stage")
+    protocol_files.add_options(p)
     p.add_argument("--scenario", help="scenario YAML (threshold overrides, disabled criteria)")
-    p.add_argument("--protocol", help="criteria file (default: KN026-001)")
     p.add_argument("--order", help="criterion IDs in funnel order, comma-separated")
     p.add_argument("--disable", help="criterion or sub-rule IDs to leave out, comma-separated")
     p.add_argument("--suppress-below", default=str(suppression.DEFAULT_THRESHOLD), metavar="N",
                    help="hide counts below N and the counts that would reveal them (default 5; 11 or 'cms' for "
                         "the CMS / PCORnet rule; 0 turns suppression off)")
+    protocol_files.add_target_options(p)
     p.add_argument("--approach", type=float, default=100.0, metavar="PCT",
                    help="share of each site's candidates approached for this trial, in %% (recruitment "
                         "forecast; default 100)")
@@ -54,6 +54,7 @@ def main_report(args) -> int:
     if twice:
         raise ValueError(f"--order lists {', '.join(twice)} more than once; name each criterion once")
     engine, scenario = _engine(args)
+    target, target_text = protocol_files.target_for(args, engine.protocol)
     disabled = _ids(args.disable)
     screened = analysis.engine_for(engine, scenario)
     known = {c.id for c in screened.protocol.criteria} | set(screened.protocol.rule_ids())
@@ -66,7 +67,8 @@ def main_report(args) -> int:
     from kn026.recruitment import Plan
 
     settings = report.Settings(k=k, order=tuple(order), order_label="as given" if order else "",
-                               recruitment=Plan(approach=args.approach / 100))
+                               recruitment=Plan(target=target, target_source=target_text,
+                                                approach=args.approach / 100))
     rep = report.build(engine, scenario, settings, Path(args.cohort).name)
     data = report.render(rep, fmt)
     _close(getattr(args, "progress", None))

@@ -47,10 +47,12 @@ inputs_box = st.container(border=True)
 with inputs_box:
     st.markdown("**Trial**")
     c = st.columns(5)
+    declared = ctx.protocol.enrollment
     target = c[0].number_input(
-        "Target enrolment", min_value=0, max_value=100_000, step=1, **ui.rec_state("target", fc.DEFAULT_TARGET),
-        help="Patients to enrol. 286 is the issue's figure for KN026-001 (NCT05427383); the registry text in "
-             "../shared/protocol says \"Target enrollment: 0\", so confirm the number with the sponsor.")
+        "Target enrolment", min_value=0, max_value=100_000, step=1,
+        **ui.rec_state("target", declared.target if declared.target is not None else 100),
+        help=f"Patients to enrol in this stage. The protocol file's figure: {declared.text()}; it gives no split "
+             "between stages, so enter this stage's share of it. Confirm the number with the sponsor.")
     enrolled = c[1].number_input("Already enrolled", min_value=0, max_value=100_000, step=1,
                                  **ui.rec_state("enrolled", 0), help="Patients in the trial at the start date.")
     uptake = c[2].number_input(
@@ -64,6 +66,7 @@ with inputs_box:
                                help="Gives P(target reached by then) and how many more sites reach it with "
                                     "the probability set under *Simulation*.")
 
+    st.caption(f"Target used: {rc.target_text(declared, int(target))}.")
     st.markdown("**Sites**")
     if estimated is None:
         source = "inputs"

@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from kn026 import forecast as fc
 
 START = dt.date(2025, 1, 1)
+TARGET = 286  # KN026-001 estimated enrollment (the protocol file\'s `enrollment:`)
 
 
 def _sites(k=30, mean=2.0, cv=0.7, stagger=4.0, ramp=2.0):
@@ -274,16 +275,16 @@ def test_estimate_sites_input_checks_and_single_site():
 # ---------------------------------------------------------------------------
 def test_no_eligible_patients_is_unreachable():
     with pytest.raises(ValueError, match="target unreachable: no eligible patients"):
-        fc.forecast(_sites(), 0.0, start=START)
+        fc.forecast(_sites(), 0.0, target=TARGET, start=START)
     with pytest.raises(ValueError, match="target unreachable: no eligible patients"):
-        fc.sites_needed(_sites(), 0.0, "2026-01-01", start=START)
+        fc.sites_needed(_sites(), 0.0, "2026-01-01", target=TARGET, start=START)
     with pytest.raises(ValueError, match="target unreachable: uptake is 0"):
-        fc.forecast(_sites(), 0.3, uptake=0.0, start=START)
+        fc.forecast(_sites(), 0.3, uptake=0.0, target=TARGET, start=START)
 
 
 def test_zero_rate_is_unreachable():
     with pytest.raises(ValueError, match="target unreachable: every site's screening rate is 0"):
-        fc.forecast(fc.SiteInputs.from_inputs(5, 0.0), 0.4, start=START)
+        fc.forecast(fc.SiteInputs.from_inputs(5, 0.0), 0.4, target=TARGET, start=START)
 
 
 def test_one_site_from_inputs():
@@ -321,7 +322,7 @@ def test_target_already_met():
     ({"start": "2025-13-01"}, "not an ISO date"),
 ])
 def test_bad_inputs_have_clear_messages(kwargs, message):
-    args = {"eligible_fraction": 0.3, "start": START, "n_sims": 100} | kwargs
+    args = {"eligible_fraction": 0.3, "target": TARGET, "start": START, "n_sims": 100} | kwargs
     with pytest.raises(ValueError, match=message):
         fc.forecast(_sites(), **args)
 
@@ -346,15 +347,15 @@ def test_site_inputs_validation():
 # ---------------------------------------------------------------------------
 def test_same_seed_same_numbers_and_no_global_rng():
     state = np.random.get_state()[1].copy()
-    a = fc.forecast(_sites(), 0.3, start=START, n_sims=2000, seed=4)
-    b = fc.forecast(_sites(), 0.3, start=START, n_sims=2000, seed=4)
-    c = fc.forecast(_sites(), 0.3, start=START, n_sims=2000, seed=5)
+    a = fc.forecast(_sites(), 0.3, target=TARGET, start=START, n_sims=2000, seed=4)
+    b = fc.forecast(_sites(), 0.3, target=TARGET, start=START, n_sims=2000, seed=4)
+    c = fc.forecast(_sites(), 0.3, target=TARGET, start=START, n_sims=2000, seed=5)
     assert np.array_equal(a.times, b.times)
     pd.testing.assert_frame_equal(a.curve, b.curve)
     pd.testing.assert_frame_equal(a.site_contribution, b.site_contribution)
     assert not np.array_equal(a.times, c.times)
-    n1 = fc.sites_needed(_sites(), 0.3, "2026-01-01", start=START, n_sims=2000, seed=4)
-    n2 = fc.sites_needed(_sites(), 0.3, "2026-01-01", start=START, n_sims=2000, seed=4)
+    n1 = fc.sites_needed(_sites(), 0.3, "2026-01-01", target=TARGET, start=START, n_sims=2000, seed=4)
+    n2 = fc.sites_needed(_sites(), 0.3, "2026-01-01", target=TARGET, start=START, n_sims=2000, seed=4)
     pd.testing.assert_frame_equal(n1.table, n2.table)
     assert np.array_equal(np.random.get_state()[1], state)
 
@@ -404,7 +405,7 @@ def test_sites_needed_is_minimal_and_agrees_with_a_forecast():
     easy = fc.sites_needed(sites, 0.4, "2030-01-01", target=120, start=START, n_sims=2000)
     assert easy.additional == 0 and "no additional site" in easy.sentence()
     with pytest.raises(ValueError, match="before the start"):
-        fc.sites_needed(sites, 0.4, "2024-06-01", start=START)
+        fc.sites_needed(sites, 0.4, "2024-06-01", target=TARGET, start=START)
     with pytest.raises(ValueError, match="open too late"):
         fc.sites_needed(sites, 0.4, "2025-03-01", target=500, start=START, new_site_activation="2025-04-01")
 
@@ -491,7 +492,7 @@ def test_cli_approach_share_thins_the_estimated_rates(synth_csv, capsys):
     assert "25.0% of candidates approached" in quarter["sites"]["note"]
     f = full["bounds"]["strict"]["eligible_fraction"]
     frame = pd.read_csv(synth_csv, usecols=["site_id", "screening_date", "country"])
-    direct = fc.forecast(fc.estimate_sites(frame), 0.25 * f, target=fc.DEFAULT_TARGET, start="2026-01-01",
+    direct = fc.forecast(fc.estimate_sites(frame), 0.25 * f, target=TARGET, start="2026-01-01",
                          n_sims=1000, fraction_screened=full["screened"])
     assert quarter["bounds"]["strict"]["median_months"] == pytest.approx(direct.median, rel=0.02)
     assert quarter["bounds"]["strict"]["median_months"] > 3 * full["bounds"]["strict"]["median_months"]

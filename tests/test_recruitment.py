@@ -24,7 +24,7 @@ def _sites(k: int = 12, mean: float = 3.0, cv: float = 0.6) -> fc.SiteInputs:
 
 
 def _plan(**kw) -> rc.Plan:
-    base = dict(start=START, deadline=DEADLINE, n_sims=SIMS, source="inputs", n_sites=12, mean_rate=3.0, cv=0.6)
+    base = dict(target=286, start=START, deadline=DEADLINE, n_sims=SIMS, source="inputs", n_sites=12, mean_rate=3.0, cv=0.6)
     return rc.Plan(**{**base, **kw})
 
 
