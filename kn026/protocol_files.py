@@ -9,6 +9,7 @@ an analyst's rule (kn026.rulecheck) before the file is accepted.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -188,4 +189,7 @@ def _allowed(sql, where: str, kinds: dict, params, name: str, value: bool = Fals
     try:
         rulecheck.check_expression(f"({sql}) IS NULL" if value else sql, kinds, params)
     except rulecheck.RuleError as err:
-        raise CriteriaError(f"{name}, {where}: {err.message}") from None
+        message = err.message
+        if value:  # positions in the file's text, not in the wrapped condition
+            message = re.sub(r"\(position (\d+)\)", lambda m: f"(position {int(m.group(1)) - 1})", message)
+        raise CriteriaError(f"{name}, {where}: {message}") from None
