@@ -211,3 +211,15 @@ def test_site_contribution_chart_orders_bars_by_size():
     res = fc.forecast(_sites(), 0.3, target=100, start=START, n_sims=500)
     fig = fc.site_contribution_chart(res)
     assert fig.layout.yaxis.categoryorder == "total ascending"  # largest on top, whatever the country
+
+
+def test_target_text_says_which_figure_the_page_uses():
+    from kn026.criteria import Enrollment
+
+    declared = Enrollment(286, "whole study", "KN026-001 estimated enrollment")
+    assert rc.target_text(declared, 286) == ("286 patients (whole study, KN026-001 estimated enrollment); the "
+                                             "protocol gives no split between stages, enter this stage's share")
+    assert rc.target_text(declared, 143) == ("143 patients, 50.0 % of the protocol file's 286 patients (whole study, "
+                                             "KN026-001 estimated enrollment)")
+    assert rc.target_text(Enrollment(), 50) == "50 patients (the protocol file declares no enrolment target)"
+    assert "give the enrolment target" in rc.Plan().check()
