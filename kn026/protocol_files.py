@@ -96,8 +96,9 @@ def add_target_options(p) -> None:
                         "for the whole study, no split between stages is assumed; default 100)")
 
 
-def target_for(args, protocol: Protocol) -> tuple[int, str]:
-    """The enrolment target a command uses and the sentence saying which figure it is."""
+def target_for(args, protocol: Protocol, required: bool = True) -> tuple[int | None, str]:
+    """The enrolment target a command uses and the sentence saying which figure it is
+    (`(None, "")` when not `required`, the file declares none and none is given)."""
     target, share = getattr(args, "target", None), getattr(args, "share", None)
     declared = protocol.enrollment
     if target is not None and share is not None:
@@ -106,6 +107,8 @@ def target_for(args, protocol: Protocol) -> tuple[int, str]:
         if target < 0:
             raise ValueError(f"--target must be a whole number of patients >= 0, not {target}")
         return target, f"{target} patients (given with --target)"
+    if declared.target is None and not required and share is None:
+        return None, ""
     if declared.target is None:
         raise ValueError(f"{protocol.name}'s criteria file declares no enrolment target (`enrollment:`); "
                          "give --target N")

@@ -54,7 +54,7 @@ def main_report(args) -> int:
     if twice:
         raise ValueError(f"--order lists {', '.join(twice)} more than once; name each criterion once")
     engine, scenario = _engine(args)
-    target, target_text = protocol_files.target_for(args, engine.protocol)
+    target, target_text = protocol_files.target_for(args, engine.protocol, required=False)  # None: no forecast
     disabled = _ids(args.disable)
     screened = analysis.engine_for(engine, scenario)
     known = {c.id for c in screened.protocol.criteria} | set(screened.protocol.rule_ids())

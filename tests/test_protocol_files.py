@@ -22,7 +22,7 @@ import yaml
 
 from kn026 import protocol_files as pf
 from kn026.cli import build_parser, main
-from kn026.criteria import DEFAULT_PROTOCOL, CriteriaError, load_protocol
+from kn026.criteria import DEFAULT_PROTOCOL, CriteriaError, Enrollment, load_protocol
 
 ROOT = Path(__file__).resolve().parents[1]
 MINI = Path(__file__).parent / "fixtures" / "protocols" / "mini.yaml"
@@ -243,3 +243,16 @@ def test_forecast_says_which_figure_it_uses_for_kn026(capsys):
     assert code == 0, err
     assert "target: 286 patients (whole study, KN026-001 estimated enrollment)" in out
     assert load_protocol().enrollment.target == 286
+
+
+def test_target_for_the_file_a_share_or_the_users_figure():
+    ns, mini = argparse.Namespace, pf.load(MINI)
+    assert pf.target_for(ns(target=None, share=None), mini) == (40, "40 patients (Part C expansion, MINI-01 made-up figure)")
+    assert pf.target_for(ns(target=None, share=25.0), mini)[0] == 10
+    assert pf.target_for(ns(target=7, share=None), mini) == (7, "7 patients (given with --target)")
+    with pytest.raises(ValueError, match="--share must be a percentage above 0"):
+        pf.target_for(ns(target=None, share=0.0), mini)
+    bare = dataclasses.replace(mini, enrollment=Enrollment())
+    with pytest.raises(ValueError, match="MINI-01's criteria file declares no enrolment target"):
+        pf.target_for(ns(target=None, share=None), bare)
+    assert pf.target_for(ns(target=None, share=None), bare, required=False) == (None, "")
