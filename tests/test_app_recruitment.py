@@ -97,7 +97,7 @@ def test_readout_agrees_with_the_model_called_directly(builtin):
     start, deadline = at.date_input(key=W + "start").value, at.date_input(key=W + "deadline").value
     assert at.number_input(key=W + "target").value == 286 and at.number_input(key=W + "uptake").value == 85.0
     sites = rc.approached(est, share)
-    common = dict(uptake=0.85, target=286, start=start, n_sims=fc.DEFAULT_SIMS, seed=0, fraction_screened=20_000)
+    common = dict(uptake=0.85, target=286, start=start, n_sims=fsites.DEFAULT_SIMS, seed=0, fraction_screened=20_000)
     for bound in ("strict", "optimistic"):
         frac = totals[bound] / totals["screened"]
         res = fc.forecast(sites, frac, **common)
@@ -263,7 +263,7 @@ def test_cohort_without_site_columns_forecasts_from_inputs():
     totals = analysis.run(Engine(load_cohort(df, connect()), load_protocol(), 1), Scenario()).totals
     frac = totals["strict"] / totals["screened"]
     start = at.date_input(key=W + "start").value
-    res = fc.forecast(fc.SiteInputs.from_inputs(10, 2.0, cv=0.0), frac, target=286, start=start,
+    res = fc.forecast(fsites.SiteInputs.from_inputs(10, 2.0, cv=0.0), frac, target=286, start=start,
                       fraction_screened=300)
     assert median(at) == round(res.median, 1)
     open_tab(at, "Per site")

@@ -186,7 +186,7 @@ def test_rewritten_rule_reads_with_its_parameters(engine):
     rule = custom.replace_rule(PROTOCOL.rule("INCL07.CRCL"), "crcl_if_female >= :min + 20", engine.cohort, PROTOCOL)
     assert rule.readable(1) == "rewritten: crcl_if_female >= 30 + 20"
     assert custom.unused_params(rule, 1, PROTOCOL) == []
-    literal = custom.replace_rule(PROTOCOL.rule("INCL07.CRCL"), custom.EXAMPLE_REPLACE[1], engine.cohort, PROTOCOL)
+    literal = custom.replace_rule(PROTOCOL.rule("INCL07.CRCL"), PROTOCOL.examples.replace[1], engine.cohort, PROTOCOL)
     assert custom.unused_params(literal, 1, PROTOCOL) == ["min"]
     # parameters reached through a derived value (washout_days) count as used
     washout = next(r for r in PROTOCOL.rules if "washout_days" in r.sql.get(1, ""))
@@ -209,11 +209,11 @@ def test_every_protocol_expression_passes_the_analyst_grammar(engine):
 
 
 def test_examples_are_valid_and_next_id_skips_taken(engine):
-    ext, _, _ = extended(engine, rules=(custom.EXAMPLE_CUSTOM,), replaced=dict([custom.EXAMPLE_REPLACE]))
+    ext, _, _ = extended(engine, rules=(custom.EXAMPLE_CUSTOM,), replaced=dict([PROTOCOL.examples.replace]))
     by_param = analysis.run(engine, Scenario("p", overrides={"INCL07.CRCL": {"min": 50}}))
     over = engine.con.execute("SELECT count(*) FROM cohort WHERE age_years > 75").fetchall()[0][0]
     assert analysis.run(ext).stats.set_index("criterion").loc["CUST01", "failed"] == over
-    only_crcl, _, _ = extended(engine, rules=(), replaced=dict([custom.EXAMPLE_REPLACE]))
+    only_crcl, _, _ = extended(engine, rules=(), replaced=dict([PROTOCOL.examples.replace]))
     assert analysis.run(only_crcl).totals == by_param.totals
     assert custom.next_id([]) == "CUST01" and custom.next_id(["CUST01", "CUST03"]) == "CUST02"
 
