@@ -1,1 +1,1 @@
-"""Layer 10, the top: benchmarks (`make bench`), run as `python -m kn026.bench.engine.<name>`."""
+"""Layer 10, the top: benchmarks (`make bench`), run as `python -m kn026.bench.<name>`."""

@@ -32,7 +32,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     wanted = [COMMAND_MODULES[command]] if command in COMMAND_MODULES else list(dict.fromkeys(COMMAND_MODULES.values()))
     for name in wanted:
-        importlib.import_module(f"kn026.cli.main.{name}").add_cli(sub)
+        importlib.import_module(f"kn026.cli.{name}").add_cli(sub)
     for name in LOADING_COMMANDS:  # every command that loads a cohort file
         if name in sub.choices:
             add_bad_value_option(sub.choices[name])
