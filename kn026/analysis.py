@@ -18,7 +18,6 @@ from kn026 import funnel as fm
 from kn026.engine import Engine, meets_sql
 from kn026.scenario import Scenario
 
-ORDERS = ("protocol", "most restrictive first")
 EXTENDED_KEEP = 4  # extended engines (scenarios with analyst rules) kept per engine, least recent dropped
 
 

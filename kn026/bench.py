@@ -39,10 +39,6 @@ from kn026.criteria import load_protocol
 from kn026.engine import Engine
 
 OUT = Path(os.environ.get("KN026_BENCH_OUT", "bench-results"))  # children inherit the parent's
-TARGETS = {
-    "reorder_ms": {1_000_000: 10, 10_000_000: 50},
-    "threshold_ms": {1_000_000: 50, 10_000_000: 400},
-}
 
 
 def _timed(fn, repeat: int) -> tuple[float, object]:

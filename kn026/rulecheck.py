@@ -4,7 +4,7 @@ An analyst may write or rewrite a rule in the app as one SQL boolean expression 
 the cohort's columns and named parameters (``:name``). The app runs on shared
 servers with patient data in memory, so the text is treated as hostile: it is parsed
 with sqlglot (DuckDB dialect) and only a small allow-listed grammar is accepted
-(see ``docs/security.md`` and ``GRAMMAR_HELP``). Nothing the analyst typed is ever
+(see ``docs/security.md`` and ``ALLOWED_FUNCTIONS``). Nothing the analyst typed is ever
 passed through: the SQL that runs is re-rendered from the validated tree, and is
 then parsed a second time by DuckDB's own parser (``json_serialize_sql``, parse
 only, never executed) and checked against the same allow-list, so a disagreement
@@ -65,15 +65,6 @@ ALLOWED_FUNCTIONS: tuple[str, ...] = (
     "abs", "ceil", "ceiling", "coalesce", "exp", "floor", "greatest", "ifnull", "least",
     "length", "ln", "log", "log10", "log2", "lower", "ltrim", "nullif", "pow", "power",
     "round", "rtrim", "sign", "sqrt", "trim", "upper",
-)
-
-GRAMMAR_HELP = (
-    "A rule is one condition over the cohort's columns, e.g. "
-    "age_years >= :min_age AND ecog IN (0, 1). Allowed: column names, numbers, "
-    "'single-quoted text', TRUE/FALSE/NULL, :parameters, = <> != < <= > >=, AND OR NOT, "
-    "+ - * /, parentheses, CASE WHEN ... THEN ... ELSE ... END, IS [NOT] NULL, "
-    "[NOT] IN (list of values), [NOT] BETWEEN ... AND ..., and the functions "
-    + ", ".join(ALLOWED_FUNCTIONS) + "."
 )
 
 # Value families used for type checking (only when column kinds are given).

@@ -43,15 +43,6 @@ class SparkUnavailable(RuntimeError):
     """PySpark (or Java) is not installed."""
 
 
-def spark_available() -> bool:
-    """True when pyspark imports (Java is only checked when a session starts)."""
-    try:
-        import pyspark  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 def spark_session(master: str = DEFAULT_MASTER, driver_memory: str = DEFAULT_DRIVER_MEMORY,
                   conf: dict | None = None, app_name: str = "kn026"):
     """A SparkSession (created once per process; later calls return the same one).
