@@ -694,7 +694,7 @@ class _Checker:
         return self.expect(node, (TEXT, STR), "text is needed here")
 
     # -- the grammar ------------------------------------------------------------------
-    def check(self, node: exp.Expression) -> str:  # noqa: C901 - one branch per node type
+    def check(self, node: exp.Expression) -> str:
         t = type(node)
         if t is exp.Paren:
             self.only(node)

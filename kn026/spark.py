@@ -93,7 +93,7 @@ def register_cohort(spark, path: str | Path, view: str = "cohort") -> frozenset[
     """
     try:
         frame = spark.read.parquet(str(path))
-    except Exception as err:  # pyspark's AnalysisException: missing path, not Parquet, ...
+    except Exception as err:  # noqa: BLE001 - pyspark's AnalysisException: missing path, not Parquet, ...
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ValueError(f"Spark cannot read {path} as Parquet: {first}") from None
     by_lower = {name.lower(): name for name in frame.columns}

@@ -16,14 +16,14 @@ pytest.importorskip("pyspark", reason="PySpark is optional: pip install -r requi
 if shutil.which("java") is None:  # pragma: no cover - Java is on the machine image
     pytest.skip("Spark needs Java 17+", allow_module_level=True)
 
-from kn026 import analysis, synth  # noqa: E402
-from kn026 import spark as kspark  # noqa: E402
-from kn026.cohort import connect, load_cohort  # noqa: E402
-from kn026.criteria import load_protocol  # noqa: E402
-from kn026.engine import Engine  # noqa: E402
-from kn026.scenario import Scenario  # noqa: E402
-from tests import cohorts  # noqa: E402
-from tests.cohorts import as_counter  # noqa: E402
+from kn026 import analysis, synth
+from kn026 import spark as kspark
+from kn026.cohort import connect, load_cohort
+from kn026.criteria import load_protocol
+from kn026.engine import Engine
+from kn026.scenario import Scenario
+from tests import cohorts
+from tests.cohorts import as_counter
 
 PROTOCOL = load_protocol()
 WASHOUT = Scenario("washout", overrides={"EXCL03.WASHOUT": {"washout_min_days": Decimal(30),
