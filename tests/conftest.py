@@ -3,9 +3,24 @@ tests/pg_support.py)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from tests import browser_support, pg_support
+
+BUILTIN = Path(__file__).resolve().parents[1] / "data" / "builtin_cohort.parquet"  # tracked in git
+
+
+@pytest.fixture(scope="module")
+def builtin_engine():
+    """The built-in cohort screened for stage 1 under the default protocol (one per test module:
+    tests may extend it with analyst rules)."""
+    from kn026.cohort import connect, load_cohort
+    from kn026.criteria import load_protocol
+    from kn026.engine import Engine
+
+    return Engine(load_cohort(BUILTIN, connect()), load_protocol(), 1)
 
 
 @pytest.fixture(scope="session")

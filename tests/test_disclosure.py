@@ -11,24 +11,19 @@ control run with primary suppression only must be caught, so the check can fail.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from kn026 import protection, report, synth
+from kn026.cohort import connect, load_cohort
+from kn026.criteria import load_protocol
+from kn026.engine import Engine
+from kn026.scenario import load_scenario
+from tests import adversary as A
+
 ROOT = Path(__file__).resolve().parents[1]
-for p in (ROOT, ROOT / "tests"):
-    if str(p) not in sys.path:
-        sys.path.insert(0, str(p))
-
-import adversary as A  # noqa: E402
-
-from kn026 import protection, report, synth  # noqa: E402
-from kn026.cohort import connect, load_cohort  # noqa: E402
-from kn026.criteria import load_protocol  # noqa: E402
-from kn026.engine import Engine  # noqa: E402
-from kn026.scenario import load_scenario  # noqa: E402
 
 COUNT_HEADERS = {"Remaining (strict)", "Remaining (optimistic)", "Unknown so far", "Lost at step (strict)",
                  "Lost at step (optimistic)", "Fail (marginal)", "Fail only this (unique)", "Unknown on criterion",
@@ -39,10 +34,9 @@ READERS = {"xlsx": A.read_xlsx, "html": A.read_html, "pptx": A.read_pptx}
 
 
 @pytest.fixture(scope="module")
-def builtin():
-    protocol = load_protocol()
-    engine = Engine(load_cohort(ROOT / "data" / "builtin_cohort.parquet", connect()), protocol, 1)
-    return engine, load_scenario(ROOT / "data" / "scenario_crcl50.yaml", protocol), "builtin_cohort.parquet"
+def builtin(builtin_engine):
+    return builtin_engine, load_scenario(ROOT / "data" / "scenario_crcl50.yaml", builtin_engine.protocol), \
+        "builtin_cohort.parquet"
 
 
 @pytest.fixture(scope="module")

@@ -3,25 +3,19 @@
 from __future__ import annotations
 
 import io
-import sys
-from pathlib import Path
 
 import openpyxl
 import pandas as pd
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from kn026 import analysis, charts, synth  # noqa: E402
-from kn026 import export as X  # noqa: E402
-from kn026 import patients as P  # noqa: E402
-from kn026 import suppression as sp  # noqa: E402
-from kn026.cohort import CohortError, connect, load_cohort  # noqa: E402
-from kn026.criteria import load_protocol  # noqa: E402
-from kn026.engine import Engine  # noqa: E402
-from kn026.scenario import Scenario  # noqa: E402
+from kn026 import analysis, charts, synth
+from kn026 import export as X
+from kn026 import patients as P
+from kn026 import suppression as sp
+from kn026.cohort import CohortError, connect, load_cohort
+from kn026.criteria import load_protocol
+from kn026.engine import Engine
+from kn026.scenario import Scenario
 
 N = 1_500
 

@@ -18,6 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kn026 import forecast as fc
+from kn026 import synth
 
 START = dt.date(2025, 1, 1)
 
@@ -227,9 +228,6 @@ def test_prior_fit_recovers_known_gamma():
 
 
 def test_estimate_from_synth_cohort_covers_true_site_rates():
-    synth = pytest.importorskip("kn026.synth")
-    if "return_sites" not in synth.generate.__code__.co_varnames:
-        pytest.skip("kn026.synth does not expose its true site rates")
     df, true = synth.generate(8000, 3, sites=40, return_sites=True)
     s = fc.estimate_sites(df[["site_id", "country", "screening_date"]], level=0.95)
     tab = s.table.merge(true[["site_id", "rate_per_month"]], on="site_id")
@@ -448,7 +446,6 @@ def _parser():
 
 @pytest.fixture(scope="module")
 def synth_csv(tmp_path_factory):
-    synth = pytest.importorskip("kn026.synth")
     path = tmp_path_factory.mktemp("fc") / "cohort.csv"
     synth.write(path, 3000, 5, sites=12)
     return path

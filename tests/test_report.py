@@ -5,21 +5,18 @@ from __future__ import annotations
 
 import io
 import re
-import sys
 from pathlib import Path
 
 import openpyxl
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from kn026 import cli, report, synth
+from kn026.cohort import connect, load_cohort
+from kn026.criteria import load_protocol
+from kn026.engine import Engine
+from kn026.scenario import load_scenario
 
-from kn026 import cli, report, synth  # noqa: E402
-from kn026.cohort import connect, load_cohort  # noqa: E402
-from kn026.criteria import load_protocol  # noqa: E402
-from kn026.engine import Engine  # noqa: E402
-from kn026.scenario import load_scenario  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 EVIL = '=HYPERLINK("http://example.invalid","x")'
 
