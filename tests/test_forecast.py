@@ -21,6 +21,7 @@ from kn026.cli import forecast as fcli
 from kn026.forecast import charts as fcharts
 from kn026.forecast import model as fc
 from kn026.forecast import sites as fsites
+from kn026.ingest import synth
 
 START = dt.date(2025, 1, 1)
 TARGET = 286  # KN026-001 estimated enrollment (the protocol file\'s `enrollment:`)
@@ -231,9 +232,6 @@ def test_prior_fit_recovers_known_gamma():
 
 
 def test_estimate_from_synth_cohort_covers_true_site_rates():
-    synth = pytest.importorskip("kn026.ingest.synth")
-    if "return_sites" not in synth.generate.__code__.co_varnames:
-        pytest.skip("kn026.ingest.synth does not expose its true site rates")
     df, true = synth.generate(8000, 3, sites=40, return_sites=True)
     s = fsites.estimate_sites(df[["site_id", "country", "screening_date"]], level=0.95)
     tab = s.table.merge(true[["site_id", "rate_per_month"]], on="site_id")
@@ -452,7 +450,6 @@ def _parser():
 
 @pytest.fixture(scope="module")
 def synth_csv(tmp_path_factory):
-    synth = pytest.importorskip("kn026.ingest.synth")
     path = tmp_path_factory.mktemp("fc") / "cohort.csv"
     synth.write(path, 3000, 5, sites=12)
     return path

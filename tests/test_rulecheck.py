@@ -3,7 +3,6 @@ random expression trees (Hypothesis) evaluated in DuckDB on a cohort with NULLs.
 
 from __future__ import annotations
 
-import sys
 from decimal import Decimal
 from pathlib import Path
 
@@ -12,11 +11,6 @@ import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-try:
-    import kn026.rules.rulecheck  # noqa: F401
-except ImportError:  # run as `pytest tests/...` without the repo root on sys.path
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from kn026.base.sqlpass import harden
 from kn026.base.table import COHORT_DB, connect

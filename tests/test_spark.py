@@ -19,14 +19,14 @@ if shutil.which("java") is None:  # pragma: no cover - Java is on the machine im
 from kn026.base.table import connect
 from kn026.cli import engines
 from kn026.core import analysis
-from kn026.core.criteria import load_protocol  # noqa: E402
-from kn026.core.engine import Engine  # noqa: E402
-from kn026.core.scenario import Scenario  # noqa: E402
+from kn026.core.criteria import load_protocol
+from kn026.core.engine import Engine
+from kn026.core.scenario import Scenario
 from kn026.ingest import synth
 from kn026.ingest.cohort import load_cohort
 from kn026.scale import spark as kspark
-from tests import cohorts  # noqa: E402
-from tests.cohorts import as_counter  # noqa: E402
+from tests import cohorts
+from tests.cohorts import as_counter
 
 PROTOCOL = load_protocol()
 WASHOUT = Scenario("washout", overrides={"EXCL03.WASHOUT": {"washout_min_days": Decimal(30),

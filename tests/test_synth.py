@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -22,6 +23,10 @@ from hypothesis import strategies as st
 from kn026.base import schema
 from kn026.base import table as table_mod
 from kn026.cli import synth as synth_cli
+from kn026.core import analysis
+from kn026.core.criteria import load_protocol
+from kn026.core.engine import Engine
+from kn026.ingest import cohort as cohort_mod
 from kn026.ingest import synth, synth_params, synth_sites
 
 N = 50_000
@@ -431,10 +436,9 @@ def test_missingness_correlated_by_site(df):
 
 
 def test_generated_cohorts_pass_the_loader(df, tmp_path):
-    cohort_mod = pytest.importorskip("kn026.ingest.cohort")
     cohort = cohort_mod.load_cohort(df, table_mod.connect())  # raises CohortError on any problem
     assert cohort.absent == ("stale_columns",)  # no dated results: nothing is stale
-    n = cohort.con.execute(f"SELECT count(*) FROM {table_mod.q(cohort.table)}").fetchone()[0]
+    n = cohort.con.execute(f"SELECT count(*) FROM {table_mod.q(cohort.table)}").fetchall()[0][0]
     assert n == N
     for suffix in (".csv", ".parquet"):
         path = synth.write(tmp_path / f"c{suffix}", 2_000, 9, sites=13, chunk_size=700)
@@ -443,11 +447,6 @@ def test_generated_cohorts_pass_the_loader(df, tmp_path):
 
 
 def _screen(df, stage):
-    cohort_mod = pytest.importorskip("kn026.ingest.cohort")
-    analysis = pytest.importorskip("kn026.core.analysis")
-    from kn026.core.criteria import load_protocol
-    from kn026.core.engine import Engine
-
     cohort = cohort_mod.load_cohort(df, table_mod.connect())
     return analysis.run(Engine(cohort, load_protocol(), stage))
 
@@ -471,10 +470,7 @@ def test_screen_failure_and_top_reasons_in_target_range(df):
 
 
 def test_builtin_cohort_file_is_the_documented_one():
-    from pathlib import Path
-    path = Path(__file__).resolve().parents[1] / "data" / "builtin_cohort.parquet"
-    if not path.exists():
-        pytest.skip("data/builtin_cohort.parquet not generated")
+    path = Path(__file__).resolve().parents[1] / "data" / "builtin_cohort.parquet"  # tracked in git
     table = pq.read_table(path)
     assert table.schema.equals(synth.SCHEMA) and table.num_rows == 20_000
     # regenerating with the documented command gives the same rows

@@ -40,10 +40,6 @@ from kn026.core.engine import Engine
 from kn026.ingest.cohort import load_cohort
 
 OUT = Path(os.environ.get("KN026_BENCH_OUT", "bench-results"))  # children inherit the parent's
-TARGETS = {
-    "reorder_ms": {1_000_000: 10, 10_000_000: 50},
-    "threshold_ms": {1_000_000: 50, 10_000_000: 400},
-}
 
 
 def _timed(fn, repeat: int) -> tuple[float, object]:

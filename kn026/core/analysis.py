@@ -19,7 +19,6 @@ from kn026.core.engine import Engine, meets_sql
 from kn026.core.scenario import Scenario
 from kn026.core.screening import ScreeningEngine
 
-ORDERS = ("protocol", "most restrictive first")
 EXTENDED_KEEP = 4  # extended engines (scenarios with analyst rules) kept per engine, least recent dropped
 
 

@@ -60,7 +60,6 @@ COLUMNS: tuple[tuple[str, str], ...] = (
     ("refuses_chemotherapy", "bool"), ("investigator_deems_unfit", "bool"),
 )
 COLUMN_NAMES: tuple[str, ...] = tuple(c for c, _ in COLUMNS)
-_KIND = dict(COLUMNS)
 
 # Category spellings (dictionary section 4; "other" values are free text).
 SEX = ("F", "M")

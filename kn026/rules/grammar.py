@@ -30,15 +30,6 @@ ALLOWED_FUNCTIONS: tuple[str, ...] = (
     "round", "rtrim", "sign", "sqrt", "trim", "upper",
 )
 
-GRAMMAR_HELP = (
-    "A rule is one condition over the cohort's columns, e.g. "
-    "age_years >= :min_age AND ecog IN (0, 1). Allowed: column names, numbers, "
-    "'single-quoted text', TRUE/FALSE/NULL, :parameters, = <> != < <= > >=, AND OR NOT, "
-    "+ - * /, parentheses, CASE WHEN ... THEN ... ELSE ... END, IS [NOT] NULL, "
-    "[NOT] IN (list of values), [NOT] BETWEEN ... AND ..., and the functions "
-    + ", ".join(ALLOWED_FUNCTIONS) + "."
-)
-
 # Value families used for type checking (only when column kinds are given).
 NUM, TEXT, BOOL, DATE, NULL, ANY, STR = "number", "text", "true/false", "date", "null", "any", "str"
 DESCRIBE_FAMILY = {NUM: "a number", TEXT: "text", BOOL: "a true/false value", DATE: "a date",

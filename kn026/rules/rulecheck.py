@@ -4,7 +4,7 @@ An analyst may write or rewrite a rule in the app as one SQL boolean expression 
 the cohort's columns and named parameters (``:name``). The app runs on shared
 servers with patient data in memory, so the text is treated as hostile: it is parsed
 with sqlglot (DuckDB dialect) and only a small allow-listed grammar is accepted
-(see ``docs/security.md`` and ``GRAMMAR_HELP``). Nothing the analyst typed is ever
+(see ``docs/security.md`` and ``kn026.rules.grammar``). Nothing the analyst typed is ever
 passed through: the SQL that runs is re-rendered from the validated tree, and is
 then parsed a second time by DuckDB's own parser (``json_serialize_sql``, parse
 only, never executed) and checked against the same allow-list, so a disagreement
