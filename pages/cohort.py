@@ -60,7 +60,7 @@ def completeness_tab():
         view[["rule", "label", "status", "unknown", "unknown_pct", "reason"]], hide_index=True,
         height=400, placeholder="suppressed" if ctx.k else "—", key="coverage_table",
         column_config={
-            "rule": st.column_config.TextColumn("Rule", width=150),
+            "rule": st.column_config.TextColumn("Rule", width=150, pinned=True),
             "label": st.column_config.TextColumn("Rule name", width=240),
             "status": st.column_config.TextColumn("Status", width=120),
             "unknown": st.column_config.NumberColumn("Unknown", format="localized", width=90),

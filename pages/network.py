@@ -169,7 +169,8 @@ def network_view(net: ui.Network) -> None:
             elif ctx.policy == "optimistic":
                 cols = [c for c in cols if c not in ("strict", "lost_strict", "shapley_strict")]
             num = st.column_config.NumberColumn
-            config = {"step": num("Step", width=50), "criterion": st.column_config.TextColumn("Criterion", width=80),
+            config = {"step": num("Step", width=50, pinned=True),
+                      "criterion": st.column_config.TextColumn("Criterion", width=80, pinned=True),
                       "label": st.column_config.TextColumn("Short name", width=210),
                       "strict": num("Remaining · strict", format="localized"),
                       "optimistic": num("Remaining · optimistic", format="localized"),
@@ -179,8 +180,8 @@ def network_view(net: ui.Network) -> None:
                       "failed": num("Fail (marginal)", format="localized"),
                       "unique": num("Fail only this", format="localized"),
                       "unknown": num("Unknown on it", format="localized"),
-                      "shapley_strict": num("Shapley · strict", format="%.1f"),
-                      "shapley_optimistic": num("Shapley · optimistic", format="%.1f")}
+                      "shapley_strict": num("Shapley · strict", format="%,.1f"),
+                      "shapley_optimistic": num("Shapley · optimistic", format="%,.1f")}
             st.dataframe(shown[cols], hide_index=True, column_config=config, placeholder=placeholder,
                          height=36 * min(len(shown), 18) + 38, key="net_attrition_table")
     if t_sites.open:
