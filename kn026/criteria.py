@@ -178,7 +178,12 @@ def parse_predicate(sql: str, where: str) -> exp.Expression:
     try:
         tree = sqlglot.parse_one(sql, read="duckdb")
     except sqlglot.errors.SqlglotError as err:  # ParseError, and TokenError (unclosed quote)
-        raise CriteriaError(f"{where}: the SQL does not parse: {err}") from None
+        from kn026.rulecheck import plain_parse_error  # lazy: only on the error path
+
+        first = re.sub(r"\x1b\[[0-9;]*m", "", str(err)).splitlines()[0] if str(err) else type(err).__name__
+        at = re.search(r"Line (\d+), Col: (\d+)", first)
+        at = f" (line {at[1]}, column {at[2]})" if at else ""
+        raise CriteriaError(f"{where}: the SQL does not parse{at}: {plain_parse_error(first)}") from None
     if tree is None:
         raise CriteriaError(f"{where}: the SQL is empty")
     if isinstance(tree, exp.Block):

@@ -376,7 +376,7 @@ def _check(text, kinds, declared, max_length, max_depth, max_nodes) -> CheckedRu
         raise RuleError("the rule is nested too deeply; simplify it (fewer nested "
                         "parentheses or function calls)") from None
     except SqlglotError as err:  # fail closed on anything sqlglot cannot handle
-        raise RuleError(f"the rule could not be read: {str(err).splitlines()[0][:120]}") from None
+        raise RuleError(f"the rule could not be read: {plain_parse_error(str(err).splitlines()[0][:120])}") from None
 
 
 def _check_inner(text, kinds, declared, max_length, max_depth, max_nodes) -> CheckedRule:
@@ -400,7 +400,7 @@ def _check_inner(text, kinds, declared, max_length, max_depth, max_nodes) -> Che
     except ParseError as err:
         raise _parse_error(text, tokens, err) from None
     except SqlglotError as err:
-        raise RuleError(f"the rule could not be read: {str(err).splitlines()[0]}") from None
+        raise RuleError(f"the rule could not be read: {plain_parse_error(str(err).splitlines()[0])}") from None
     trees = [t for t in trees if t is not None]
     if len(trees) != 1:
         raise RuleError("a rule is a single expression; found several statements")
@@ -560,7 +560,36 @@ def _parse_error(text: str, tokens, err: ParseError) -> RuleError:
         near = f" near {token!r} (position {pos})"
     else:
         near = " at the end of the rule" if pos is not None else ""
-    return RuleError(f"the rule does not parse{near}: {desc}", position=pos, token=token)
+    return RuleError(f"the rule does not parse{near}: {plain_parse_error(desc, token)}", position=pos, token=token)
+
+
+_MISSING = re.compile(r"Required keyword: '(\w+)' missing for <class '[\w.]*?(\w+)'>")
+
+
+def plain_parse_error(desc: str, token: str | None = None) -> str:
+    """The parser's complaint in the analyst's words, without sqlglot's class names.
+
+    sqlglot says "Required keyword: 'expression' missing for <class '...LTE'>"; the analyst
+    needs "'<=' needs a value on both sides".
+    """
+    what = repr(token) if token else "the operator"
+    m = _MISSING.search(desc)
+    if m:
+        part, node = m.groups()
+        if node == "Between":
+            return "BETWEEN needs both limits: value BETWEEN low AND high"
+        if node in ("Not", "Neg", "Paren"):
+            return f"{what} needs a condition or value after it"
+        if part in ("expression", "this"):
+            return f"{what} needs a value or condition on both sides"
+        return f"something is missing after {what}; complete the condition"
+    if desc.startswith("Expecting )"):
+        return "a parenthesis is left open; close it with )"
+    if desc.startswith("Expecting ("):
+        return "a function name must be followed by ( and its arguments"
+    if "<class" in desc or "sqlglot" in desc:  # any other internal wording
+        return "check the operators and parentheses around it"
+    return desc
 
 
 def _check_size(tree: exp.Expression, max_depth: int, max_nodes: int) -> None:
