@@ -240,3 +240,17 @@ def test_extended_engines_are_bounded_and_reused(engine):
     assert len(engine._extended) == analysis.EXTENDED_KEEP
     assert analysis.engine_for(engine, scenarios[0]) is not first  # dropped, made again
     assert analysis.engine_for(engine, scenarios[-1]) is analysis.engine_for(engine, scenarios[-1])
+
+
+def test_a_rewritten_rule_says_so_in_its_name(engine):
+    """"ECOG 0-1" rewritten to admit ECOG 2 must not keep calling itself ECOG 0-1."""
+    from kn026.patients import criterion_label
+
+    old = PROTOCOL.rule("INCL05")
+    _, protocol, _ = extended(engine, rules=(), replaced={"INCL05": "ecog <= 2"})
+    new = protocol.rule("INCL05")
+    assert new.label == old.label + " (rewritten)"
+    crit = next(c for c in protocol.criteria if c.id == "INCL05")
+    assert criterion_label(crit, 1).endswith("(rewritten)")
+    again = custom.replace_rule(new, "ecog <= 1", engine.cohort, protocol)
+    assert again.label == new.label  # marked once
