@@ -247,6 +247,16 @@ def merge_tab():
             st.caption(f"As site “{md(site)}”: {md(ctx.data.label)}, stage {ctx.stage}, "
                        + ("protocol as written." if ctx.is_protocol else f"scenario “{md(ctx.scenario_name)}”."))
     files = ui.net_files()
+    uploaded = st.session_state.get(key) or []
+    if files and not uploaded:  # an uploader cannot be refilled: say where the files are
+        c1.info(f"The upload box starts empty when you come back to this page, but the {len(files)} file(s) "
+                "listed below are still in use in the network funnel. Clear them with the button below.",
+                icon=":material/folder_open:")
+    for name, first in federated.identical_files(((f.name, f.getvalue()) for f in uploaded),
+                                                 {f.key: f.name for f in files}):
+        st.warning(f"**{md(name)}** is the same file as **{md(first)}** (identical content): it counts once, as "
+                   "one site. If these are two different sites, one of them sent the wrong file.",
+                   icon=":material/content_copy:")
     differ = False
     if files:
         differ = files_overview(files)
