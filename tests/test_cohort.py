@@ -944,3 +944,11 @@ def test_unit_guard_golden(tmp_path, case):
     else:
         rows = [int(r) for r in case["outcome"].removeprefix("refused rows ").split()]
         assert [p.row for p in problems] == rows
+
+
+def test_problem_sentences_join_without_running_together():
+    from kn026.cohort import Problem
+
+    parts = [Problem("file", "x.csv is empty; upload a file with a header row").sentence,
+             Problem("file", "a second problem.").sentence]
+    assert " ".join(parts) == "x.csv is empty; upload a file with a header row. a second problem."
