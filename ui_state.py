@@ -2157,7 +2157,7 @@ def _messages() -> None:
         with st.container(border=True):
             if problems and all(p.column == "file" and p.row is None for p in problems):
                 # the file itself was refused (type, size, encoding): one message, no table
-                st.error(f"**{name} could not be loaded.** " + " ".join(p.message for p in problems)
+                st.error(f"**{name} could not be loaded.** " + " ".join(p.sentence for p in problems)
                          + " The app keeps using the cohort it had before.", icon=":material/error:")
             elif (has_choices(problems) or upload_edits()) and st.session_state.get(W + "upload") is not None:
                 upload_problems(name, problems, total)
