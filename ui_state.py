@@ -2077,7 +2077,7 @@ def _sidebar_analysis(ctx_protocol: Protocol) -> None:
     sb.markdown("### Analysis")
     stages = sorted(ctx_protocol.stages)
     sb.radio("Protocol stage", stages, format_func=lambda s: f"Stage {s}", horizontal=True, key=_seed("stage"),
-             on_change=_sync, args=("stage",), help=" · ".join(f"Stage {s}: {ctx_protocol.stages[s]}" for s in stages))
+             on_change=_sync, args=("stage",), help=" · ".join(export.stage_name(ctx_protocol, s) for s in stages))
     names = [PROTOCOL, *scenarios()]
     st.session_state[K_ACTIVE] = active_name()
     sb.selectbox("Scenario", names, key=_seed("active"), on_change=_on_scenario,
