@@ -17,6 +17,10 @@ ui.context_line(ctx)
 st.caption("How long enrolling the target takes, with honest uncertainty: the Poisson-Gamma recruitment model "
            "(Anisimov and Fedorov) fed by the funnel's eligible fraction and each site's screening rate. "
            "Method and assumptions: the *Method* tab and docs/forecast.md.")
+# A readout's colour and icon follow its outcome (kn026.recruitment.readout_tone).
+TONES = {"failed": (st.error, ":material/block:"), "met": (st.info, ":material/task_alt:"),
+         "no deadline": (st.info, ":material/schedule:"), "on track": (st.success, ":material/event_available:"),
+         "at risk": (st.warning, ":material/schedule:"), "off track": (st.error, ":material/event_busy:")}
 summary = st.container()  # the readout goes above the inputs; filled once they are read
 
 estimated, why_not = ui.rec_estimated_sites(ctx)
@@ -165,14 +169,11 @@ with summary:
         out = outcomes[b]
         frac = "eligible count suppressed" if out.fraction is None else f"{out.fraction:.1%} eligible"
         text = f"**{b.capitalize()}** ({frac}): {rc.sponsor_readout(out, plan.deadline)}"
-        if not out.ok:
-            st.error(text, icon=":material/block:")
-        elif out.result.remaining == 0:
-            st.info(text, icon=":material/task_alt:")
-        else:
-            st.success(text, icon=":material/event_available:")
-            if out.need_message:
-                st.caption(f"Sites needed: {out.need_message}.")
+        tone = rc.readout_tone(out, plan.deadline, plan.probability)
+        box, icon = TONES[tone]
+        box(text if tone in ("failed", "met", "no deadline") else f"{text} · **{tone}**", icon=icon)
+        if out.ok and out.need_message:
+            st.caption(f"Sites needed: {out.need_message}.")
 
     if any(o.ok for o in outcomes.values()):
         num = st.column_config.NumberColumn

@@ -49,8 +49,9 @@ def open_tab(at: AppTest, label: str) -> AppTest:
 
 
 def readout(at: AppTest, bound: str) -> str:
-    texts = [b.value for b in (*at.success, *at.error, *at.info) if b.value.startswith(f"**{bound.capitalize()}**")]
-    assert len(texts) == 1, [b.value for b in (*at.success, *at.error, *at.info)]
+    boxes = (*at.success, *at.warning, *at.error, *at.info)
+    texts = [b.value for b in boxes if b.value.startswith(f"**{bound.capitalize()}**")]
+    assert len(texts) == 1, [b.value for b in boxes]
     return texts[0]
 
 
