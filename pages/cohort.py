@@ -193,7 +193,9 @@ def omop_wizard():
                          help="The date each person is screened at. Only records up to it are used.")
         if index == "fixed":
             st.date_input("Fixed index date", min_value=dt.date(1900, 1, 1), max_value=dt.date(2100, 12, 31),
-                          format="YYYY-MM-DD", **ui.load_setting("omop_date", dt.date.today()))
+                          format="YYYY-MM-DD", **ui.load_setting("omop_date", dt.date.today()),
+                          help="Pick a day in the calendar, or type the date and click outside the field "
+                               "(a typed date applies when the field loses focus).")
     c2.number_input("Look-back for labs (days)", min_value=0, max_value=36500, step=1,
                     **ui.load_setting("omop_lookback", 30),
                     help="Each lab is the latest value within this many days up to the index date.")

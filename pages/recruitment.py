@@ -21,6 +21,9 @@ st.caption("How long enrolling the target takes, with honest uncertainty: the Po
 TONES = {"failed": (st.error, ":material/block:"), "met": (st.info, ":material/task_alt:"),
          "no deadline": (st.info, ":material/schedule:"), "on track": (st.success, ":material/event_available:"),
          "at risk": (st.warning, ":material/schedule:"), "off track": (st.error, ":material/event_busy:")}
+# Streamlit's date field applies a typed date only when it loses focus (Enter does not):
+# say so where the analyst types one.
+TYPED_DATE = "Pick a day in the calendar (applies at once), or type the date and click outside the field."
 summary = st.container()  # the readout goes above the inputs; filled once they are read
 
 estimated, why_not = ui.rec_estimated_sites(ctx)
@@ -62,11 +65,12 @@ with inputs_box:
         **ui.rec_state("uptake", 100 * fc.DEFAULT_UPTAKE),
         help="Share of eligible patients who enrol: consent, willingness, investigator judgement, screen "
              "failures the data cannot show. Default 85 %.")
-    start = c[3].date_input("Enrolment starts", **ui.rec_state("start", today), format="YYYY-MM-DD")
+    start = c[3].date_input("Enrolment starts", **ui.rec_state("start", today), format="YYYY-MM-DD",
+                            help=TYPED_DATE)
     deadline = c[4].date_input("Deadline", **ui.rec_state("deadline", end_of_month(today, 12)),
                                format="YYYY-MM-DD",
                                help="Gives P(target reached by then) and how many more sites reach it with "
-                                    "the probability set under *Simulation*.")
+                                    "the probability set under *Simulation*. " + TYPED_DATE)
 
     st.markdown("**Sites**")
     if estimated is None:

@@ -143,7 +143,7 @@ def test_target_and_uptake_move_the_median_the_right_way():
     approach = f"approach.{at.session_state[ui_state.K_DATA].token}"
     set_input(at, approach, 20.0)
     assert median(at) < slower  # more candidates approached: faster
-    assert not at.warning  # 2.8 screened, 0.66 enrolled per site-month: plausible
+    assert not [w for w in at.warning if "patients a month" in w.value]  # 2.8 screened, 0.66 enrolled per site-month: plausible
     set_input(at, approach, 100.0)  # the raw synthetic volume: 14 screened per site-month
     assert any("more than 2 patients a month" in w.value and "0.4-0.8" in w.value for w in at.warning)
     set_input(at, approach, 20.0)
