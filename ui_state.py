@@ -2126,10 +2126,10 @@ def page_start(title: str, icon: str | None = None) -> Ctx:
     _defaults()
     proto = protocol()
     bundle = data()
+    apply_order_edits()  # before the sidebar: an edit may start a scenario the sidebar must show
     _sidebar_data(bundle, title)
     _sidebar_analysis(proto)
     _sidebar_suppression()
-    apply_order_edits()
     bundle = st.session_state[K_DATA]
     stage = int(st.session_state[K_STAGE])
     engine = engine_for(stage)
