@@ -136,7 +136,9 @@ with st.container(border=True):
 st.subheader("Funnel order and criteria in use")
 c1, c2 = st.columns([2, 3], vertical_alignment="bottom")
 with c1:
-    mkey = ui.wkey("order_mode_c", ctx.scenario_name)
+    # the mode is part of the key: a hand reorder in the table below switches the mode, and the
+    # control must then be drawn anew to say "By hand" (a widget keeps its own value otherwise)
+    mkey = ui.wkey("order_mode_c", ctx.scenario_name, ctx.order_mode)
     st.segmented_control("Order", list(ui.ORDER_MODES), format_func=ui.ORDER_LABELS.get, default=ctx.order_mode,
                          key=mkey, on_change=ui.set_order_mode, args=(mkey, tuple(shown_ids)), required=True)
 with c2:

@@ -19,7 +19,7 @@ ui.metric_cards(ctx)
 
 left, right = st.columns([3, 2], vertical_alignment="bottom")
 with left:
-    key = ui.wkey("order_mode", ui.active_name())
+    key = ui.wkey("order_mode", ui.active_name(), ctx.order_mode)  # redrawn when a hand reorder sets the mode
     st.segmented_control("Funnel order", list(ui.ORDER_MODES), format_func=ui.ORDER_LABELS.get,
                          default=ctx.order_mode, key=key, on_change=ui.set_order_mode,
                          args=(key, tuple(res.plan.ids)), required=True)
