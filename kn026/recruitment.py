@@ -197,7 +197,7 @@ def need_text(out: Outcome, deadline: _dt.date | None) -> str:
     if n.additional == 0:
         return (f"no more sites needed to finish by {_month_year(deadline)} "
                 f"(P = {n.probability_now:.2f} with the current sites)")
-    return (f"{n.additional} more site{'s' if n.additional != 1 else ''} needed to finish by {_month_year(deadline)} "
+    return (f"{n.additional:,} more site{'s' if n.additional != 1 else ''} needed to finish by {_month_year(deadline)} "
             f"(P = {n.probability_now:.2f} with the current sites)")
 
 

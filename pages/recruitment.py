@@ -185,7 +185,7 @@ with summary:
                      column_config=SUMMARY_COLUMNS | {
                          "p_deadline_pct": num(f"P(by {plan.deadline})", format="%.0f%%",
                                            help="Share of simulated trials reaching the target by the deadline."),
-                         "sites_needed": num("More sites needed", format="%d",
+                         "sites_needed": num("More sites needed", format="%,d",
                                              help=f"Additional sites at the mean rate ({sites.prior_mean:.2f} "
                                                   f"screened per month), opening at month {plan.new_site_month:g}, "
                                                   f"to reach the target by the deadline with probability "
@@ -266,7 +266,7 @@ def compare_tab():
     st.dataframe(rc.comparison_table(pairs, labels, plan.deadline), hide_index=True, key="rec_cmp_table",
                  column_config=SUMMARY_COLUMNS | {
                      "p_deadline_pct": num(f"P(by {plan.deadline})", format="%.0f%%"),
-                     "sites_needed": num("More sites needed", format="%d"),
+                     "sites_needed": num("More sites needed", format="%,d"),
                      "saved_weeks": num("Weeks saved", format="%+.1f",
                                         help="Protocol median minus scenario median (negative: the scenario "
                                              "takes longer)")})

@@ -106,7 +106,7 @@ def test_readout_agrees_with_the_model_called_directly(builtin):
         assert expected in text and f"({100 * frac:.1f}% eligible)" in text
         assert 3 < res.median < 60  # a trial, not "one month" from the synthetic volume
         if need.additional:
-            assert f"{need.additional} more site" in text
+            assert f"{need.additional:,} more site" in text
         else:
             assert "no more sites needed" in text
         row = table(at, "bound", "median_months").set_index("bound").loc[bound.capitalize()]

@@ -121,13 +121,13 @@ def test_sponsor_readout_reads_like_the_issue():
     out = rc.run_bound(plan, sites, "strict", 0.35, 5000)
     text = rc.sponsor_readout(out, DEADLINE)
     m = re.fullmatch(r"median (\d+\.\d) months, 80 % interval (\d+\.\d)-(\d+\.\d) months, "
-                     r"(\d+) more sites needed to finish by June 2027 \(P = (\d\.\d\d) with the current sites\)",
+                     r"([\d,]+) more sites needed to finish by June 2027 \(P = (\d\.\d\d) with the current sites\)",
                      text)
     assert m, text
     lo, hi = out.result.interval(0.8)
     assert float(m.group(1)) == round(out.result.median, 1)
     assert (float(m.group(2)), float(m.group(3))) == (round(lo, 1), round(hi, 1))
-    assert int(m.group(4)) == out.need.additional
+    assert int(m.group(4).replace(",", "")) == out.need.additional
     assert float(m.group(5)) == round(out.need.probability_now, 2)
     p = out.need.probability_now
     assert rc.readout_tone(out, DEADLINE) == ("on track" if p >= 0.8 else "at risk" if p >= 0.5 else "off track")
