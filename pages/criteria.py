@@ -220,9 +220,8 @@ def rule_error_box(form: str, verb: str) -> None:
     err = ui.rule_error(form)
     if not err:
         return
-    message = str(err["message"])
-    message = message[:1].upper() + message[1:]  # a sentence of its own after the bold one
-    st.error(f"**Not {verb}; nothing changed.** {md_escape(message)}", icon=":material/error:")
+    # the message on a line of its own: it may start with a column or function name (kept as typed)
+    st.error(f"**Not {verb}; nothing changed.**  \n{md_escape(err['message'])}", icon=":material/error:")
     pointer = rulecheck.point_at(err["text"], err["position"], err["token"], width=44)  # fits half the page
     if pointer:
         st.code(pointer, language=None)
