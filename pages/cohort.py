@@ -61,7 +61,7 @@ def completeness_tab():
         view[["rule", "label", "status", "unknown", "unknown_pct", "reason"]], hide_index=True,
         height=400, placeholder="suppressed" if ctx.k else "—", key="coverage_table",
         column_config={
-            "rule": st.column_config.TextColumn("Rule", width=150),
+            "rule": st.column_config.TextColumn("Rule", width=150, pinned=True),
             "label": st.column_config.TextColumn("Rule name", width=240),
             "status": st.column_config.TextColumn("Status", width=120),
             "unknown": st.column_config.NumberColumn("Unknown", format="localized", width=90),
@@ -194,7 +194,9 @@ def omop_wizard():
                          help="The date each person is screened at. Only records up to it are used.")
         if index == "fixed":
             st.date_input("Fixed index date", min_value=dt.date(1900, 1, 1), max_value=dt.date(2100, 12, 31),
-                          format="YYYY-MM-DD", **sources.load_setting("omop_date", dt.date.today()))
+                          format="YYYY-MM-DD", **sources.load_setting("omop_date", dt.date.today()),
+                          help="Pick a day in the calendar, or type the date and click outside the field "
+                               "(a typed date applies when the field loses focus).")
     c2.number_input("Look-back for labs (days)", min_value=0, max_value=36500, step=1,
                     **sources.load_setting("omop_lookback", 30),
                     help="Each lab is the latest value within this many days up to the index date.")

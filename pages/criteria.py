@@ -127,7 +127,9 @@ with st.container(border=True):
 st.subheader("Funnel order and criteria in use")
 c1, c2 = st.columns([2, 3], vertical_alignment="bottom")
 with c1:
-    mkey = page.order_key(ctx.scenario_name)
+    # the mode is part of the key: a hand reorder in the table below switches the mode, and the
+    # control must then be drawn anew to say "By hand" (a widget keeps its own value otherwise)
+    mkey = page.order_key(ctx.scenario_name, ctx.order_mode)
     st.segmented_control("Order", list(scenarios.ORDER_MODES), format_func=scenarios.ORDER_LABELS.get, default=ctx.order_mode,
                          key=mkey, on_change=scenarios.set_order_mode, args=(mkey, tuple(shown_ids)), required=True)
 with c2:
@@ -209,7 +211,8 @@ def rule_error_box(form: str, verb: str) -> None:
     err = rules.rule_error(form)
     if not err:
         return
-    st.error(f"**Not {verb}; nothing changed.** {md_escape(err['message'])}", icon=":material/error:")
+    # the message on a line of its own: it may start with a column or function name (kept as typed)
+    st.error(f"**Not {verb}; nothing changed.**  \n{md_escape(err['message'])}", icon=":material/error:")
     pointer = rulecheck.point_at(err["text"], err["position"], err["token"], width=44)  # fits half the page
     if pointer:
         st.code(pointer, language=None)

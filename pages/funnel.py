@@ -20,7 +20,7 @@ components.metric_cards(ctx)
 
 left, right = st.columns([3, 2], vertical_alignment="bottom")
 with left:
-    key = page.order_key()
+    key = page.order_key(ctx.order_mode)  # redrawn when a hand reorder sets the mode
     st.segmented_control("Funnel order", list(scenarios.ORDER_MODES), format_func=scenarios.ORDER_LABELS.get,
                          default=ctx.order_mode, key=key, on_change=scenarios.set_order_mode,
                          args=(key, tuple(res.plan.ids)), required=True)
@@ -58,8 +58,8 @@ if tab_table.open:
             cols = [c for c in cols if c not in ("strict", "lost_strict", "shapley_strict")]
         count = st.column_config.NumberColumn
         config = {
-            "step": st.column_config.NumberColumn("Step", width=50),
-            "criterion": st.column_config.TextColumn("Criterion", width=80),
+            "step": st.column_config.NumberColumn("Step", width=50, pinned=True),
+            "criterion": st.column_config.TextColumn("Criterion", width=80, pinned=True),
             "label": st.column_config.TextColumn("Short name", width=210),
             "strict": count("Remaining · strict", format="localized"),
             "optimistic": count("Remaining · optimistic", format="localized"),
@@ -69,8 +69,8 @@ if tab_table.open:
             "failed": count("Fail (marginal)", format="localized"),
             "unique": count("Fail only this", format="localized"),
             "unknown": count("Unknown on it", format="localized"),
-            "shapley_strict": count("Shapley · strict", format="%.1f"),
-            "shapley_optimistic": count("Shapley · optimistic", format="%.1f"),
+            "shapley_strict": count("Shapley · strict", format="%,.1f"),
+            "shapley_optimistic": count("Shapley · optimistic", format="%,.1f"),
         }
         st.dataframe(shown[cols], hide_index=True, column_config=config, height=36 * min(len(shown), 18) + 38,
                      placeholder=placeholder, key="attrition_table")
@@ -132,7 +132,7 @@ if tab_compare.open:
                              hide_index=True, placeholder=placeholder, key="compare_totals",
                              column_config={c: st.column_config.NumberColumn(format="localized")
                                             for c in ("Protocol", "Scenario")}
-                             | {"Change": st.column_config.NumberColumn(format="%+d")})
+                             | {"Change": st.column_config.NumberColumn(format="%+,d")})
             st.markdown("**Per criterion**: patients failing, unknown on, or failing only this criterion, "
                         "protocol → scenario.")
             d = deltas.masked()
@@ -146,17 +146,17 @@ if tab_compare.open:
             cols = ["criterion", "label", "status", "failed_base", "failed_other", "failed_delta", "unknown_base",
                     "unknown_other", "unknown_delta", "unique_base", "unique_other", "unique_delta"]
             num = st.column_config.NumberColumn
-            cfg = {"criterion": st.column_config.TextColumn("Criterion", width=80),
+            cfg = {"criterion": st.column_config.TextColumn("Criterion", width=80, pinned=True),
                    "label": st.column_config.TextColumn("Short name", width=200), "status": "Note",
                    "failed_base": num("Fail · protocol", format="localized"),
                    "failed_other": num("Fail · scenario", format="localized"),
-                   "failed_delta": num("Fail · change", format="%+d"),
+                   "failed_delta": num("Fail · change", format="%+,d"),
                    "unknown_base": num("Unknown · protocol", format="localized"),
                    "unknown_other": num("Unknown · scenario", format="localized"),
-                   "unknown_delta": num("Unknown · change", format="%+d"),
+                   "unknown_delta": num("Unknown · change", format="%+,d"),
                    "unique_base": num("Only this · protocol", format="localized"),
                    "unique_other": num("Only this · scenario", format="localized"),
-                   "unique_delta": num("Only this · change", format="%+d")}
+                   "unique_delta": num("Only this · change", format="%+,d")}
             if view.empty:
                 st.info("No criterion changes its counts under this scenario.")
             else:

@@ -171,7 +171,8 @@ def network_view(net: page.Network) -> None:
             elif ctx.policy == "optimistic":
                 cols = [c for c in cols if c not in ("strict", "lost_strict", "shapley_strict")]
             num = st.column_config.NumberColumn
-            config = {"step": num("Step", width=50), "criterion": st.column_config.TextColumn("Criterion", width=80),
+            config = {"step": num("Step", width=50, pinned=True),
+                      "criterion": st.column_config.TextColumn("Criterion", width=80, pinned=True),
                       "label": st.column_config.TextColumn("Short name", width=210),
                       "strict": num("Remaining · strict", format="localized"),
                       "optimistic": num("Remaining · optimistic", format="localized"),
@@ -181,8 +182,8 @@ def network_view(net: page.Network) -> None:
                       "failed": num("Fail (marginal)", format="localized"),
                       "unique": num("Fail only this", format="localized"),
                       "unknown": num("Unknown on it", format="localized"),
-                      "shapley_strict": num("Shapley · strict", format="%.1f"),
-                      "shapley_optimistic": num("Shapley · optimistic", format="%.1f")}
+                      "shapley_strict": num("Shapley · strict", format="%,.1f"),
+                      "shapley_optimistic": num("Shapley · optimistic", format="%,.1f")}
             st.dataframe(shown[cols], hide_index=True, column_config=config, placeholder=placeholder,
                          height=36 * min(len(shown), 18) + 38, key="net_attrition_table")
     if t_sites.open:
@@ -248,6 +249,16 @@ def merge_tab():
             st.caption(f"As site “{md(site)}”: {md(ctx.data.label)}, stage {ctx.stage}, "
                        + ("protocol as written." if ctx.is_protocol else f"scenario “{md(ctx.scenario_name)}”."))
     files = page.net_files()
+    uploaded = page.uploaded(key)
+    if files and not uploaded:  # an uploader cannot be refilled: say where the files are
+        c1.info(f"The upload box starts empty when you come back to this page, but the {len(files)} file(s) "
+                "listed below are still in use in the network funnel. Clear them with the button below.",
+                icon=":material/folder_open:")
+    for name, first in federated.identical_files(((f.name, f.getvalue()) for f in uploaded),
+                                                 {f.key: f.name for f in files}):
+        st.warning(f"**{md(name)}** is the same file as **{md(first)}** (identical content): it counts once, as "
+                   "one site. If these are two different sites, one of them sent the wrong file.",
+                   icon=":material/content_copy:")
     differ = False
     if files:
         differ = files_overview(files)

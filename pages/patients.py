@@ -139,13 +139,12 @@ def downloads_tab():
     sheets = {"Attrition": attrition}
     if not ctx.is_protocol:
         tot, deltas = results.compare_tables(ctx)
-        sheets["Scenario vs protocol"] = export.table_for_export(tot, {"measure": "Measure", "base": "Protocol",
-                                                                       "other": "Scenario", "delta": "Change"})
-        sheets["Per-criterion changes"] = export.table_for_export(deltas, {})
+        sheets["Scenario vs protocol"] = export.table_for_export(tot, export.TOTALS_COLUMNS)
+        sheets["Per-criterion changes"] = export.table_for_export(deltas, export.DELTA_COLUMNS)
     site_tabs = results.site_tables(ctx)
     if site_tabs is not None:
-        sheets["Sites"] = export.table_for_export(site_tabs[0], {})
-        sheets["Countries"] = export.table_for_export(site_tabs[1], {})
+        sheets["Sites"] = export.table_for_export(site_tabs[0], export.SITE_COLUMNS)
+        sheets["Countries"] = export.table_for_export(site_tabs[1], export.SITE_COLUMNS)
 
     def figures():
         res = results.result(ctx)

@@ -19,6 +19,13 @@ components.context_line(ctx)
 st.caption("How long enrolling the target takes, with honest uncertainty: the Poisson-Gamma recruitment model "
            "(Anisimov and Fedorov) fed by the funnel's eligible fraction and each site's screening rate. "
            "Method and assumptions: the *Method* tab and docs/forecast.md.")
+# A readout's colour and icon follow its outcome (kn026.forecast.recruitment.readout_tone).
+TONES = {"failed": (st.error, ":material/block:"), "met": (st.info, ":material/task_alt:"),
+         "no deadline": (st.info, ":material/schedule:"), "on track": (st.success, ":material/event_available:"),
+         "at risk": (st.warning, ":material/schedule:"), "off track": (st.error, ":material/event_busy:")}
+# Streamlit's date field applies a typed date only when it loses focus (Enter does not):
+# say so where the analyst types one.
+TYPED_DATE = "Pick a day in the calendar (applies at once), or type the date and click outside the field."
 summary = st.container()  # the readout goes above the inputs; filled once they are read
 
 estimated, why_not = page.rec_estimated_sites(ctx)
@@ -62,11 +69,12 @@ with inputs_box:
         **page.rec_state("uptake", 100 * fsites.DEFAULT_UPTAKE),
         help="Share of eligible patients who enrol: consent, willingness, investigator judgement, screen "
              "failures the data cannot show. Default 85 %.")
-    start = c[3].date_input("Enrolment starts", **page.rec_state("start", today), format="YYYY-MM-DD")
+    start = c[3].date_input("Enrolment starts", **page.rec_state("start", today), format="YYYY-MM-DD",
+                            help=TYPED_DATE)
     deadline = c[4].date_input("Deadline", **page.rec_state("deadline", end_of_month(today, 12)),
                                format="YYYY-MM-DD",
                                help="Gives P(target reached by then) and how many more sites reach it with "
-                                    "the probability set under *Simulation*.")
+                                    "the probability set under *Simulation*. " + TYPED_DATE)
 
     st.caption(f"Target used: {rc.target_text(declared, int(target))}.")
     st.markdown("**Sites**")
@@ -170,14 +178,11 @@ with summary:
         out = outcomes[b]
         frac = "eligible count suppressed" if out.fraction is None else f"{out.fraction:.1%} eligible"
         text = f"**{b.capitalize()}** ({frac}): {rc.sponsor_readout(out, plan.deadline)}"
-        if not out.ok:
-            st.error(text, icon=":material/block:")
-        elif out.result.remaining == 0:
-            st.info(text, icon=":material/task_alt:")
-        else:
-            st.success(text, icon=":material/event_available:")
-            if out.need_message:
-                st.caption(f"Sites needed: {out.need_message}.")
+        tone = rc.readout_tone(out, plan.deadline, plan.probability)
+        box, icon = TONES[tone]
+        box(text if tone in ("failed", "met", "no deadline") else f"{text} · **{tone}**", icon=icon)
+        if out.ok and out.need_message:
+            st.caption(f"Sites needed: {out.need_message}.")
 
     if any(o.ok for o in outcomes.values()):
         num = st.column_config.NumberColumn
@@ -185,7 +190,7 @@ with summary:
                      column_config=SUMMARY_COLUMNS | {
                          "p_deadline_pct": num(f"P(by {plan.deadline})", format="%.0f%%",
                                            help="Share of simulated trials reaching the target by the deadline."),
-                         "sites_needed": num("More sites needed", format="%d",
+                         "sites_needed": num("More sites needed", format="%,d",
                                              help=f"Additional sites at the mean rate ({sites.prior_mean:.2f} "
                                                   f"screened per month), opening at month {plan.new_site_month:g}, "
                                                   f"to reach the target by the deadline with probability "
@@ -266,7 +271,7 @@ def compare_tab():
     st.dataframe(rc.comparison_table(pairs, labels, plan.deadline), hide_index=True, key="rec_cmp_table",
                  column_config=SUMMARY_COLUMNS | {
                      "p_deadline_pct": num(f"P(by {plan.deadline})", format="%.0f%%"),
-                     "sites_needed": num("More sites needed", format="%d"),
+                     "sites_needed": num("More sites needed", format="%,d"),
                      "saved_weeks": num("Weeks saved", format="%+.1f",
                                         help="Protocol median minus scenario median (negative: the scenario "
                                              "takes longer)")})

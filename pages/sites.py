@@ -40,15 +40,12 @@ if ctx.k:
             f"({sites.n_hidden + countries.n_hidden:,} cells).", icon=":material/visibility_off:")
 
 slug = re.sub(r"[^A-Za-z0-9]+", "_", ctx.scenario_name).strip("_").lower()
-names = {"site": "Site", "country": "Country", "sites": "Sites", "screened": "Screened",
-         "strict": "Eligible · strict", "optimistic": "Eligible · optimistic", "unknown": "Unknown",
-         "excluded": "Not eligible", "pct_strict": "% eligible · strict", "pct_optimistic": "% eligible · optimistic"}
+names = export.SITE_COLUMNS  # the table, its CSV and the Excel sheet name the columns alike
 num = st.column_config.NumberColumn
-config = {"screened": num("Screened", format="localized"), "strict": num("Eligible · strict", format="localized"),
-          "optimistic": num("Eligible · optimistic", format="localized"),
-          "unknown": num("Unknown", format="localized"),
-          "pct_strict": num("% strict", format="%.1f%%"), "pct_optimistic": num("% optimistic", format="%.1f%%"),
-          "site": st.column_config.TextColumn("Site", width="small"), "country": "Country", "sites": "Sites"}
+config = {c: num(names[c], format="localized") for c in ("screened", "strict", "optimistic", "unknown")} | {
+    c: num(names[c], format="%.1f%%") for c in ("pct_strict", "pct_optimistic")} | {
+    "site": st.column_config.TextColumn(names["site"], width="small", pinned=True), "country": names["country"],
+    "sites": names["sites"]}
 columns = ["screened", "strict", "optimistic", "unknown", "pct_strict", "pct_optimistic"]
 if ctx.policy == "strict":
     columns = [c for c in columns if "optimistic" not in c and c != "unknown"]

@@ -104,3 +104,18 @@ def metric(page, label: str) -> int:
     card = page.locator('[data-testid="stMetric"]').filter(has_text=label).first
     value = card.locator('[data-testid="stMetricValue"]').inner_text()
     return int(value.replace(",", ""))
+
+
+def cut_labels(page) -> list[str]:
+    """Y tick labels of the visible charts that start left of their chart (cut off on screen)."""
+    return page.evaluate("""() => {
+      const out = [];
+      for (const plot of document.querySelectorAll('.js-plotly-plot')) {
+        if (!plot.offsetParent) continue;
+        const left = plot.getBoundingClientRect().left;
+        for (const t of plot.querySelectorAll('.ytick text, .y2tick text')) {
+          const r = t.getBoundingClientRect();
+          if (r.width && r.left < left - 0.5) out.push(t.textContent);
+        }
+      }
+      return out; }""")

@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from tests.browser_support import ARTIFACTS, TIMEOUT_MS, main_text, no_exception, settle
+from tests.browser_support import ARTIFACTS, TIMEOUT_MS, cut_labels, main_text, no_exception, settle
 
 PAGES = [
     # (nav label, url path, key texts)
@@ -92,10 +92,12 @@ def test_scenario_funnel_and_compare(server, browser):
     assert "vs the protocol" in main_text(page)
     no_exception(page, "scenario comparison")
     page.screenshot(path=str(ARTIFACTS / "funnel_compare.png"), full_page=False)
+    assert not cut_labels(page), "scenario vs protocol: y labels cut on the left"
     for tab in ("Per-criterion table", "Overlap"):
         page.get_by_role("tab", name=tab).click()
         page.wait_for_timeout(800)
         no_exception(page, tab)
+        assert not cut_labels(page), f"{tab}: y labels cut on the left"
         page.screenshot(path=str(ARTIFACTS / f"funnel_{tab.split()[0].lower().replace('-', '_')}.png"))
     page.close()
 
@@ -111,6 +113,8 @@ def test_deep_link_first_request(server, browser):
         assert label in nav
     assert "app" not in nav.split()
     no_exception(page, "deep link")
+    page.wait_for_selector(".js-plotly-plot", timeout=TIMEOUT_MS)
+    assert not cut_labels(page), "sites chart: site labels (S049 · ...) cut on the left"
     page.close()
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -211,3 +212,61 @@ def test_bars_draw_hidden_counts_as_hatched_labelled_stubs():
                          "verdict": ["pass", "fail"]})
     fig = C.category_figure(cats, "t")
     assert fig.data[0].text[1] == C.HIDDEN and fig.data[0].marker.pattern.shape[1] == "/"
+
+
+# ------------------------------------------------------------------ left margins from label widths
+
+FONTS = [Path("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"),
+         Path("/usr/share/fonts/truetype/liberation/LiberationSans-Regular.ttf")]
+LONG = {"EXCL11": "Systolic hypertension, diastolic hypertension or both", "INCL02": "Gastric or GEJ primary",
+        "S049": "United Kingdom"}
+
+
+def _margin_fits(fig, labels, size):
+    need = max(C.text_width(lab, size) for lab in labels)
+    assert fig.layout.margin.l >= need, (fig.layout.margin.l, need, max(labels, key=len))
+
+
+def test_text_width_is_an_upper_bound_of_the_browser_fonts():
+    """The estimate covers the widest fallback font the browser may draw labels in."""
+    ImageFont = pytest.importorskip("PIL.ImageFont")
+    fonts = [ImageFont.truetype(str(f), 100) for f in FONTS if f.exists()]
+    if not fonts:
+        pytest.skip("neither DejaVu Sans nor Liberation Sans is installed")
+    labels = ["EXCL11 · Systolic hypertension, diastolic…", "XCL11 NCL07 S049", "Eligible, optimistic",
+              "abcdefghijklmnopqrstuvwxyz", "ABCDEFGHIJKLMNOPQRSTUVWXYZ", "0123456789 · … ≥ ≤ + & ( )"]
+    for font in fonts:
+        for lab in labels:
+            assert C.text_width(lab, 12.5) >= font.getlength(lab) * 12.5 / 100, lab
+
+
+def test_left_margin_fits_the_widest_y_label_of_every_horizontal_chart():
+    """XCL11 / NCL07 / S049 were cut on the left: the margin is reserved from the label text."""
+    names = list(LONG)
+    hist = fm.Histogram.from_counts({(0, 0): 10, (1, 0): 5, (2, 0): 3, (4, 1): 4, (3, 4): 2})
+    combos = fm.combinations(hist, names, top=None)
+    fig = C.combinations_figure(combos, names, LONG)
+    _margin_fits(fig, fig.layout.yaxis2.categoryarray, 12.5)
+    assert fig.layout.margin.l > 200  # the old 10 px margin relied on automargin, which cut labels
+    funnel = C.funnel_figure(fm.funnel(hist, names), LONG)
+    _margin_fits(funnel, funnel.data[0].y, 12.5)
+    deltas = C.deltas_figure(pd.DataFrame({"criterion": names, "failed_delta": [3, -1, 2]}), LONG)
+    _margin_fits(deltas, deltas.data[0].y, 13)
+    assert deltas.layout.margin.l > 200
+    sites = pd.DataFrame({"site": ["S049", "S1"], "country": ["United Kingdom", "X"], "screened": [100, 20],
+                          "strict": [40, 3], "optimistic": [50, 12]})
+    fig = C.sites_figure(sites)
+    _margin_fits(fig, fig.data[0].y, 13)
+    assert fig.layout.margin.l >= C.text_width("S049 · United Kingdom", 13)
+    totals = fm.compare_totals(hist, fm.Histogram.from_counts({(0, 0): 12, (1, 0): 15}))
+    fig = C.compare_figure(totals, "Scenario X")
+    _margin_fits(fig, fig.data[0].y, 13)
+    cov = pd.DataFrame({"rule": ["EXCL11"], "label": [LONG["EXCL11"]], "status": ["ok"], "unknown_pct": [3.0]})
+    fig = C.coverage_figure(cov)
+    _margin_fits(fig, fig.data[0].y, 13)
+    cat = pd.DataFrame({"category": ["IHC not recorded"], "count": [2], "verdict": ["unknown"]})
+    fig = C.category_figure(cat, "HER2")
+    _margin_fits(fig, fig.data[0].y, 11.5)
+    # Exported HTML carries the same margin as the app's figure.
+    html = C.figure_spec(deltas)["layout"]["margin"]["l"]
+    assert html == deltas.layout.margin.l

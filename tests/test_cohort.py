@@ -799,3 +799,9 @@ def test_problem_str_without_row():
 def test_cohort_error_total_defaults_to_problem_count():
     err = CohortError([Problem("a", "x"), Problem("b", "y")])
     assert err.total == 2 and str(err) == "a: x\nb: y"
+
+
+def test_problem_sentences_join_without_running_together():
+    parts = [Problem("file", "x.csv is empty; upload a file with a header row").sentence,
+             Problem("file", "a second problem.").sentence]
+    assert " ".join(parts) == "x.csv is empty; upload a file with a header row. a second problem."

@@ -240,3 +240,17 @@ def test_extended_engines_are_bounded_and_reused(builtin_engine):
     assert not hasattr(builtin_engine, "_extended") and not hasattr(first, "_scenario_key")
     assert analysis.engine_for(builtin_engine, scenarios[0], cache) is not first  # dropped, made again
     assert analysis.engine_for(builtin_engine, scenarios[-1], cache) is analysis.engine_for(builtin_engine, scenarios[-1], cache)
+
+
+def test_a_rewritten_rule_says_so_in_its_name(builtin_engine):
+    """"ECOG 0-1" rewritten to admit ECOG 2 must not keep calling itself ECOG 0-1."""
+    from kn026.report.patients import criterion_label
+
+    old = PROTOCOL.rule("INCL05")
+    _, protocol, _ = extended(builtin_engine, rules=(), replaced={"INCL05": "ecog <= 2"})
+    new = protocol.rule("INCL05")
+    assert new.label == old.label + " (rewritten)"
+    crit = next(c for c in protocol.criteria if c.id == "INCL05")
+    assert criterion_label(crit, 1).endswith("(rewritten)")
+    again = custom.replace_rule(new, "ecog <= 1", builtin_engine.cohort, protocol)
+    assert again.label == new.label  # marked once

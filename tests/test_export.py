@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 
 import openpyxl
@@ -191,3 +192,30 @@ def test_patient_naming_lines_are_dropped_unless_patient_level_views_are_allowed
     kept, dropped = X.drop_patient_lines(lines, ids)
     assert kept == lines[2:] and dropped == 2
     assert X.drop_patient_lines(lines, ids, patient_level=True) == (lines, 0)
+
+
+def test_walkthrough_export_wording(engine):
+    """Readable headers on every sheet, one name per column, patients said once, separators, stage once."""
+    protocol = load_protocol()
+    rows = dict(X.about_rows("Built-in synthetic cohort (5,000 patients)", 5000, 1, Scenario("S"), protocol,
+                             "Both", "Protocol order", None))
+    assert rows["Cohort"] == "Built-in synthetic cohort (5,000 patients)"
+    assert rows["Stage"] == "Stage 1 (open-label)"
+    assert protocol.stage_name(2) == "Stage 2 (randomised)"
+    named = dataclasses.replace(protocol, stages={1: "open-label", 3: ""})
+    assert named.stage_name(1) == "Stage 1: open-label" and named.stage_name(3) == "Stage 3"
+
+    _, deltas = analysis.compare(engine, Scenario("s", overrides={"INCL01": {"min_age": 21}}))
+    sites = P.with_rates(P.site_table(engine, Scenario()))
+    out = {"Per-criterion changes": X.table_for_export(deltas, X.DELTA_COLUMNS),
+           "Sites": X.table_for_export(sites, X.SITE_COLUMNS)}
+    for name, frame in out.items():
+        code = [c for c in frame.columns if "_" in c or c in set(deltas.columns) | set(sites.columns)]
+        assert not code, f"{name}: code names as headers: {code}"
+    assert "Fail (change)" in out["Per-criterion changes"].columns
+    csv = pd.read_csv(io.BytesIO(X.csv_bytes(X.table_for_export(sites, X.SITE_COLUMNS))), encoding="utf-8-sig")
+    assert list(csv.columns) == list(out["Sites"].columns)  # the CSV and the sheet agree
+
+    frame = pd.DataFrame({"Criterion": ["A"], "Shapley share (strict)": [3889.75], "Patients": [12345]})
+    book = openpyxl.load_workbook(io.BytesIO(X.excel_bytes({"T": frame})))
+    assert book["T"]["B2"].number_format == "#,##0.0#" and book["T"]["C2"].number_format == "#,##0"

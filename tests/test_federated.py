@@ -450,3 +450,15 @@ def test_funnel_order_does_not_split_the_network():
     a = Scenario("s", overrides=SCENARIO.overrides, order=("INCL05", "INCL01"))
     b = Scenario("s", overrides=SCENARIO.overrides)
     assert portable.scenario_fingerprint(PROTOCOL, a) == portable.scenario_fingerprint(PROTOCOL, b)
+
+
+def test_identical_files_are_named_not_merged_silently():
+    from kn026.scale.federated import content_key, identical_files
+
+    a, b = b'{"site": "A"}', b'{"site": "B"}'
+    assert identical_files([("a.json", a), ("b.json", b)]) == []
+    assert identical_files([("a.json", a), ("copy of a.json", a), ("b.json", b), ("a.json", a)]) == [
+        ("copy of a.json", "a.json"), ("a.json", "a.json")]
+    # a file kept from an earlier upload (the uploader is empty after a page switch)
+    assert identical_files([("again.json", a)], {content_key(a): "a.json"}) == [("again.json", "a.json")]
+    assert identical_files([("a.json", a)], {content_key(a): "a.json"}) == []  # the kept file itself

@@ -124,16 +124,23 @@ def test_sponsor_readout_reads_like_the_issue():
     out = rc.run_bound(plan, sites, "strict", 0.35, 5000)
     text = rc.sponsor_readout(out, DEADLINE)
     m = re.fullmatch(r"median (\d+\.\d) months, 80 % interval (\d+\.\d)-(\d+\.\d) months, "
-                     r"(\d+) more sites needed to finish by June 2027", text)
+                     r"([\d,]+) more sites needed to finish by June 2027 \(P = (\d\.\d\d) with the current sites\)",
+                     text)
     assert m, text
     lo, hi = out.result.interval(0.8)
     assert float(m.group(1)) == round(out.result.median, 1)
     assert (float(m.group(2)), float(m.group(3))) == (round(lo, 1), round(hi, 1))
-    assert int(m.group(4)) == out.need.additional
+    assert int(m.group(4).replace(",", "")) == out.need.additional
+    assert float(m.group(5)) == round(out.need.probability_now, 2)
+    p = out.need.probability_now
+    assert rc.readout_tone(out, DEADLINE) == ("on track" if p >= 0.8 else "at risk" if p >= 0.5 else "off track")
+    assert p < 0.8 and rc.readout_tone(out, DEADLINE) != "on track"  # sites are missing: never a green tick
     # a generous deadline: no more sites
     late = rc.run_bound(_plan(deadline=dt.date(2031, 1, 1)), sites, "strict", 0.35, 5000)
     assert rc.sponsor_readout(late, dt.date(2031, 1, 1)).endswith("with the current sites)")
     assert "no more sites needed to finish by January 2031" in rc.sponsor_readout(late, dt.date(2031, 1, 1))
+    assert rc.readout_tone(late, dt.date(2031, 1, 1)) == "on track"
+    assert rc.readout_tone(late, None) == "no deadline"
 
 
 def test_edge_cases_give_messages_not_tracebacks():
@@ -146,6 +153,7 @@ def test_edge_cases_give_messages_not_tracebacks():
     assert zero.message.startswith("target unreachable: every site's screening rate is 0")
     met = rc.run_bound(_plan(enrolled=300), sites, "strict", 0.3, 5000)
     assert met.ok and rc.sponsor_readout(met, DEADLINE).startswith("target 286 already met (300 enrolled)")
+    assert rc.readout_tone(met, DEADLINE) == "met" and rc.readout_tone(none, DEADLINE) == "failed"
     hidden = rc.run_bound(plan, sites, "strict", None, 5000)
     assert not hidden.ok and "small-cell suppression" in hidden.message
     # a deadline before the extra sites could open: a forecast, and why no site count

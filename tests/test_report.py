@@ -62,7 +62,7 @@ def test_report_command_writes_each_format(files, fmt, capsys):
         assert about["Cohort"] == "cohort.parquet (900 patients)" and about["Funnel order"] == "as given"
         assert "below 11" in about["Small-cell suppression"]
         att = wb["Attrition"]
-        assert att["A1"].value.startswith("Sequential attrition") and "stage 1" in att["A2"].value
+        assert att["A1"].value.startswith("Sequential attrition") and " · Stage 1 (open-label) · " in att["A2"].value
         header = [c.value for c in att[5]]
         assert header[:2] == ["Step", "Criterion"] and att["B7"].value == "EXCL03"  # the order asked for
         for ws in wb.worksheets:  # nothing a spreadsheet would run

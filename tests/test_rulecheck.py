@@ -572,3 +572,24 @@ def test_point_at_multiline_long_and_invisible_text():
     assert line == "age_years\ufffd > 1" and marks == " " * 9 + "^"
     assert point_at("x > 1", None) == ""
     assert point_at("abc", 99) == "abc\n   ^"  # past the end: after the last character
+
+
+@pytest.mark.parametrize("text", ["age_years <= ", "ecog <= 1 AND", "ecog BETWEEN 1 AND", "NOT", "ecog = = 1",
+                                  "ecog LIKE", "(ecog", "ecog IN (1,", "ecog + ", "-"])
+def test_parse_errors_are_plain_words_not_parser_internals(text):
+    """sqlglot's "Required keyword: 'expression' missing for <class ...LTE'>" never reaches the analyst."""
+    with pytest.raises(RuleError) as info:
+        check_expression(text, {"age_years": "number", "ecog": "number"}, set())
+    message = info.value.message
+    assert "does not parse" in message
+    for internal in ("<class", "sqlglot", "Required keyword", "expressions."):
+        assert internal not in message, message
+
+
+def test_protocol_sql_parse_errors_are_plain_too():
+    from kn026.core.criteria import CriteriaError, parse_predicate
+
+    with pytest.raises(CriteriaError) as info:
+        parse_predicate("age_years >= ", "INCL01")
+    assert str(info.value) == ("INCL01: the SQL does not parse (line 1, column 12): the operator needs a value or "
+                               "condition on both sides")

@@ -82,8 +82,9 @@ def scenario_description_key(name: str) -> str:
     return wkey("scenario_description", name)
 
 
-def order_key(name: str) -> str:
-    return wkey("order_mode_c", name)
+def order_key(name: str, mode: str) -> str:
+    """The order control's key; with the mode in it, a hand reorder redraws the control ("By hand")."""
+    return wkey("order_mode_c", name, mode)
 
 
 def rule_button_key(action: str, item_id: str) -> str:

@@ -7,8 +7,9 @@ from ui.scenarios import active_name
 from ui.session import memo, wkey
 
 
-def order_key() -> str:
-    return wkey("order_mode", active_name())
+def order_key(mode: str) -> str:
+    """The funnel-order control's key; with the mode in it, a hand reorder redraws the control."""
+    return wkey("order_mode", active_name(), mode)
 
 
 def overlap_top_key() -> str:

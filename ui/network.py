@@ -68,6 +68,11 @@ def net_value(name: str, default=None):
     return page_value("net", name, default)
 
 
+def uploaded(key: str) -> list:
+    """The files now in the uploader `key` (empty after navigating back: the kept ones are in net_files)."""
+    return st.session_state.get(key) or []
+
+
 def net_files() -> list[NetFile]:
     return list(st.session_state.setdefault(K_NET_FILES, {}).values())
 

@@ -9,7 +9,6 @@ import time
 import streamlit as st
 
 from ui import sidebar
-from ui.criteria import apply_order_edits
 from ui.scenarios import active_name, active_scenario, order_state, resolved_order, screening
 from ui.session import (
     APP_TITLE,
@@ -82,7 +81,6 @@ def page_start(title: str, icon: str | None = None) -> Ctx:
         sidebar.draw(title)
     else:
         st.session_state.pop(K + "rerouting", None)
-    apply_order_edits()
     bundle = st.session_state[K_DATA]
     stage = int(st.session_state[K_STAGE])
     engine = engine_for(stage)

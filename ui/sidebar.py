@@ -8,6 +8,7 @@ import streamlit as st
 
 from kn026.core.criteria import Protocol
 from ui.badcells import bad_cells_panel, clear_edits, has_choices, upload_edits
+from ui.criteria import apply_order_edits
 from ui.scenarios import POLICY_LABELS, active_name, active_scenario, scenarios
 from ui.session import (
     K_ACTIVE,
@@ -76,8 +77,10 @@ def _on_scenario() -> None:
 def draw(title: str) -> None:
     """The shared sidebar of page `title`: data source, analysis settings, suppression."""
     defaults()
+    bundle = data()
+    apply_order_edits()  # before anything is drawn: the scenario summary below shows this run's edits
     proto = protocol()
-    _data(data(), title)
+    _data(bundle, title)
     _analysis(proto)
     _suppression()
 
@@ -145,7 +148,7 @@ def _analysis(ctx_protocol: Protocol) -> None:
     sb.markdown("### Analysis")
     stages = sorted(ctx_protocol.stages)
     sb.radio("Protocol stage", stages, format_func=lambda s: f"Stage {s}", horizontal=True, key=persisted_widget("stage"),
-             on_change=persist, args=("stage",), help=" · ".join(f"Stage {s}: {ctx_protocol.stages[s]}" for s in stages))
+             on_change=persist, args=("stage",), help=" · ".join(ctx_protocol.stage_name(s) for s in stages))
     names = [PROTOCOL, *scenarios()]
     st.session_state[K_ACTIVE] = active_name()
     sb.selectbox("Scenario", names, key=persisted_widget("active"), on_change=_on_scenario,
@@ -184,7 +187,7 @@ def messages() -> None:
         with st.container(border=True):
             if problems and all(p.column == "file" and p.row is None for p in problems):
                 # the file itself was refused (type, size, encoding): one message, no table
-                st.error(f"**{name} could not be loaded.** " + " ".join(p.message for p in problems)
+                st.error(f"**{name} could not be loaded.** " + " ".join(p.sentence for p in problems)
                          + " The app keeps using the cohort it had before.", icon=":material/error:")
             elif (has_choices(problems) or upload_edits()) and st.session_state.get(W + "upload") is not None:
                 upload_problems(name, problems, total)

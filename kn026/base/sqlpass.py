@@ -8,6 +8,8 @@ raises on overflow.
 
 from __future__ import annotations
 
+import re
+
 import sqlglot
 from sqlglot import exp
 
@@ -101,7 +103,10 @@ def parse_predicate(sql: str, where: str, error: type[Exception] = ValueError) -
     try:
         tree = sqlglot.parse_one(sql, read="duckdb")
     except sqlglot.errors.SqlglotError as err:  # ParseError, and TokenError (unclosed quote)
-        raise error(f"{where}: the SQL does not parse: {err}") from None
+        first = re.sub(r"\x1b\[[0-9;]*m", "", str(err)).splitlines()[0] if str(err) else type(err).__name__
+        at = re.search(r"Line (\d+), Col: (\d+)", first)
+        at = f" (line {at[1]}, column {at[2]})" if at else ""
+        raise error(f"{where}: the SQL does not parse{at}: {plain_parse_error(first)}") from None
     if tree is None:
         raise error(f"{where}: the SQL is empty")
     if isinstance(tree, exp.Block):
@@ -117,3 +122,32 @@ def names_in(tree: exp.Expression) -> tuple[set[str], set[str]]:
     cols = {c.name for c in tree.find_all(exp.Column)}
     params = {p.name for p in tree.find_all(exp.Placeholder)}
     return cols, params
+
+
+_MISSING = re.compile(r"Required keyword: '(\w+)' missing for <class '[\w.]*?(\w+)'>")
+
+
+def plain_parse_error(desc: str, token: str | None = None) -> str:
+    """The parser's complaint in the analyst's words, without sqlglot's class names.
+
+    sqlglot says "Required keyword: 'expression' missing for <class '...LTE'>"; the analyst
+    needs "'<=' needs a value on both sides".
+    """
+    what = repr(token) if token else "the operator"
+    m = _MISSING.search(desc)
+    if m:
+        part, node = m.groups()
+        if node == "Between":
+            return "BETWEEN needs both limits: value BETWEEN low AND high"
+        if node in ("Not", "Neg", "Paren"):
+            return f"{what} needs a condition or value after it"
+        if part in ("expression", "this"):
+            return f"{what} needs a value or condition on both sides"
+        return f"something is missing after {what}; complete the condition"
+    if desc.startswith("Expecting )"):
+        return "a parenthesis is left open; close it with )"
+    if desc.startswith("Expecting ("):
+        return "a function name must be followed by ( and its arguments"
+    if "<class" in desc or "sqlglot" in desc:  # any other internal wording
+        return "check the operators and parentheses around it"
+    return desc

@@ -127,9 +127,15 @@ def replace_rule(rule: Rule, sql: str, cohort, protocol: Protocol) -> Rule:
     checked = rulecheck.check_expression(sql, column_kinds(cohort, protocol), rule.defaults())
     cols = _base_columns(checked, protocol)
     template = "rewritten: " + sql_template(checked.sql, rule.params)
+    # The protocol's short name no longer describes the rule ("ECOG 0-1" may now admit ECOG 2):
+    # every view that names the rule says it was rewritten.
+    label = rule.label if rule.label.endswith(REWRITTEN) else f"{rule.label}{REWRITTEN}"
     return dataclasses.replace(
-        rule, sql={s: checked.sql for s in rule.stages}, template={s: template for s in rule.stages},
+        rule, label=label, sql={s: checked.sql for s in rule.stages}, template={s: template for s in rule.stages},
         columns={s: cols for s in rule.stages})
+
+
+REWRITTEN = " (rewritten)"
 
 
 def sql_template(sql: str, params) -> str:

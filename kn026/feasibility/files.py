@@ -26,7 +26,7 @@ HEADER_ROW = 5  # 1-based row of the table header on every section sheet
 def context_line(report: Report) -> str:
     """One line of provenance for a title block or a slide footer."""
     about = dict(report.about)
-    parts = [about.get("Protocol", ""), f"stage {about.get('Stage', '').split(':')[0]}", about.get("Cohort", ""),
+    parts = [about.get("Protocol", ""), about.get("Stage", ""), about.get("Cohort", ""),
              f"scenario: {about.get('Scenario', '')}", f"population: {about.get('Population', '')}",
              about.get("Generated", "")]
     return " · ".join(p for p in parts if p)

@@ -195,8 +195,8 @@ def about_rows(engine, scenario: Scenario, settings: Settings, cohort_label: str
     order = settings.order_label or ("as given" if settings.order else "protocol order")
     return [
         ("Protocol", f"{protocol.name} ({protocol.registry})" if getattr(protocol, "registry", "") else protocol.name),
-        ("Stage", f"{engine.stage}: {protocol.stages.get(engine.stage, '')}".rstrip(": ")),
-        ("Cohort", f"{cohort_label} ({n:,} patients)"),
+        ("Stage", protocol.stage_name(engine.stage)),
+        ("Cohort", cohort_label if f"{n:,} patients" in cohort_label else f"{cohort_label} ({n:,} patients)"),
         ("Population", settings.population),
         ("Scenario", scenario.name if not scenario.is_protocol else "Protocol"),
         ("Changes from protocol", "; ".join(changes) or "none"),

@@ -211,7 +211,25 @@ def need_text(out: Outcome, deadline: _dt.date | None) -> str:
     if n.additional == 0:
         return (f"no more sites needed to finish by {_month_year(deadline)} "
                 f"(P = {n.probability_now:.2f} with the current sites)")
-    return f"{n.additional} more site{'s' if n.additional != 1 else ''} needed to finish by {_month_year(deadline)}"
+    return (f"{n.additional:,} more site{'s' if n.additional != 1 else ''} needed to finish by {_month_year(deadline)} "
+            f"(P = {n.probability_now:.2f} with the current sites)")
+
+
+def readout_tone(out: Outcome, deadline: _dt.date | None, level: float = 0.8) -> str:
+    """How a readout should look, from its outcome (never a green tick for a missed deadline).
+
+    "failed" (no forecast), "met" (nothing left to recruit), "no deadline", else from the
+    chance of meeting the deadline with the current sites: "on track" (at least `level`,
+    the probability the sites-needed answer aims at), "at risk" (at least half), "off track".
+    """
+    if not out.ok:
+        return "failed"
+    if out.result.remaining == 0:
+        return "met"
+    if deadline is None:
+        return "no deadline"
+    p = out.need.probability_now if out.need is not None else out.result.probability_by(deadline)
+    return "on track" if p >= level else "at risk" if p >= 0.5 else "off track"
 
 
 def sponsor_readout(out: Outcome, deadline: _dt.date | None = None) -> str:

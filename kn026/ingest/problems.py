@@ -25,6 +25,13 @@ class Problem:
     kind: str = ""
     rows: tuple[int, ...] = ()  # a duplicated patient_id: the rows that share it (the first ten)
 
+    @property
+    def sentence(self) -> str:
+        """The message ending with a full stop, to join with other sentences (its first word
+        may be a file or column name, so its case is kept)."""
+        text = self.message.strip()
+        return text if text.endswith((".", "!", "?")) else text + "."
+
     def __str__(self) -> str:
         where = f"row {self.row}" if self.row is not None else ""
         if self.patient_id is not None:

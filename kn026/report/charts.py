@@ -69,6 +69,32 @@ def short(text: str, width: int = 40) -> str:
     return cut + "…"
 
 
+# Glyph widths as a share of the font size, a little wider than Arial / Helvetica so that the
+# estimate also covers the browser's fallback fonts (DejaVu Sans is the widest common one).
+_WIDTHS = {**dict.fromkeys("ijlI.,:;'|! ", 0.34), **dict.fromkeys("frt()[]-", 0.42),
+           **dict.fromkeys("mwMW@%…", 1.0), **dict.fromkeys("+<>=≥≤&#~", 0.84)}
+
+
+def text_width(text: str, size: float) -> float:
+    """An upper estimate of `text`'s width in pixels at font `size` (no browser at hand)."""
+    width = 0.0
+    for ch in str(text):
+        width += _WIDTHS.get(ch, 0.8 if ch.isupper() else 0.64)
+    return width * size
+
+
+def reserve_left(fig: go.Figure, labels: Sequence[str], size: float, floor: int = 10) -> go.Figure:
+    """Left margin wide enough for the widest y tick label.
+
+    Plotly's automargin measures labels before the web font is in and cut the first
+    letters off the widest ones ("XCL11 · ...", "S049") in the app and in exported
+    HTML / PNG: the margin is set from the label text instead (automargin may only add).
+    """
+    need = max((text_width(lab, size) for lab in labels), default=0.0)
+    fig.update_layout(margin_l=max(floor, int(need) + 14))
+    return fig
+
+
 def _style(fig: go.Figure, title: str | None, height: int, legend: bool | str = True) -> go.Figure:
     fig.update_layout(
         title=dict(text=title, x=0, xanchor="left", font=dict(size=17, color=COLORS["text"])) if title else None,
@@ -198,12 +224,9 @@ def funnel_figure(funnel: pd.DataFrame, labels: Mapping[str, str], texts: Mappin
     fig.update_layout(funnelmode="stack", funnelgap=0.18)
     fig.update_yaxes(autorange="reversed", tickfont=dict(size=12.5), ticklabelstandoff=6)
     fig = _style(fig, title, height=110 + 27 * len(ids))
-    # Plotly's automargin under-measures funnel tick labels and cut the first letters off the
-    # widest ones ("XCL11 · ..."): reserve the left margin from the label length instead
-    # (7.2 px per character at 12.5 px covers capitals; plus the standoff).
+    # Plotly's automargin under-measures funnel tick labels: the margin comes from the text.
     fig.update_yaxes(automargin=False)
-    fig.update_layout(margin_l=int(7.2 * max(map(len, ylab), default=8)) + 16)
-    return fig
+    return reserve_left(fig, ylab, 12.5)
 
 
 def _legend_entry(keys: list, name: str, color: str, hidden: np.ndarray) -> None:
@@ -286,7 +309,8 @@ def combinations_figure(combos: pd.DataFrame, order: Sequence[str], labels: Mapp
     )
     what = "failing criteria" if bound == "optimistic" else "failing or unknown criteria"
     title = title if title is not None else f"Most frequent combinations of {what}"
-    return _style(fig, title or None, height=max(380, 240 + 30 * len(involved)), legend=False)
+    fig = _style(fig, title or None, height=max(380, 240 + 30 * len(involved)), legend=False)
+    return reserve_left(fig, ylab, 12.5, floor=70)  # floor: the "patients" title and counts above
 
 
 # --------------------------------------------------------------------------- comparison
@@ -313,7 +337,7 @@ def compare_figure(totals: pd.DataFrame, scenario_name: str, title: str | None =
     fig.update_layout(barmode="group", bargap=0.3)
     fig.update_yaxes(autorange="reversed")
     fig.update_xaxes(gridcolor=COLORS["grid"], rangemode="tozero")
-    return _style(fig, title, height=300)
+    return reserve_left(_style(fig, title, height=300), [names[m] for m in measures], 13)
 
 
 def deltas_figure(deltas: pd.DataFrame, labels: Mapping[str, str], title: str | None = None) -> go.Figure:
@@ -330,8 +354,9 @@ def deltas_figure(deltas: pd.DataFrame, labels: Mapping[str, str], title: str | 
                            hovertemplate="%{y}<br>failing: %{customdata} patients<extra></extra>"))
     fig.update_yaxes(autorange="reversed")
     fig.update_xaxes(gridcolor=COLORS["grid"], zerolinecolor=COLORS["muted"])
-    return _style(fig, title or "Change in patients failing each criterion", height=max(220, 90 + 34 * len(d)),
-                  legend=False)
+    fig = _style(fig, title or "Change in patients failing each criterion", height=max(220, 90 + 34 * len(d)),
+                 legend=False)
+    return reserve_left(fig, ylab, 13)
 
 
 # --------------------------------------------------------------------------- sites
@@ -370,7 +395,7 @@ def sites_figure(frame: pd.DataFrame, key: str = "site", title: str | None = Non
     fig.update_layout(barmode="overlay", bargap=0.25)
     fig.update_yaxes(autorange="reversed", type="category")
     fig.update_xaxes(gridcolor=COLORS["grid"], rangemode="tozero")
-    return _style(fig, title, height=max(260, 130 + 24 * len(f)))
+    return reserve_left(_style(fig, title, height=max(260, 130 + 24 * len(f))), ylab, 13)
 
 
 # --------------------------------------------------------------------------- distributions
@@ -442,7 +467,7 @@ def category_figure(frame: pd.DataFrame, title: str, subtitle: str = "", height:
     fig.update_yaxes(autorange="reversed", tickfont=dict(size=11.5))
     fig = _style(fig, full, height=height, legend=False)
     fig.update_layout(margin=dict(l=10, r=40, t=62, b=10), bargap=0.25)
-    return fig
+    return reserve_left(fig, [str(c) for c in frame["category"]], 11.5)
 
 
 def coverage_figure(coverage: pd.DataFrame, title: str | None = None) -> go.Figure:
@@ -451,13 +476,15 @@ def coverage_figure(coverage: pd.DataFrame, title: str | None = None) -> go.Figu
     c = c[_num(c["unknown_pct"]) > 0].sort_values("unknown_pct", ascending=False)
     colors = [COLORS["excluded"] if s == "mostly unknown" else COLORS["unknown"] if s == "often unknown"
               else "#f7cf8d" for s in c["status"]]
-    fig = go.Figure(go.Bar(y=[f"{r} · {short(lab, 34)}" for r, lab in zip(c["rule"], c["label"], strict=True)],
+    ylab = [f"{r} · {short(lab, 34)}" for r, lab in zip(c["rule"], c["label"], strict=True)]
+    fig = go.Figure(go.Bar(y=ylab,
                            x=_num(c["unknown_pct"]), orientation="h", marker=dict(color=colors),
                            text=[f"{p:.1f}%" for p in _num(c["unknown_pct"])], textposition="outside",
                            cliponaxis=False, hovertemplate="%{y}: %{x:.1f}% unknown<extra></extra>"))
     fig.update_yaxes(autorange="reversed")
     fig.update_xaxes(gridcolor=COLORS["grid"], ticksuffix="%", rangemode="tozero")
-    return _style(fig, title or "Patients unknown on each rule", height=max(220, 90 + 22 * len(c)), legend=False)
+    fig = _style(fig, title or "Patients unknown on each rule", height=max(220, 90 + 22 * len(c)), legend=False)
+    return reserve_left(fig, ylab, 13)
 
 
 def figure_spec(fig: go.Figure) -> dict:

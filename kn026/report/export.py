@@ -45,6 +45,18 @@ ATTRITION_COLUMNS = {
     "shapley_optimistic": "Shapley share (optimistic)",
 }
 
+# One set of headers for the same columns wherever they are written (app table, CSV, Excel).
+SITE_COLUMNS = {"site": "Site", "country": "Country", "sites": "Sites", "screened": "Screened",
+                "strict": "Eligible (strict)", "optimistic": "Eligible (optimistic)", "unknown": "Unknown",
+                "excluded": "Not eligible", "pct_strict": "% eligible (strict)",
+                "pct_optimistic": "% eligible (optimistic)"}
+TOTALS_COLUMNS = {"measure": "Measure", "base": "Protocol", "other": "Scenario", "delta": "Change"}
+_STATS = {"failed": "Fail", "unknown": "Unknown", "marginal": "Fail (marginal)", "unique": "Fail only this"}
+DELTA_COLUMNS = {"criterion": "Criterion", "label": "Short name", "in_base": "In protocol",
+                 "in_other": "In scenario"} | {
+    f"{stat}_{side}": f"{name} ({where})" for stat, name in _STATS.items()
+    for side, where in (("base", "protocol"), ("other", "scenario"), ("delta", "change"))}
+
 
 def attrition_frame(result: analysis.Result, labels: Mapping[str, str],
                     kinds: Mapping[str, str] | None = None) -> pd.DataFrame:
@@ -110,6 +122,10 @@ def excel_bytes(sheets: Mapping[str, pd.DataFrame], about: Sequence[tuple[str, s
         for ws in writer.book.worksheets:
             ws.freeze_panes = "A2"
             for column in ws.columns:
+                for cell in column[1:]:  # thousands separators, as in the app (3,889.8, not 3889.8)
+                    if isinstance(cell.value, bool) or not isinstance(cell.value, (int, float)):
+                        continue
+                    cell.number_format = "#,##0" if float(cell.value).is_integer() else "#,##0.0#"
                 width = max((len(str(c.value)) for c in column if c.value is not None), default=8)
                 ws.column_dimensions[column[0].column_letter].width = min(max(10, width + 2), 70)
     return buf.getvalue()
@@ -209,8 +225,9 @@ def about_rows(cohort_label: str, n: int, stage: int, scenario: Scenario, protoc
     changes = scenario.changes(protocol) if not scenario.is_protocol else []
     return [
         ("Protocol", f"{protocol.name} ({protocol.registry})"),
-        ("Stage", f"{stage}: {protocol.stages.get(stage, '')}"),
-        ("Cohort", f"{cohort_label} ({n:,} patients)"),
+        ("Stage", protocol.stage_name(stage)),
+        # the app's source labels already say "(5,000 patients)": say it once
+        ("Cohort", cohort_label if f"{n:,} patients" in cohort_label else f"{cohort_label} ({n:,} patients)"),
         ("Scenario", scenario.name if not scenario.is_protocol else "Protocol"),
         ("Changes from protocol", "; ".join(changes) or "none"),
         ("Funnel order", order),

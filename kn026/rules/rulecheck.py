@@ -47,6 +47,7 @@ from sqlglot.errors import ErrorLevel, ParseError, SqlglotError, TokenError
 from sqlglot.tokens import TokenType
 
 from kn026.base import sqlpass
+from kn026.base.sqlpass import plain_parse_error
 from kn026.rules.grammar import (
     ANY,
     BOOL,
@@ -275,7 +276,7 @@ def _check(text, kinds, declared, max_length, max_depth, max_nodes) -> CheckedRu
         raise RuleError("the rule is nested too deeply; simplify it (fewer nested "
                         "parentheses or function calls)") from None
     except SqlglotError as err:  # fail closed on anything sqlglot cannot handle
-        raise RuleError(f"the rule could not be read: {str(err).splitlines()[0][:120]}") from None
+        raise RuleError(f"the rule could not be read: {plain_parse_error(str(err).splitlines()[0][:120])}") from None
 
 
 def _check_inner(text, kinds, declared, max_length, max_depth, max_nodes) -> CheckedRule:
@@ -299,7 +300,7 @@ def _check_inner(text, kinds, declared, max_length, max_depth, max_nodes) -> Che
     except ParseError as err:
         raise _parse_error(text, tokens, err) from None
     except SqlglotError as err:
-        raise RuleError(f"the rule could not be read: {str(err).splitlines()[0]}") from None
+        raise RuleError(f"the rule could not be read: {plain_parse_error(str(err).splitlines()[0])}") from None
     trees = [t for t in trees if t is not None]
     if len(trees) != 1:
         raise RuleError("a rule is a single expression; found several statements")
@@ -455,7 +456,7 @@ def _parse_error(text: str, tokens, err: ParseError) -> RuleError:
         near = f" near {token!r} (position {pos})"
     else:
         near = " at the end of the rule" if pos is not None else ""
-    return RuleError(f"the rule does not parse{near}: {desc}", position=pos, token=token)
+    return RuleError(f"the rule does not parse{near}: {plain_parse_error(desc, token)}", position=pos, token=token)
 
 
 def _check_size(tree: exp.Expression, max_depth: int, max_nodes: int) -> None:

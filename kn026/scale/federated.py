@@ -439,6 +439,35 @@ def network_result(hist: Histogram, meta: dict, order=None) -> tuple[analysis.Re
 MAX_FILE_BYTES = 64 * 1024 * 1024  # a 10M-patient site's histogram is a few MB
 
 
+def content_key(data: bytes) -> str:
+    """The identity of an uploaded file: SHA-256 of its bytes (the app keeps one copy per key)."""
+    import hashlib
+
+    return hashlib.sha256(data).hexdigest()
+
+
+def identical_files(files, known: dict[str, str] | None = None) -> list[tuple[str, str]]:
+    """(name, name of the earlier file) for every file whose bytes repeat an earlier one.
+
+    `files` are (name, bytes) pairs in upload order; `known` maps the content key of files
+    already kept to their names. Identical files are one site's histogram twice: it counts
+    once, and the analyst must be told (two sites never produce the same file by chance:
+    the site name is inside).
+    """
+    known = known or {}
+    first: dict[str, str] = {}
+    out = []
+    for name, data in files:
+        key = content_key(data)
+        if key in first:
+            out.append((name, first[key]))
+            continue
+        first[key] = name
+        if key in known and known[key] != name:
+            out.append((name, known[key]))
+    return out
+
+
 def histogram_from_bytes(data: bytes, name: str, max_bytes: int = MAX_FILE_BYTES) -> dict:
     """Read and validate an uploaded histogram file held in memory (the app never writes it).
 
