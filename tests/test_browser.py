@@ -57,7 +57,7 @@ def test_every_page_renders_and_sidebar_state_persists(server, browser):
 
     main = page.locator('[data-testid="stMain"]')
     sidebar = page.locator('[data-testid="stSidebar"]')
-    sidebar.get_by_text("Stage 2", exact=True).click()
+    sidebar.get_by_text("Stage 2 (randomised)", exact=True).click()
     expect(main.get_by_text("Stage 2 (randomised)").first).to_be_visible(timeout=TIMEOUT_MS)
     settle(page)
     page.locator('[data-testid="stSidebarNav"]').get_by_role("link", name="Funnel").click()
