@@ -81,7 +81,7 @@ def test_scenario_funnel_and_compare(server, browser):
     page.wait_for_selector(".js-plotly-plot", timeout=TIMEOUT_MS)
     settle(page)
     sidebar = page.locator('[data-testid="stSidebar"]')
-    sidebar.locator('[data-testid="stSelectbox"]').first.click()
+    sidebar.locator('[data-testid="stSelectbox"]').filter(has_text="Scenario").click()
     page.get_by_role("option", name="Creatinine clearance").click()
     from playwright.sync_api import expect
 
