@@ -128,9 +128,9 @@ def test_funnel_order_modes_and_tables():
 
 def test_scenario_vs_protocol():
     at = new_app()
-    names = at.sidebar.selectbox[0].options
+    names = at.sidebar.selectbox(key=session.W + "active").options
     crcl = next(n for n in names if n.startswith("Creatinine clearance"))
-    at.sidebar.selectbox[0].set_value(crcl).run()
+    at.sidebar.selectbox(key=session.W + "active").set_value(crcl).run()
     ok(at)
     m = {x.label.split("] ", 1)[-1]: x for x in at.metric}
     assert m["Eligible · strict"].delta.startswith("-")  # CrCl >= 50 excludes more patients
@@ -163,14 +163,14 @@ def test_threshold_change_creates_a_scenario_and_updates_counts():
     assert at.session_state[session.K_ACTIVE] == "My scenario"
     after = number(metrics(at)["Eligible · strict"])
     assert after < before
-    assert at.sidebar.selectbox[0].value == "My scenario"
+    assert at.sidebar.selectbox(key=session.W + "active").value == "My scenario"
     changes = " ".join(m.value for m in at.markdown)
     assert "INCL07.CRCL min: 30 -> 60" in changes.replace("\\", "")
     # the funnel page shows the scenario and its comparison with the protocol
     go(at, "pages/funnel.py")
     assert number(metrics(at)["Eligible · strict"]) == after
     # back to the protocol in the sidebar: counts return
-    at.sidebar.selectbox[0].set_value(session.PROTOCOL).run()
+    at.sidebar.selectbox(key=session.W + "active").set_value(session.PROTOCOL).run()
     assert number(metrics(at)["Eligible · strict"]) == before
 
 
@@ -224,7 +224,7 @@ def test_scenario_yaml_download_and_upload_round_trip():
     key = next(t.key for t in at.text_input if t.key and "scenario_name" in t.key)
     at.text_input(key=key).set_value("Adults 21+").run()
     ok(at)
-    assert at.sidebar.selectbox[0].value == "Adults 21+"
+    assert at.sidebar.selectbox(key=session.W + "active").value == "Adults 21+"
     ctx_yaml = scenarios.scenario_yaml  # the download's content comes from here
     assert callable(ctx_yaml)
     text = ("scenario: Older adults\nprotocol: KN026-001\nparameters:\n  INCL01:\n    min_age: 30\n"

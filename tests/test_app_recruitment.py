@@ -222,9 +222,9 @@ def test_protocol_vs_scenario():
     open_tab(at, "Protocol vs scenario")
     assert any("protocol as written is active" in i.value for i in at.info)
     protocol_median = median(at)
-    names = at.sidebar.selectbox[0].options
+    names = at.sidebar.selectbox(key=session.W + "active").options
     crcl = next(n for n in names if n.startswith("Creatinine clearance"))
-    at.sidebar.selectbox[0].set_value(crcl).run()
+    at.sidebar.selectbox(key=session.W + "active").set_value(crcl).run()
     ok(at)
     assert median(at) > protocol_median  # CrCl >= 50 excludes more patients
     sentences = [m.value for m in at.markdown if m.value.startswith("**Strict:**")]

@@ -56,7 +56,7 @@ def test_every_page_renders_and_sidebar_state_persists(server, browser):
 
     main = page.locator('[data-testid="stMain"]')
     sidebar = page.locator('[data-testid="stSidebar"]')
-    sidebar.get_by_text("Stage 2", exact=True).click()
+    sidebar.get_by_text("Stage 2 (randomised)", exact=True).click()
     expect(main.get_by_text("Stage 2 (randomised)").first).to_be_visible(timeout=TIMEOUT_MS)
     settle(page)
     page.locator('[data-testid="stSidebarNav"]').get_by_role("link", name="Funnel").click()
@@ -80,7 +80,7 @@ def test_scenario_funnel_and_compare(server, browser):
     page.wait_for_selector(".js-plotly-plot", timeout=TIMEOUT_MS)
     settle(page)
     sidebar = page.locator('[data-testid="stSidebar"]')
-    sidebar.locator('[data-testid="stSelectbox"]').first.click()
+    sidebar.locator('[data-testid="stSelectbox"]').filter(has_text="Scenario").click()
     page.get_by_role("option", name="Creatinine clearance").click()
     from playwright.sync_api import expect
 

@@ -83,7 +83,7 @@ def test_recruitment_page_in_the_browser(server, browser):
 
     # the example scenario side by side with the protocol
     sidebar = page.locator('[data-testid="stSidebar"]')
-    sidebar.locator('[data-testid="stSelectbox"]').first.click()
+    sidebar.locator('[data-testid="stSelectbox"]').filter(has_text="Scenario").click()
     page.get_by_role("option", name="Creatinine clearance").click()
     settle(page)
     page.get_by_role("tab", name="Protocol vs scenario").click()

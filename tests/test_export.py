@@ -203,7 +203,7 @@ def test_walkthrough_export_wording(engine):
     assert rows["Stage"] == "Stage 1 (open-label)"
     assert protocol.stage_name(2) == "Stage 2 (randomised)"
     named = dataclasses.replace(protocol, stages={1: "open-label", 3: ""})
-    assert named.stage_name(1) == "Stage 1: open-label" and named.stage_name(3) == "Stage 3"
+    assert named.stage_name(1) == "Stage 1 · open-label" and named.stage_name(3) == "Stage 3"
 
     _, deltas = analysis.compare(engine, Scenario("s", overrides={"INCL01": {"min_age": 21}}))
     sites = P.with_rates(P.site_table(engine, Scenario()))

@@ -257,3 +257,22 @@ def test_target_for_the_file_a_share_or_the_users_figure():
     with pytest.raises(ValueError, match="MINI-01's criteria file declares no enrolment target"):
         options.target_for(ns(target=None, share=None), bare)
     assert options.target_for(ns(target=None, share=None), bare, required=False) == (None, "")
+
+
+def test_an_uploaded_protocol_stays_untrusted_when_a_scenario_extends_it():
+    """The app screens a scenario through `analysis.engine_for`: the extended engine must keep
+    the uploaded file's rules hardened, not only the rewritten one."""
+    from kn026.base.table import connect
+    from kn026.core import analysis
+    from kn026.core.engine import Engine
+    from kn026.core.scenario import Scenario
+    from kn026.ingest import synth
+    from kn026.ingest.cohort import load_cohort
+
+    uploaded = pf.from_upload(MINI.read_bytes(), "mini.yaml")
+    cohort = load_cohort(synth.generate(300, 2), connect())
+    base = Engine(cohort, uploaded, 1, untrusted=pf.untrusted_rules(uploaded))
+    trusted = Engine(cohort, pf.load(MINI), 1)
+    ext = analysis.engine_for(base, Scenario(replace={"PS3": "ecog <= 1"}))
+    assert ext is not base and {r.id for r in ext.rules} <= ext.untrusted
+    assert ext.rule_sql("QTC5") == base.rule_sql("QTC5") != trusted.rule_sql("QTC5")

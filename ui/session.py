@@ -7,6 +7,7 @@ constants and key helpers); every memo key is built from `engine_key` / `scenari
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,8 +15,8 @@ from pathlib import Path
 import streamlit as st
 
 from kn026.base.table import connect
-from kn026.core import analysis
-from kn026.core.criteria import CriteriaError, Protocol, format_number, load_protocol
+from kn026.core import analysis, protocol_files
+from kn026.core.criteria import DEFAULT_PROTOCOL, CriteriaError, Protocol, format_number
 from kn026.core.engine import Engine
 from kn026.core.scenario import Scenario, parse_scenario
 from kn026.ingest.cohort import load_cohort
@@ -27,6 +28,8 @@ BUILTIN = DATA / "builtin_cohort.parquet"
 BUILTIN_N, BUILTIN_SEED = 20_000, 26
 APP_TITLE = "KN026 Feasibility Explorer"
 PROTOCOL = "Protocol"  # name of the unchanged protocol in the scenario list
+DEFAULT_FILE = DEFAULT_PROTOCOL.stem  # the criteria file a session starts with (kn026/protocols)
+UPLOADED = "upload"  # the picker's choice "an uploaded criteria file"
 MEMO_SIZE = 24
 
 # ---- session-state keys (the only place they are spelled out) -----------------------------
@@ -34,6 +37,12 @@ K = "kn026."
 W = "kn026.w."  # widget keys
 K_DATA = K + "data"  # Bundle of the loaded cohort
 K_SOURCE = K + "source"
+K_PROTOCOL = K + "protocol"  # the criteria file in use: a shipped file's name, or UPLOADED
+K_PROTOCOL_CHOICE = K + "protocol_choice"  # the picker's value (UPLOADED before a file is accepted)
+K_PROTOCOL_UPLOAD = K + "protocol_upload"  # the accepted upload: {"id", "name", "digest", "protocol"}
+K_PROTOCOL_SEEN = K + "protocol_seen"  # file_id of the last criteria file checked
+K_PROTOCOL_ERROR = K + "protocol_error"  # (file name, message) of a refused criteria file
+K_SHELF = K + "shelf"  # {protocol key: scenario state} of the protocols switched away from
 K_STAGE = K + "stage"
 K_POLICY = K + "policy"
 K_ACTIVE = K + "active"  # PROTOCOL or a scenario name
@@ -69,8 +78,32 @@ SHELL = K + "shell"  # set by app.py right before it runs the page
 
 
 @st.cache_resource(show_spinner=False)
+def shipped_protocols() -> list[protocol_files.Shipped]:
+    """The criteria files in kn026/protocols (the picker's list), the default first."""
+    return protocol_files.shipped()
+
+
+@st.cache_resource(show_spinner=False)
+def shipped_protocol(name: str) -> Protocol:
+    return protocol_files.load(name)
+
+
 def protocol() -> Protocol:
-    return load_protocol()
+    """The session's protocol: a shipped criteria file, or the accepted upload (sidebar picker)."""
+    ss = st.session_state
+    name = ss.get(K_PROTOCOL, DEFAULT_FILE)
+    if name == UPLOADED and ss.get(K_PROTOCOL_UPLOAD):
+        return ss[K_PROTOCOL_UPLOAD]["protocol"]
+    return shipped_protocol(name if name != UPLOADED else DEFAULT_FILE)
+
+
+def protocol_key() -> str:
+    """Identity of the session's protocol: "file:<name>", or "upload:<sha256 of the file>"."""
+    ss = st.session_state
+    name = ss.get(K_PROTOCOL, DEFAULT_FILE)
+    if name == UPLOADED and ss.get(K_PROTOCOL_UPLOAD):
+        return "upload:" + ss[K_PROTOCOL_UPLOAD]["digest"]
+    return "file:" + (name if name != UPLOADED else DEFAULT_FILE)
 
 
 @st.cache_resource(show_spinner="Preparing the built-in synthetic cohort…")
@@ -88,12 +121,25 @@ def builtin_table():
 
 
 @st.cache_resource(show_spinner=False)
-def example_scenarios() -> dict[str, Scenario]:
-    out = {}
+def _scenario_files() -> tuple[tuple[str, str], ...]:
+    out = []
     for path in sorted(DATA.glob("scenario_*.yaml")):
         try:
-            s = parse_scenario(path.read_text(encoding="utf-8"), protocol(), source=path.name)
-        except (CriteriaError, OSError):
+            out.append((path.name, path.read_text(encoding="utf-8")))
+        except OSError:
+            continue
+    return tuple(out)
+
+
+def example_scenarios(proto: Protocol | None = None) -> dict[str, Scenario]:
+    """The example scenarios in data/ that fit `proto` (default: the session's); files written
+    for another protocol are left out."""
+    proto = proto or protocol()
+    out = {}
+    for name, text in _scenario_files():
+        try:
+            s = parse_scenario(text, proto, source=name)
+        except CriteriaError:
             continue
         out[s.name] = s
     return out
@@ -139,8 +185,11 @@ class Ctx:
 
 def defaults() -> None:
     ss = st.session_state
+    ss.setdefault(K_PROTOCOL, DEFAULT_FILE)
+    ss.setdefault(K_PROTOCOL_CHOICE, ss[K_PROTOCOL])
+    ss.setdefault(K_SHELF, {})
     ss.setdefault(K_SOURCE, "builtin")
-    ss.setdefault(K_STAGE, 1)
+    ss.setdefault(K_STAGE, min(protocol().stages))
     ss.setdefault(K_POLICY, "both")
     ss.setdefault(K_ACTIVE, PROTOCOL)
     if K_SCENARIOS not in ss:
@@ -201,6 +250,61 @@ def wkey(*parts) -> str:
     return W + ".".join(str(p) for p in parts) + f"@{epoch()}"
 
 
+# --------------------------------------------------------------------------- protocol choice
+
+# What depends on the protocol: scenarios (thresholds, switched-off criteria, analyst rules and
+# rewrites name its rules), their funnel orders, the active scenario, the stage, the Patients
+# filters and chosen patient, the criteria editor's state and the Recruitment target (from the
+# file's `enrollment`). Scenarios, orders and the active scenario are shelved per protocol and
+# come back when the analyst switches back; the rest is reset (docs/dashboard.md "Protocol").
+_SHELVED = (K_SCENARIOS, K_ORDERS, K_ACTIVE)
+
+
+def use_protocol(name: str, upload: dict | None = None) -> None:
+    """Screen with criteria file `name` (a shipped file's name, or UPLOADED for the accepted
+    upload, replaced by `upload` when given) from now on: shelve the old protocol's scenarios,
+    reset what depends on it and re-screen the loaded cohort (engines rebuilt by `engine_for`)."""
+    ss = st.session_state
+    old = protocol_key()
+    if upload is not None:
+        ss[K_PROTOCOL_UPLOAD] = upload
+    ss[K_PROTOCOL] = name
+    new = protocol_key()
+    if new == old:
+        return
+    ss[K_SHELF][old] = {k: ss[k] for k in _SHELVED if k in ss}
+    shelf = ss[K_SHELF].pop(new, None)
+    if shelf is not None:
+        ss.update(shelf)
+    else:
+        ss[K_SCENARIOS], ss[K_ORDERS], ss[K_ACTIVE] = dict(example_scenarios()), {}, PROTOCOL
+    stages = protocol().stages
+    if ss.get(K_STAGE) not in stages:
+        ss[K_STAGE] = min(stages)
+    ss[K_CONDITIONS] = []
+    for key in (K_PATIENT, K_RULE_ERROR, K + "rec.target"):
+        ss.pop(key, None)
+    bundle = ss.get(K_DATA)
+    if bundle is not None:  # the same cohort, screened afresh: new engines, new memo keys
+        bundle.engines, bundle.extended, bundle.token = {}, {}, new_token()
+    ss[K_MEMO] = OrderedDict()
+    ss[K_EDITOR] = ss.get(K_EDITOR, 0) + 1
+    bump_epoch()
+
+
+def upload_protocol(name: str, data: bytes, file_id: str) -> str | None:
+    """Check an uploaded criteria file (kn026.core.protocol_files.from_upload: every SQL
+    expression through the analyst allow-list) and use it; None, or the refusal's message
+    (the protocol in use stays). The file lives in the session only."""
+    try:
+        proto = protocol_files.from_upload(data, name)
+    except CriteriaError as err:
+        return str(err)
+    digest = hashlib.sha256(data).hexdigest()
+    use_protocol(UPLOADED, {"id": file_id, "name": name, "digest": digest, "protocol": proto})
+    return None
+
+
 # --------------------------------------------------------------------------- data loading
 
 
@@ -226,7 +330,8 @@ def engine_for(stage: int) -> Engine:
     bundle = st.session_state[K_DATA]
     eng = bundle.engines.get(stage)
     if eng is None:
-        eng = Engine(bundle.cohort, protocol(), stage)
+        proto = protocol()  # an uploaded one runs as untrusted: arithmetic hardened (kn026.rules)
+        eng = Engine(bundle.cohort, proto, stage, untrusted=protocol_files.untrusted_rules(proto))
         if bundle.cohort.n >= 200_000:
             with st.spinner(f"Evaluating every criterion for {bundle.cohort.n:,} patients (stage {stage})…"):
                 eng.evaluate()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import streamlit as st
 
+from kn026.core import protocol_files
 from kn026.core.criteria import Protocol
 from ui.badcells import bad_cells_panel, clear_edits, has_choices, upload_edits
 from ui.criteria import apply_order_edits
@@ -18,10 +19,16 @@ from ui.session import (
     K_GEN_SITES,
     K_LOAD_ERROR,
     K_NOTICE,
+    K_PROTOCOL,
+    K_PROTOCOL_CHOICE,
+    K_PROTOCOL_ERROR,
+    K_PROTOCOL_SEEN,
+    K_PROTOCOL_UPLOAD,
     K_SOURCE,
     K_SUPPRESS,
     K_UPLOAD_SEEN,
     PROTOCOL,
+    UPLOADED,
     Bundle,
     K,
     W,
@@ -30,7 +37,10 @@ from ui.session import (
     persist,
     persisted_widget,
     protocol,
+    shipped_protocols,
     tab_key,
+    upload_protocol,
+    use_protocol,
 )
 from ui.sources import (
     SOURCES,
@@ -75,14 +85,66 @@ def _on_scenario() -> None:
 
 
 def draw(title: str) -> None:
-    """The shared sidebar of page `title`: data source, analysis settings, suppression."""
+    """The shared sidebar of page `title`: protocol, data source, analysis settings, suppression."""
     defaults()
+    _protocol()
     bundle = data()
     apply_order_edits()  # before anything is drawn: the scenario summary below shows this run's edits
     proto = protocol()
     _data(bundle, title)
     _analysis(proto)
     _suppression()
+
+
+def _on_protocol() -> None:
+    persist("protocol_choice")
+    ss = st.session_state
+    ss[K_PROTOCOL_ERROR] = None
+    choice = ss[K_PROTOCOL_CHOICE]
+    if choice != UPLOADED:
+        use_protocol(choice)
+    elif ss.get(K_PROTOCOL_UPLOAD):
+        use_protocol(UPLOADED)  # the file accepted earlier in this session (the caption names it)
+
+
+def _protocol() -> None:
+    """The protocol picker: a criteria file shipped in kn026/protocols, or an uploaded one
+    (every SQL expression allow-listed first, kept in the session only)."""
+    sb, ss = st.sidebar, st.session_state
+    sb.markdown("### Protocol")
+    files = {f.name: f for f in shipped_protocols()}
+
+    def label(name: str) -> str:
+        f = files.get(name)
+        return f"{f.protocol} · {f.title}" if f else "Upload a criteria file (YAML)…"
+
+    sb.selectbox("Criteria file", [*files, UPLOADED], format_func=label, key=persisted_widget("protocol_choice"),
+                 on_change=_on_protocol, label_visibility="collapsed",
+                 help="The eligibility criteria every page screens with: a criteria file shipped with the app, "
+                      "or your own (same format, see docs/engine.md). Changing it re-screens the cohort.")
+    if ss[K_PROTOCOL_CHOICE] == UPLOADED:
+        limit = protocol_files.MAX_UPLOAD_BYTES
+        up = sb.file_uploader("Criteria file (YAML)", type=["yaml", "yml"], key=W + "protocol_file",
+                              max_upload_size=max(1, limit // 1_000_000),
+                              help="Every SQL expression in it goes through the same allow-list as an analyst's "
+                                   "rule before it is used. The file is read in memory; nothing is written to disk.")
+        if up is not None and ss.get(K_PROTOCOL_SEEN) != up.file_id:
+            ss[K_PROTOCOL_SEEN] = up.file_id
+            refusal = upload_protocol(up.name, up.getvalue(), up.file_id)
+            ss[K_PROTOCOL_ERROR] = (up.name, refusal) if refusal else None
+            if refusal is None:
+                p = protocol()
+                ss[K_NOTICE] = f"Screening with {p.name} from {up.name}."
+    err = ss.get(K_PROTOCOL_ERROR)
+    proto = protocol()
+    if err:
+        sb.error(f"**{err[0]} was not accepted.** {err[1].rstrip('.')}. The app keeps screening with {proto.name}.",
+                 icon=":material/error:")
+    if ss[K_PROTOCOL] == UPLOADED:
+        sb.caption(f"**In use:** {proto.name} · {proto.title} (uploaded: {ss[K_PROTOCOL_UPLOAD]['name']}; "
+                   "its rules run as untrusted)")
+    elif ss[K_PROTOCOL_CHOICE] == UPLOADED:
+        sb.caption(f"**In use:** {proto.name} until a criteria file is accepted.")
 
 
 def _data(bundle: Bundle, title: str = "") -> None:
@@ -147,8 +209,10 @@ def _analysis(ctx_protocol: Protocol) -> None:
     sb = st.sidebar
     sb.markdown("### Analysis")
     stages = sorted(ctx_protocol.stages)
-    sb.radio("Protocol stage", stages, format_func=lambda s: f"Stage {s}", horizontal=True, key=persisted_widget("stage"),
-             on_change=persist, args=("stage",), help=" · ".join(ctx_protocol.stage_name(s) for s in stages))
+    sb.radio("Protocol stage", stages, format_func=ctx_protocol.stage_name, key=persisted_widget("stage"),
+             on_change=persist, args=("stage",),
+             help=f"The stages of {ctx_protocol.name}, named as in its criteria file; criteria and thresholds "
+                  "can differ between stages.")
     names = [PROTOCOL, *scenarios()]
     st.session_state[K_ACTIVE] = active_name()
     sb.selectbox("Scenario", names, key=persisted_widget("active"), on_change=_on_scenario,

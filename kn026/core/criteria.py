@@ -225,12 +225,12 @@ class Protocol:
         return [r.id for r in self.rules]
 
     def stage_name(self, stage: int) -> str:
-        """ "Stage 1 (open-label)": the stage's name, numbered once (a name that already starts
-        with "Stage 1" is kept; never "Stage 1: Stage 1 (open-label)")."""
+        """ "Stage 1 (open-label)" or "Stage 3 · Part C (expansion)": the stage's name, numbered
+        once (a name that already starts with "Stage 1" is kept; never "Stage 1: Stage 1 ...")."""
         name = str(self.stages.get(stage, "") or "").strip()
         if not name:
             return f"Stage {stage}"
-        return name if re.match(rf"stage\s*{stage}\b", name, re.IGNORECASE) else f"Stage {stage}: {name}"
+        return name if re.match(rf"stage\s*{stage}\b", name, re.IGNORECASE) else f"Stage {stage} · {name}"
 
     def check_stage(self, stage, where: str = "--stage") -> int:
         """`stage` as one of this protocol's stage numbers, or raise naming them."""

@@ -130,9 +130,10 @@ class Engine:
         append rules; `changed` names the rules whose predicate differs (replaced or
         new). On first use the new engine evaluates only those and folds them into its
         own copy of the masks (widened if the new rules need more words), so later
-        threshold changes cost what they cost without them.
+        threshold changes cost what they cost without them. Rules untrusted here stay
+        untrusted there (an uploaded protocol's, kn026.core.protocol_files).
         """
-        other = Engine(self.cohort, protocol, self.stage, frozenset(untrusted), rules_key)
+        other = Engine(self.cohort, protocol, self.stage, frozenset(untrusted) | self.untrusted, rules_key)
         if [r.id for r in other.rules[:len(self.rules)]] != [r.id for r in self.rules]:
             raise ValueError("the extended protocol must keep the original rules in order")
         self._ready()

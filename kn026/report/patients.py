@@ -69,8 +69,8 @@ def criterion_label(crit, stage: int | None = None, width: int = 60) -> str:
     label = getattr(crit, "label", "")  # a protocol file may one day carry one
     if label:
         return label
-    rules = [r for r in crit.rules if stage is None or stage in r.stages]
-    if len(rules) == 1:
+    rules = [r for r in crit.rules if stage is None or stage in r.stages] or list(crit.rules)
+    if len(rules) == 1:  # a criterion of other stages only keeps its name
         return rules[0].label
     text = ", ".join([rules[0].label] + [_lower_first(r.label) for r in rules[1:]])
     if len(text) <= width:
