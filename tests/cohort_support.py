@@ -1,4 +1,4 @@
-"""One-column CSV cohorts for the loader's tests (tests/test_cohort.py, tests/test_unit_guard.py)."""
+"""One-column CSV cohorts for the loader's tests (tests/ingest/test_cohort.py, tests/ingest/test_unit_guard.py)."""
 
 from __future__ import annotations
 

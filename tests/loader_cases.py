@@ -4,7 +4,7 @@
 was before the one-reader rewrite (issue 13; main at 9acd685, with the unit guard),
 through both of its entry points: the command line's `load_cohort(path)` (a DuckDB view
 over the file) and the app's `loading.load_upload(name, bytes)` (pyarrow); frames go
-through `load_cohort(frame)`. `tests/test_loader_golden.py` replays every case through
+through `load_cohort(frame)`. `tests/ingest/test_loader_golden.py` replays every case through
 the current loader and compares. To capture again from a loader of another commit
 (only when its behaviour is meant to change, and say so in the commit):
 

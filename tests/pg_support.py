@@ -62,7 +62,7 @@ class Server:
         return out.stdout
 
     def __call__(self, *args: str) -> str:
-        """psql with unaligned, comma-separated rows and no header (tests/test_portable.py)."""
+        """psql with unaligned, comma-separated rows and no header (tests/scale/test_portable.py)."""
         return self.psql("-At", "-F", ",", *args)
 
     def load_csv(self, table: str, path: Path) -> list[str]:

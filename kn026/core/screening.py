@@ -4,7 +4,7 @@
 any object with this shape: the DuckDB `Engine` (kn026.core.engine), the Spark or
 warehouse `QueryEngine` (kn026.scale.portable) and the network's `MergedEngine`
 (kn026.scale.federated), which has only a merged histogram. Declared as
-`typing.Protocol`s so each shape is checked against it (tests/test_screening.py)
+`typing.Protocol`s so each shape is checked against it (tests/core/test_screening.py)
 rather than trusted by convention.
 """
 

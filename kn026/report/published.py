@@ -5,7 +5,7 @@ a reader can derive about its cells: the arithmetic of the table itself, the lin
 tables of the same release (the same quantity, sums across tables) and true
 inequalities (unique failures never exceed failures). Declaring a true fact the reader
 might not know is always safe (it can only hide more); forgetting one that the reader
-knows is a leak, so every fact used by the adversarial test (tests/test_disclosure.py,
+knows is a leak, so every fact used by the adversarial test (tests/report/test_disclosure.py,
 written independently from the tables' meaning) must be here too.
 
 Notation below: N screened (public); per funnel step i (0 = screened): s strict,

@@ -23,7 +23,7 @@ session's SQL cannot name another session's tables. After the cohort is loaded,
 `con.from_df`. Note (DuckDB 2.0 Python): while a result is unfinished (after
 `fetchone()` on a result with more to read), `register`, `unregister` and `from_df`
 raise ResourceInUseException; fetch results completely (`fetchall`). DuckDB has no statement timeout, so `run_with_timeout` interrupts a
-query from a timer thread. Verified against DuckDB 2.0.1 by tests/test_sandbox.py.
+query from a timer thread. Verified against DuckDB 2.0.1 by tests/rules/test_sandbox.py.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 :mod:`kn026.scale.portable` makes a predicate portable (floating division with a NULL-safe
 divisor, NULL-safe GREATEST/LEAST); this module rewrites what PostgreSQL still does
 differently from DuckDB 2.0, found by running the emitted SQL on a real server
-(tests/test_postgres.py compares every rewrite with DuckDB value by value):
+(tests/scale/test_postgres.py compares every rewrite with DuckDB value by value):
 
 * ``ROUND(x)`` on a double rounds half to even in PostgreSQL; DuckDB rounds half away
   from zero: written ``SIGN(y) * FLOOR(ABS(y) + 0.49999999999999994)`` (exact for every

@@ -23,7 +23,7 @@ for leaf ``j``. There is no ceiling on the number of leaves; KN026-001 needs one
 version 2 (``f, u, n`` was version 1, one word, at most 63 leaves); see
 ``docs/beyond-one-machine.md``.
 
-Semantic traps handled (all checked by tests/test_portable.py):
+Semantic traps handled (all checked by tests/scale/test_portable.py):
 
 * ``/``: DuckDB, Spark and BigQuery divide in floating point, PostgreSQL and Trino
   divide integers as integers, Spark and Snowflake divide decimal literals in

@@ -129,7 +129,7 @@ def spark_histogram(path: str | Path, protocol: Protocol, stage: int, scenario: 
     """Histogram of (fail, unknown[, site]) masks of a Parquet cohort, computed by Spark.
 
     Equal to ``Engine(load_cohort(path), protocol, stage).histogram(scenario.overrides,
-    by_site)`` for a cohort that follows the dictionary (tests/test_spark.py).
+    by_site)`` for a cohort that follows the dictionary (tests/scale/test_spark.py).
     """
     engine = spark_engine(path, protocol, stage, spark=spark, master=master)
     return engine.histogram((scenario or Scenario()).overrides, by_site=by_site)
