@@ -16,9 +16,9 @@ import pytest
 
 from kn026.ingest import edits as E
 from kn026.ingest import mapping as mp
-from tests.app_support import go, ok, open_tab, sidebar_radio
 from tests.app.test_app import small_cohort
 from tests.app.test_app_import import _select, _upload_foreign, bundle, choose, foreign_frame, new_app, texts
+from tests.app_support import go, ok, open_tab, sidebar_radio
 from ui import session
 
 W = session.W
