@@ -12,6 +12,14 @@ time, which the app prints in the sidebar when opened with `?timing=1`:
 
 Results go to stdout as a Markdown table and to bench-results/bench_app.json. This
 module never imports Streamlit (the package rule); it talks to the app over HTTP.
+
+`--cold` measures the cold start alone (issue 13): for each of `--runs` fresh servers,
+the first session, then `--sessions` new sessions (new browser contexts: no shared
+cookies or cache) on the same server. Each figure is the page's own clock
+(`performance.now()`, milliseconds since navigation start) at the first animation frame
+in which the Funnel page's plotly chart has drawn a funnel bar
+(`FUNNEL_DRAWN`: a `path` inside a `g.funnellayer` of a `.js-plotly-plot` in the main
+area); medians over runs go to bench-results/bench_cold.json.
 """
 
 from __future__ import annotations
@@ -33,6 +41,8 @@ CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
         "--disable-sync", "--no-first-run"]
 TIMEOUT_MS = 600_000
+# The first funnel is drawn: plotly has put a bar of the Funnel page's funnel trace in the DOM.
+FUNNEL_DRAWN = '[data-testid="stMain"] [data-testid="stPlotlyChart"] .js-plotly-plot g.funnellayer path'
 
 
 def _free_port() -> int:
@@ -152,14 +162,62 @@ def run(n: int, repeats: int = 3) -> dict:
     return summary
 
 
+def _drawn_ms(context, url: str) -> float:
+    """Open `url` in a new page of `context`; ms from navigation start until the first funnel is drawn."""
+    page = context.new_page()
+    page.goto(url, timeout=TIMEOUT_MS, wait_until="commit")
+    handle = page.wait_for_function(
+        f"() => document.querySelector({json.dumps(FUNNEL_DRAWN)}) ? performance.now() : null",
+        polling="raf", timeout=TIMEOUT_MS)
+    ms = float(handle.json_value())
+    _settle(page)
+    page.close()
+    return ms
+
+
+def cold_start(runs: int = 3, sessions: int = 3) -> dict:
+    """First funnel on the built-in cohort, in a browser: a fresh server's first session and new sessions."""
+    from playwright.sync_api import sync_playwright
+
+    fresh, new = [], []
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
+        for _ in range(runs):
+            port = _free_port()
+            url = f"http://127.0.0.1:{port}/"
+            proc = start_server(port)
+            try:
+                for i in range(sessions + 1):
+                    context = browser.new_context(viewport={"width": 1400, "height": 900})
+                    (fresh if i == 0 else new).append(_drawn_ms(context, url))
+                    context.close()
+            finally:
+                proc.terminate()
+                try:
+                    proc.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+        browser.close()
+    return {"first funnel, built-in, fresh server": {"median_ms": round(statistics.median(fresh)),
+                                                      "runs_ms": [round(v) for v in fresh]},
+            "first funnel, built-in, new session": {"median_ms": round(statistics.median(new)),
+                                                     "runs_ms": [round(v) for v in new]},
+            "load_average": [round(v, 2) for v in os.getloadavg()]}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m kn026.bench.app", description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=1_000_000, help="patients in the generated cohort")
     parser.add_argument("--repeats", type=int, default=3, help="repetitions per interaction")
+    parser.add_argument("--cold", action="store_true", help="measure the cold start only (see the module doc)")
+    parser.add_argument("--runs", type=int, default=3, help="--cold: fresh servers")
+    parser.add_argument("--sessions", type=int, default=3, help="--cold: new sessions per server")
     args = parser.parse_args(argv)
     if not Path(CHROMIUM).exists():
         print(f"bench_app: {CHROMIUM} is not installed", file=sys.stderr)
         return 2
+    if args.cold:
+        return _report_cold(cold_start(args.runs, args.sessions))
     summary = run(args.n, args.repeats)
     out = ROOT / "bench-results"
     out.mkdir(exist_ok=True)
@@ -169,6 +227,19 @@ def main(argv=None) -> int:
     for name, s in summary.items():
         server = f"{s['server_median_s'] * 1000:.0f} ms" if s["server_median_s"] is not None else "—"
         print(f"| {name} | {s['wall_median_s'] * 1000:.0f} ms | {server} | {s['runs']} |")
+    return 0
+
+
+def _report_cold(summary: dict) -> int:
+    out = ROOT / "bench-results"
+    out.mkdir(exist_ok=True)
+    (out / "bench_cold.json").write_text(json.dumps(summary, indent=2))
+    print("| step | median (navigation start to funnel drawn) | runs |")
+    print("|---|---|---|")
+    for name, s in summary.items():
+        if name != "load_average":
+            print(f"| {name} | {s['median_ms']:,} ms | {', '.join(f'{v:,}' for v in s['runs_ms'])} ms |")
+    print(f"load average (1, 5, 15 min) at the end: {summary['load_average']}")
     return 0
 
 
