@@ -15,6 +15,7 @@ against a Python-int mask and :func:`row_masks` reads a row's masks back as ints
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -49,8 +50,7 @@ class Verdict:
     NA = "n/a"
 
 
-def _literal(value: Decimal) -> exp.Expression:
-    text = format_number(value)
+def _literal(text: str) -> exp.Expression:
     node = exp.Literal.number(text.lstrip("-"))
     return exp.Neg(this=node) if text.startswith("-") else node
 
@@ -65,9 +65,24 @@ def compile_rule(rule: Rule, stage: int, values: dict[str, Decimal], present: fr
     Whether the rule is assessable at all is `missing_columns`' business. An
     `untrusted` rule (analyst-written, already allow-listed by kn026.rules.rulecheck) also
     gets its arithmetic in DOUBLE so no value can make DuckDB raise an overflow.
+
+    The result is a string determined by the texts it is built from, so it is memoised
+    per process (`_compiled`): parsing is most of the cost of a full pass on a small
+    cohort, and every new engine (app session, stage, scenario) compiles the same rules.
     """
-    tree = parse_predicate(rule.sql[stage], rule.id)
-    derived = {name: parse_predicate(d.sql, name) for name, d in protocol.derived.items()}
+    derived = tuple((name, d.sql) for name, d in protocol.derived.items())
+    bound = tuple(sorted((name, format_number(v)) for name, v in values.items()))
+    return _compiled(rule.id, rule.sql[stage], bound, frozenset(present), derived, rule.null_is_unknown,
+                     bool(untrusted))
+
+
+@functools.lru_cache(maxsize=4096)
+def _compiled(rule_id: str, sql: str, values: tuple[tuple[str, str], ...], present: frozenset[str],
+              derived_sql: tuple[tuple[str, str], ...], null_is_unknown: frozenset[str], untrusted: bool) -> str:
+    """`compile_rule` from hashable texts only (parameters as exact number texts)."""
+    tree = parse_predicate(sql, rule_id)
+    derived = {name: parse_predicate(text, name) for name, text in derived_sql}
+    literal = dict(values)
 
     def expand(node):
         if isinstance(node, exp.Column) and node.name in derived:
@@ -78,7 +93,7 @@ def compile_rule(rule: Rule, stage: int, values: dict[str, Decimal], present: fr
 
     def bind(node):
         if isinstance(node, exp.Placeholder):
-            return _literal(values[node.name])
+            return _literal(literal[node.name])
         if isinstance(node, exp.Column):
             col = schema.BY_NAME.get(node.name)
             if col is None:  # an extra cohort column named by an analyst-written rule
@@ -86,7 +101,7 @@ def compile_rule(rule: Rule, stage: int, values: dict[str, Decimal], present: fr
             if node.name not in present:
                 return exp.cast(exp.Null(), col.sql_type)
             ref = exp.column(node.name, quoted=True)
-            if col.record_based and node.name not in rule.null_is_unknown:
+            if col.record_based and node.name not in null_is_unknown:
                 return exp.Coalesce(this=ref, expressions=[exp.Literal.number(int(col.record_none))])
             return ref
         return node
