@@ -181,7 +181,8 @@ def load_protocol(path: str | Path | None = None) -> Protocol:
     """Load and validate a protocol file (default: KN026-001)."""
     path = Path(path) if path else DEFAULT_PROTOCOL
     try:
-        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+        # libyaml's safe loader when built in: the same documents, a tenth of the pure-Python time
+        doc = yaml.load(path.read_text(encoding="utf-8"), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
     except OSError as err:
         raise CriteriaError(f"cannot read protocol file {path}: {err.strerror}") from None
     except yaml.YAMLError as err:
