@@ -125,6 +125,22 @@ def missing_columns(rule: Rule, stage: int, present: frozenset[str]) -> list[str
     return sorted({c for s in sets for c in s if c not in present})
 
 
+@dataclass(frozen=True)
+class EvaluatedPass:
+    """An engine's pass over its patients (`Engine.evaluated_pass`): read-only masks, groups,
+    the protocol histogram and site codes, for the protocol, stage, rows and columns it was made for."""
+
+    protocol: Protocol
+    stage: int
+    n: int
+    present: frozenset[str]
+    fail: np.ndarray
+    unknown: np.ndarray
+    gid: np.ndarray
+    base: Histogram
+    sites: tuple[np.ndarray, tuple[str, ...]] | None
+
+
 class Engine:
     """Screening of one cohort for one protocol stage; caches histograms per scenario."""
 
@@ -166,6 +182,30 @@ class Engine:
         other._evaluated, other._sites = True, self._sites
         other._pending = frozenset(changed)
         return other
+
+    def evaluated_pass(self) -> EvaluatedPass:
+        """This engine's pass over the patients (evaluated first if need be), read-only, to be
+        given to engines of other connections holding the same rows: see `take_pass`."""
+        self._ready()
+        if "site_id" in self.cohort.present:
+            self._site_codes()
+        arrays = [self._f, self._u, self._gid, self._base.fail, self._base.unknown, self._base.count]
+        for arr in arrays + ([self._sites[0]] if self._sites else []):
+            arr.flags.writeable = False  # shared: nobody may change it in place (copies are made)
+        return EvaluatedPass(self.protocol, self.stage, self.cohort.n, self.cohort.present, self._f, self._u,
+                             self._gid, self._base, self._sites)
+
+    def take_pass(self, done: EvaluatedPass) -> None:
+        """Use `done` (`evaluated_pass` of an engine over the same rows in the same order, with the
+        same protocol, stage and columns) instead of evaluating again. The app gives every session
+        the built-in cohort's pass this way: a session's own connection, no evaluation."""
+        if (done.protocol is not self.protocol or done.stage != self.stage or done.n != self.cohort.n
+                or done.present != self.cohort.present):
+            raise ValueError("the evaluated pass is for another cohort, protocol or stage")
+        self._f, self._u, self._gid, self._base = done.fail, done.unknown, done.gid, done.base
+        self._sites, self._evaluated, self._pending = done.sites, True, frozenset()
+        self._masks_stored = False
+        self._cache.clear()
 
     # -- SQL -------------------------------------------------------------------
     def rule_sql(self, rule_id: str, values: dict | None = None) -> str:
