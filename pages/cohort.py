@@ -81,15 +81,15 @@ def completeness_tab():
 
 def distribution_figures() -> list:
     figs = []
-    her2 = patients.her2_counts(ctx.engine)
-    if not her2.empty:
-        h = her2.copy()
+    for chart in ctx.protocol.categories:  # patients per category, coloured by the rule's verdict
+        h = patients.category_counts(ctx.engine, chart, ctx.scenario)
+        if h.empty:
+            continue
         if ctx.k:
             hide = suppression.suppress_parts(h["count"].tolist(), cohort.n, ctx.k)
             h["count"] = h["count"].astype("Int64").mask(hide)
-        figs.append(("her2", charts.category_figure(h, "HER2 status (INCL02.HER2)",
-                                                    "passes: IHC 3+, or IHC 2+ with ISH positive")))
-    for measure in patients.MEASURES:
+        figs.append((f"cat_{chart.rule}", charts.category_figure(h, f"{chart.title} ({chart.rule})", chart.subtitle)))
+    for measure in patients.measures(ctx.protocol):
         dist = results.distribution(ctx, measure)
         if not dist.available or dist.bins.empty:
             figs.append((measure.key, None, f"**{measure.title}**: {dist.reason or 'no values'}"))

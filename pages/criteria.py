@@ -11,23 +11,11 @@ import streamlit as st
 from kn026.core import custom
 from kn026.core.criteria import format_number
 from kn026.report import patients
-from kn026.rules import rulecheck
+from kn026.rules import grammar, rulecheck
 from ui import components, results, rules, scenarios, session, shell
 from ui import criteria as page
 
 INTEGRAL_UNITS = {"years", "lines", "lesions", "ECOG", "NYHA class", "CTCAE grade", "days", "half-lives"}
-PARAM_NAMES = {
-    "min": "Minimum", "max": "Maximum", "min_age": "Minimum age", "max_ecog": "Highest ECOG",
-    "min_months": "Minimum", "max_x_uln": "Maximum × ULN", "max_x_uln_liver_mets": "Maximum × ULN, liver mets",
-    "default_uln": "Default ULN", "inr_default_uln": "Default INR ULN", "pt_default_uln": "Default PT ULN",
-    "window_days": "Window", "min_prior_lines": "Minimum prior lines", "stage2_prior_lines": "Prior lines",
-    "min_lesions": "Minimum lesions", "max_class": "Highest NYHA class", "washout_min_days": "Washout at least",
-    "washout_max_days": "Washout at most", "washout_half_lives": "Half-lives", "tcm_days": "Chinese medicine window",
-    "max_dose": "Maximum dose", "max_grade": "Highest grade", "excluded_grade": "Excluded from grade",
-    "max_sbp": "Maximum systolic", "max_dbp": "Maximum diastolic", "drop_with_low_nadir": "Drop (with low nadir)",
-    "low_nadir": "Low nadir below", "drop_any": "Drop (any nadir)", "max_male": "Maximum, male",
-    "max_female": "Maximum, female",
-}
 _MD = re.compile(r"([\\`*_{}\[\]<>()#+|!$~])")
 
 
@@ -55,7 +43,7 @@ def number_widget(ctx, rule, pname: str, column, origin: str = "Protocol", unuse
     unit = param.unit
     integral = (unit in INTEGRAL_UNITS and all(d is None or d == d.to_integral_value()
                                                for d in (param.default, param.low, param.high)))
-    name = PARAM_NAMES.get(pname, pname.replace("_", " ").capitalize())
+    name = ctx.protocol.param_label(pname)
     label = f"{name} ({unit})" if unit and unit not in name else name
     allowed = f"allowed {format_number(param.low)}–{format_number(param.high)}" if param.low is not None else ""
     help_text = f"{origin}: {format_number(param.default)} {unit}. {allowed}".strip()
@@ -259,10 +247,12 @@ with add_col, st.container(border=True):
 with rewrite_col, st.container(border=True):
     with st.container(horizontal=True, vertical_alignment="center"):
         st.markdown("**Rewrite a rule's expression**", width="stretch")
-        st.button("Example: CrCl ≥ 50", on_click=rules.example_replace_rule, icon=":material/lightbulb:",
-                  key=page.RULE_EXAMPLE_REPLACE, width="content",
-                  help="Fill the form with INCL07.CRCL asking creatinine clearance >= 50 mL/min (another "
-                       "registry version of KN026-001); then press Rewrite rule")
+        example = proto.examples
+        if example.replace:
+            st.button(f"Example: {example.replace_label}", on_click=rules.example_replace_rule,
+                      icon=":material/lightbulb:", key=page.RULE_EXAMPLE_REPLACE, width="content",
+                      help=f"Fill the form with {example.replace[0]} asking {example.replace_why}; then press "
+                           "Rewrite rule")
     picked = rules.replace_form(stage)
     base_rules = {rid: proto.rule(rid) for rid in rules.replace_choices(stage)}
     st.selectbox("Rule", list(base_rules), key=rules.rule_field("replace", "rule"),
@@ -300,7 +290,7 @@ if help_box.open:
                 "`=` `<>` `!=` `<` `<=` `>` `>=`; `AND` `OR` `NOT`; `+` `-` `*` `/`; parentheses; "
                 "`CASE WHEN … THEN … ELSE … END`; `IS [NOT] NULL`; `[NOT] IN (values)`; "
                 "`[NOT] BETWEEN … AND …`.\n\n"
-                "**Functions**: " + ", ".join(f"`{f}`" for f in rulecheck.ALLOWED_FUNCTIONS) + ".\n\n"
+                "**Functions**: " + ", ".join(f"`{f}`" for f in grammar.ALLOWED_FUNCTIONS) + ".\n\n"
                 "**Refused**, with the position: other functions (file readers, settings), subqueries, "
                 "several statements (`;`), comments, casts, `LIKE`, table names.")
         with g2:

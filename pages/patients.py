@@ -15,7 +15,6 @@ VERDICT_STYLE = {
     "unknown": "color: #a66300; font-weight: 600",
     "n/a": "color: #6b7280",
 }
-EXAMPLES = (("fails only", "EXCL09"), ("unknown on", "INCL02.HER2"), ("fails", "INCL07.CRCL"))
 
 ctx = shell.page_start("Patients", ":material/person_search:")
 engine, scenario = ctx.engine, ctx.scenario
@@ -42,7 +41,7 @@ def find_tab():
         c3.button("Add", on_click=page.add_condition, args=(skey, tkey), type="primary", width="stretch",
                   icon=":material/add:")
         xkey = page.EXAMPLES
-        st.pills("Examples", [f"{s} {t}" for s, t in EXAMPLES], key=xkey, on_change=page.add_example, args=(xkey,))
+        st.pills("Examples", [f"{s} {t}" for s, t in ctx.protocol.examples.filters], key=xkey, on_change=page.add_example, args=(xkey,))
         conds = page.conditions()
         if conds:
             st.markdown("**Active conditions** (click one to remove it)")

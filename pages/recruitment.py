@@ -7,8 +7,8 @@ from dataclasses import replace
 import streamlit as st
 
 from kn026.forecast import charts as fcharts
-from kn026.forecast import model as fc
 from kn026.forecast import recruitment as rc
+from kn026.forecast import sites as fsites
 from ui import components, results, session, shell
 from ui import recruitment as page
 
@@ -49,15 +49,17 @@ inputs_box = st.container(border=True)
 with inputs_box:
     st.markdown("**Trial**")
     c = st.columns(5)
+    declared = ctx.protocol.enrollment
     target = c[0].number_input(
-        "Target enrolment", min_value=0, max_value=100_000, step=1, **page.rec_state("target", fc.DEFAULT_TARGET),
-        help="Patients to enrol. 286 is the issue's figure for KN026-001 (NCT05427383); the registry text in "
-             "../shared/protocol says \"Target enrollment: 0\", so confirm the number with the sponsor.")
+        "Target enrolment", min_value=0, max_value=100_000, step=1,
+        **page.rec_state("target", declared.target if declared.target is not None else 100),
+        help=f"Patients to enrol in this stage. The protocol file's figure: {declared.text()}; it gives no split "
+             "between stages, so enter this stage's share of it. Confirm the number with the sponsor.")
     enrolled = c[1].number_input("Already enrolled", min_value=0, max_value=100_000, step=1,
                                  **page.rec_state("enrolled", 0), help="Patients in the trial at the start date.")
     uptake = c[2].number_input(
         "Uptake (%)", min_value=0.0, max_value=100.0, step=5.0, format="%.1f",
-        **page.rec_state("uptake", 100 * fc.DEFAULT_UPTAKE),
+        **page.rec_state("uptake", 100 * fsites.DEFAULT_UPTAKE),
         help="Share of eligible patients who enrol: consent, willingness, investigator judgement, screen "
              "failures the data cannot show. Default 85 %.")
     start = c[3].date_input("Enrolment starts", **page.rec_state("start", today), format="YYYY-MM-DD")
@@ -66,6 +68,7 @@ with inputs_box:
                                help="Gives P(target reached by then) and how many more sites reach it with "
                                     "the probability set under *Simulation*.")
 
+    st.caption(f"Target used: {rc.target_text(declared, int(target))}.")
     st.markdown("**Sites**")
     if estimated is None:
         source = "inputs"
@@ -86,7 +89,7 @@ with inputs_box:
                  "cohort is this trial's screening log. For a synthetic cohort the default brings the sites "
                  f"back to the generator's unscaled {rc.SYNTHETIC_REFERRAL_RATE:g} referrals per site-month: "
                  "its volume was scaled to fill the cohort, not to be a rate.")
-        n_sites, mean_rate, cv = estimated.n_sites, estimated.prior_mean, fc.DEFAULT_CV
+        n_sites, mean_rate, cv = estimated.n_sites, estimated.prior_mean, fsites.DEFAULT_CV
         col = 1
     else:
         approach = 100.0
@@ -97,7 +100,7 @@ with inputs_box:
             **page.rec_state("mean_rate", rc.SYNTHETIC_REFERRAL_RATE),
             help="Mean patients each site screens for this trial per month at full speed.")
         cv = c[2].number_input("Between-site CV", min_value=0.0, max_value=5.0, step=0.1, format="%.2f",
-                               **page.rec_state("cv", fc.DEFAULT_CV),
+                               **page.rec_state("cv", fsites.DEFAULT_CV),
                                help="Coefficient of variation of the site rates (0: every site at the mean). "
                                     "0.8 is a generic default; use experience from comparable trials.")
         c, col = st.columns(5), 0
@@ -115,11 +118,11 @@ with inputs_box:
     with st.expander("Simulation"):
         s = st.columns(3)
         n_sims = s[0].number_input("Simulated trials", min_value=200, max_value=50_000, step=1_000,
-                                   **page.rec_state("n_sims", fc.DEFAULT_SIMS))
+                                   **page.rec_state("n_sims", fsites.DEFAULT_SIMS))
         seed = s[1].number_input("Seed", min_value=0, max_value=2**31 - 1, step=1, **page.rec_state("seed", 0))
         probability = s[2].number_input("Finish by the deadline with probability (%)", min_value=50.0,
                                         max_value=99.0, step=5.0, format="%.0f",
-                                        **page.rec_state("probability", 100 * fc.DEFAULT_PROBABILITY))
+                                        **page.rec_state("probability", 100 * fsites.DEFAULT_PROBABILITY))
 
 plan = rc.Plan(target=int(target), enrolled=int(enrolled), uptake=uptake / 100, start=start, deadline=deadline,
                source=source, approach=approach / 100, n_sites=int(n_sites), mean_rate=float(mean_rate),

@@ -9,18 +9,14 @@ from __future__ import annotations
 
 import base64
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
+from streamlit.testing.v1 import AppTest
+
+from ui import session
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from streamlit.testing.v1 import AppTest  # noqa: E402
-
-from ui import session  # noqa: E402
 
 APP = str(ROOT / "app.py")
 TIMEOUT = 120

@@ -3,9 +3,25 @@ tests/pg_support.py)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from tests import browser_support, pg_support
+
+BUILTIN = Path(__file__).resolve().parents[1] / "data" / "builtin_cohort.parquet"  # tracked in git
+
+
+@pytest.fixture(scope="module")
+def builtin_engine():
+    """The built-in cohort screened for stage 1 under the default protocol (one per test module:
+    tests may extend it with analyst rules)."""
+    from kn026.base.table import connect
+    from kn026.core.criteria import load_protocol
+    from kn026.core.engine import Engine
+    from kn026.ingest.cohort import load_cohort
+
+    return Engine(load_cohort(BUILTIN, connect()), load_protocol(), 1)
 
 
 @pytest.fixture(scope="session")

@@ -219,11 +219,6 @@ def ge(v: object, limit: Decimal | int | str) -> bool | None:
     return None if d is None else d >= Decimal(limit)
 
 
-def gt(v: object, limit: Decimal | int | str) -> bool | None:
-    d = dec(v)
-    return None if d is None else d > Decimal(limit)
-
-
 def le(v: object, limit: Decimal | int | str) -> bool | None:
     d = dec(v)
     return None if d is None else d <= Decimal(limit)

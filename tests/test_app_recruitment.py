@@ -21,6 +21,7 @@ from kn026.core.engine import Engine
 from kn026.core.scenario import Scenario
 from kn026.forecast import model as fc
 from kn026.forecast import recruitment as rc
+from kn026.forecast import sites as fsites
 from kn026.ingest import synth
 from kn026.ingest.cohort import load_cohort
 from tests import app_support
@@ -75,7 +76,7 @@ def builtin():
     con = connect()
     cohort = load_cohort(session.BUILTIN, con)
     totals = analysis.run(Engine(cohort, load_protocol(), 1), Scenario()).totals
-    return fc.estimate_sites(rc.cohort_site_frame(cohort)), totals
+    return fsites.estimate_sites(rc.cohort_site_frame(cohort)), totals
 
 
 # --------------------------------------------------------------------------- tests
@@ -96,7 +97,7 @@ def test_readout_agrees_with_the_model_called_directly(builtin):
     start, deadline = at.date_input(key=W + "start").value, at.date_input(key=W + "deadline").value
     assert at.number_input(key=W + "target").value == 286 and at.number_input(key=W + "uptake").value == 85.0
     sites = rc.approached(est, share)
-    common = dict(uptake=0.85, target=286, start=start, n_sims=fc.DEFAULT_SIMS, seed=0, fraction_screened=20_000)
+    common = dict(uptake=0.85, target=286, start=start, n_sims=fsites.DEFAULT_SIMS, seed=0, fraction_screened=20_000)
     for bound in ("strict", "optimistic"):
         frac = totals[bound] / totals["screened"]
         res = fc.forecast(sites, frac, **common)
@@ -262,7 +263,7 @@ def test_cohort_without_site_columns_forecasts_from_inputs():
     totals = analysis.run(Engine(load_cohort(df, connect()), load_protocol(), 1), Scenario()).totals
     frac = totals["strict"] / totals["screened"]
     start = at.date_input(key=W + "start").value
-    res = fc.forecast(fc.SiteInputs.from_inputs(10, 2.0, cv=0.0), frac, target=286, start=start,
+    res = fc.forecast(fsites.SiteInputs.from_inputs(10, 2.0, cv=0.0), frac, target=286, start=start,
                       fraction_screened=300)
     assert median(at) == round(res.median, 1)
     open_tab(at, "Per site")

@@ -104,7 +104,7 @@ def frame(at: AppTest, column: str) -> pd.DataFrame:
 
 
 def crcl50_scenario() -> Scenario:
-    return Scenario("check", replace={custom.EXAMPLE_REPLACE[0]: custom.EXAMPLE_REPLACE[1]})
+    return Scenario("check", replace={PROTOCOL.examples.replace[0]: PROTOCOL.examples.replace[1]})
 
 
 def new_rule(rule: dict) -> custom.CustomRule:
@@ -125,7 +125,7 @@ def test_crcl50_rewrite_and_a_new_rule_match_kn026(engine):
     assert "crcl_if_female >= 50" in field(at, "replace", "sql").value
     click(at, "Rewrite rule")
     assert at.session_state[session.K_ACTIVE] == "My scenario"  # the protocol never changes
-    assert stored(at).replace == {"INCL07.CRCL": custom.EXAMPLE_REPLACE[1]}
+    assert stored(at).replace == {"INCL07.CRCL": PROTOCOL.examples.replace[1]}
     by_param = expected_totals(engine, Scenario("p", overrides={"INCL07.CRCL": {"min": 50}}))
     assert totals_of(at) == by_param == expected_totals(engine, crcl50_scenario())
     assert totals_of(at)["optimistic"] < protocol_totals["optimistic"]

@@ -10,12 +10,11 @@ or Playwright is absent.
 from __future__ import annotations
 
 import re
-import sys
 import time
 
 import pytest
 
-from tests.browser_support import ARTIFACTS, ROOT, TIMEOUT_MS, main_text, no_exception, settle
+from tests.browser_support import ARTIFACTS, TIMEOUT_MS, main_text, no_exception, settle
 
 PAGES = [
     # (nav label, url path, key texts)
@@ -186,7 +185,6 @@ def test_upload_report_and_suppressed_funnel(server, browser, tmp_path):
     """A bad upload shows the problem table; a good small upload turns suppression on."""
     from playwright.sync_api import expect
 
-    sys.path.insert(0, str(ROOT))
     from kn026.ingest import synth
 
     good = synth.generate(400, 3, sites=10)

@@ -10,11 +10,9 @@ how little it can assess. Screenshots go to tests/artifacts/ for a human to look
 
 from __future__ import annotations
 
-import sys
-
 import pytest
 
-from tests.browser_support import ARTIFACTS, ROOT, TIMEOUT_MS, main_text, no_exception, settle
+from tests.browser_support import ARTIFACTS, TIMEOUT_MS, main_text, no_exception, settle
 
 pytestmark = pytest.mark.browser
 
@@ -58,7 +56,6 @@ def _shot(page, main, text: str, name: str) -> None:
 def test_upload_with_bad_cells_each_choice_then_load(server, browser, tmp_path):
     from playwright.sync_api import expect
 
-    sys.path.insert(0, str(ROOT))
     from kn026.ingest import synth
 
     ARTIFACTS.mkdir(exist_ok=True)

@@ -9,7 +9,6 @@ look at. Skipped when /usr/bin/chromium or Playwright is absent.
 
 from __future__ import annotations
 
-import sys
 import zipfile
 
 import pandas as pd
@@ -77,7 +76,6 @@ def test_omop_zip_upload_and_import_report(server, browser, tmp_path):
 def test_mapping_wizard_and_refused_binary(server, browser, tmp_path):
     from playwright.sync_api import expect
 
-    sys.path.insert(0, str(ROOT))
     from kn026.ingest import synth
 
     ARTIFACTS.mkdir(exist_ok=True)

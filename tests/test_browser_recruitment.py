@@ -112,13 +112,9 @@ def test_recruitment_page_in_the_browser(server, browser):
 
 def test_uploaded_cohort_with_suppressed_sites(server, browser, tmp_path):
     """An upload (suppression on by default): full approach share, small sites hidden in the per-site table."""
-    import sys
 
     from playwright.sync_api import expect
 
-    from tests.browser_support import ROOT
-
-    sys.path.insert(0, str(ROOT))
     from kn026.ingest import synth
 
     synth.generate(300, 6, sites=12).to_csv(tmp_path / "small_sites.csv", index=False)  # one site has 3

@@ -83,7 +83,7 @@ def test_rule_editor_end_to_end(server, browser, tmp_path):
     main = page.locator('[data-testid="stMain"]').inner_text()
     assert "CUST01" in main and "INCL07.CRCL" in main and "Not added" not in main
     want = analysis.run(engine, Scenario("check", custom=(custom.EXAMPLE_CUSTOM,),
-                                         replace=dict([custom.EXAMPLE_REPLACE])))
+                                         replace=dict([protocol.examples.replace])))
     assert metric(page, "Eligible · strict") == want.totals["strict"]
     assert metric(page, "Eligible · optimistic") == want.totals["optimistic"]
     _shot(page, "Custom criteria and rewritten rules", "rules_added")

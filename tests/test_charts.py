@@ -3,20 +3,14 @@
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from kn026.core import funnel as fm  # noqa: E402
-from kn026.report import charts as C  # noqa: E402
+from kn026.core import funnel as fm
+from kn026.report import charts as C
 
 # Three criteria on bits 0..2 (see tests/test_funnel.py for the worked example).
 HIST = fm.Histogram.from_counts({(0, 0): 10, (1, 0): 5, (0, 2): 3, (3, 0): 2, (4, 1): 4, (0, 5): 1, (2, 4): 2})

@@ -307,8 +307,13 @@ def test_user_errors_exit_2_without_traceback(tmp_path, capsys, make_argv, fragm
         assert "patient_id" in (tmp_path / "c.csv").read_text().splitlines()[0]
 
 
+def test_a_stage_the_protocol_lacks_exits_2_naming_its_stages(capsys):
+    code, _, err = run(["funnel", "--cohort", FIXTURE, "--stage", 3], capsys)
+    assert code == 2 and "Traceback" not in err
+    assert "--stage 3: KN026-001 has stage(s) 1 (Stage 1 (open-label)), 2 (Stage 2 (randomised))" in err
+
+
 @pytest.mark.parametrize("argv", [
-    ["funnel", "--cohort", FIXTURE, "--stage", 3],
     ["funnel", "--cohort", FIXTURE],
     ["screen", "--cohort", FIXTURE, "--stage", 1],  # no --out
     ["bogus"],

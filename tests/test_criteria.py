@@ -345,6 +345,8 @@ def test_param_range_is_inclusive(value, ok):
 
 # -- broken protocol documents ---------------------------------------------------------------------
 BASE = {
+    "format": "kn026-criteria",
+    "version": 1,
     "protocol": "TEST-1",
     "title": "test",
     "stages": {1: "one", 2: "two"},
@@ -416,8 +418,8 @@ BROKEN = [
      r"duplicate ID INCL02\.ANC"),
     ("rule ID outside its criterion", mutated(R_ANC + ("id",), "INCL03.ANC"),
      r"rule ID 'INCL03\.ANC' must be INCL02 or INCL02\.NAME"),
-    ("malformed criterion ID", mutated(("criteria", 0, "id"), "incl01"), r"criterion ID 'incl01' must look like"),
-    ("missing criterion ID", mutated(("criteria", 0, "id"), delete=True), r"criterion ID '' must look like"),
+    ("malformed criterion ID", mutated(("criteria", 0, "id"), "incl01"), r"criterion ID 'incl01' must be capital letters"),
+    ("missing criterion ID", mutated(("criteria", 0, "id"), delete=True), r"criterion ID '' must be capital letters"),
     ("bad SQL", mutated(R_INCL01 + ("sql",), "age_years >= "), r"INCL01: the SQL does not parse"),
     ("bad SQL: unclosed quote", mutated(("criteria", 2, "rules", 0, "sql", 1), "brain_metastases <> 'active"),
      r"EXCL01: the SQL does not parse"),
@@ -541,6 +543,59 @@ def test_load_protocol_errors(tmp_path):
     broken.write_text(yaml.safe_dump(mutated(R_INCL01 + ("sql",), "agee >= 1")), encoding="utf-8")
     with pytest.raises(CriteriaError, match="'agee' is neither"):
         load_protocol(broken)
+
+
+@pytest.mark.parametrize("head, message", [
+    ({}, "is not a criteria file: it must start with `format: kn026-criteria`"),
+    ({"format": "something-else", "version": 1}, "is not a criteria file"),
+    ({"format": "kn026-criteria"}, "format version None is not one this program reads"),
+    ({"format": "kn026-criteria", "version": 7}, "format version 7 is not one this program reads"),
+])
+def test_a_file_without_this_format_and_a_known_version_is_refused(tmp_path, head, message):
+    doc = {k: v for k, v in copy.deepcopy(BASE).items() if k not in ("format", "version")} | head
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump(doc, allow_unicode=True), encoding="utf-8")
+    with pytest.raises(CriteriaError, match=re.escape(message)):
+        load_protocol(path)
+    path.write_text(yaml.safe_dump(copy.deepcopy(BASE), allow_unicode=True), encoding="utf-8")
+    assert load_protocol(path).version == 1
+
+
+def test_shipped_file_declares_its_presentation():
+    """Measures, category charts, labels, examples and the target come from the file."""
+    assert PROTOCOL.version == 1
+    assert {m.rule for m in PROTOCOL.measures} <= set(PROTOCOL.rule_ids())
+    assert all(p in PROTOCOL.rule(m.rule).params for m in PROTOCOL.measures for p, _ in m.limits)
+    assert [c.rule for c in PROTOCOL.categories] == ["INCL02.HER2"]
+    assert PROTOCOL.param_label("max_ecog") == "Highest ECOG" and PROTOCOL.param_label("a_b") == "A b"
+    assert PROTOCOL.examples.replace[0] == "INCL07.CRCL" and len(PROTOCOL.examples.filters) == 3
+    e = PROTOCOL.enrollment
+    assert (e.target, e.scope) == (286, "whole study")
+    assert e.text() == "286 patients (whole study, KN026-001 estimated enrollment)"
+    assert e.text(0.4) == "114 patients (40 % of 286, whole study, KN026-001 estimated enrollment)"
+
+
+@pytest.mark.parametrize("section, value, message", [
+    ("measures", [{"key": "age", "rule": "INCL09", "expression": "age_years", "passes": "ge"}], "unknown rule ID"),
+    ("measures", [{"key": "age", "rule": "INCL01", "expression": "agee", "passes": "ge"}], "neither a dictionary"),
+    ("measures", [{"key": "age", "rule": "INCL01", "expression": "age_years", "passes": "up"}], "`passes` must be"),
+    ("measures", [{"key": "age", "rule": "INCL01", "expression": "age_years", "passes": "ge",
+                   "limits": [{"param": "nope", "label": "≥ {v}"}]}], "each limit needs `param`"),
+    ("measures", [{"key": "age", "rule": "INCL01", "expression": "age_years / :other", "passes": "ge"}],
+     "parameter(s) other are not parameters of its rule"),
+    ("categories", [{"rule": "INCL01", "groups": [{"label": "a", "when": "(SELECT 1)"}]}], "must be one expression"),
+    ("categories", [{"rule": "INCL01", "groups": []}], "list the `groups`"),
+    ("parameter_labels", {"min_ag": "x"}, "min_ag is no rule's parameter"),
+    ("examples", {"filters": [{"status": "fails", "target": "INCL99"}]}, "examples.filters"),
+    ("examples", {"replace": {"rule": "INCL01", "sql": "DROP TABLE x"}}, "must be one expression"),
+    ("enrollment", {"target": "286"}, "`target` must be a whole number"),
+    ("enrollment", {"target": 0}, "`target` must be a whole number"),
+])
+def test_bad_presentation_sections_refused(section, value, message):
+    doc = copy.deepcopy(BASE)
+    doc[section] = value
+    with pytest.raises(CriteriaError, match=re.escape(message)):
+        build_protocol(doc)
 
 
 def test_parse_predicate_names():

@@ -11,27 +11,22 @@ control run with primary suppression only must be caught, so the check can fail.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from kn026.base.table import connect
+from kn026.core.criteria import load_protocol
+from kn026.core.engine import Engine
+from kn026.core.scenario import load_scenario
+from kn026.feasibility import report
+from kn026.ingest import synth
+from kn026.ingest.cohort import load_cohort
+from kn026.report import protection
+from tests import adversary as A
+
 ROOT = Path(__file__).resolve().parents[1]
-for p in (ROOT, ROOT / "tests"):
-    if str(p) not in sys.path:
-        sys.path.insert(0, str(p))
-
-import adversary as A  # noqa: E402
-
-from kn026.base.table import connect  # noqa: E402
-from kn026.core.criteria import load_protocol  # noqa: E402
-from kn026.core.engine import Engine  # noqa: E402
-from kn026.core.scenario import load_scenario  # noqa: E402
-from kn026.feasibility import report  # noqa: E402
-from kn026.ingest import synth  # noqa: E402
-from kn026.ingest.cohort import load_cohort  # noqa: E402
-from kn026.report import protection  # noqa: E402
 
 COUNT_HEADERS = {"Remaining (strict)", "Remaining (optimistic)", "Unknown so far", "Lost at step (strict)",
                  "Lost at step (optimistic)", "Fail (marginal)", "Fail only this (unique)", "Unknown on criterion",
@@ -42,10 +37,9 @@ READERS = {"xlsx": A.read_xlsx, "html": A.read_html, "pptx": A.read_pptx}
 
 
 @pytest.fixture(scope="module")
-def builtin():
-    protocol = load_protocol()
-    engine = Engine(load_cohort(ROOT / "data" / "builtin_cohort.parquet", connect()), protocol, 1)
-    return engine, load_scenario(ROOT / "data" / "scenario_crcl50.yaml", protocol), "builtin_cohort.parquet"
+def builtin(builtin_engine):
+    return builtin_engine, load_scenario(ROOT / "data" / "scenario_crcl50.yaml", builtin_engine.protocol), \
+        "builtin_cohort.parquet"
 
 
 @pytest.fixture(scope="module")

@@ -3,32 +3,23 @@
 from __future__ import annotations
 
 import io
-import sys
-from pathlib import Path
 
 import openpyxl
 import pandas as pd
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from kn026.base.table import connect  # noqa: E402
-from kn026.core import analysis  # noqa: E402
-from kn026.core.criteria import load_protocol  # noqa: E402
-from kn026.core.engine import Engine  # noqa: E402
-from kn026.core.scenario import Scenario  # noqa: E402
-from kn026.ingest import (  # noqa: E402
-    reader,  # noqa: E402
-    synth,  # noqa: E402
-)
-from kn026.ingest.cohort import load_cohort  # noqa: E402
-from kn026.ingest.problems import CohortError  # noqa: E402
-from kn026.report import charts  # noqa: E402
-from kn026.report import export as X  # noqa: E402
-from kn026.report import patients as P  # noqa: E402
-from kn026.report import suppression as sp  # noqa: E402
+from kn026.base.table import connect
+from kn026.core import analysis
+from kn026.core.criteria import load_protocol
+from kn026.core.engine import Engine
+from kn026.core.scenario import Scenario
+from kn026.ingest import reader, synth
+from kn026.ingest.cohort import load_cohort
+from kn026.ingest.problems import CohortError
+from kn026.report import charts
+from kn026.report import export as X
+from kn026.report import patients as P
+from kn026.report import suppression as sp
 
 N = 1_500
 

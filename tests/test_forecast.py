@@ -20,12 +20,15 @@ from hypothesis import strategies as st
 from kn026.cli import forecast as fcli
 from kn026.forecast import charts as fcharts
 from kn026.forecast import model as fc
+from kn026.forecast import sites as fsites
+from kn026.ingest import synth
 
 START = dt.date(2025, 1, 1)
+TARGET = 286  # KN026-001 estimated enrollment (the protocol file\'s `enrollment:`)
 
 
 def _sites(k=30, mean=2.0, cv=0.7, stagger=4.0, ramp=2.0):
-    return fc.SiteInputs.from_inputs(k, mean, cv=cv, stagger_months=stagger, ramp_months=ramp)
+    return fsites.SiteInputs.from_inputs(k, mean, cv=cv, stagger_months=stagger, ramp_months=ramp)
 
 
 def _history(rng, k=60, shape=1.5, mean=3.0, span_days=540, with_activation=False):
@@ -36,7 +39,7 @@ def _history(rng, k=60, shape=1.5, mean=3.0, span_days=540, with_activation=Fals
     begin = end - pd.Timedelta(days=span_days - 1)
     act_day = rng.integers(0, int(span_days * 2 / 3), size=k)
     open_days = span_days - act_day  # activation day .. end inclusive
-    counts = rng.poisson(rates * open_days / fc.DAYS_PER_MONTH)
+    counts = rng.poisson(rates * open_days / fsites.DAYS_PER_MONTH)
     site = np.repeat(np.arange(k), counts)
     offs = act_day[site] + np.floor(rng.random(site.size) * open_days[site]).astype(int)
     ids = np.array([f"S{i:03d}" for i in range(k)])
@@ -74,7 +77,7 @@ def test_simulated_counts_match_closed_form_mean_and_variance(screened):
 def test_closed_form_single_site_is_negative_binomial():
     # One site, rate ~ Gamma(shape 2, mean 3), open from 0, no ramp: N(t) ~ NB with
     # mean c m t and variance c m t + (c m t)^2 / shape.
-    s = fc.SiteInputs(("A",), np.array([3.0]), np.array([2.0]), np.array([0.0]))
+    s = fsites.SiteInputs(("A",), np.array([3.0]), np.array([2.0]), np.array([0.0]))
     c = 0.5 * 0.8
     t = np.array([0.0, 1.0, 6.0])
     np.testing.assert_allclose(fc.expected_enrolled(s, t, 0.5, 0.8), c * 3 * t)
@@ -84,9 +87,9 @@ def test_closed_form_single_site_is_negative_binomial():
 
 def test_ramp_integral_and_mean_curve_with_ramp():
     # Ramp 2 months: open time is u^2 / 4 while ramping, u - 1 after.
-    np.testing.assert_allclose(fc.ramp_integral([-1, 0, 1, 2, 5], 2.0), [0, 0, 0.25, 1.0, 4.0])
-    np.testing.assert_allclose(fc.ramp_integral([-1, 0, 3], 0.0), [0, 0, 3])
-    np.testing.assert_allclose(fc.ramp_level([-1, 1, 3], 2.0), [0, 0.5, 1])
+    np.testing.assert_allclose(fsites.ramp_integral([-1, 0, 1, 2, 5], 2.0), [0, 0, 0.25, 1.0, 4.0])
+    np.testing.assert_allclose(fsites.ramp_integral([-1, 0, 3], 0.0), [0, 0, 3])
+    np.testing.assert_allclose(fsites.ramp_level([-1, 1, 3], 2.0), [0, 0.5, 1])
 
 
 def test_time_is_exact_inverse_of_cumulative_intensity():
@@ -132,7 +135,7 @@ def test_paths_cross_target_exactly_at_simulated_time():
 # ---------------------------------------------------------------------------
 # Calibration against an independent, event-level simulator
 # ---------------------------------------------------------------------------
-def _naive_trial(rng, sites: fc.SiteInputs, p, u, target, horizon=80.0):
+def _naive_trial(rng, sites: fsites.SiteInputs, p, u, target, horizon=80.0):
     """One trial patient by patient: Gamma rates, screenings at full-rate Poisson times kept
     with probability equal to the ramp level, each screened patient eligible with p and
     enrolling with u. Returns the time of the target-th enrolment."""
@@ -142,7 +145,7 @@ def _naive_trial(rng, sites: fc.SiteInputs, p, u, target, horizon=80.0):
         a = sites.activation[i]
         n = rng.poisson(lam[i] * (horizon - a))
         t = a + rng.random(n) * (horizon - a)
-        keep = rng.random(n) < fc.ramp_level(t - a, sites.ramp_months)
+        keep = rng.random(n) < fsites.ramp_level(t - a, sites.ramp_months)
         t = t[keep]
         enrol = (rng.random(t.size) < p) & (rng.random(t.size) < u)
         times.append(t[enrol])
@@ -175,7 +178,7 @@ def test_intervals_calibrated_when_rates_are_estimated_from_history():
     p, u, target = 0.3, 0.85, 80
     for r in range(reps):
         frame, truth, end = _history(rng, k=15, mean=2.0, span_days=365)
-        sites = fc.estimate_sites(frame)
+        sites = fsites.estimate_sites(frame)
         # a short fan chart horizon: only the time-to-target quantiles are checked here
         res = fc.forecast(sites, p, u, target=target, start=START, n_sims=1000, seed=r, horizon_months=1)
         rate = p * u * truth.loc[list(sites.site_id)].sum()
@@ -198,8 +201,8 @@ def test_estimated_site_rates_cover_known_rates(with_activation):
     hits80 = hits95 = total = 0
     for _ in range(5):
         frame, truth, end = _history(rng, k=60, with_activation=with_activation)
-        s80 = fc.estimate_sites(frame, as_of=end)
-        s95 = fc.estimate_sites(frame, as_of=end, level=0.95)
+        s80 = fsites.estimate_sites(frame, as_of=end)
+        s95 = fsites.estimate_sites(frame, as_of=end, level=0.95)
         t80 = s80.table.set_index("site_id").join(truth)
         t95 = s95.table.set_index("site_id").join(truth)
         hits80 += int(((t80.rate_lo <= t80.true_rate) & (t80.true_rate <= t80.rate_hi)).sum())
@@ -218,22 +221,19 @@ def test_prior_fit_recovers_known_gamma():
     t = rng.uniform(3, 24, size=400)
     k = rng.poisson(rng.gamma(shape, mean / shape, size=400) * t)
     for method in ("ml", "mom"):
-        alpha, beta, how = fc.fit_gamma_prior(k, t, method)
+        alpha, beta, how = fsites.fit_gamma_prior(k, t, method)
         assert 1.4 <= alpha <= 2.9, (method, alpha)
         assert 3.5 <= alpha / beta <= 4.5, (method, alpha / beta)
         assert "empirical-Bayes" in how
     # identical sites: no detectable heterogeneity -> alpha capped at the total events
     k_same = rng.poisson(3.0 * t)
-    alpha, beta, _ = fc.fit_gamma_prior(k_same, t)
+    alpha, beta, _ = fsites.fit_gamma_prior(k_same, t)
     assert alpha <= k_same.sum() + 1e-6 and alpha > 50
 
 
 def test_estimate_from_synth_cohort_covers_true_site_rates():
-    synth = pytest.importorskip("kn026.ingest.synth")
-    if "return_sites" not in synth.generate.__code__.co_varnames:
-        pytest.skip("kn026.ingest.synth does not expose its true site rates")
     df, true = synth.generate(8000, 3, sites=40, return_sites=True)
-    s = fc.estimate_sites(df[["site_id", "country", "screening_date"]], level=0.95)
+    s = fsites.estimate_sites(df[["site_id", "country", "screening_date"]], level=0.95)
     tab = s.table.merge(true[["site_id", "rate_per_month"]], on="site_id")
     assert len(tab) == 40
     inside = (tab.rate_lo <= tab.rate_per_month) & (tab.rate_per_month <= tab.rate_hi)
@@ -244,31 +244,31 @@ def test_estimate_from_synth_cohort_covers_true_site_rates():
 
 def test_estimate_sites_input_checks_and_single_site():
     with pytest.raises(ValueError, match="needs columns site_id and screening_date; missing: screening_date"):
-        fc.estimate_sites(pd.DataFrame({"site_id": ["A"]}))
+        fsites.estimate_sites(pd.DataFrame({"site_id": ["A"]}))
     with pytest.raises(ValueError, match="not dates"):
-        fc.estimate_sites(pd.DataFrame({"site_id": ["A"], "screening_date": ["soon"]}))
+        fsites.estimate_sites(pd.DataFrame({"site_id": ["A"], "screening_date": ["soon"]}))
     with pytest.raises(ValueError, match="no screenings"):
-        fc.estimate_sites(pd.DataFrame({"site_id": [None], "screening_date": ["2024-01-01"]}))
+        fsites.estimate_sites(pd.DataFrame({"site_id": [None], "screening_date": ["2024-01-01"]}))
     one = pd.DataFrame({"site_id": ["A"] * 13,
                         "screening_date": pd.date_range("2024-01-01", periods=13, freq="28D")})
-    s = fc.estimate_sites(one)
+    s = fsites.estimate_sites(one)
     assert s.n_sites == 1 and "reference prior" in s.note
     # 12 events after the first over 12 * 28 + 0.5 days
     assert s.table.loc[0, "events"] == 12
-    assert s.mean[0] == pytest.approx(12.5 / ((12 * 28 + 0.5) / fc.DAYS_PER_MONTH))
+    assert s.mean[0] == pytest.approx(12.5 / ((12 * 28 + 0.5) / fsites.DAYS_PER_MONTH))
     res = fc.forecast(s, 0.5, target=20, start=START, n_sims=2000)
     assert np.isfinite(res.median) and res.median > 0
     # as_of cuts the history
-    s_cut = fc.estimate_sites(one, as_of="2024-03-01")
+    s_cut = fsites.estimate_sites(one, as_of="2024-03-01")
     assert s_cut.table.loc[0, "screened"] == 3
     # a known activation date: all 13 screenings count, exposure from that date
-    s_act = fc.estimate_sites(one, activation_dates={"A": "2023-12-01"})
+    s_act = fsites.estimate_sites(one, activation_dates={"A": "2023-12-01"})
     last = one["screening_date"].max()
     days = (last - pd.Timestamp("2023-12-01")).days + 1
     assert s_act.table.loc[0, "events"] == 13 and bool(s_act.table.loc[0, "activation_known"])
-    assert s_act.table.loc[0, "exposure_months"] == pytest.approx(days / fc.DAYS_PER_MONTH)
+    assert s_act.table.loc[0, "exposure_months"] == pytest.approx(days / fsites.DAYS_PER_MONTH)
     with pytest.raises(ValueError, match="unknown site"):
-        fc.estimate_sites(one, activation_dates={"B": "2023-12-01"})
+        fsites.estimate_sites(one, activation_dates={"B": "2023-12-01"})
 
 
 # ---------------------------------------------------------------------------
@@ -276,20 +276,20 @@ def test_estimate_sites_input_checks_and_single_site():
 # ---------------------------------------------------------------------------
 def test_no_eligible_patients_is_unreachable():
     with pytest.raises(ValueError, match="target unreachable: no eligible patients"):
-        fc.forecast(_sites(), 0.0, start=START)
+        fc.forecast(_sites(), 0.0, target=TARGET, start=START)
     with pytest.raises(ValueError, match="target unreachable: no eligible patients"):
-        fc.sites_needed(_sites(), 0.0, "2026-01-01", start=START)
+        fc.sites_needed(_sites(), 0.0, "2026-01-01", target=TARGET, start=START)
     with pytest.raises(ValueError, match="target unreachable: uptake is 0"):
-        fc.forecast(_sites(), 0.3, uptake=0.0, start=START)
+        fc.forecast(_sites(), 0.3, uptake=0.0, target=TARGET, start=START)
 
 
 def test_zero_rate_is_unreachable():
     with pytest.raises(ValueError, match="target unreachable: every site's screening rate is 0"):
-        fc.forecast(fc.SiteInputs.from_inputs(5, 0.0), 0.4, start=START)
+        fc.forecast(fsites.SiteInputs.from_inputs(5, 0.0), 0.4, target=TARGET, start=START)
 
 
 def test_one_site_from_inputs():
-    s = fc.SiteInputs.from_inputs(1, 4.0, cv=0.5)
+    s = fsites.SiteInputs.from_inputs(1, 4.0, cv=0.5)
     res = fc.forecast(s, 0.5, 1.0, target=10, start=START, n_sims=5000, seed=1)
     # E[time] for rate ~ Gamma(4, 2 * 4 / 4 ...) is finite; median near 10 / 2 = 5 months
     assert 3.5 < res.median < 7
@@ -298,7 +298,7 @@ def test_one_site_from_inputs():
 
 def test_known_rates_give_gamma_time():
     # cv 0: rate known, so the time of the N-th enrolment is Gamma(N, c * total rate).
-    s = fc.SiteInputs.from_inputs(10, 2.0, cv=0.0)
+    s = fsites.SiteInputs.from_inputs(10, 2.0, cv=0.0)
     res = fc.forecast(s, 0.5, 1.0, target=50, start=START, n_sims=20_000, seed=2)
     assert res.mean == pytest.approx(50 / 10, rel=0.01)
     assert np.std(res.times) == pytest.approx(math.sqrt(50) / 10, rel=0.03)
@@ -323,19 +323,19 @@ def test_target_already_met():
     ({"start": "2025-13-01"}, "not an ISO date"),
 ])
 def test_bad_inputs_have_clear_messages(kwargs, message):
-    args = {"eligible_fraction": 0.3, "start": START, "n_sims": 100} | kwargs
+    args = {"eligible_fraction": 0.3, "target": TARGET, "start": START, "n_sims": 100} | kwargs
     with pytest.raises(ValueError, match=message):
         fc.forecast(_sites(), **args)
 
 
 def test_site_inputs_validation():
     with pytest.raises(ValueError, match="whole number >= 1"):
-        fc.SiteInputs.from_inputs(0, 1.0)
+        fsites.SiteInputs.from_inputs(0, 1.0)
     with pytest.raises(ValueError, match="not both"):
-        fc.SiteInputs.from_inputs(3, 1.0, cv=0.5, shape=4)
+        fsites.SiteInputs.from_inputs(3, 1.0, cv=0.5, shape=4)
     with pytest.raises(ValueError, match="activation schedule has 2 entries for 3 sites"):
-        fc.SiteInputs.from_inputs(3, 1.0, activation=[0, 1])
-    s = fc.SiteInputs.from_inputs(4, 2.0, shape=4.0, stagger_months=8, ramp_months=1)
+        fsites.SiteInputs.from_inputs(3, 1.0, activation=[0, 1])
+    s = fsites.SiteInputs.from_inputs(4, 2.0, shape=4.0, stagger_months=8, ramp_months=1)
     np.testing.assert_allclose(s.activation, [0, 2, 4, 6])
     np.testing.assert_allclose(s.variance, [1.0] * 4)
     assert s.subset(["Site 2"]).n_sites == 1
@@ -348,15 +348,15 @@ def test_site_inputs_validation():
 # ---------------------------------------------------------------------------
 def test_same_seed_same_numbers_and_no_global_rng():
     state = np.random.get_state()[1].copy()
-    a = fc.forecast(_sites(), 0.3, start=START, n_sims=2000, seed=4)
-    b = fc.forecast(_sites(), 0.3, start=START, n_sims=2000, seed=4)
-    c = fc.forecast(_sites(), 0.3, start=START, n_sims=2000, seed=5)
+    a = fc.forecast(_sites(), 0.3, target=TARGET, start=START, n_sims=2000, seed=4)
+    b = fc.forecast(_sites(), 0.3, target=TARGET, start=START, n_sims=2000, seed=4)
+    c = fc.forecast(_sites(), 0.3, target=TARGET, start=START, n_sims=2000, seed=5)
     assert np.array_equal(a.times, b.times)
     pd.testing.assert_frame_equal(a.curve, b.curve)
     pd.testing.assert_frame_equal(a.site_contribution, b.site_contribution)
     assert not np.array_equal(a.times, c.times)
-    n1 = fc.sites_needed(_sites(), 0.3, "2026-01-01", start=START, n_sims=2000, seed=4)
-    n2 = fc.sites_needed(_sites(), 0.3, "2026-01-01", start=START, n_sims=2000, seed=4)
+    n1 = fc.sites_needed(_sites(), 0.3, "2026-01-01", target=TARGET, start=START, n_sims=2000, seed=4)
+    n2 = fc.sites_needed(_sites(), 0.3, "2026-01-01", target=TARGET, start=START, n_sims=2000, seed=4)
     pd.testing.assert_frame_equal(n1.table, n2.table)
     assert np.array_equal(np.random.get_state()[1], state)
 
@@ -372,9 +372,9 @@ def test_result_outputs():
     assert res.probability_by(hi80) == pytest.approx(0.9, abs=0.01)
     assert res.probability_by(res.date_at(res.median)) == pytest.approx(0.5, abs=0.02)
     assert res.probability_by(START - dt.timedelta(days=1)) == 0.0
-    cols = ["month", "date", "mean", "sd", *fc.QUANTILE_COLUMNS]
+    cols = ["month", "date", "mean", "sd", *fsites.QUANTILE_COLUMNS]
     assert list(res.curve.columns) == cols
-    q = res.curve[list(fc.QUANTILE_COLUMNS)].to_numpy()
+    q = res.curve[list(fsites.QUANTILE_COLUMNS)].to_numpy()
     assert np.all(np.diff(q, axis=1) >= 0) and np.all(np.diff(q, axis=0) >= 0)
     contrib = res.site_contribution
     assert contrib["expected_enrolled"].sum() == pytest.approx(150)
@@ -406,7 +406,7 @@ def test_sites_needed_is_minimal_and_agrees_with_a_forecast():
     easy = fc.sites_needed(sites, 0.4, "2030-01-01", target=120, start=START, n_sims=2000)
     assert easy.additional == 0 and "no additional site" in easy.sentence()
     with pytest.raises(ValueError, match="before the start"):
-        fc.sites_needed(sites, 0.4, "2024-06-01", start=START)
+        fc.sites_needed(sites, 0.4, "2024-06-01", target=TARGET, start=START)
     with pytest.raises(ValueError, match="open too late"):
         fc.sites_needed(sites, 0.4, "2025-03-01", target=500, start=START, new_site_activation="2025-04-01")
 
@@ -450,7 +450,6 @@ def _parser():
 
 @pytest.fixture(scope="module")
 def synth_csv(tmp_path_factory):
-    synth = pytest.importorskip("kn026.ingest.synth")
     path = tmp_path_factory.mktemp("fc") / "cohort.csv"
     synth.write(path, 3000, 5, sites=12)
     return path
@@ -493,7 +492,7 @@ def test_cli_approach_share_thins_the_estimated_rates(synth_csv, capsys):
     assert "25.0% of candidates approached" in quarter["sites"]["note"]
     f = full["bounds"]["strict"]["eligible_fraction"]
     frame = pd.read_csv(synth_csv, usecols=["site_id", "screening_date", "country"])
-    direct = fc.forecast(fc.estimate_sites(frame), 0.25 * f, target=fc.DEFAULT_TARGET, start="2026-01-01",
+    direct = fc.forecast(fsites.estimate_sites(frame), 0.25 * f, target=TARGET, start="2026-01-01",
                          n_sims=1000, fraction_screened=full["screened"])
     assert quarter["bounds"]["strict"]["median_months"] == pytest.approx(direct.median, rel=0.02)
     assert quarter["bounds"]["strict"]["median_months"] > 3 * full["bounds"]["strict"]["median_months"]

@@ -8,21 +8,14 @@ from __future__ import annotations
 
 import itertools
 import math
-import sys
 from collections import Counter
 from fractions import Fraction
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-try:
-    import kn026.core.funnel  # noqa: F401
-except ImportError:  # run as `pytest tests/...` without the repo root on sys.path
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from kn026.base import masks as mw
 from kn026.core import funnel as fn

@@ -178,3 +178,13 @@ def test_the_readme_states_the_layer_order():
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     line = next((ln for ln in readme.splitlines() if ln.startswith("Layers, bottom first:")), "")
     assert [w.strip("`., ") for w in line.split(":", 1)[-1].split("<")] == list(LAYERS), line
+
+
+MAX_LINES = 800  # issue 14: no module longer than about 800 lines
+
+
+@pytest.mark.parametrize("path", PACKAGE + PAGES + sorted((ROOT / "ui").glob("*.py")),
+                         ids=lambda p: str(p.relative_to(ROOT)))
+def test_no_module_is_longer_than_800_lines(path):
+    n = len(path.read_text(encoding="utf-8").splitlines())
+    assert n <= MAX_LINES, f"{path.relative_to(ROOT)} has {n} lines; split it by what it does"

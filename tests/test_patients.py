@@ -3,25 +3,19 @@
 from __future__ import annotations
 
 import math
-import sys
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from kn026.base.table import connect  # noqa: E402
-from kn026.core import analysis  # noqa: E402
-from kn026.core.criteria import load_protocol  # noqa: E402
-from kn026.core.engine import Engine  # noqa: E402
-from kn026.core.scenario import Scenario  # noqa: E402
-from kn026.ingest import synth  # noqa: E402
-from kn026.ingest.cohort import load_cohort  # noqa: E402
-from kn026.report import patients as P  # noqa: E402
+from kn026.base.table import connect
+from kn026.core import analysis
+from kn026.core.criteria import load_protocol
+from kn026.core.engine import Engine
+from kn026.core.scenario import Scenario
+from kn026.ingest import synth
+from kn026.ingest.cohort import load_cohort
+from kn026.report import patients as P
 
 N = 3_000
 
@@ -183,20 +177,40 @@ def test_completeness_and_coverage(frame, protocol):
 
 
 def test_distributions(engine, frame):
-    for m in P.MEASURES:
+    measures = P.measures(engine.protocol)
+    assert len(measures) == 16 and len({m.key for m in measures}) == 16
+    for m in measures:
         d = P.distribution(engine, m, SCENARIO)
         assert d.available, m.key
         assert int(d.bins["count"].sum()) + d.missing == N, m.key
-    age = P.distribution(engine, next(m for m in P.MEASURES if m.key == "age"))
+    age = P.distribution(engine, next(m for m in measures if m.key == "age"))
     assert age.missing == int(frame["age_years"].isna().sum())
     assert [lim["value"] for lim in age.limits] == [18.0]
-    crcl = P.distribution(engine, next(m for m in P.MEASURES if m.key == "crcl"), SCENARIO)
+    crcl = P.distribution(engine, next(m for m in measures if m.key == "crcl"), SCENARIO)
     assert sorted(lim["value"] for lim in crcl.limits) == [30.0, 50.0]  # scenario and protocol
-    ecog = P.distribution(engine, next(m for m in P.MEASURES if m.key == "ecog"))
+    ecog = P.distribution(engine, next(m for m in measures if m.key == "ecog"))
     assert ecog.bins["x0"].tolist() == sorted(frame["ecog"].dropna().unique().astype(float).tolist())
-    her2 = P.her2_counts(engine)
+    her2 = P.category_counts(engine, engine.protocol.categories[0])
     assert her2["count"].sum() == N
     assert her2.set_index("category").loc["IHC 3+", "count"] == int((frame["her2_ihc"] == 3).sum())
+
+
+def test_category_colours_follow_the_rule_as_rewritten(engine, frame):
+    """The HER2 chart's verdicts come from the rule's masks: rewrite the rule and they follow."""
+    chart = engine.protocol.categories[0]
+    base = P.category_counts(engine, chart).set_index("category")
+    assert base.loc["IHC 3+", "verdict"] == "pass" and base.loc["IHC 1+", "verdict"] == "fail"
+    assert base.loc["IHC 2+ ISH −", "verdict"] in ("fail", "")
+    wider = P.category_counts(engine, chart, Scenario("wider", replace={chart.rule: "her2_ihc >= 2"}))
+    wider = wider.set_index("category")
+    n2neg = int((frame["her2_ihc"].eq(2).fillna(False) & frame["her2_ish"].eq("negative").fillna(False)).sum())
+    assert n2neg > 0  # the synthetic cohort has IHC 2+ ISH-negative patients
+    assert wider.loc["IHC 2+ ISH −", "verdict"] == "pass" and wider.loc["IHC 2+ ISH −", "count"] == n2neg
+    assert wider.loc["IHC 1+", "verdict"] in ("fail", "")
+    # a rule that splits a category gives one bar per verdict, counts still adding up
+    split = P.category_counts(engine, chart, Scenario("split", replace={chart.rule: "her2_ihc = 3 AND ecog <= 0"}))
+    assert split["count"].sum() == N
+    assert {"IHC 3+ · pass", "IHC 3+ · fail"} <= set(split["category"])
 
 
 def test_site_and_country_tables(engine, frame):

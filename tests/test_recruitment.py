@@ -13,6 +13,7 @@ from kn026.base.table import connect
 from kn026.forecast import charts as fcharts
 from kn026.forecast import model as fc
 from kn026.forecast import recruitment as rc
+from kn026.forecast import sites as fsites
 from kn026.ingest import synth
 from kn026.ingest.cohort import load_cohort
 
@@ -21,12 +22,12 @@ DEADLINE = dt.date(2027, 6, 30)
 SIMS = 2000
 
 
-def _sites(k: int = 12, mean: float = 3.0, cv: float = 0.6) -> fc.SiteInputs:
-    return fc.SiteInputs.from_inputs(k, mean, cv=cv)
+def _sites(k: int = 12, mean: float = 3.0, cv: float = 0.6) -> fsites.SiteInputs:
+    return fsites.SiteInputs.from_inputs(k, mean, cv=cv)
 
 
 def _plan(**kw) -> rc.Plan:
-    base = dict(start=START, deadline=DEADLINE, n_sims=SIMS, source="inputs", n_sites=12, mean_rate=3.0, cv=0.6)
+    base = dict(target=286, start=START, deadline=DEADLINE, n_sims=SIMS, source="inputs", n_sites=12, mean_rate=3.0, cv=0.6)
     return rc.Plan(**{**base, **kw})
 
 
@@ -34,7 +35,7 @@ def _plan(**kw) -> rc.Plan:
 def synthetic():
     """A synthetic cohort (30 sites, 36 months) and its site estimate."""
     frame = synth.generate(6000, 4, sites=30)
-    return frame, fc.estimate_sites(frame[["site_id", "screening_date", "country"]])
+    return frame, fsites.estimate_sites(frame[["site_id", "screening_date", "country"]])
 
 
 # --------------------------------------------------------------------------- approach share
@@ -68,7 +69,7 @@ def test_default_approach_brings_a_synthetic_cohort_back_to_the_generators_rate(
     assert 0 < share < 1
     assert rc.approached(est, share).prior_mean == pytest.approx(rc.SYNTHETIC_REFERRAL_RATE, rel=0.01)
     assert rc.default_approach(est, synthetic=False) == 1.0  # a real screening log is taken as it is
-    slow = fc.SiteInputs.from_inputs(5, 0.8)
+    slow = fsites.SiteInputs.from_inputs(5, 0.8)
     assert rc.default_approach(slow, synthetic=True) == 1.0  # never scale a slow cohort up
 
 
@@ -213,3 +214,15 @@ def test_site_contribution_chart_orders_bars_by_size():
     res = fc.forecast(_sites(), 0.3, target=100, start=START, n_sims=500)
     fig = fcharts.site_contribution_chart(res)
     assert fig.layout.yaxis.categoryorder == "total ascending"  # largest on top, whatever the country
+
+
+def test_target_text_says_which_figure_the_page_uses():
+    from kn026.core.criteria import Enrollment
+
+    declared = Enrollment(286, "whole study", "KN026-001 estimated enrollment")
+    assert rc.target_text(declared, 286) == ("286 patients (whole study, KN026-001 estimated enrollment); the "
+                                             "protocol gives no split between stages, enter this stage's share")
+    assert rc.target_text(declared, 143) == ("143 patients, 50.0 % of the protocol file's 286 patients (whole study, "
+                                             "KN026-001 estimated enrollment)")
+    assert rc.target_text(Enrollment(), 50) == "50 patients (the protocol file declares no enrolment target)"
+    assert "give the enrolment target" in rc.Plan().check()

@@ -12,10 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-try:  # tests/ as a package (tests/__init__.py or rootdir on sys.path)
-    from tests import reference as ref
-except ImportError:  # pytest's default rootdir-less import: tests/ itself is on sys.path
-    import reference as ref
+from tests import reference as ref
 
 GOLDEN = Path(__file__).parent / "golden"
 GOLDEN_FILES = sorted(GOLDEN.glob("*.csv"))

@@ -5,24 +5,21 @@ from __future__ import annotations
 
 import io
 import re
-import sys
 from pathlib import Path
 
 import openpyxl
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from kn026.base.table import connect
+from kn026.cli import main as cli
+from kn026.core.criteria import load_protocol
+from kn026.core.engine import Engine
+from kn026.core.scenario import load_scenario
+from kn026.feasibility import report
+from kn026.ingest import synth
+from kn026.ingest.cohort import load_cohort
 
-from kn026.base.table import connect  # noqa: E402
-from kn026.cli import main as cli  # noqa: E402
-from kn026.core.criteria import load_protocol  # noqa: E402
-from kn026.core.engine import Engine  # noqa: E402
-from kn026.core.scenario import load_scenario  # noqa: E402
-from kn026.feasibility import report  # noqa: E402
-from kn026.ingest import synth  # noqa: E402
-from kn026.ingest.cohort import load_cohort  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 EVIL = '=HYPERLINK("http://example.invalid","x")'
 

@@ -3,7 +3,6 @@ random expression trees (Hypothesis) evaluated in DuckDB on a cohort with NULLs.
 
 from __future__ import annotations
 
-import sys
 from decimal import Decimal
 from pathlib import Path
 
@@ -13,18 +12,13 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-try:
-    import kn026.rules.rulecheck  # noqa: F401
-except ImportError:  # run as `pytest tests/...` without the repo root on sys.path
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from kn026.base.sqlpass import harden
 from kn026.base.table import COHORT_DB, connect
 from kn026.core.criteria import load_protocol
 from kn026.ingest.cohort import load_cohort
 from kn026.rules import sandbox
+from kn026.rules.grammar import ALLOWED_FUNCTIONS
 from kn026.rules.rulecheck import (
-    ALLOWED_FUNCTIONS,
     CheckedRule,
     RuleError,
     bind,

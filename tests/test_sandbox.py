@@ -5,7 +5,6 @@ against a control connection where the same statement works), what still works
 from __future__ import annotations
 
 import os
-import sys
 import threading
 import time
 from pathlib import Path
@@ -14,11 +13,6 @@ import duckdb
 import pandas as pd
 import pyarrow as pa
 import pytest
-
-try:
-    import kn026.rules.sandbox  # noqa: F401
-except ImportError:  # run as `pytest tests/...` without the repo root on sys.path
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from kn026.base.table import connect
 from kn026.ingest.cohort import load_cohort

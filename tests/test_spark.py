@@ -19,14 +19,14 @@ if shutil.which("java") is None:  # pragma: no cover - Java is on the machine im
 from kn026.base.table import connect
 from kn026.cli import engines
 from kn026.core import analysis
-from kn026.core.criteria import load_protocol  # noqa: E402
-from kn026.core.engine import Engine  # noqa: E402
-from kn026.core.scenario import Scenario  # noqa: E402
+from kn026.core.criteria import load_protocol
+from kn026.core.engine import Engine
+from kn026.core.scenario import Scenario
 from kn026.ingest import synth
 from kn026.ingest.cohort import load_cohort
 from kn026.scale import spark as kspark
-from tests import cohorts  # noqa: E402
-from tests.cohorts import as_counter  # noqa: E402
+from tests import cohorts
+from tests.cohorts import as_counter
 
 PROTOCOL = load_protocol()
 WASHOUT = Scenario("washout", overrides={"EXCL03.WASHOUT": {"washout_min_days": Decimal(30),
@@ -63,7 +63,9 @@ def to_parquet(tmp_path, name: str, rows: list[dict], absent=()):
 def random_files(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("spark")
     full = to_parquet(tmp, "full", random_cohort(3000, seed=1))
-    absent = ("pt_s", "inr_uln", "last_anticancer_half_life_days", "heart_rate_bpm")
+    # dictionary v2: COAG is n/a only without both INR and PT, WASHOUT without the last-therapy date
+    absent = ("pt_s", "inr", "inr_uln", "days_since_anticancer_therapy", "last_anticancer_half_life_days",
+              "heart_rate_bpm")
     part = to_parquet(tmp, "part", random_cohort(1500, seed=2, absent=absent), absent)
     return full, part
 
@@ -102,12 +104,12 @@ def test_spark_engine_drives_the_analysis(spark, tmp_path):
 
 
 def test_64_analyst_criteria_on_spark_equal_duckdb(spark, random_files):
-    """Two mask words (59 + 64 = 123 leaves): Spark's histogram and funnel equal the engine's."""
+    """Two mask words (67 + 64 = 131 leaves): Spark's histogram and funnel equal the engine's."""
     (path, cohort), _ = random_files
     wide = Scenario("wide", overrides={"CUST64": {"limit": 1}}, custom=tuple(cohorts.analyst_rules(64)))
     sp = analysis.engine_for(kspark.spark_engine(path, PROTOCOL, 1, spark=spark), wide)
     engine = analysis.engine_for(Engine(cohort, PROTOCOL, 1), wide)
-    assert len(sp.rules) == 123
+    assert len(sp.rules) == 131
     got = sp.histogram(wide.overrides, by_site=True)
     want = engine.histogram(wide.overrides, by_site=True)
     assert max(f | u for f, u, *_ in want.records()).bit_length() > 64

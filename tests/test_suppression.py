@@ -7,20 +7,13 @@ module's SVD null space, whether a hidden cell can be recovered exactly.
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from kn026.report import suppression as sp  # noqa: E402
+from kn026.report import suppression as sp
 
 
 def recoverable(a: np.ndarray, hidden: np.ndarray) -> list[int]:

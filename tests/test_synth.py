@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -22,7 +23,11 @@ from hypothesis import strategies as st
 from kn026.base import schema
 from kn026.base import table as table_mod
 from kn026.cli import synth as synth_cli
-from kn026.ingest import synth
+from kn026.core import analysis
+from kn026.core.criteria import load_protocol
+from kn026.core.engine import Engine
+from kn026.ingest import cohort as cohort_mod
+from kn026.ingest import synth, synth_params, synth_sites
 
 N = 50_000
 SEED = 26
@@ -51,7 +56,7 @@ def test_every_dictionary_column_in_order(df):
     # stale_columns is for importers of dated results; a synthetic patient has no stale value
     names = [c.name for c in schema.COLUMNS if c.name != "stale_columns"]
     assert list(df.columns) == names
-    assert synth.COLUMN_NAMES == tuple(names)
+    assert synth_params.COLUMN_NAMES == tuple(names)
     assert len(df) == N
 
 
@@ -132,7 +137,7 @@ def test_null_conventions(df):
 
 def test_empty_and_tiny():
     empty = synth.generate(0, 1)
-    assert list(empty.columns) == list(synth.COLUMN_NAMES) and len(empty) == 0
+    assert list(empty.columns) == list(synth_params.COLUMN_NAMES) and len(empty) == 0
     one = synth.generate(1, 1, sites=1)
     assert len(one) == 1 and one["site_id"].iloc[0] == "S001"
     with pytest.raises(ValueError):
@@ -171,7 +176,7 @@ def test_any_arguments_reproducible(n, seed, sites, months):
     pd.testing.assert_frame_equal(a, b)
     assert a["patient_id"].is_unique and len(s) == sites
     start = pd.Timestamp(synth.DEFAULT_START)
-    end = pd.Timestamp(synth._add_months(synth.DEFAULT_START, months))
+    end = pd.Timestamp(synth_sites._add_months(synth.DEFAULT_START, months))
     assert ((a["screening_date"] >= start) & (a["screening_date"] < end)).all()
     assert a["screening_date"].is_monotonic_increasing
 
@@ -200,7 +205,7 @@ def test_csv_roundtrip(small, tmp_path):
     path = synth.write(tmp_path / "c.csv", 3_000, 5, chunk_size=1_000)
     text = path.read_text()
     header, first = text.splitlines()[:2]
-    assert header.split(",") == list(synth.COLUMN_NAMES)
+    assert header.split(",") == list(synth_params.COLUMN_NAMES)
     assert ",true," in text and ",false," in text and ",," in text  # booleans, empty NULL
     opts = pcsv.ConvertOptions(column_types=synth.SCHEMA, strings_can_be_null=True)
     back = synth.to_pandas(pcsv.read_csv(path, convert_options=opts))
@@ -251,7 +256,7 @@ def test_site_table(big):
     assert (sites["rate_per_month"] > 0).all()
     # rates scaled so that the expected total is n
     assert sites["expected_patients"].sum() == pytest.approx(N)
-    pd.testing.assert_frame_equal(sites, synth.generate_sites(50, SEED, n=N))
+    pd.testing.assert_frame_equal(sites, synth_sites.generate_sites(50, SEED, n=N))
     # site_id and country of each patient come from the site table
     merged = df[["site_id", "country"]].merge(sites[["site_id", "country"]], on="site_id",
                                               suffixes=("", "_site"))
@@ -270,7 +275,7 @@ def test_true_site_rates_recoverable(big):
 
 def test_dates_poisson_within_each_site_window(big):
     df, sites = big
-    end = pd.Timestamp(synth._add_months(synth.DEFAULT_START, synth.DEFAULT_MONTHS))
+    end = pd.Timestamp(synth_sites._add_months(synth.DEFAULT_START, synth.DEFAULT_MONTHS))
     act = df["site_id"].map(dict(zip(sites["site_id"], sites["activation_date"], strict=True)))
     assert (df["screening_date"] >= act).all() and (df["screening_date"] < end).all()
     # uniform over each site's active window: position in the window ~ U(0, 1)
@@ -280,10 +285,10 @@ def test_dates_poisson_within_each_site_window(big):
 
 
 def test_rates_gamma_distributed():
-    rates = synth.generate_sites(3000, 11)["rate_per_month"].to_numpy()
-    assert rates.mean() == pytest.approx(synth.DEFAULT_MEAN_RATE, rel=0.06)
+    rates = synth_sites.generate_sites(3000, 11)["rate_per_month"].to_numpy()
+    assert rates.mean() == pytest.approx(synth_params.DEFAULT_MEAN_RATE, rel=0.06)
     shape = rates.mean() ** 2 / rates.var()
-    assert shape == pytest.approx(synth.RATE_SHAPE, rel=0.12)
+    assert shape == pytest.approx(synth_params.RATE_SHAPE, rel=0.12)
 
 
 # --------------------------------------------------------------------------- realism
@@ -431,10 +436,9 @@ def test_missingness_correlated_by_site(df):
 
 
 def test_generated_cohorts_pass_the_loader(df, tmp_path):
-    cohort_mod = pytest.importorskip("kn026.ingest.cohort")
     cohort = cohort_mod.load_cohort(df, table_mod.connect())  # raises CohortError on any problem
     assert cohort.absent == ("stale_columns",)  # no dated results: nothing is stale
-    n = cohort.con.execute(f"SELECT count(*) FROM {table_mod.q(cohort.table)}").fetchone()[0]
+    n = cohort.con.execute(f"SELECT count(*) FROM {table_mod.q(cohort.table)}").fetchall()[0][0]
     assert n == N
     for suffix in (".csv", ".parquet"):
         path = synth.write(tmp_path / f"c{suffix}", 2_000, 9, sites=13, chunk_size=700)
@@ -443,11 +447,6 @@ def test_generated_cohorts_pass_the_loader(df, tmp_path):
 
 
 def _screen(df, stage):
-    cohort_mod = pytest.importorskip("kn026.ingest.cohort")
-    analysis = pytest.importorskip("kn026.core.analysis")
-    from kn026.core.criteria import load_protocol
-    from kn026.core.engine import Engine
-
     cohort = cohort_mod.load_cohort(df, table_mod.connect())
     return analysis.run(Engine(cohort, load_protocol(), stage))
 
@@ -471,10 +470,7 @@ def test_screen_failure_and_top_reasons_in_target_range(df):
 
 
 def test_builtin_cohort_file_is_the_documented_one():
-    from pathlib import Path
-    path = Path(__file__).resolve().parents[1] / "data" / "builtin_cohort.parquet"
-    if not path.exists():
-        pytest.skip("data/builtin_cohort.parquet not generated")
+    path = Path(__file__).resolve().parents[1] / "data" / "builtin_cohort.parquet"  # tracked in git
     table = pq.read_table(path)
     assert table.schema.equals(synth.SCHEMA) and table.num_rows == 20_000
     # regenerating with the documented command gives the same rows

@@ -3,18 +3,11 @@
 from __future__ import annotations
 
 import io
-import sys
 import zipfile
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-
-try:
-    import kn026.ingest.sniff  # noqa: F401
-except ImportError:  # run as `pytest tests/...` without the repo root on sys.path
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from kn026.ingest.sniff import UploadError, sniff
 from kn026.report.neutralise import neutralise_formulas, neutralise_text

@@ -24,7 +24,7 @@ def add_condition(status_key: str, target_key: str) -> None:
 
 
 def add_example(key: str) -> None:
-    """Widget callback: an example filter ("fails only EXCL09") was picked."""
+    """Widget callback: an example filter of the protocol file ("fails only X") was picked."""
     value = st.session_state.get(key)
     if value:
         status, target = str(value).rsplit(" ", 1)

@@ -34,14 +34,14 @@ def rec_token() -> int:
 def rec_estimated_sites(ctx: Ctx):
     """(SiteInputs estimated from the cohort's site_id / screening_date, or None; why not)."""
     def build():
-        from kn026.forecast import model as forecast
         from kn026.forecast import recruitment
+        from kn026.forecast import sites as fsites
 
         frame = recruitment.cohort_site_frame(ctx.data.cohort)
         if frame is None:
             return None, "the cohort has no site_id and screening_date columns"
         try:
-            return forecast.estimate_sites(frame), ""
+            return fsites.estimate_sites(frame), ""
         except ValueError as err:
             return None, str(err)
 

@@ -179,7 +179,8 @@ def replace_form(stage: int) -> str:
     pick, sql = rule_field("replace", "rule"), rule_field("replace", "sql")
     choices = replace_choices(stage)
     if ss.get(pick) not in choices:
-        ss[pick] = custom.EXAMPLE_REPLACE[0] if custom.EXAMPLE_REPLACE[0] in choices else choices[0]
+        example = protocol().examples.replace
+        ss[pick] = example[0] if example and example[0] in choices else choices[0]
         ss.pop(sql, None)
     if sql not in ss:
         ss[sql] = custom.expression_for_edit(protocol(), active_scenario().replace, ss[pick], stage)
@@ -195,8 +196,8 @@ def pick_replace_rule(stage: int) -> None:
 
 
 def example_replace_rule() -> None:
-    """Button callback: fill the rewrite form with the clearance >= 50 mL/min example."""
-    rid, sql = custom.EXAMPLE_REPLACE
+    """Button callback: fill the rewrite form with the protocol file's rewrite example."""
+    rid, sql = protocol().examples.replace
     st.session_state[rule_field("replace", "rule")] = rid
     st.session_state[rule_field("replace", "sql")] = sql
     st.session_state[K_RULE_ERROR] = None

@@ -308,9 +308,9 @@ value_table = loading.value_table
 
 def report_csv(frame: pd.DataFrame) -> str:
     """A report table as CSV, with spreadsheet formulas neutralised (concept names are data)."""
-    from kn026.ingest import sniff as upload
+    from kn026.report import neutralise
 
-    return upload.neutralise_formulas(frame).to_csv(index=False)
+    return neutralise.neutralise_formulas(frame).to_csv(index=False)
 
 
 def data() -> Bundle:

@@ -383,13 +383,13 @@ def map_date_report() -> pd.DataFrame:
 
 def map_preview():
     """(Preview of the whole mapped file with load_cohort's problems, or None; error message)."""
-    from kn026.ingest.mapping import preview_mapping
+    from kn026.ingest.mapped import preview
 
     f, m = map_file(), mapping()
 
     def build():
         try:
-            return preview_mapping(f["frame"], m, rows=20), ""
+            return preview(f["frame"], m, rows=20), ""
         except ValueError as err:
             return None, str(err).removeprefix("mapping: ")
 

@@ -64,11 +64,6 @@ class Column:
         return self.record_none is not None
 
     @property
-    def optional(self) -> bool:
-        """NULL has a stated meaning other than unknown (a default ULN, the computed value)."""
-        return bool(self.when_null)
-
-    @property
     def null_meaning(self) -> str:
         """What an empty cell means: none on record, a default, or unknown (section 1)."""
         if self.record_based:

@@ -45,6 +45,15 @@ TIMEOUT_MS = 600_000
 FUNNEL_DRAWN = '[data-testid="stMain"] [data-testid="stPlotlyChart"] .js-plotly-plot g.funnellayer path'
 
 
+def _edited_criterion() -> str:
+    """The criterion whose threshold the walk edits: the one holding the protocol file's
+    rewrite example (KN026-001: the clearance rule), so no criterion ID is spelled here."""
+    from kn026.core.criteria import load_protocol
+
+    protocol = load_protocol()
+    return protocol.rule(protocol.examples.replace[0]).criterion
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -127,7 +136,7 @@ def run(n: int, repeats: int = 3) -> dict:
             nav.get_by_role("link", name="Criteria").click()
             page.wait_for_selector("h1:has-text('Criteria')", timeout=TIMEOUT_MS)
             _settle(page)
-            page.get_by_text("INCL07 · Neutrophils", exact=False).first.click()
+            page.get_by_text(f"{_edited_criterion()} · ", exact=False).first.click()
             _settle(page)
             crcl = page.get_by_label(re.compile(r"^Minimum \(mL/min\)"))
             for value in (50, 45, 40, 35)[: max(repeats, 1) + 1]:

@@ -40,10 +40,6 @@ from kn026.core.engine import Engine
 from kn026.ingest.cohort import load_cohort
 
 OUT = Path(os.environ.get("KN026_BENCH_OUT", "bench-results"))  # children inherit the parent's
-TARGETS = {
-    "reorder_ms": {1_000_000: 10, 10_000_000: 50},
-    "threshold_ms": {1_000_000: 50, 10_000_000: 400},
-}
 
 
 def _timed(fn, repeat: int) -> tuple[float, object]:
@@ -134,10 +130,13 @@ def run_engine(n: int, repeat: int, analyst: int = 0) -> dict:
     reorder_s, _ = _timed(reorder, max(repeat, 20))
     toggle_s, _ = _timed(toggle, max(repeat, 20))
     page_s, _ = _timed(lambda: analysis.run(engine, order=list(reversed(ids))), repeat)
-    values = iter(np.linspace(50, 120, 1000))
+    measure = engine.protocol.measures[0]  # a threshold the protocol file draws (KN026-001: minimum age)
+    param = measure.limits[0][0]
+    default = float(engine.protocol.rule(measure.rule).params[param].default)
+    values = iter(np.linspace(0.8 * default, 1.2 * default, 1000))
 
     def threshold():
-        return engine.histogram({"INCL07.PLT": {"min": round(float(next(values)), 3)}})
+        return engine.histogram({measure.rule: {param: round(float(next(values)), 3)}})
 
     threshold_s, _ = _timed(threshold, repeat)
     return {

@@ -9,8 +9,7 @@ import sys
 import time
 
 from kn026.base.table import connect
-from kn026.cli import engines
-from kn026.core.criteria import load_protocol
+from kn026.cli import engines, options
 from kn026.core.engine import Engine
 from kn026.core.scenario import Scenario, load_scenario
 from kn026.ingest.cohort import load_cohort
@@ -23,13 +22,12 @@ def ids(text: str | None) -> list[str]:
 
 def add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cohort", required=True, help="cohort file: CSV, Parquet or Excel")
-    p.add_argument("--stage", type=int, choices=(1, 2), required=True, help="protocol stage")
+    options.add_options(p)
     p.add_argument("--scenario", help="scenario YAML (threshold overrides, disabled criteria)")
-    p.add_argument("--protocol", help="criteria file (default: KN026-001)")
 
 
 def engine_and_scenario(args) -> tuple[Engine, Scenario]:
-    protocol = load_protocol(args.protocol)
+    protocol = options.for_args(args)  # --stage checked against its stages
     scenario = load_scenario(args.scenario, protocol) if args.scenario else Scenario()
     remote = engines.engine_from_args(args, protocol)  # None unless --engine spark
     if remote is not None:

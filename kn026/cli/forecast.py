@@ -11,21 +11,17 @@ import sys
 import numpy as np
 import pandas as pd
 
+from kn026.cli import options
 from kn026.forecast.model import compare_fractions, eligible_fractions, forecast, sites_needed
-from kn026.forecast.sites import SiteInputs, estimate_sites, to_date
-
-DAYS_PER_MONTH = 365.25 / 12
-DEFAULT_TARGET = 286  # NCT05427383 registry estimate of the enrolment target
-DEFAULT_UPTAKE = 0.85
-DEFAULT_CV = 0.8  # between-site coefficient of variation of rates when none is given
-DEFAULT_SIMS = 10_000
-DEFAULT_PROBABILITY = 0.8  # confidence asked of "finish by the deadline"
-QUANTILES = (0.025, 0.1, 0.25, 0.5, 0.75, 0.9, 0.975)
-QUANTILE_COLUMNS = ("q025", "q10", "q25", "q50", "q75", "q90", "q975")
-MIN_PRIOR_SHAPE = 0.05
-MAX_HORIZON = 1200.0  # months: the automatic fan chart span never exceeds 100 years
-_CHUNK = 4096  # simulated trials per block (bounds memory: block x knots floats)
-
+from kn026.forecast.sites import (
+    DEFAULT_CV,
+    DEFAULT_PROBABILITY,
+    DEFAULT_SIMS,
+    DEFAULT_UPTAKE,
+    SiteInputs,
+    estimate_sites,
+    to_date,
+)
 
 
 def add_cli(subparsers) -> argparse.ArgumentParser:
@@ -36,9 +32,8 @@ def add_cli(subparsers) -> argparse.ArgumentParser:
                     "funnel (strict and optimistic), site screening rates from the cohort (site_id, "
                     "screening_date) or from --sites/--mean-rate/--cv.")
     p.add_argument("--cohort", required=True, help="cohort file: CSV, Parquet or Excel")
-    p.add_argument("--stage", type=int, choices=(1, 2), required=True, help="protocol stage")
-    p.add_argument("--target", type=int, default=DEFAULT_TARGET,
-                   help=f"patients to enrol (default {DEFAULT_TARGET}, the registry estimate)")
+    options.add_options(p)
+    options.add_target_options(p)
     p.add_argument("--enrolled", type=int, default=0, help="patients already enrolled at the start (0)")
     p.add_argument("--sites", type=int, help="number of sites (instead of estimating them from the cohort)")
     p.add_argument("--mean-rate", type=float, help="with --sites: mean patients screened per site-month")
@@ -59,7 +54,6 @@ def add_cli(subparsers) -> argparse.ArgumentParser:
                    help="months after the start at which additional sites would open (0)")
     p.add_argument("--as-of", help="estimate site rates from screenings up to this date (default: last)")
     p.add_argument("--scenario", help="scenario YAML: forecast it side by side with the protocol")
-    p.add_argument("--protocol", help="criteria file (default: KN026-001)")
     p.add_argument("--n-sims", type=int, default=DEFAULT_SIMS, help=f"simulated trials ({DEFAULT_SIMS})")
     p.add_argument("--seed", type=int, default=0, help="random seed (0)")
     p.add_argument("--json", action="store_true", help="JSON output")
@@ -71,7 +65,6 @@ def main_forecast(args) -> int:
     """Run the forecast command; a ValueError carries the one-line message for bad input."""
     from kn026.base.table import connect
     from kn026.core import analysis
-    from kn026.core.criteria import load_protocol
     from kn026.core.engine import Engine
     from kn026.core.scenario import Scenario, load_scenario
 
@@ -86,7 +79,8 @@ def main_forecast(args) -> int:
         raise ValueError("--sites needs --mean-rate (patients screened per site-month)")
     start = to_date(args.start, "--start") if args.start else _dt.date.today()
     deadline = to_date(args.deadline, "--deadline") if args.deadline else None
-    protocol = load_protocol(getattr(args, "protocol", None))
+    protocol = options.for_args(args)  # --stage checked against its stages
+    target, target_text = options.target_for(args, protocol)
     scenario = load_scenario(args.scenario, protocol) if args.scenario else None
     con = connect()
     con.execute("SET enable_progress_bar = false")
@@ -117,10 +111,11 @@ def main_forecast(args) -> int:
         sites = approached(sites, args.approach).with_activation(stagger_months=args.stagger,
                                                                  ramp_months=args.ramp)
 
-    common = dict(uptake=args.uptake, target=args.target, start=start, n_sims=args.n_sims, seed=args.seed,
+    common = dict(uptake=args.uptake, target=target, start=start, n_sims=args.n_sims, seed=args.seed,
                   enrolled=args.enrolled, fraction_screened=base["screened"])
     doc = {"protocol": protocol.name, "stage": args.stage, "cohort": str(args.cohort),
-           "screened": base["screened"], "target": args.target, "enrolled": args.enrolled,
+           "screened": base["screened"], "target": target, "target_source": target_text,
+           "enrolled": args.enrolled,
            "uptake": args.uptake, "approach": args.approach, "start": start.isoformat(),
            "deadline": deadline.isoformat() if deadline else None,
            "sites": {"source": sites.source, "n": sites.n_sites, "note": sites.note,
@@ -188,6 +183,7 @@ def _print_text(doc, results, errors, comparisons, base, args) -> None:
     print(f"Sites: {s['note']}; open from {doc['start']}"
           + (f" over {s['stagger_months']:g} months" if s["stagger_months"] else "")
           + (f", ramp-up {s['ramp_months']:g} months" if s["ramp_months"] else "") + ".", file=out)
+    print(f"target: {doc['target_source']}", file=out)
     any_res = next(iter(results.values()))
     print(f"Target {doc['target']} enrolled ({doc['enrolled']} already), {any_res.n_sims} simulated trials, "
           f"seed {any_res.seed}:", file=out)

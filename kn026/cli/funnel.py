@@ -33,7 +33,7 @@ def cmd_funnel(args) -> int:
     engine, scenario = engine_and_scenario(args)
     disabled = ids(args.disable)
     screened = analysis.engine_for(engine, scenario)  # the protocol with the scenario's custom criteria
-    known = {c.id for c in screened.protocol.criteria} | set(screened.protocol.ruleids())
+    known = {c.id for c in screened.protocol.criteria} | set(screened.protocol.rule_ids())
     for cid in disabled:
         if cid not in known:
             raise ValueError(f"--disable: unknown criterion ID {cid!r}; known: "

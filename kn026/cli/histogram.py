@@ -7,8 +7,8 @@ import re
 import sys
 from pathlib import Path
 
+from kn026.cli import options
 from kn026.core import analysis
-from kn026.core.criteria import load_protocol
 from kn026.core.scenario import Scenario, load_scenario
 from kn026.scale.federated import FederatedError, export_histogram, write_histogram
 from kn026.scale.portable import ROWS_VERSION, histogram_from_rows, mask_columns
@@ -24,9 +24,8 @@ def add_cli(subparsers) -> None:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--cohort", help="cohort file: CSV, Parquet or Excel")
     src.add_argument("--rows", help="CSV with columns f0,..,u0,..,n: the result of the `sql` query")
-    p.add_argument("--stage", type=int, required=True, help="protocol stage")
+    options.add_options(p)
     p.add_argument("--scenario", help="scenario YAML")
-    p.add_argument("--protocol", help="criteria file (default: KN026-001)")
     p.add_argument("--site", required=True, help="this site's name as shown in the network funnel")
     p.add_argument("--out", required=True, help="output .json path")
     p.add_argument("--suppress-below", type=int, default=None, metavar="K",
@@ -79,7 +78,7 @@ def main_histogram(args) -> int:
     out = Path(args.out)
     if out.suffix.lower() != ".json":
         raise ValueError(f"--out {out} must end in .json")
-    protocol = load_protocol(args.protocol)
+    protocol = options.for_args(args)  # --stage checked against its stages
     scenario = load_scenario(args.scenario, protocol) if args.scenario else Scenario()
     if args.rows:
         from kn026.scale.portable import screening
@@ -98,7 +97,7 @@ def main_histogram(args) -> int:
     else:
         engine = None
         if args.engine == "spark":
-            from kn026.scale.spark import engine_from_args
+            from kn026.cli.engines import engine_from_args
 
             engine = engine_from_args(args, protocol)
         if engine is None:

@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from kn026.cli import options
 from kn026.ingest import date_formats, mapped, omop, sdtm
 from kn026.ingest.cohort import load_cohort
 from kn026.ingest.mapping import Mapping, read_table, suggest_mapping, value_report
@@ -36,6 +37,7 @@ def add_cli(subparsers) -> argparse.ArgumentParser:
                    help="with --omop / --sdtm: replace every assessment window of the protocol (labs, vitals, ECG: "
                         "latest value 0-N days before the index date); the event look-backs never change "
                         "(default: the protocol's windows)")
+    options.add_options(p, stage=False)  # with --omop / --sdtm: whose time windows
     p.add_argument("--open-world", action="store_true",
                    help="with --omop / --sdtm: a condition or drug not on record is unknown (NULL) instead of false")
     p.add_argument("--concepts", help="with --omop: concepts file replacing kn026/ingest/concepts/omop_concepts.yaml")
@@ -106,7 +108,7 @@ def cmd_import(args) -> int:
     if args.input:
         raise ValueError("--in applies to --mapping; give the OMOP folder, zip or DuckDB file to --omop")
     frame, report = omop.import_omop(args.omop, args.index_date, args.lookback_days, concepts=args.concepts,
-                                     closed_world=not args.open_world)
+                                     closed_world=not args.open_world, protocol=_windows_protocol(args))
     _check_loads(frame)
     omop.write_cohort(frame, out)
     if args.report:
@@ -115,6 +117,11 @@ def cmd_import(args) -> int:
     for w in report.warnings:
         print(f"warning: {w}", file=sys.stderr)
     return 0
+
+
+def _windows_protocol(args):
+    """The protocol whose assessment windows and event look-backs an OMOP / SDTM import uses."""
+    return options.for_args(args)
 
 
 def _print_dates(frame, mapping) -> None:
@@ -134,7 +141,7 @@ def _import_sdtm(args, out: Path) -> int:
     if args.concepts:
         raise ValueError("--concepts applies to --omop; SDTM test codes and terms are in kn026/ingest/concepts/sdtm_terms.yaml")
     frame, report = sdtm.import_sdtm(args.sdtm, args.index_date or "first-dose", args.lookback_days,
-                                     closed_world=not args.open_world)
+                                     closed_world=not args.open_world, protocol=_windows_protocol(args))
     if frame.empty:
         raise ValueError(f"{args.sdtm}: no subject could be described at an index date ("
                          + "; ".join(f"{len(ids)} {why}" for why, ids in report.excluded.items()) + ")")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from kn026.cli import options
 from kn026.feasibility import report
 from kn026.report import suppression
 
@@ -20,14 +21,14 @@ def add_cli(subparsers) -> None:
     p = subparsers.add_parser("report", help="feasibility report (Excel, HTML or PowerPoint) with small-cell "
                                              "suppression")
     p.add_argument("--cohort", required=True, help="cohort file: CSV, Parquet or Excel")
-    p.add_argument("--stage", type=int, choices=(1, 2), required=True, help="protocol stage")
+    options.add_options(p)
     p.add_argument("--scenario", help="scenario YAML (threshold overrides, disabled criteria)")
-    p.add_argument("--protocol", help="criteria file (default: KN026-001)")
     p.add_argument("--order", help="criterion IDs in funnel order, comma-separated")
     p.add_argument("--disable", help="criterion or sub-rule IDs to leave out, comma-separated")
     p.add_argument("--suppress-below", default=str(suppression.DEFAULT_THRESHOLD), metavar="N",
                    help="hide counts below N and the counts that would reveal them (default 5; 11 or 'cms' for "
                         "the CMS / PCORnet rule; 0 turns suppression off)")
+    options.add_target_options(p)
     p.add_argument("--approach", type=float, default=100.0, metavar="PCT",
                    help="share of each site's candidates approached for this trial, in %% (recruitment "
                         "forecast; default 100)")
@@ -55,6 +56,7 @@ def main_report(args) -> int:
     if twice:
         raise ValueError(f"--order lists {', '.join(twice)} more than once; name each criterion once")
     engine, scenario = engine_and_scenario(args)
+    target, target_text = options.target_for(args, engine.protocol, required=False)  # None: no forecast
     disabled = ids(args.disable)
     screened = analysis.engine_for(engine, scenario)
     known = {c.id for c in screened.protocol.criteria} | set(screened.protocol.rule_ids())
@@ -67,7 +69,8 @@ def main_report(args) -> int:
     from kn026.forecast.recruitment import Plan
 
     settings = report.Settings(k=k, order=tuple(order), order_label="as given" if order else "",
-                               recruitment=Plan(approach=args.approach / 100))
+                               recruitment=Plan(target=target, target_source=target_text,
+                                                approach=args.approach / 100))
     rep = report.build(engine, scenario, settings, Path(args.cohort).name)
     data = report.render(rep, fmt)
     close_progress(getattr(args, "progress", None))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from kn026.core.criteria import load_protocol
+from kn026.cli import options
 from kn026.core.scenario import Scenario, load_scenario
 from kn026.scale.portable import DIALECTS, _present, screening
 
@@ -21,10 +21,9 @@ def add_cli(subparsers) -> argparse.ArgumentParser:
         "sql", help="print the screening histogram query for Spark, PostgreSQL, BigQuery, ...",
         description="Print the screening query (rules -> per-patient masks -> histogram) for a SQL "
                     "engine, so it runs where the data lives and only the histogram comes back.")
-    p.add_argument("--stage", type=int, required=True, help="protocol stage")
+    options.add_options(p)
     p.add_argument("--dialect", choices=DIALECTS, required=True, help="target SQL dialect")
     p.add_argument("--scenario", help="scenario YAML (threshold overrides)")
-    p.add_argument("--protocol", help="criteria file (default: KN026-001)")
     p.add_argument("--table", default="cohort", help="table or view holding the cohort (default: cohort)")
     p.add_argument("--by-site", action="store_true", help="group by site_id too")
     p.add_argument("--columns", help="the table's dictionary columns, comma-separated (default: all)")
@@ -35,7 +34,7 @@ def add_cli(subparsers) -> argparse.ArgumentParser:
 
 
 def main_sql(args) -> int:
-    protocol = load_protocol(args.protocol)
+    protocol = options.for_args(args)  # --stage checked against its stages
     scenario = load_scenario(args.scenario, protocol) if args.scenario else Scenario()
     scr = screening(protocol, args.stage, scenario, _columns_arg(args.columns))
     text = scr.sql(args.dialect, args.table, args.by_site, args.pretty)

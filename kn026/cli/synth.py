@@ -7,7 +7,8 @@ import datetime as _dt
 import sys
 import time
 
-from kn026.ingest.synth import DEFAULT_MONTHS, DEFAULT_SITES, DEFAULT_START, generate_sites, write
+from kn026.ingest.synth import DEFAULT_MONTHS, DEFAULT_SITES, DEFAULT_START, write
+from kn026.ingest.synth_sites import generate_sites
 
 
 def add_cli(subparsers) -> argparse.ArgumentParser:

@@ -17,8 +17,8 @@ from kn026.core import custom
 from kn026.core import funnel as fm
 from kn026.core.engine import Engine, meets_sql
 from kn026.core.scenario import Scenario
+from kn026.core.screening import ScreeningEngine
 
-ORDERS = ("protocol", "most restrictive first")
 EXTENDED_KEEP = 4  # extended engines (scenarios with analyst rules) kept per engine, least recent dropped
 
 
@@ -57,7 +57,8 @@ class Extensions:
         return engine
 
 
-def engine_for(engine: Engine, scenario: Scenario | None, cache: Extensions | None = None) -> Engine:
+def engine_for(engine: ScreeningEngine, scenario: Scenario | None,
+               cache: Extensions | None = None) -> ScreeningEngine:
     """The engine screening `scenario`: `engine` itself, or one extended with the
     scenario's custom criteria and rewritten rules (reuses the patient pass).
 
@@ -86,7 +87,7 @@ class Plan:
     disabled: tuple[str, ...]
 
 
-def plan(engine: Engine, scenario: Scenario | None = None, order=None) -> Plan:
+def plan(engine: ScreeningEngine, scenario: Scenario | None = None, order=None) -> Plan:
     """Which criteria enter the funnel, in which order (default: scenario order, else protocol)."""
     scenario = scenario or Scenario()
     engine = engine_for(engine, scenario)
@@ -134,7 +135,7 @@ def missing_text(rule, stage: int, present) -> str:
     return ", or ".join(p for p in parts if p)
 
 
-def not_assessable_rules(engine: Engine) -> dict[str, list[str]]:
+def not_assessable_rules(engine: ScreeningEngine) -> dict[str, list[str]]:
     """Rule ID -> its absent columns, for every rule of the stage that is n/a on this cohort."""
     return {r.id: engine.not_assessable[r.id] for r in engine.rules if r.id in engine.not_assessable}
 
@@ -153,7 +154,7 @@ class Result:
         return fm.combinations(self.histogram, self.plan.ids, top=top, bound=bound)
 
 
-def run(engine: Engine, scenario: Scenario | None = None, order=None) -> Result:
+def run(engine: ScreeningEngine, scenario: Scenario | None = None, order=None) -> Result:
     """Funnel, per-criterion table and eligible counts for a scenario (protocol by default)."""
     scenario = scenario or Scenario()
     engine = engine_for(engine, scenario)
@@ -166,7 +167,7 @@ def run(engine: Engine, scenario: Scenario | None = None, order=None) -> Result:
     return Result(p, hist, steps, stats, fm.eligible_counts(hist))
 
 
-def restrictive_order(engine: Engine, scenario: Scenario | None = None) -> list[str]:
+def restrictive_order(engine: ScreeningEngine, scenario: Scenario | None = None) -> list[str]:
     """Criteria by failures, most first (ties: more unknowns first, then protocol order)."""
     result = run(engine, scenario, order=None)
     stats = result.stats.assign(pos=range(len(result.stats)))
@@ -174,7 +175,7 @@ def restrictive_order(engine: Engine, scenario: Scenario | None = None) -> list[
     return list(stats["criterion"])
 
 
-def by_site(engine: Engine, scenario: Scenario | None = None) -> pd.DataFrame:
+def by_site(engine: ScreeningEngine, scenario: Scenario | None = None) -> pd.DataFrame:
     """Screened and eligible counts per site (requires site_id)."""
     scenario = scenario or Scenario()
     if "site_id" not in engine.cohort.present:
@@ -185,7 +186,7 @@ def by_site(engine: Engine, scenario: Scenario | None = None) -> pd.DataFrame:
     return fm.by_site(hist)
 
 
-def compare(engine: Engine, scenario: Scenario, base: Scenario | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+def compare(engine: ScreeningEngine, scenario: Scenario, base: Scenario | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Scenario against the protocol (or `base`): eligible totals and per-criterion deltas."""
     a = run(engine, base or Scenario())
     b = run(engine, scenario)
@@ -199,7 +200,7 @@ def _status(mask: int) -> str:
     return f"CASE WHEN {meets_sql(mask, '_f')} THEN 'fail' WHEN {meets_sql(mask, '_u')} THEN 'unknown' ELSE 'pass' END"
 
 
-def screen_log_sql(engine: Engine, scenario: Scenario | None = None, extra: tuple[str, ...] = ()) -> str:
+def screen_log_sql(engine: ScreeningEngine, scenario: Scenario | None = None, extra: tuple[str, ...] = ()) -> str:
     """SQL of the screening log: one row per patient, a status per criterion and sub-rule.
 
     Criterion and sub-rule columns hold pass / fail / unknown / n/a; `eligible` holds

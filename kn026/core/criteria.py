@@ -23,6 +23,10 @@ from kn026.core.windows import Windows, build_windows
 PROTOCOL_DIR = Path(__file__).parents[1] / "protocols"
 DEFAULT_PROTOCOL = PROTOCOL_DIR / "kn026_001.yaml"
 KINDS = ("inclusion", "exclusion")
+FORMAT = "kn026-criteria"  # every criteria file starts `format: kn026-criteria` and `version: N`
+FORMAT_VERSIONS = (1,)  # the versions of that format this code reads
+FILTER_STATUSES = ("fails", "fails only", "unknown on", "passes")  # patient filters (kn026.report.patients)
+PASSES = ("ge", "le")  # which side of a measure's limit passes
 _ID = re.compile(r"^[A-Z][A-Z0-9_]*[0-9]+(\.[A-Z0-9_]+)?$")
 _PLACEHOLDER = re.compile(r"\{(\w+)\}")
 # Nodes that make a "predicate" a query or a statement rather than an expression over columns.
@@ -107,6 +111,69 @@ class Criterion:
 
 
 @dataclass(frozen=True)
+class Measure:
+    """A value to plot as a distribution with its rule's limit(s) (the file's `measures:`)."""
+
+    key: str
+    title: str
+    unit: str
+    expression: str  # SQL over columns, derived values and the rule's :params
+    rule: str
+    limits: tuple[tuple[str, str], ...]  # (parameter, label template with {v})
+    passes: str  # "ge" or "le": which side of the limit passes
+    discrete: bool = False
+
+
+@dataclass(frozen=True)
+class CategoryChart:
+    """Patients per declared category of a rule's inputs, each coloured by the rule's own
+    verdict on those patients (the file's `categories:`), so a rewritten rule colours right."""
+
+    rule: str
+    title: str
+    subtitle: str
+    groups: tuple[tuple[str, str], ...]  # (label, SQL condition), first match wins
+
+
+@dataclass(frozen=True)
+class Examples:
+    """Worked examples the app offers for this protocol (the file's `examples:`)."""
+
+    filters: tuple[tuple[str, str], ...] = ()  # (status, criterion or rule ID)
+    replace: tuple[str, str] | None = None  # (rule ID, rewritten SQL)
+    replace_label: str = ""  # the button's words, e.g. "CrCl ≥ 50"
+    replace_why: str = ""  # one sentence: what the rewrite stands for
+
+
+@dataclass(frozen=True)
+class Enrollment:
+    """The protocol's enrolment target and what it counts (the file's `enrollment:`).
+
+    `scope` says which population the figure is for ("whole study"); no split between
+    stages is assumed: a stage's share is asked of the user.
+    """
+
+    target: int | None = None
+    scope: str = ""
+    source: str = ""
+
+    def text(self, share: float | None = None) -> str:
+        """'286 patients (whole study, KN026-001 estimated enrollment)', or the share of it."""
+        if self.target is None:
+            return "no enrolment target declared in the protocol file"
+        what = ", ".join(t for t in (self.scope, self.source) if t)
+        if share is None or share == 1:
+            return f"{self.target} patients ({what})" if what else f"{self.target} patients"
+        pct = format_number(to_decimal(share, "share") * 100)
+        return f"{stage_share(self.target, share)} patients ({pct} % of {self.target}, {what})"
+
+
+def stage_share(target: int, share: float) -> int:
+    """Patients in a stage's share of a target, rounded half up (40 % of 286 -> 114)."""
+    return int((Decimal(target) * to_decimal(share, "share")).to_integral_value("ROUND_HALF_UP"))
+
+
+@dataclass(frozen=True)
 class Protocol:
     """A validated protocol file: criteria in protocol order, derived values, stages."""
 
@@ -119,6 +186,12 @@ class Protocol:
     source: str = ""
     split: dict[str, tuple[str, ...]] = field(default_factory=dict)  # retired rule ID -> its successors
     windows: Windows = field(default_factory=Windows)  # assessment windows and event look-backs (kn026.core.windows)
+    version: int = FORMAT_VERSIONS[-1]
+    measures: tuple[Measure, ...] = ()
+    categories: tuple[CategoryChart, ...] = ()
+    param_labels: dict[str, str] = field(default_factory=dict)  # parameter name -> label in the app
+    examples: Examples = field(default_factory=Examples)
+    enrollment: Enrollment = field(default_factory=Enrollment)
 
     @property
     def rules(self) -> tuple[Rule, ...]:
@@ -151,6 +224,24 @@ class Protocol:
     def rule_ids(self) -> list[str]:
         return [r.id for r in self.rules]
 
+    def stage_name(self, stage: int) -> str:
+        return self.stages.get(stage, f"Stage {stage}")
+
+    def check_stage(self, stage, where: str = "--stage") -> int:
+        """`stage` as one of this protocol's stage numbers, or raise naming them."""
+        try:
+            value = int(stage)
+        except (TypeError, ValueError):
+            value = None
+        if value not in self.stages:
+            known = ", ".join(f"{s} ({n})" for s, n in sorted(self.stages.items()))
+            raise CriteriaError(f"{where} {stage}: {self.name} has stage(s) {known}")
+        return value
+
+    def param_label(self, name: str) -> str:
+        """A parameter's label in the app: the file's `parameter_labels`, else its name spelled out."""
+        return self.param_labels.get(name) or name.replace("_", " ").capitalize()
+
 
 def format_number(value) -> str:
     """Shortest exact text of a number: 18, 1.5, 0.85 (never 1.7999999999999998)."""
@@ -181,13 +272,27 @@ def load_protocol(path: str | Path | None = None) -> Protocol:
     """Load and validate a protocol file (default: KN026-001)."""
     path = Path(path) if path else DEFAULT_PROTOCOL
     try:
-        # libyaml's safe loader when built in: the same documents, a tenth of the pure-Python time
-        doc = yaml.load(path.read_text(encoding="utf-8"), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+        text = path.read_text(encoding="utf-8")
     except OSError as err:
         raise CriteriaError(f"cannot read protocol file {path}: {err.strerror}") from None
+    return build_protocol(parse_file(text, path.name), source=str(path))
+
+
+def parse_file(text: str, name: str) -> dict:
+    """A criteria file's YAML, refused unless it declares this format and a version we read."""
+    try:
+        # libyaml's safe loader when built in: the same documents, a tenth of the pure-Python time
+        doc = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))  # noqa: S506 - a safe loader
     except yaml.YAMLError as err:
-        raise CriteriaError(f"{path.name} is not valid YAML: {err}") from None
-    return build_protocol(doc, source=str(path))
+        raise CriteriaError(f"{name} is not valid YAML: {err}") from None
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+        raise CriteriaError(f"{name} is not a criteria file: it must start with `format: {FORMAT}` and "
+                            f"`version: {FORMAT_VERSIONS[-1]}` (docs/engine.md, criteria file format)")
+    if doc.get("version") not in FORMAT_VERSIONS:
+        raise CriteriaError(f"{name}: criteria file format version {doc.get('version')!r} is not one this "
+                            f"program reads ({', '.join(map(str, FORMAT_VERSIONS))}); convert the file or "
+                            "update the program")
+    return doc
 
 
 def _per_stage(value, stages: list[int], where: str) -> dict[int, str]:
@@ -238,7 +343,7 @@ def build_protocol(doc: dict, source: str = "") -> Protocol:
         cid = str(cdoc.get("id", ""))
         kind = cdoc.get("kind")
         if not _ID.match(cid):
-            raise CriteriaError(f"criterion ID {cid!r} must look like INCL01 or EXCL11")
+            raise CriteriaError(f"criterion ID {cid!r} must be capital letters, then digits (e.g. CRIT01)")
         if kind not in KINDS:
             raise CriteriaError(f"{cid}: kind must be one of {KINDS}, not {kind!r}")
         if cid in seen:
@@ -258,10 +363,11 @@ def build_protocol(doc: dict, source: str = "") -> Protocol:
         criteria.append(Criterion(cid, kind, " ".join(str(cdoc.get("text", "")).split()), tuple(rules)))
     split = _split_ids(doc.get("split") or {}, {r.id for c in criteria for r in c.rules})
     windows = build_windows(doc.get("windows"), [r for c in criteria for r in c.rules], derived, CriteriaError)
-    return Protocol(
+    protocol = Protocol(
         name=str(doc.get("protocol", "protocol")), title=str(doc.get("title", "")),
         registry=str(doc.get("registry", "")), stages=stages, derived=derived,
         criteria=tuple(criteria), source=source, split=split, windows=windows)
+    return _declared(doc, protocol)
 
 
 def _split_ids(doc, rule_ids: set[str]) -> dict[str, tuple[str, ...]]:
@@ -362,3 +468,125 @@ def _build_rule(rdoc: dict, cid: str, kind: str, stages: list[int],
         raise CriteriaError(f"{rid}: `null_is_unknown` must list record-based columns the rule reads")
     return Rule(rid, cid, kind, str(rdoc.get("label", rid)), sql, template, params, columns,
                 requires, frozenset(null_is_unknown))
+
+
+# -- what a file declares beyond its rules: measures, charts, labels, examples, target ---------
+
+
+def _declared(doc: dict, protocol: Protocol) -> Protocol:
+    """The protocol with the file's presentation sections, each checked against its rules."""
+    from dataclasses import replace
+
+    return replace(
+        protocol, version=doc.get("version", FORMAT_VERSIONS[-1]),
+        measures=tuple(_measure(m, protocol) for m in _items(doc, "measures")),
+        categories=tuple(_category(c, protocol) for c in _items(doc, "categories")),
+        param_labels=_param_labels(doc.get("parameter_labels") or {}, protocol),
+        examples=_examples(doc.get("examples") or {}, protocol),
+        enrollment=_enrollment(doc.get("enrollment")))
+
+
+def _items(doc: dict, key: str) -> list[dict]:
+    items = doc.get(key) or []
+    if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
+        raise CriteriaError(f"'{key}' must be a list of mappings (docs/engine.md, criteria file format)")
+    return items
+
+
+def _expression(sql, where: str, protocol: Protocol, params=()) -> str:
+    """An SQL expression of the file's extra sections: parses, and names only dictionary
+    columns, derived values and `params`."""
+    if not isinstance(sql, str) or not sql.strip():
+        raise CriteriaError(f"{where}: give the SQL expression as text")
+    cols, used = names_in(parse_predicate(sql, where))
+    unknown = sorted(c for c in cols if c not in schema.BY_NAME and c not in protocol.derived)
+    if unknown:
+        raise CriteriaError(f"{where}: {', '.join(unknown)} is neither a dictionary column nor a derived value")
+    undeclared = sorted(used - set(params))
+    if undeclared:
+        raise CriteriaError(f"{where}: parameter(s) {', '.join(undeclared)} are not parameters of its rule")
+    return sql
+
+
+def _known_rule(rule_id, where: str, protocol: Protocol) -> Rule:
+    try:
+        return protocol.rule(str(rule_id))
+    except CriteriaError as err:
+        raise CriteriaError(f"{where}: {err}") from None
+
+
+def _measure(m: dict, protocol: Protocol) -> Measure:
+    key = str(m.get("key", ""))
+    where = f"measure {key or '?'}"
+    if not re.match(r"^[a-z][a-z0-9_]*$", key):
+        raise CriteriaError(f"{where}: `key` must be a short lower-case name (e.g. age)")
+    rule = _known_rule(m.get("rule"), where, protocol)
+    limits = []
+    for lim in m.get("limits") or []:
+        if not isinstance(lim, dict) or lim.get("param") not in rule.params or "{v}" not in str(lim.get("label", "")):
+            raise CriteriaError(f"{where}: each limit needs `param` (one of {rule.id}'s: "
+                                f"{', '.join(rule.params) or 'none'}) and a `label` with {{v}} for its value")
+        limits.append((str(lim["param"]), str(lim["label"])))
+    if m.get("passes") not in PASSES:
+        raise CriteriaError(f"{where}: `passes` must be ge (values at or above the limit pass) or le")
+    if not isinstance(m.get("discrete", False), bool):
+        raise CriteriaError(f"{where}: `discrete` must be true or false")
+    return Measure(key, str(m.get("title") or key), str(m.get("unit", "")),
+                   _expression(m.get("expression"), where, protocol, rule.params), rule.id, tuple(limits),
+                   m["passes"], bool(m.get("discrete", False)))
+
+
+def _category(c: dict, protocol: Protocol) -> CategoryChart:
+    rule = _known_rule(c.get("rule"), "categories", protocol)
+    where = f"categories of {rule.id}"
+    groups = c.get("groups") or []
+    if not isinstance(groups, list) or not groups or not all(isinstance(g, dict) for g in groups):
+        raise CriteriaError(f"{where}: list the `groups`, each with a `label` and a `when` condition")
+    out = []
+    for g in groups:
+        label = str(g.get("label", "")).strip()
+        if not label or label in (x for x, _ in out):
+            raise CriteriaError(f"{where}: each group needs its own `label`")
+        out.append((label, _expression(g.get("when"), f"{where}, group {label}", protocol)))
+    return CategoryChart(rule.id, str(c.get("title") or rule.label), str(c.get("subtitle", "")), tuple(out))
+
+
+def _param_labels(doc, protocol: Protocol) -> dict[str, str]:
+    if not isinstance(doc, dict):
+        raise CriteriaError("'parameter_labels' must map parameter names to labels")
+    names = {n for r in protocol.rules for n in r.params}
+    unknown = sorted(str(n) for n in doc if n not in names)
+    if unknown:
+        raise CriteriaError(f"parameter_labels: {', '.join(unknown)} is no rule's parameter")
+    return {str(k): str(v) for k, v in doc.items()}
+
+
+def _examples(doc, protocol: Protocol) -> Examples:
+    if not isinstance(doc, dict):
+        raise CriteriaError("'examples' must be a mapping with `filters` and / or `replace`")
+    known = {c.id for c in protocol.criteria} | set(protocol.rule_ids())
+    filters = []
+    for f in doc.get("filters") or []:
+        if not isinstance(f, dict) or f.get("status") not in FILTER_STATUSES or f.get("target") not in known:
+            raise CriteriaError(f"examples.filters: {f!r}: each needs `status` (one of {', '.join(FILTER_STATUSES)}) "
+                                "and `target` (a criterion or rule ID of the file)")
+        filters.append((f["status"], f["target"]))
+    rep = doc.get("replace")
+    if rep is None:
+        return Examples(tuple(filters))
+    if not isinstance(rep, dict):
+        raise CriteriaError("examples.replace needs `rule`, `sql`, `label` and `why`")
+    rule = _known_rule(rep.get("rule"), "examples.replace", protocol)
+    sql = _expression(rep.get("sql"), f"examples.replace {rule.id}", protocol, rule.params)
+    return Examples(tuple(filters), (rule.id, sql.strip()), str(rep.get("label") or f"rewrite {rule.id}"),
+                    " ".join(str(rep.get("why", "")).split()))
+
+
+def _enrollment(doc) -> Enrollment:
+    if doc is None:
+        return Enrollment()
+    target = doc.get("target") if isinstance(doc, dict) else None
+    if isinstance(target, bool) or not isinstance(target, int) or target < 1:
+        raise CriteriaError("enrollment: `target` must be a whole number of patients (with `scope`, e.g. "
+                            "whole study, and `source`)")
+    return Enrollment(target, str(doc.get("scope", "")), str(doc.get("source", "")))

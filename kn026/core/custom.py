@@ -172,11 +172,8 @@ def extend(protocol: Protocol, cohort, custom: list[CustomRule] = (),
 
 MAX_PARAMS = 10
 
-# Worked examples the editor offers: the other registry version's clearance limit written as
-# an expression, and a criterion the protocol does not have (an upper age limit).
-EXAMPLE_REPLACE = ("INCL07.CRCL", "(crcl_if_female >= 50 OR crcl_if_male >= 50)\n"
-                                  "AND (sex <> 'F' OR crcl_if_female >= 50)\n"
-                                  "AND (sex <> 'M' OR crcl_if_male >= 50)")
+# A worked example the editor offers: a criterion the protocol does not have (an upper age
+# limit). The rewrite example is the protocol file's (`examples: replace:`, Protocol.examples).
 EXAMPLE_CUSTOM = CustomRule("CUST01", "exclusion", "Older than 75 years at screening (upper age limit)",
                             "age_years <= :max_age", {"max_age": {"default": 75, "unit": "years"}})
 

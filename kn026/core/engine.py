@@ -40,16 +40,6 @@ _SERIAL = itertools.count(1)
 _STORED: dict[tuple[int, str], list[str]] = {}  # (id(con), cohort table) -> mask tables, oldest first
 
 
-@dataclass(frozen=True)
-class Verdict:
-    """Verdict codes of one rule for one patient."""
-
-    PASS = "pass"
-    FAIL = "fail"
-    UNKNOWN = "unknown"
-    NA = "n/a"
-
-
 def _literal(text: str) -> exp.Expression:
     node = exp.Literal.number(text.lstrip("-"))
     return exp.Neg(this=node) if text.startswith("-") else node
@@ -227,10 +217,6 @@ class Engine:
             unknowns[word].append(f"CASE WHEN ({pred}) IS NULL THEN {1 << bit}::UBIGINT ELSE 0::UBIGINT END")
         return ([" | ".join(t) or "0::UBIGINT" for t in fails],
                 [" | ".join(t) or "0::UBIGINT" for t in unknowns])
-
-    @property
-    def na_mask(self) -> int:
-        return sum(1 << self.bit[rid] for rid in self.not_assessable)
 
     # -- evaluation --------------------------------------------------------------
     def _select(self, rule_ids, overrides: dict) -> tuple[list[str], str | None]:
@@ -553,10 +539,5 @@ def row_masks(row, width: int) -> tuple[int, int]:
     return fail, unknown
 
 
-def sql_of(tree: exp.Expression) -> str:
-    """Render a sqlglot tree as DuckDB SQL (used by tests and the CLI)."""
-    return tree.sql(dialect="duckdb")
-
-
-__all__ = ["Engine", "Verdict", "compile_rule", "mask_columns", "meets_sql", "missing_columns",
+__all__ = ["Engine", "compile_rule", "mask_columns", "meets_sql", "missing_columns",
            "row_masks", "sqlglot"]

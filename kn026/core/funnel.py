@@ -584,7 +584,7 @@ def combinations(
     Patients with an empty mask are not listed, so with ``top=None`` (all combinations)
     the counts sum to the number excluded under that bound.
 
-    Columns: ``criteria`` (tuple of names in bit order), ``label`` (``"INCL07 + EXCL09"``),
+    Columns: ``criteria`` (tuple of names in bit order), ``label`` (``"LAB2 + ECG9"``),
     ``size`` (number of criteria), ``count``, ``pct`` (of screened). Sorted by count
     descending, then label; ``top`` keeps the first rows. Labels are built only for the
     combinations that can make the cut (counts >= the top-th largest), so this stays cheap

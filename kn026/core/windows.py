@@ -82,11 +82,6 @@ class Windows:
         basis = f"overridden: --lookback-days {days}"
         return replace(self, assessment={c: Window(c, "assessment", days, basis) for c in sorted(schema.ASSESSED)})
 
-    def to_rows(self) -> list[dict]:
-        """One row per window, for reports and docs."""
-        return [{"column": w.column, "kind": w.kind, "days": "all" if w.days is None else w.days, "basis": w.basis}
-                for w in (*self.assessment.values(), *self.events.values())]
-
 
 def check_days(value, where: str) -> int:
     """A whole number of days >= 0, or ValueError naming `where` and the fix."""

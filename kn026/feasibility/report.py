@@ -24,6 +24,7 @@ from kn026.core.engine import Engine
 from kn026.core.scenario import Scenario
 from kn026.feasibility.document import Report, Section, Settings
 from kn026.forecast import recruitment as rc
+from kn026.forecast import sites as fsites
 from kn026.report import export, patients, published
 from kn026.report.workbook import Published, Table, Workbook
 
@@ -145,15 +146,20 @@ def recruitment_forecast(engine: Engine, attrition: Table, plan: rc.Plan) -> tup
     Needs site_id and screening_date (site rates are estimated from the cohort). A bound
     whose eligible count is suppressed is not forecast: the fraction would give it back.
     Returns the section (None when the cohort cannot be forecast) and the enrolment
-    curves (month, q10, q50, q90 per bound) for the charts.
+    curves (month, q10, q50, q90 per bound) for the charts. Without a target in `plan`, the
+    protocol file's enrolment target (and none when it declares none).
     """
+    if plan.target is None:
+        declared = engine.protocol.enrollment
+        if declared.target is None:
+            return None, {}
+        plan = dataclasses.replace(plan, target=declared.target, target_source=declared.text())
     frame = rc.cohort_site_frame(engine.cohort)
     if frame is None or frame.empty:
         return None, {}
-    from kn026.forecast import model as fc
 
     try:
-        sites = rc.build_sites(plan, fc.estimate_sites(frame))
+        sites = rc.build_sites(plan, fsites.estimate_sites(frame))
     except ValueError:
         return None, {}
     last = attrition.masked().iloc[-1]
@@ -170,7 +176,7 @@ def recruitment_forecast(engine: Engine, attrition: Table, plan: rc.Plan) -> tup
     hidden = pd.DataFrame(False, index=table.index, columns=table.columns)
     cols = {c: FORECAST_COLUMNS[c] for c in table.columns if c in FORECAST_COLUMNS}
     table["median_date"] = [d.strftime("%Y-%m-%d") if not pd.isna(d) else "" for d in table["median_date"]]
-    note = (f"Target {plan.target} patients from {plan.start:%Y-%m-%d}; uptake {plan.uptake:.0%}; "
+    note = (f"Target {plan.target_source or f'{plan.target} patients'} from {plan.start:%Y-%m-%d}; uptake {plan.uptake:.0%}; "
             f"{sites.n_sites} sites at their cohort screening rates x {plan.approach:.1%} approached; "
             f"{plan.n_sims:,} simulations (Poisson-Gamma, docs/forecast.md).")
     return Section("forecast", "Recruitment forecast", Table(table, hidden, attrition.threshold), cols, note), curves

@@ -8,20 +8,6 @@ import pandas as pd
 from kn026.forecast.model import ForecastResult
 from kn026.forecast.sites import to_date
 
-DAYS_PER_MONTH = 365.25 / 12
-DEFAULT_TARGET = 286  # NCT05427383 registry estimate of the enrolment target
-DEFAULT_UPTAKE = 0.85
-DEFAULT_CV = 0.8  # between-site coefficient of variation of rates when none is given
-DEFAULT_SIMS = 10_000
-DEFAULT_PROBABILITY = 0.8  # confidence asked of "finish by the deadline"
-QUANTILES = (0.025, 0.1, 0.25, 0.5, 0.75, 0.9, 0.975)
-QUANTILE_COLUMNS = ("q025", "q10", "q25", "q50", "q75", "q90", "q975")
-MIN_PRIOR_SHAPE = 0.05
-MAX_HORIZON = 1200.0  # months: the automatic fan chart span never exceeds 100 years
-_CHUNK = 4096  # simulated trials per block (bounds memory: block x knots floats)
-
-
-
 # ---------------------------------------------------------------------------
 # Figures (pure plotly)
 # ---------------------------------------------------------------------------

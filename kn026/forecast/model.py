@@ -38,6 +38,14 @@ import numpy as np
 import pandas as pd
 
 from kn026.forecast.sites import (
+    _CHUNK,
+    DAYS_PER_MONTH,
+    DEFAULT_PROBABILITY,
+    DEFAULT_SIMS,
+    DEFAULT_UPTAKE,
+    MAX_HORIZON,
+    QUANTILE_COLUMNS,
+    QUANTILES,
     SiteInputs,
     _fraction,
     _months,
@@ -47,19 +55,6 @@ from kn026.forecast.sites import (
     ramp_level,
     to_date,
 )
-
-DAYS_PER_MONTH = 365.25 / 12
-DEFAULT_TARGET = 286  # NCT05427383 registry estimate of the enrolment target
-DEFAULT_UPTAKE = 0.85
-DEFAULT_CV = 0.8  # between-site coefficient of variation of rates when none is given
-DEFAULT_SIMS = 10_000
-DEFAULT_PROBABILITY = 0.8  # confidence asked of "finish by the deadline"
-QUANTILES = (0.025, 0.1, 0.25, 0.5, 0.75, 0.9, 0.975)
-QUANTILE_COLUMNS = ("q025", "q10", "q25", "q50", "q75", "q90", "q975")
-MIN_PRIOR_SHAPE = 0.05
-MAX_HORIZON = 1200.0  # months: the automatic fan chart span never exceeds 100 years
-_CHUNK = 4096  # simulated trials per block (bounds memory: block x knots floats)
-
 
 
 # ---------------------------------------------------------------------------
@@ -342,6 +337,9 @@ def _d(x) -> str:
 def _check_common(eligible_fraction, uptake, target, enrolled, n_sims) -> tuple[float, float, int, int, int]:
     f = _fraction(eligible_fraction)
     u = _fraction(uptake, "uptake")
+    if target is None:
+        raise ValueError("give the enrolment target (patients to enrol); a protocol file declares its own "
+                         "under `enrollment:`")
     for name, v in (("target", target), ("enrolled", enrolled), ("n_sims", n_sims)):
         if isinstance(v, bool) or not float(v).is_integer():
             raise ValueError(f"{name} must be a whole number, got {v!r}")
@@ -366,7 +364,7 @@ def _check_rates(sites: SiteInputs, remaining: int) -> None:
 
 
 def forecast(sites: SiteInputs, eligible_fraction: float, uptake: float = DEFAULT_UPTAKE,
-             target: int = DEFAULT_TARGET, start=None, horizon_months: float | None = None,
+             target: int | None = None, start=None, horizon_months: float | None = None,
              n_sims: int = DEFAULT_SIMS, seed: int = 0, *, enrolled: int = 0,
              fraction_screened: int | None = None, keep_paths: bool = False,
              label: str = "") -> ForecastResult:
@@ -500,7 +498,7 @@ class SitesNeeded:
 
 
 def sites_needed(sites: SiteInputs, eligible_fraction: float, deadline, *, uptake: float = DEFAULT_UPTAKE,
-                 target: int = DEFAULT_TARGET, start=None, probability: float = DEFAULT_PROBABILITY,
+                 target: int | None = None, start=None, probability: float = DEFAULT_PROBABILITY,
                  new_site_activation=0.0, exact_mean: bool = False, n_sims: int = DEFAULT_SIMS,
                  seed: int = 0, enrolled: int = 0, fraction_screened: int | None = None,
                  max_additional: int = 2000) -> SitesNeeded:

@@ -28,7 +28,8 @@ import numpy as np
 import pandas as pd
 
 from kn026.forecast import model as fc
-from kn026.ingest.synth import DEFAULT_MEAN_RATE as SYNTHETIC_REFERRAL_RATE
+from kn026.forecast import sites as fsites
+from kn026.ingest.synth_params import DEFAULT_MEAN_RATE as SYNTHETIC_REFERRAL_RATE
 from kn026.report import suppression
 
 BOUNDS = ("strict", "optimistic")
@@ -48,25 +49,28 @@ class Plan:
     `approach`) or "inputs" (`n_sites` sites at `mean_rate` screened per month, `cv`).
     """
 
-    target: int = fc.DEFAULT_TARGET
+    target: int | None = None  # patients to enrol: the protocol file's `enrollment:` or the user's figure
+    target_source: str = ""  # which figure `target` is ("286 patients (whole study, ...)")
     enrolled: int = 0
-    uptake: float = fc.DEFAULT_UPTAKE
+    uptake: float = fsites.DEFAULT_UPTAKE
     start: _dt.date = _dt.date(2027, 1, 1)
     deadline: _dt.date | None = None
     source: str = "cohort"
     approach: float = 1.0
     n_sites: int = 20
     mean_rate: float = SYNTHETIC_REFERRAL_RATE
-    cv: float = fc.DEFAULT_CV
+    cv: float = fsites.DEFAULT_CV
     stagger: float = 0.0
     ramp: float = 0.0
     new_site_month: float = 3.0
-    probability: float = fc.DEFAULT_PROBABILITY
-    n_sims: int = fc.DEFAULT_SIMS
+    probability: float = fsites.DEFAULT_PROBABILITY
+    n_sims: int = fsites.DEFAULT_SIMS
     seed: int = 0
 
     def check(self) -> str | None:
         """The first problem with the inputs, as a sentence for the page, or None."""
+        if self.target is None:
+            return "give the enrolment target (patients to enrol in this stage)"
         if self.source not in SOURCES:
             return f"unknown site source {self.source!r}"
         if self.deadline is not None and self.deadline <= self.start:
@@ -74,6 +78,16 @@ class Plan:
         if self.source == "inputs" and self.n_sites < 1:
             return "give at least one site"
         return None
+
+
+def target_text(declared, target: int) -> str:
+    """Which figure a target is, for the page: the protocol's whole figure, a share of it, or the user's own."""
+    if declared.target is not None and target == declared.target:
+        return declared.text() + "; the protocol gives no split between stages, enter this stage's share"
+    if declared.target:
+        pct = 100 * target / declared.target
+        return f"{target} patients, {pct:.1f} % of the protocol file's {declared.text()}"
+    return f"{target} patients (the protocol file declares no enrolment target)"
 
 
 # --------------------------------------------------------------------------- sites
@@ -87,7 +101,7 @@ def cohort_site_frame(cohort) -> pd.DataFrame | None:
     return cohort.con.execute(f"SELECT {', '.join(cols)} FROM {cohort.table}").df()
 
 
-def approached(sites: fc.SiteInputs, share: float) -> fc.SiteInputs:
+def approached(sites: fsites.SiteInputs, share: float) -> fsites.SiteInputs:
     """Sites whose screening rates are `share` x their candidate rates (a thinned Poisson process).
 
     Means (and the mean of new sites) scale by `share`; Gamma shapes stay, so the CV of
@@ -102,16 +116,16 @@ def approached(sites: fc.SiteInputs, share: float) -> fc.SiteInputs:
     return replace(sites, mean=sites.mean * share, prior_mean=sites.prior_mean * share, note=note)
 
 
-def default_approach(sites: fc.SiteInputs, synthetic: bool) -> float:
+def default_approach(sites: fsites.SiteInputs, synthetic: bool) -> float:
     """1 for real screening data; for a synthetic cohort, the share that brings the mean site
-    back to the generator's unscaled referral rate (`synth.DEFAULT_MEAN_RATE` per month),
+    back to the generator's unscaled referral rate (`synth_params.DEFAULT_MEAN_RATE` per month),
     rounded to 0.1 %."""
     if not synthetic or sites.prior_mean <= SYNTHETIC_REFERRAL_RATE:
         return 1.0
     return max(round(SYNTHETIC_REFERRAL_RATE / sites.prior_mean, 3), 0.001)
 
 
-def build_sites(plan: Plan, estimated: fc.SiteInputs | None) -> fc.SiteInputs:
+def build_sites(plan: Plan, estimated: fsites.SiteInputs | None) -> fsites.SiteInputs:
     """The plan's sites: estimated ones thinned by the approach share, or sites from inputs;
     either way with the plan's activation stagger and ramp-up."""
     if plan.source == "cohort":
@@ -120,11 +134,11 @@ def build_sites(plan: Plan, estimated: fc.SiteInputs | None) -> fc.SiteInputs:
                              "give the sites as inputs")
         return approached(estimated, plan.approach).with_activation(stagger_months=plan.stagger,
                                                                       ramp_months=plan.ramp)
-    return fc.SiteInputs.from_inputs(plan.n_sites, plan.mean_rate, cv=plan.cv, stagger_months=plan.stagger,
+    return fsites.SiteInputs.from_inputs(plan.n_sites, plan.mean_rate, cv=plan.cv, stagger_months=plan.stagger,
                                      ramp_months=plan.ramp)
 
 
-def implied_rates(sites: fc.SiteInputs, fraction: float, uptake: float) -> tuple[float, float]:
+def implied_rates(sites: fsites.SiteInputs, fraction: float, uptake: float) -> tuple[float, float]:
     """(screened, enrolled) per site-month for the average site at full speed."""
     screened = float(np.mean(sites.mean))
     return screened, screened * fraction * uptake
@@ -149,7 +163,7 @@ class Outcome:
         return self.result is not None
 
 
-def run_bound(plan: Plan, sites: fc.SiteInputs, bound: str, fraction: float | None, screened: int,
+def run_bound(plan: Plan, sites: fsites.SiteInputs, bound: str, fraction: float | None, screened: int,
               label: str = "", with_need: bool = True) -> Outcome:
     """Forecast one funnel bound (and the sites needed for the deadline); bad input becomes a message."""
     if fraction is None:

@@ -14,7 +14,6 @@ import numpy as np
 import pandas as pd
 
 DAYS_PER_MONTH = 365.25 / 12
-DEFAULT_TARGET = 286  # NCT05427383 registry estimate of the enrolment target
 DEFAULT_UPTAKE = 0.85
 DEFAULT_CV = 0.8  # between-site coefficient of variation of rates when none is given
 DEFAULT_SIMS = 10_000

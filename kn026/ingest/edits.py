@@ -332,10 +332,6 @@ class Pass:
         """Columns read as text for the edits: typed cells are fixed or converted as text."""
         return {c for c, rows in self.cells.items() if any(e.action == "fix" for e in rows.values())} | set(self.units)
 
-    @property
-    def drops(self) -> bool:
-        return bool(self.drop or self.drop_rows)
-
     def __bool__(self) -> bool:
         return bool(self.cells or self.drop_rows or self.units or self.blank or self.drop)
 
@@ -421,32 +417,6 @@ def _check_was(frame, source: str, e: Edit) -> None:
     if not same_cell(e.was, text):
         raise EditError(f"edits: {e.action} of {e.column} row {e.row} was chosen for the value {e.was!r}, but the "
                         f"file has {text!r} there; these edits were made for another file: choose again")
-
-
-def settle_dates(problems: list, edits: Iterable[Edit]) -> tuple[list, list[Edit], list[Change]]:
-    """Date cells the mapping could not read (problems of kind "date", already empty in the mapped
-    frame) answered by the edits: (problems left, row drops for the loader, changes)."""
-    edits = list(edits)
-    left, drops, changes = [], [], []
-    by_col: dict[str, list[int]] = {}
-    for p in problems:
-        rows_dropped = {e.row for e in edits if e.action == "drop" and e.row is not None}
-        cell = cell_edit(edits, p.column, p.row) if p.row is not None else None
-        whole = column_edit(edits, p.column)
-        if p.kind == "date" and p.row is not None and p.row in rows_dropped:
-            continue  # the loader drops that row
-        if p.kind == "date" and cell is not None and cell.action == "blank":
-            changes.append(Change(cell, 1, (p.row,)))
-        elif p.kind == "date" and whole is not None and whole.action in ("blank", "drop"):
-            by_col.setdefault(p.column, []).append(p.row)
-        else:
-            left.append(p)
-    for col, rows in by_col.items():
-        whole = column_edit(edits, col)
-        if whole.action == "drop":
-            drops += [drop(col, r) for r in rows]
-        changes.append(Change(whole, len(rows), tuple(sorted(rows))))
-    return left, drops, changes
 
 
 def merge(changes: Iterable[Change]) -> list[Change]:

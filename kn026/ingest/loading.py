@@ -20,7 +20,6 @@ Settings (environment variables, read on each call):
 
 from __future__ import annotations
 
-import datetime as dt
 import os
 
 import pandas as pd
@@ -29,7 +28,7 @@ from kn026.base.table import Cohort, connect
 from kn026.ingest import reader
 from kn026.ingest import sniff as upload
 from kn026.ingest.cohort import load_cohort
-from kn026.ingest.problems import CohortError, Problem
+from kn026.ingest.problems import CohortError
 from kn026.ingest.reader import Progress
 from kn026.rules import sandbox
 
@@ -113,16 +112,6 @@ def load_upload(name: str, data: bytes, max_bytes: int | None = None,
     con = session_connection()
     try:
         return con, load_cohort(source, con, progress=progress, edits=list(edits))
-    except BaseException:
-        _close(con)
-        raise
-
-
-def load_frame(frame, progress: Progress = None) -> tuple[object, Cohort]:
-    """An in-memory table (pandas or Arrow) -> (connection, cohort); CohortError on bad values."""
-    con = session_connection()
-    try:
-        return con, load_cohort(frame, con, progress=progress)
     except BaseException:
         _close(con)
         raise
@@ -236,17 +225,6 @@ def load_mapped(frame: pd.DataFrame, mapping, progress: Progress = None):
         _close(con)
         raise
     return con, cohort
-
-
-def index_date_text(value) -> str:
-    """'last' or an ISO date, from the app's widgets (a date or 'last')."""
-    if isinstance(value, dt.date):
-        return value.isoformat()
-    return "last"
-
-
-def problems_text(problems: list[Problem]) -> str:
-    return "; ".join(p.message for p in problems)
 
 
 # ----------------------------------------------------------------------------- reports for display

@@ -56,7 +56,6 @@ from kn026.ingest.omop_vocab import Vocabulary
 
 Progress = Callable[[float, str], None] | None
 
-GENDER = {8532: "F", 8507: "M"}
 BUILTIN = ("patient_id", "site_id", "country", "screening_date", "age_years", "sex")
 DERIVED_EXTRA = ("stale_columns",)  # filled from the other columns, not from a concepts-file entry
 # What a patient with no matching record gets, per kind, when the column does not say.

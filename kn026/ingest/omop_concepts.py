@@ -26,7 +26,7 @@ def load_concepts(path: str | Path | None = None) -> dict:
     """Read and check the concepts file; ValueError names the bad entry and the fix."""
     path = Path(path) if path else CONCEPTS_PATH
     try:
-        doc = yaml.load(path.read_text(encoding="utf-8"), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+        doc = yaml.load(path.read_text(encoding="utf-8"), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))  # noqa: S506 - a safe loader
     except OSError as err:
         raise ValueError(f"concepts file {path} cannot be read ({err.strerror}); check the path") from None
     except yaml.YAMLError as err:

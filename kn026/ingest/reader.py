@@ -372,7 +372,7 @@ def open_bytes(name: str, data: bytes, max_bytes: int, progress: Progress = None
         view = memoryview(data)
         table, header = _read_csv(lambda: io.BytesIO(view), len(data), shown, progress, empty_as_null)
         return Source(shown, header, len(table), _chunks(table), shown)
-    except Exception as err:  # noqa: BLE001 - every reader raises its own kinds
+    except Exception as err:
         from kn026.ingest.problems import CohortError
 
         if isinstance(err, CohortError):

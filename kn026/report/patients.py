@@ -4,13 +4,14 @@ Everything here is SQL over `Engine.masks_sql()` (the cohort plus each patient's
 unknown bitmasks) or over the cohort table, so no rule is evaluated twice and a
 scenario's overrides are honoured the same way the funnel honours them.
 
-* Filters: "fails EXCL09", "fails only EXCL09", "unknown on INCL02.HER2", "passes
-  INCL05", combined with AND, plus the eligibility verdict and the site.
+* Filters: "fails X", "fails only X", "unknown on X", "passes X" for a criterion or
+  sub-rule X, combined with AND, plus the eligibility verdict and the site.
 * Drill-down: for one patient, each rule with the patient's value(s), derived values
   (clearance, QTcF, washout), the requirement with the scenario's thresholds, and the
   verdict.
 * Cohort profile: completeness per column, which rules are n/a or mostly unknown and
-  why, binned distributions of key measures with their protocol thresholds, and
+  why, binned distributions of the protocol file's measures with their thresholds, patients
+  per declared category coloured by the rule's verdict, and
   screened / eligible counts per site and country.
 """
 
@@ -28,11 +29,19 @@ from kn026.base import schema
 from kn026.base.table import q
 from kn026.core import analysis
 from kn026.core import funnel as fm
-from kn026.core.criteria import Rule, format_number, names_in, parse_predicate
+from kn026.core.criteria import (
+    FILTER_STATUSES,
+    CategoryChart,
+    Measure,
+    Rule,
+    format_number,
+    names_in,
+    parse_predicate,
+)
 from kn026.core.engine import Engine, compile_rule, mask_columns, meets_sql, row_masks
 from kn026.core.scenario import Scenario
 
-STATUSES = ("fails", "fails only", "unknown on", "passes")
+STATUSES = FILTER_STATUSES
 ELIGIBLE = ("yes", "no", "unknown")
 MOSTLY_UNKNOWN = 0.5  # share of patients unknown on a rule above which it is "mostly unknown"
 OFTEN_UNKNOWN = 0.1
@@ -106,7 +115,7 @@ def scope_mask(engine: Engine, scenario: Scenario) -> int:
 
 @dataclass(frozen=True)
 class Condition:
-    """One filter: a status on a criterion or sub-rule ("fails only", "EXCL09")."""
+    """One filter: a status on a criterion or sub-rule ("fails only", a criterion ID)."""
 
     status: str
     target: str
@@ -503,51 +512,9 @@ def _pct_text(pct: float) -> str:
 # --------------------------------------------------------------------------- distributions
 
 
-@dataclass(frozen=True)
-class Measure:
-    """A key measure to plot with its protocol limit(s)."""
-
-    key: str
-    title: str
-    unit: str
-    expression: str  # SQL over columns, derived values and the rule's :params
-    rule: str
-    limits: tuple[tuple[str, str], ...]  # (parameter, label template with {v})
-    passes: str  # "ge" or "le": which side of the limit passes
-    discrete: bool = False
-
-
-MEASURES: tuple[Measure, ...] = (
-    Measure("age", "Age", "years", "age_years", "INCL01", (("min_age", "≥ {v}"),), "ge"),
-    Measure("ecog", "ECOG performance status", "", "ecog", "INCL05", (("max_ecog", "≤ {v}"),), "le",
-            discrete=True),
-    Measure("anc", "Neutrophils (ANC)", "10⁹/L", "anc_1e9_l", "INCL07.ANC", (("min", "≥ {v}"),), "ge"),
-    Measure("plt", "Platelets", "10⁹/L", "platelets_1e9_l", "INCL07.PLT", (("min", "≥ {v}"),), "ge"),
-    Measure("hgb", "Haemoglobin", "g/L", "hemoglobin_g_l", "INCL07.HGB", (("min", "≥ {v}"),), "ge"),
-    Measure("tbil", "Total bilirubin", "× ULN",
-            "bilirubin_total_umol_l / COALESCE(bilirubin_total_uln_umol_l, :default_uln)",
-            "INCL07.TBIL", (("max_x_uln", "≤ {v} × ULN"),), "le"),
-    Measure("dbil", "Direct bilirubin", "× ULN",
-            "bilirubin_direct_umol_l / COALESCE(bilirubin_direct_uln_umol_l, :default_uln)",
-            "INCL07.DBIL", (("max_x_uln", "≤ {v} × ULN"),), "le"),
-    Measure("ast", "AST", "× ULN", "ast_u_l / COALESCE(ast_uln_u_l, :default_uln)", "INCL07.AST",
-            (("max_x_uln", "≤ {v} × ULN"), ("max_x_uln_liver_mets", "≤ {v} × ULN with liver mets")), "le"),
-    Measure("alt", "ALT", "× ULN", "alt_u_l / COALESCE(alt_uln_u_l, :default_uln)", "INCL07.ALT",
-            (("max_x_uln", "≤ {v} × ULN"), ("max_x_uln_liver_mets", "≤ {v} × ULN with liver mets")), "le"),
-    Measure("alb", "Albumin", "g/L", "albumin_g_l", "INCL07.ALB", (("min", "≥ {v}"),), "ge"),
-    Measure("crcl", "Creatinine clearance (Cockcroft-Gault)", "mL/min",
-            "CASE WHEN sex = 'F' THEN crcl_if_female ELSE crcl_if_male END", "INCL07.CRCL",
-            (("min", "≥ {v}"),), "ge"),
-    Measure("aptt", "APTT", "× ULN", "aptt_s / COALESCE(aptt_uln_s, :default_uln)", "INCL07.APTT",
-            (("max_x_uln", "≤ {v} × ULN"),), "le"),
-    Measure("inr", "INR", "× ULN", "inr / COALESCE(inr_uln, :inr_default_uln)", "INCL07.COAG",
-            (("max_x_uln", "≤ {v} × ULN (or PT)"),), "le"),
-    Measure("pt", "Prothrombin time", "× ULN", "pt_s / COALESCE(pt_uln_s, :pt_default_uln)", "INCL07.COAG",
-            (("max_x_uln", "≤ {v} × ULN (or INR)"),), "le"),
-    Measure("lvef", "LVEF", "%", "lvef_pct", "INCL08", (("min", "≥ {v}"),), "ge"),
-    Measure("qtcf", "QTcF (Fridericia)", "ms", "qtcf", "EXCL11.QTCF",
-            (("max_male", "≤ {v} male"), ("max_female", "≤ {v} female")), "le"),
-)
+def measures(protocol) -> tuple[Measure, ...]:
+    """The protocol file's key measures (its `measures:`), in file order."""
+    return protocol.measures
 
 
 @dataclass
@@ -629,30 +596,40 @@ def distribution(engine: Engine, measure: Measure, scenario: Scenario | None = N
     return Distribution(measure, bins, n, n - int(known), limits)
 
 
-def her2_counts(engine: Engine) -> pd.DataFrame:
-    """Patients per HER2 category with the INCL02.HER2 verdict of that category."""
-    present = engine.cohort.present
-    if "her2_ihc" not in present:
-        return pd.DataFrame(columns=["category", "count", "verdict"])
-    ish = "her2_ish" if "her2_ish" in present else "CAST(NULL AS VARCHAR)"
-    frame = engine.con.execute(
-        f"SELECT her2_ihc, {ish} AS ish, count(*) AS n FROM {q(engine.cohort.table)} GROUP BY ALL").df()
-    order = ["IHC 0", "IHC 1+", "IHC 2+ ISH −", "IHC 2+ ISH not done", "IHC 2+ ISH +", "IHC 3+",
-             "IHC not recorded"]
-    verdict = {"IHC 0": "fail", "IHC 1+": "fail", "IHC 2+ ISH −": "fail", "IHC 2+ ISH not done": "unknown",
-               "IHC 2+ ISH +": "pass", "IHC 3+": "pass", "IHC not recorded": "unknown"}
-    counts = dict.fromkeys(order, 0)
-    for ihc, ish_v, n in frame.itertuples(index=False):
-        if ihc is None or pd.isna(ihc):
-            cat = "IHC not recorded"
-        elif int(ihc) == 2:
-            cat = {"positive": "IHC 2+ ISH +", "negative": "IHC 2+ ISH −"}.get(
-                ish_v if isinstance(ish_v, str) else "", "IHC 2+ ISH not done")
-        else:
-            cat = {0: "IHC 0", 1: "IHC 1+", 3: "IHC 3+"}[int(ihc)]
-        counts[cat] += int(n)
-    return pd.DataFrame({"category": order, "count": [counts[c] for c in order],
-                         "verdict": [verdict[c] for c in order]})
+def category_counts(engine: Engine, chart: CategoryChart, scenario: Scenario | None = None) -> pd.DataFrame:
+    """Patients per declared category with the verdict the chart's rule gives them.
+
+    The verdict is read from the screening masks of the scenario's engine (rewritten
+    rules and thresholds included), never re-derived here: a category whose patients get
+    different verdicts becomes one bar per verdict ("IHC 2+ ISH + · fail"). Columns:
+    category, count, verdict ("" for an empty category). Empty frame when the rule is n/a.
+    """
+    scenario = scenario or Scenario()
+    screened = analysis.engine_for(engine, scenario)
+    rule = screened.protocol.rule(chart.rule)
+    empty = pd.DataFrame(columns=["category", "count", "verdict"])
+    if engine.stage not in rule.stages or rule.id in screened.not_assessable or rule.id not in screened.bit:
+        return empty
+    whens = [expression_sql(screened, rule, when) for _, when in chart.groups]
+    case = " ".join(f"WHEN {w} THEN {i}" for i, w in enumerate(whens))
+    bit = 1 << screened.bit[rule.id]
+    verdict = f"CASE WHEN {meets_sql(bit, '_f')} THEN 'fail' WHEN {meets_sql(bit, '_u')} THEN 'unknown' ELSE 'pass' END"
+    rows = screened.con.execute(
+        f"SELECT CASE {case} ELSE -1 END AS g, {verdict} AS v, count(*) AS n "
+        f"FROM ({screened.masks_sql(scenario.overrides)}) GROUP BY ALL").fetchall()
+    found: dict[int, dict[str, int]] = {}
+    for g, v, n in rows:
+        found.setdefault(int(g), {})[v] = int(n)
+    labels = [label for label, _ in chart.groups] + ["other"]
+    out = []
+    for g, label in enumerate(labels):
+        by_verdict = found.get(g if g < len(chart.groups) else -1, {})
+        if not by_verdict and g < len(chart.groups):
+            out.append((label, 0, ""))
+        for v in ("pass", "unknown", "fail"):
+            if v in by_verdict:
+                out.append((label if len(by_verdict) == 1 else f"{label} · {v}", by_verdict[v], v))
+    return pd.DataFrame(out, columns=["category", "count", "verdict"])
 
 
 # --------------------------------------------------------------------------- sites

@@ -145,11 +145,10 @@ def suppress_parts(values: Sequence[int], total: int, k: int) -> np.ndarray:
 
 
 def suppress_sites(sites: pd.DataFrame, countries: pd.DataFrame, k: int,
-                   columns: Sequence[str] = published.SITE_COUNTS,
-                   identities=None, also: dict[str, str] | None = None) -> tuple[Table, Table]:
+                   columns: Sequence[str] = published.SITE_COUNTS) -> tuple[Table, Table]:
     """Per-site and per-country tables suppressed together (a country is the sum of its sites;
     screened = optimistic + excluded and optimistic = strict + unknown in every row; the
-    grand totals are public). `identities` and `also` are accepted for compatibility."""
+    grand totals are public)."""
     wb = Workbook(k)
     published.sites(wb, sites, countries, ("sites", "countries"), attrition_name=None, columns=columns)
     out = wb.suppress()

@@ -4,7 +4,7 @@ An analyst may write or rewrite a rule in the app as one SQL boolean expression 
 the cohort's columns and named parameters (``:name``). The app runs on shared
 servers with patient data in memory, so the text is treated as hostile: it is parsed
 with sqlglot (DuckDB dialect) and only a small allow-listed grammar is accepted
-(see ``docs/security.md`` and ``GRAMMAR_HELP``). Nothing the analyst typed is ever
+(see ``docs/security.md`` and ``kn026.rules.grammar``). Nothing the analyst typed is ever
 passed through: the SQL that runs is re-rendered from the validated tree, and is
 then parsed a second time by DuckDB's own parser (``json_serialize_sql``, parse
 only, never executed) and checked against the same allow-list, so a disagreement
@@ -30,8 +30,6 @@ so a zero divisor makes the rule *unknown* for that patient instead of infinite.
 
 from __future__ import annotations
 
-import datetime as _dt
-import difflib
 import json
 import re
 import threading
@@ -49,51 +47,27 @@ from sqlglot.errors import ErrorLevel, ParseError, SqlglotError, TokenError
 from sqlglot.tokens import TokenType
 
 from kn026.base import sqlpass
+from kn026.rules.grammar import (
+    ANY,
+    BOOL,
+    DESCRIBE_FAMILY,
+    KIND_FAMILY,
+    MAX_DIGITS,
+    NAME,
+    NULL,
+    Checker,
+    RuleError,
+    char_name,
+    count_digits,
+    snippet,
+)
 
-NAME = re.compile(r"^[a-z_][a-z0-9_]*$")
 _WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*|\S")
-_NUMBER = re.compile(r"^(?P<int>\d*)(\.(?P<frac>\d*))?([eE](?P<exp>[+-]?\d{1,3}))?$")
 # Plain literals with more digits become DECIMAL(38, s) in DuckDB, and comparing such a
 # type with a large INTEGER/BIGINT value fails at run time ("Could not cast value to
 # DECIMAL(38,37)"); 18 digits always fit beside any BIGINT.
-MAX_DIGITS = 18
-MAX_ROUND_DIGITS = 30
 MAX_PARAM_ABS = Decimal("1e15")
 
-# Functions an analyst may call, as written (lower case). Each maps to a pure scalar
-# DuckDB function; nothing here reads files, settings, the environment or the catalog.
-ALLOWED_FUNCTIONS: tuple[str, ...] = (
-    "abs", "ceil", "ceiling", "coalesce", "exp", "floor", "greatest", "ifnull", "least",
-    "length", "ln", "log", "log10", "log2", "lower", "ltrim", "nullif", "pow", "power",
-    "round", "rtrim", "sign", "sqrt", "trim", "upper",
-)
-
-GRAMMAR_HELP = (
-    "A rule is one condition over the cohort's columns, e.g. "
-    "age_years >= :min_age AND ecog IN (0, 1). Allowed: column names, numbers, "
-    "'single-quoted text', TRUE/FALSE/NULL, :parameters, = <> != < <= > >=, AND OR NOT, "
-    "+ - * /, parentheses, CASE WHEN ... THEN ... ELSE ... END, IS [NOT] NULL, "
-    "[NOT] IN (list of values), [NOT] BETWEEN ... AND ..., and the functions "
-    + ", ".join(ALLOWED_FUNCTIONS) + "."
-)
-
-# Value families used for type checking (only when column kinds are given).
-NUM, TEXT, BOOL, DATE, NULL, ANY, STR = "number", "text", "true/false", "date", "null", "any", "str"
-_DESCRIBE_FAMILY = {NUM: "a number", TEXT: "text", BOOL: "a true/false value", DATE: "a date",
-                    NULL: "NULL", ANY: "a value", STR: "text"}
-_KIND_FAMILY = {
-    "number": NUM, "integer": NUM, "double": NUM, "float": NUM, "real": NUM, "decimal": NUM,
-    "bigint": NUM, "int": NUM, "smallint": NUM, "tinyint": NUM, "hugeint": NUM, "numeric": NUM,
-    "flag": BOOL, "boolean": BOOL, "bool": BOOL,
-    "text": TEXT, "category": TEXT, "id": TEXT, "varchar": TEXT, "string": TEXT,
-    "date": DATE,
-}
-
-_COMPARE = (exp.EQ, exp.NEQ, exp.LT, exp.LTE, exp.GT, exp.GTE)
-_ARITH = (exp.Add, exp.Sub, exp.Mul, exp.Div)
-_NUMERIC_1 = {exp.Abs: "abs", exp.Ln: "ln", exp.Sqrt: "sqrt", exp.Floor: "floor",
-              exp.Ceil: "ceil", exp.Sign: "sign", exp.Exp: "exp"}
-_TEXT_1 = {exp.Lower: "lower", exp.Upper: "upper"}
 _STATEMENT_WORDS = frozenset("""
     ALTER ANALYZE ATTACH BEGIN CALL CHECKPOINT COMMENT COMMIT COPY CREATE DEALLOCATE DELETE
     DESCRIBE DETACH DROP EXECUTE EXPLAIN EXPORT FORCE FROM GRANT IMPORT INSERT INSTALL LOAD
@@ -102,20 +76,6 @@ _STATEMENT_WORDS = frozenset("""
 _STRING_TOKENS = frozenset(getattr(TokenType, n) for n in (
     "STRING", "RAW_STRING", "NATIONAL_STRING", "BYTE_STRING", "HEREDOC_STRING", "HEX_STRING",
     "BIT_STRING", "UNICODE_STRING") if hasattr(TokenType, n))
-
-
-class RuleError(ValueError):
-    """A rule expression that is not accepted; `message` names the offending token.
-
-    `position` is the 0-based character offset in the analyst's text (None when the
-    problem is the whole expression), `token` the offending text.
-    """
-
-    def __init__(self, message: str, position: int | None = None, token: str | None = None):
-        super().__init__(message)
-        self.message = message
-        self.position = position
-        self.token = token
 
 
 @dataclass(frozen=True, eq=False)
@@ -196,17 +156,9 @@ def param_value(name: str, value) -> Decimal:
         raise RuleError(f"parameter :{name} must be a finite number, not {value!r}", token=name)
     if abs(dec) >= MAX_PARAM_ABS:
         raise RuleError(f"parameter :{name} = {value!r} is out of range (|value| < 1e15)", token=name)
-    if _digits(format(dec.normalize(), "f").lstrip("-")) > MAX_DIGITS:
+    if count_digits(format(dec.normalize(), "f").lstrip("-")) > MAX_DIGITS:
         raise RuleError(f"parameter :{name} = {value!r} has more than {MAX_DIGITS} digits", token=name)
     return dec
-
-
-def _digits(text: str) -> int:
-    """Significant digits of a plain number's text (-1 when it is not a plain number)."""
-    m = _NUMBER.match(text)
-    if not m or not (m.group("int") or m.group("frac")):
-        return -1
-    return len(m.group("int").lstrip("0")) + len(m.group("frac") or "")
 
 
 def number_literal(value: Decimal) -> exp.Expression:
@@ -291,7 +243,7 @@ def _column_families(columns) -> dict[str, str]:
     out = {}
     if isinstance(columns, Mapping):
         for name, kind in columns.items():
-            fam = _KIND_FAMILY.get(str(kind).strip().lower().split("(")[0])
+            fam = KIND_FAMILY.get(str(kind).strip().lower().split("(")[0])
             if fam is None:
                 raise ValueError(f"column {name!r}: unknown kind {kind!r}")
             out[str(name)] = fam
@@ -353,13 +305,13 @@ def _check_inner(text, kinds, declared, max_length, max_depth, max_nodes) -> Che
         raise RuleError("a rule is a single expression; found several statements")
     tree = trees[0]
     _check_size(tree, max_depth, max_nodes)
-    checker = _Checker(text, tokens, kinds, declared)
+    checker = Checker(text, tokens, kinds, declared)
     family = checker.check(tree)
     if family not in (BOOL, ANY):
-        what = "always NULL (unknown)" if family == NULL else _DESCRIBE_FAMILY[family]
+        what = "always NULL (unknown)" if family == NULL else DESCRIBE_FAMILY[family]
         raise RuleError(
             f"the rule must be a condition (true/false), such as age_years >= 18; "
-            f"{_snippet(tree)} is {what}", position=checker.position(tree))
+            f"{snippet(tree)} is {what}", position=checker.position(tree))
     tree = _null_safe_division(tree)
     sql = _render(tree)
     _duckdb_verify(sql, frozenset(checker.columns), frozenset(checker.params), casts=False)
@@ -375,12 +327,8 @@ def _check_characters(text: str) -> None:
         cat = unicodedata.category(ch)
         if cat[0] == "C" or cat in ("Zl", "Zp"):
             raise RuleError(
-                f"invisible or control character U+{ord(ch):04X} ({_char_name(ch)}) at position {i} "
+                f"invisible or control character U+{ord(ch):04X} ({char_name(ch)}) at position {i} "
                 "is not allowed; retype the rule", position=i, token=ch)
-
-
-def _char_name(ch: str) -> str:
-    return unicodedata.name(ch, "unnamed character")
 
 
 def _tokenize(text: str):
@@ -439,7 +387,7 @@ def _bad_char(ch: str, pos: int):
     if ch.isascii():
         raise RuleError(f"unexpected character {ch!r} at position {pos}", position=pos, token=ch)
     raise RuleError(
-        f"character {ch!r} (U+{ord(ch):04X} {_char_name(ch)}) at position {pos} is not allowed "
+        f"character {ch!r} (U+{ord(ch):04X} {char_name(ch)}) at position {pos} is not allowed "
         "outside 'quoted text': names must be plain ASCII (a look-alike letter?)",
         position=pos, token=ch)
 
@@ -523,416 +471,6 @@ def _check_size(tree: exp.Expression, max_depth: int, max_nodes: int) -> None:
             raise RuleError(f"the rule is nested too deeply or chains too many operators (more "
                             f"than {max_depth} levels); split it into several rules")
         stack.extend((child, depth + 1) for child in node.iter_expressions())
-
-
-def _snippet(node: exp.Expression, limit: int = 60) -> str:
-    try:
-        text = node.sql(dialect="duckdb", comments=False)
-    except Exception:  # noqa: BLE001 - a description only
-        text = node.key
-    return text if len(text) <= limit else text[:limit - 3] + "..."
-
-
-class _Checker:
-    """Walks a parsed tree, allowing only the rule grammar; infers value families."""
-
-    def __init__(self, text: str, tokens, kinds: dict[str, str], declared: frozenset[str]):
-        self.text, self.tokens, self.kinds, self.declared = text, tokens, kinds, declared
-        self.columns: set[str] = set()
-        self.params: set[str] = set()
-
-    # -- positions ----------------------------------------------------------------
-    def position(self, node: exp.Expression) -> int | None:
-        """Best-effort start of `node` in the analyst's text (meta, keyword, or first child)."""
-        if node.meta and "start" in node.meta:
-            return node.meta["start"]
-        if isinstance(node, exp.Placeholder):
-            for tok, nxt in zip(self.tokens, self.tokens[1:], strict=False):
-                if tok.text in (":", "$") and nxt.text == str(node.this):
-                    return tok.start
-            marks = [t.start for t in self.tokens if t.token_type == TokenType.PLACEHOLDER]
-            return marks[0] if marks else None
-        alias = node.args.get("alias") if isinstance(node, exp.Alias) else None
-        if alias is not None and alias.meta and "start" in alias.meta:
-            return alias.meta["start"]
-        starts = [n.meta["start"] for n in node.walk() if n.meta and "start" in n.meta]
-        low = min(starts) if starts else None
-        for word in _PREFIX_WORDS.get(type(node), ()):  # keyword before the first child
-            hits = [t.start for t in self.tokens if t.text.upper() == word
-                    and (low is None or t.start <= low)]
-            if hits:
-                return max(hits)
-        for word in _INFIX_WORDS.get(type(node), ()):  # keyword after the first child
-            hits = [t.start for t in self.tokens if t.text.upper() == word
-                    and (low is None or t.start >= low)]
-            if hits:
-                return min(hits)
-        return low
-
-    def error(self, node: exp.Expression, message: str, token: str | None = None) -> RuleError:
-        pos = self.position(node)
-        where = f" (position {pos})" if pos is not None else ""
-        return RuleError(message.replace("{where}", where), position=pos, token=token)
-
-    # -- arguments ------------------------------------------------------------------
-    def only(self, node: exp.Expression, keys=("this",), flags=(), scalars=()) -> None:
-        """Reject any argument of `node` but the expressions `keys`, booleans `flags` and
-        plain-text `scalars`."""
-        for key, value in node.args.items():
-            if value is None or value is False or (isinstance(value, list) and not value):
-                continue
-            if key in flags and isinstance(value, bool):
-                continue
-            if key in scalars and isinstance(value, (str, bool)):
-                continue
-            if key in keys:
-                items = value if isinstance(value, list) else [value]
-                if all(isinstance(v, exp.Expression) for v in items):
-                    continue
-            raise self.error(node, f"{_snippet(node)}: this form of {self.function_name(node)} is "
-                                   f"not allowed ({key}){{where}}")
-
-    def function_name(self, node: exp.Expression) -> str:
-        if isinstance(node, exp.Anonymous):
-            return str(node.name)
-        meta = node.meta or {}
-        if "start" in meta and "end" in meta:
-            return self.text[meta["start"]:meta["end"] + 1]
-        return node.sql_name().lower() if isinstance(node, exp.Func) else node.key
-
-    def check_function_name(self, node: exp.Expression) -> None:
-        """Function-call syntax must use a listed name (operators such as ^ are fine)."""
-        meta = node.meta or {}
-        if "start" not in meta:
-            return
-        name = self.function_name(node)
-        if name.lower() not in ALLOWED_FUNCTIONS:
-            raise self.reject_function(node, name)
-
-    def reject_function(self, node, name: str) -> RuleError:
-        return self.error(node, f"{name} is not an allowed function{{where}}. Allowed: "
-                                f"{', '.join(ALLOWED_FUNCTIONS)}", token=name)
-
-    # -- families -------------------------------------------------------------------
-    def unify(self, node: exp.Expression, items: list[tuple[exp.Expression, str]], what: str) -> str:
-        concrete = {f for _, f in items if f not in (NULL, ANY, STR)}
-        strings = [n for n, f in items if f == STR]
-        if len(concrete) > 1:
-            a, b = sorted(concrete)[:2]
-            raise self.error(node, f"{_snippet(node)}: cannot {what} {_DESCRIBE_FAMILY[a]} with "
-                                   f"{_DESCRIBE_FAMILY[b]}{{where}}")
-        fam = next(iter(concrete), None)
-        if strings and fam == DATE:
-            for lit in strings:
-                _iso_date(self, lit)
-        elif strings and fam not in (None, TEXT):
-            raise self.error(strings[0], f"{_snippet(node)}: cannot {what} {_DESCRIBE_FAMILY[fam]} "
-                                         f"with text {_snippet(strings[0])}{{where}}")
-        if fam:
-            return fam
-        if any(f == ANY for _, f in items):
-            return ANY
-        return TEXT if strings else NULL
-
-    def expect(self, node: exp.Expression, families: tuple[str, ...], role: str) -> str:
-        fam = self.check(node)
-        if fam not in families and fam not in (NULL, ANY):
-            raise self.error(node, f"{_snippet(node)} is {_DESCRIBE_FAMILY[fam]}, but {role}{{where}}")
-        return fam
-
-    def condition(self, node):
-        return self.expect(node, (BOOL,), "a condition (true/false) is needed here")
-
-    def number(self, node):
-        return self.expect(node, (NUM,), "a number is needed here")
-
-    def string(self, node):
-        return self.expect(node, (TEXT, STR), "text is needed here")
-
-    # -- the grammar ------------------------------------------------------------------
-    def check(self, node: exp.Expression) -> str:  # noqa: C901 - one branch per node type
-        t = type(node)
-        if t is exp.Paren:
-            self.only(node)
-            return self.check(node.this)
-        if t is exp.Column:
-            return self.column(node)
-        if t is exp.Literal:
-            return self.literal(node)
-        if t is exp.Boolean:
-            self.only(node, (), scalars=("this",))
-            return BOOL
-        if t is exp.Null:
-            self.only(node, ())
-            return NULL
-        if t is exp.Placeholder:
-            return self.placeholder(node)
-        if t in _COMPARE:
-            self.only(node, ("this", "expression"))
-            for side in (node.this, node.expression):
-                if isinstance(side, (*_COMPARE, exp.Between, exp.In, exp.Is)):
-                    raise self.error(node, f"{_snippet(node)}: chained comparisons are not supported"
-                                           "{where}; combine comparisons with AND, or add parentheses")
-            self.unify(node, [(n, self.check(n)) for n in (node.this, node.expression)], "compare")
-            return BOOL
-        if t in (exp.And, exp.Or):
-            self.only(node, ("this", "expression"))
-            self.condition(node.this)
-            self.condition(node.expression)
-            return BOOL
-        if t is exp.Not:
-            self.only(node)
-            self.condition(node.this)
-            return BOOL
-        if t in _ARITH:
-            self.only(node, ("this", "expression"))
-            self.number(node.this)
-            self.number(node.expression)
-            return NUM
-        if t is exp.Neg:
-            self.only(node)
-            self.number(node.this)
-            return NUM
-        if t is exp.Case:
-            return self.case(node)
-        if t is exp.Is:
-            self.only(node, ("this", "expression"))
-            if type(node.expression) is not exp.Null:
-                raise self.error(node, f"{_snippet(node)}: IS is only allowed as IS NULL or IS NOT NULL"
-                                       "{where}")
-            self.check(node.this)
-            return BOOL
-        if t is exp.In:
-            return self.in_list(node)
-        if t is exp.Between:
-            self.only(node, ("this", "low", "high"))
-            self.unify(node, [(n, self.check(n)) for n in (node.this, node.args["low"],
-                                                             node.args["high"])], "compare")
-            return BOOL
-        if t in (exp.Coalesce, exp.Least, exp.Greatest):
-            self.check_function_name(node)
-            self.only(node, ("this", "expressions"), flags=("ignore_nulls", "is_nvl", "is_null"))
-            args = [node.this, *node.expressions]
-            return self.unify(node, [(n, self.check(n)) for n in args], "mix")
-        if t is exp.Nullif:
-            self.check_function_name(node)
-            self.only(node, ("this", "expression"))
-            return self.unify(node, [(n, self.check(n)) for n in (node.this, node.expression)], "compare")
-        if t in _NUMERIC_1:
-            self.check_function_name(node)
-            self.only(node)
-            self.number(node.this)
-            return NUM
-        if t in (exp.Log, exp.Pow):
-            self.check_function_name(node)
-            self.only(node, ("this", "expression"))
-            self.number(node.this)
-            if node.expression is not None:
-                self.number(node.expression)
-            return NUM
-        if t is exp.Round:
-            return self.round(node)
-        if t in _TEXT_1:
-            self.check_function_name(node)
-            self.only(node)
-            self.string(node.this)
-            return TEXT
-        if t is exp.Trim:
-            return self.trim(node)
-        if t is exp.Length:
-            self.check_function_name(node)
-            self.only(node)
-            self.string(node.this)
-            return NUM
-        raise self.reject(node)
-
-    def column(self, node: exp.Column) -> str:
-        ident = node.this
-        parts = [node.args.get(k) for k in ("catalog", "db", "table")]
-        if any(parts) or not isinstance(ident, exp.Identifier):
-            raise self.error(node, f"{_snippet(node)}: qualified names (table.column) and "
-                                   "struct fields are not allowed; write just the column name{where}",
-                             token=_snippet(node))
-        self.only(node, ("this",))
-        self.only(ident, (), flags=("quoted",), scalars=("this",))
-        name = ident.this
-        if not isinstance(name, str) or not NAME.match(name):
-            for ch in str(name):
-                if not ch.isascii():
-                    pos = self.position(node)
-                    raise RuleError(
-                        f"{name!r}: character {ch!r} (U+{ord(ch):04X} {_char_name(ch)}) is not "
-                        f"allowed in a name (position {pos}); names must be plain ASCII",
-                        position=pos, token=str(name))
-            hint = self.suggest(str(name).lower()) if str(name).lower() != name else ""
-            raise self.error(node, f"{name!r} is not a valid column name{{where}}: names are lower "
-                                   f"case letters, digits and _{hint}", token=str(name))
-        if name not in self.kinds:
-            raise self.error(node, f"{name} is not a column of this cohort{{where}}"
-                                   f"{self.suggest(name)}", token=name)
-        self.columns.add(name)
-        return self.kinds[name]
-
-    def suggest(self, name: str) -> str:
-        close = difflib.get_close_matches(name, list(self.kinds), n=3, cutoff=0.75)
-        if name in self.kinds:
-            close = [name]
-        return f"; did you mean {' or '.join(close)}?" if close else ""
-
-    def literal(self, node: exp.Literal) -> str:
-        self.only(node, (), flags=("is_string",), scalars=("this",))
-        if node.is_string:
-            if not isinstance(node.this, str):
-                raise self.reject(node)
-            return STR
-        text = str(node.this)
-        digits = _digits(text)
-        if digits < 0:
-            raise self.error(node, f"{text!r} is not a plain decimal number{{where}}", token=text)
-        if digits > MAX_DIGITS:
-            raise self.error(node, f"{text} has more than {MAX_DIGITS} digits{{where}}; round it, or "
-                                   "write it with an exponent such as 1.5e-30", token=text)
-        return NUM
-
-    def placeholder(self, node: exp.Placeholder) -> str:
-        self.only(node, (), scalars=("this",))
-        name = node.this
-        if not isinstance(name, str) or not NAME.match(name):
-            raise self.error(node, "positional parameters (?, $1) are not allowed; use a named "
-                                   "parameter such as :min_age{where}", token=str(name or "?"))
-        if name not in self.declared:
-            known = ", ".join(f":{p}" for p in sorted(self.declared)) or "none"
-            raise self.error(node, f":{name} is not a declared parameter{{where}}; declared: {known}",
-                             token=name)
-        self.params.add(name)
-        return NUM
-
-    def case(self, node: exp.Case) -> str:
-        self.only(node, ("this", "ifs", "default"))
-        results = []
-        base = node.args.get("this")
-        base_fam = self.check(base) if base is not None else None
-        for branch in node.args.get("ifs") or []:
-            if type(branch) is not exp.If:
-                raise self.reject(branch)
-            self.only(branch, ("this", "true"))
-            if base is not None:
-                self.unify(branch, [(base, base_fam), (branch.this, self.check(branch.this))], "compare")
-            else:
-                self.condition(branch.this)
-            results.append((branch.args["true"], self.check(branch.args["true"])))
-        if node.args.get("default") is not None:
-            results.append((node.args["default"], self.check(node.args["default"])))
-        return self.unify(node, results, "mix")
-
-    def in_list(self, node: exp.In) -> str:
-        for key in ("query", "unnest", "field"):
-            value = node.args.get(key)
-            if isinstance(value, (exp.Subquery, exp.Select, exp.Query)):
-                raise self.reject(value)
-            if value is not None:
-                raise self.error(node, f"{_snippet(node)}: IN takes a list of values in parentheses, "
-                                       "not a table, list or subquery{where}")
-        self.only(node, ("this", "expressions"))
-        if not node.expressions:
-            raise self.error(node, f"{_snippet(node)}: IN needs a list of values{{where}}")
-        items = [(node.this, self.check(node.this))]
-        for item in node.expressions:
-            inner = item.this if type(item) is exp.Neg else item
-            if type(inner) not in (exp.Literal, exp.Boolean, exp.Null, exp.Placeholder) or (
-                    type(item) is exp.Neg and not (type(inner) is exp.Literal and not inner.is_string)):
-                raise self.error(item, f"IN takes a list of literal values, not {_snippet(item)}"
-                                       "{where}")
-            items.append((item, self.check(item)))
-        self.unify(node, items, "compare")
-        return BOOL
-
-    def round(self, node: exp.Round) -> str:
-        self.check_function_name(node)
-        self.only(node, ("this", "decimals"))
-        self.number(node.this)
-        digits = node.args.get("decimals")
-        if digits is not None:
-            inner = digits.this if type(digits) is exp.Neg else digits
-            ok = type(inner) is exp.Literal and not inner.is_string and str(inner.this).isdigit()
-            if not ok or int(inner.this) > MAX_ROUND_DIGITS:
-                raise self.error(digits, f"round's second argument must be a whole number of "
-                                         f"decimals between -{MAX_ROUND_DIGITS} and {MAX_ROUND_DIGITS}"
-                                         "{where}")
-        return NUM
-
-    def trim(self, node: exp.Trim) -> str:
-        self.check_function_name(node)
-        if node.args.get("position") not in (None, "LEADING", "TRAILING", "BOTH"):
-            raise self.reject(node)
-        self.only(node, ("this", "expression"), scalars=("position",))
-        self.string(node.this)
-        chars = node.args.get("expression")
-        if chars is not None and not (type(chars) is exp.Literal and chars.is_string):
-            raise self.error(chars, "trim's characters must be a 'quoted text'{where}")
-        return TEXT
-
-    def reject(self, node: exp.Expression) -> RuleError:
-        for types, message in _REJECTIONS:
-            if isinstance(node, types):
-                if "{name}" in message:
-                    name = self.function_name(node)
-                    return self.error(node, message.replace("{name}", name), token=name)
-                return self.error(node, message, token=_snippet(node, 30))
-        if isinstance(node, exp.Func):
-            return self.reject_function(node, self.function_name(node))
-        return self.error(node, f"{_snippet(node)} ({node.key}) is not allowed in a rule{{where}}",
-                          token=_snippet(node, 30))
-
-
-def _iso_date(checker: _Checker, lit: exp.Expression) -> None:
-    value = str(lit.this)
-    try:
-        if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", value):
-            raise ValueError(value)
-        _dt.date.fromisoformat(value)
-    except ValueError:
-        raise checker.error(lit, f"{_snippet(lit)} is not a date; write dates as 'YYYY-MM-DD'{{where}}",
-                            token=value) from None
-
-
-def _classes(*names: str) -> tuple[type, ...]:
-    return tuple(getattr(exp, n) for n in names if hasattr(exp, n))
-
-
-_PREFIX_WORDS = {exp.Cast: ("CAST",), exp.TryCast: ("TRY_CAST",), exp.Exists: ("EXISTS",),
-                 exp.Select: ("SELECT",), exp.Subquery: ("(",), exp.Not: ("NOT",), exp.Case: ("CASE",),
-                 exp.Paren: ("(",), exp.Interval: ("INTERVAL",), exp.PositionalColumn: ("#",)}
-_INFIX_WORDS = {exp.Cast: ("::",), exp.Is: ("IS",), exp.In: ("IN",), exp.Between: ("BETWEEN",),
-                exp.Window: ("OVER",), exp.Star: ("*",), exp.Alias: ("AS",)}
-
-_REJECTIONS: list[tuple[tuple[type, ...], str]] = [
-    (_classes("Subquery", "Select", "Union", "Except", "Intersect", "Query", "Values"),
-     "subqueries (SELECT ...) are not allowed{where}: a rule is one expression over the cohort's columns"),
-    (_classes("Exists"), "EXISTS is not allowed{where}: a rule cannot look at other rows or tables"),
-    (_classes("Cast", "TryCast"),
-     "casts (CAST(...) or ::TYPE) are not allowed{where}: columns already have their dictionary types"),
-    (_classes("Star", "Columns", "PositionalColumn"), "*, COLUMNS(...) and positional columns (#1) are not allowed{where}"),
-    (_classes("Window"), "window functions (... OVER ...) are not allowed{where}"),
-    (_classes("AggFunc"),
-     "{name} is an aggregate function{where}; a rule is evaluated for one patient at a time"),
-    (_classes("Lambda"), "lambda functions (x -> ...) are not allowed{where}"),
-    (_classes("Dot", "Bracket", "Struct", "Array", "Tuple", "JSONExtract", "PropertyEQ", "Kwarg"),
-     "struct, list, map and JSON values are not allowed{where}"),
-    (_classes("RawString"), "dollar-quoted strings ($$...$$) are not allowed{where}; use 'single quotes'"),
-    (_classes("ByteString", "National", "HexString", "BitString", "UnicodeString"),
-     "only plain 'single-quoted' text is allowed{where} (no E'', N'', X'' or U&'' strings)"),
-    (_classes("Alias"),
-     "unexpected name after an expression{where}; did you forget an operator such as AND?"),
-    (_classes("Like", "ILike", "Glob", "RegexpLike", "SimilarTo", "RegexpILike"),
-     "pattern matching (LIKE, GLOB, ~, regular expressions) is not allowed{where}; use = or IN"),
-    (_classes("DPipe", "Concat"), "text concatenation is not allowed{where}"),
-    (_classes("Table"), "table references are not allowed{where}"),
-    (_classes("Interval"), "intervals are not allowed{where}; compare numbers of days"),
-    (_classes("Collate"), "COLLATE is not allowed{where}"),
-    (_classes("If"), "if(...) is not allowed{where}; use CASE WHEN ... THEN ... ELSE ... END"),
-    (_classes("Any", "All"), "ANY/ALL are not allowed{where}; use IN (list of values)"),
-]
 
 
 def _null_safe_division(tree: exp.Expression) -> exp.Expression:

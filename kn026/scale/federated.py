@@ -59,7 +59,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 
@@ -364,6 +363,33 @@ def scenario_of(meta: dict) -> Scenario:
     return Scenario(scen["name"], "", overrides, frozenset(scen.get("disabled", ())), tuple(scen.get("order", ())))
 
 
+@dataclass(frozen=True)
+class NetworkRule:
+    """A leaf rule as the site files name it (ID and stage only: the SQL stayed at the sites)."""
+
+    id: str
+    stages: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class NetworkCriterion:
+    id: str
+    stages: tuple[int, ...]
+    rules: tuple[NetworkRule, ...]
+
+
+@dataclass(frozen=True)
+class NetworkProtocol:
+    name: str
+    criteria: tuple[NetworkCriterion, ...]
+
+
+@dataclass(frozen=True)
+class NetworkCohort:
+    present: frozenset[str]
+    n: int
+
+
 @dataclass
 class MergedEngine:
     """An engine look-alike over a merged histogram, for :mod:`kn026.core.analysis`.
@@ -379,14 +405,14 @@ class MergedEngine:
     def __post_init__(self):
         m = self.meta
         self.stage = int(m["stage"])
-        criteria = []
-        for cid, leaf_ids in m["criteria"]:
-            rules = tuple(SimpleNamespace(id=rid, stages=(self.stage,)) for rid in leaf_ids)
-            criteria.append(SimpleNamespace(id=cid, stages=(self.stage,), rules=rules))
-        self.protocol = SimpleNamespace(name=m["protocol"], criteria=tuple(criteria))
+        criteria = tuple(
+            NetworkCriterion(cid, (self.stage,), tuple(NetworkRule(rid, (self.stage,)) for rid in leaf_ids))
+            for cid, leaf_ids in m["criteria"])
+        self.protocol = NetworkProtocol(m["protocol"], criteria)
         self.bit = {rid: j for j, rid in enumerate(m["leaves"])}
         self.not_assessable = dict(m["not_assessable"])
-        self.cohort = SimpleNamespace(present=frozenset({"site_id"}), n=self.hist.total)
+        self.cohort = NetworkCohort(frozenset({"site_id"}), self.hist.total)
+        self.rules_key = None  # the sites screened the scenario's own rules; none can be added here
 
     def histogram(self, overrides: dict | None = None, by_site: bool = False) -> Histogram:
         wanted = {rid: {p: format_number(v) for p, v in vals.items()}

@@ -207,11 +207,6 @@ def to_dialect(tree: exp.Expression, dialect: str, pretty: bool = False) -> str:
     return tree.sql(dialect=dialect, pretty=pretty)
 
 
-def transpile(sql: str, dialect: str, pretty: bool = False) -> str:
-    """DuckDB SQL (one statement) made portable and written in `dialect`."""
-    return to_dialect(make_portable(sqlglot.parse_one(sql, read="duckdb")), dialect, pretty)
-
-
 # --------------------------------------------------------------------------- the query
 
 
@@ -594,10 +589,6 @@ class QueryEngine:
                 self.cohort.n = hist.total
             self._cache[key] = hist
         return self._cache[key]
-
-    @property
-    def na_mask(self) -> int:
-        return sum(1 << self.bit[rid] for rid in self.not_assessable)
 
 
 def duckdb_engine(path: str | Path, protocol: Protocol, stage: int, con=None,

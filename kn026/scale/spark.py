@@ -42,15 +42,6 @@ class SparkUnavailable(RuntimeError):
     """PySpark (or Java) is not installed."""
 
 
-def spark_available() -> bool:
-    """True when pyspark imports (Java is only checked when a session starts)."""
-    try:
-        import pyspark  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 def spark_session(master: str = DEFAULT_MASTER, driver_memory: str = DEFAULT_DRIVER_MEMORY,
                   conf: dict | None = None, app_name: str = "kn026"):
     """A SparkSession (created once per process; later calls return the same one).
@@ -101,7 +92,7 @@ def register_cohort(spark, path: str | Path, view: str = "cohort") -> frozenset[
     """
     try:
         frame = spark.read.parquet(str(path))
-    except Exception as err:  # pyspark's AnalysisException: missing path, not Parquet, ...
+    except Exception as err:  # noqa: BLE001 - pyspark's AnalysisException: missing path, not Parquet, ...
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ValueError(f"Spark cannot read {path} as Parquet: {first}") from None
     by_lower = {name.lower(): name for name in frame.columns}
