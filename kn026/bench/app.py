@@ -19,7 +19,9 @@ cookies or cache) on the same server. Each figure is the page's own clock
 (`performance.now()`, milliseconds since navigation start) at the first animation frame
 in which the Funnel page's plotly chart has drawn a funnel bar
 (`FUNNEL_DRAWN`: a `path` inside a `g.funnellayer` of a `.js-plotly-plot` in the main
-area); medians over runs go to bench-results/bench_cold.json.
+area); medians over runs go to bench-results/bench_cold.json. `--floor` times a page
+holding only one plotly funnel the same way: what Streamlit's frontend and plotly.js
+cost in this browser on this machine, whatever the app does.
 """
 
 from __future__ import annotations
@@ -60,12 +62,14 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(port: int) -> subprocess.Popen:
+def start_server(port: int, script: Path | None = None) -> subprocess.Popen:
+    """`streamlit run` of app.py (or `script`) on `port`, once its health check answers."""
     exe = Path(sys.executable).with_name("streamlit")
+    script = script or ROOT / "app.py"
     proc = subprocess.Popen(
-        [str(exe), "run", "app.py", "--server.headless", "true", "--server.port", str(port),
+        [str(exe), "run", str(script), "--server.headless", "true", "--server.port", str(port),
          "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"],
-        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.DEVNULL,
+        cwd=script.parent, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.DEVNULL,
         stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -186,39 +190,62 @@ def _drawn_ms(context, url: str) -> tuple[float, float | None]:
     return ms, (server * 1000 if server is not None else None)
 
 
-def cold_start(runs: int = 3, sessions: int = 3) -> dict:
-    """First funnel on the built-in cohort, in a browser: a fresh server's first session and new sessions."""
+# The floor: a Streamlit page holding nothing but one plotly funnel, timed the same way.
+FLOOR_SCRIPT = """import plotly.graph_objects as go
+import streamlit as st
+
+st.plotly_chart(go.Figure(go.Funnel(y=["Screened", "A", "B"], x=[100, 60, 30])), theme=None)
+"""
+
+
+def cold_start(runs: int = 3, sessions: int = 3, floor: bool = False) -> dict:
+    """First funnel on the built-in cohort, in a browser: a fresh server's first session and new
+    sessions; with `floor`, the same for a page holding only one plotly funnel (FLOOR_SCRIPT)."""
+    import tempfile
+
     from playwright.sync_api import sync_playwright
 
-    fresh, new, fresh_server, new_server = [], [], [], []
-    with sync_playwright() as pw:
+    out = {}
+    with sync_playwright() as pw, tempfile.TemporaryDirectory() as tmp:
         browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
-        for _ in range(runs):
-            port = _free_port()
-            url = f"http://127.0.0.1:{port}/?timing=1"
-            proc = start_server(port)
-            try:
-                for i in range(sessions + 1):
-                    context = browser.new_context(viewport={"width": 1400, "height": 900})
-                    drawn, server = _drawn_ms(context, url)
-                    (fresh if i == 0 else new).append(drawn)
-                    if server is not None:
-                        (fresh_server if i == 0 else new_server).append(server)
-                    context.close()
-            finally:
-                proc.terminate()
-                try:
-                    proc.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
+        floor_script = Path(tmp) / "floor.py"
+        floor_script.write_text(FLOOR_SCRIPT)
+        apps = [("built-in", None)] + ([("one-chart page (floor)", floor_script)] if floor else [])
+        for label, script in apps:
+            out.update(_cold_runs(browser, label, script, runs, sessions))
         browser.close()
+    out["load_average"] = [round(v, 2) for v in os.getloadavg()]
+    return out
+
+
+def _cold_runs(browser, label: str, script: Path | None, runs: int, sessions: int) -> dict:
+    """`runs` fresh servers of `script` (app.py): the first session of each, then `sessions` new ones."""
+    fresh, new, fresh_server, new_server = [], [], [], []
+    for _ in range(runs):
+        port = _free_port()
+        url = f"http://127.0.0.1:{port}/?timing=1"
+        proc = start_server(port, script)
+        try:
+            for i in range(sessions + 1):
+                context = browser.new_context(viewport={"width": 1400, "height": 900})
+                drawn, server = _drawn_ms(context, url)
+                (fresh if i == 0 else new).append(drawn)
+                if server is not None:
+                    (fresh_server if i == 0 else new_server).append(server)
+                context.close()
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
     def stats(drawn, server):
         return {"median_ms": round(statistics.median(drawn)), "runs_ms": [round(v) for v in drawn],
                 "server_median_ms": round(statistics.median(server)) if server else None}
 
-    return {"first funnel, built-in, fresh server": stats(fresh, fresh_server),
-            "first funnel, built-in, new session": stats(new, new_server),
-            "load_average": [round(v, 2) for v in os.getloadavg()]}
+    return {f"first funnel, {label}, fresh server": stats(fresh, fresh_server),
+            f"first funnel, {label}, new session": stats(new, new_server)}
 
 
 def main(argv=None) -> int:
@@ -228,12 +255,14 @@ def main(argv=None) -> int:
     parser.add_argument("--cold", action="store_true", help="measure the cold start only (see the module doc)")
     parser.add_argument("--runs", type=int, default=3, help="--cold: fresh servers")
     parser.add_argument("--sessions", type=int, default=3, help="--cold: new sessions per server")
+    parser.add_argument("--floor", action="store_true",
+                        help="--cold: also time a page holding only one plotly funnel (the browser's share)")
     args = parser.parse_args(argv)
     if not Path(CHROMIUM).exists():
         print(f"bench_app: {CHROMIUM} is not installed", file=sys.stderr)
         return 2
     if args.cold:
-        return _report_cold(cold_start(args.runs, args.sessions))
+        return _report_cold(cold_start(args.runs, args.sessions, args.floor))
     summary = run(args.n, args.repeats)
     out = ROOT / "bench-results"
     out.mkdir(exist_ok=True)
