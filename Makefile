@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PORT ?= 8501
 
-.PHONY: run test bench lint clean
+.PHONY: run test bench bench-cold lint clean
 
 $(VENV)/.runtime: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,9 @@ test: $(VENV)/.dev
 bench: $(VENV)/.dev
 	$(PY) -m kn026.bench.engine
 	$(PY) -m kn026.bench.engine --whole --markdown
+
+bench-cold: $(VENV)/.dev
+	$(PY) -m kn026.bench.app --cold --floor
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis tests/artifacts

@@ -17,9 +17,9 @@ import streamlit as st
 from kn026.base.table import connect
 from kn026.core import analysis, protocol_files
 from kn026.core.criteria import DEFAULT_PROTOCOL, CriteriaError, Protocol, format_number
-from kn026.core.engine import Engine
+from kn026.core.engine import Engine, EvaluatedPass
 from kn026.core.scenario import Scenario, parse_scenario
-from kn026.ingest.cohort import load_cohort
+from kn026.ingest.cohort import adopt, load_cohort
 from kn026.report import suppression
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -326,13 +326,34 @@ def builtin_cohort():
     return table, cohort.present, cohort.extra
 
 
+@st.cache_resource(show_spinner=False)
+def builtin_pass(stage: int) -> EvaluatedPass:
+    """The built-in cohort's evaluated pass for `stage`, once per process (read-only arrays).
+
+    Every session still screens in its own connection (its own copy of the rows, locked
+    down); only the masks of the full pass are shared, so a new session's first funnel
+    costs no evaluation. Made on a connection of its own, closed afterwards.
+    """
+    table, present, extra = builtin_cohort()
+    con = connect()
+    try:
+        default = shipped_protocol(DEFAULT_FILE)  # the same object every session's default protocol() is
+        eng = Engine(adopt(con, table, present, extra, source=str(BUILTIN)), default, stage)
+        return eng.evaluated_pass()
+    finally:
+        con.close()
+
+
 def engine_for(stage: int) -> Engine:
     bundle = st.session_state[K_DATA]
     eng = bundle.engines.get(stage)
     if eng is None:
         proto = protocol()  # an uploaded one runs as untrusted: arithmetic hardened (kn026.rules)
         eng = Engine(bundle.cohort, proto, stage, untrusted=protocol_files.untrusted_rules(proto))
-        if bundle.cohort.n >= 200_000:
+        done = builtin_pass(stage) if bundle.kind == "builtin" else None
+        if done is not None and done.protocol is eng.protocol and done.present == bundle.cohort.present:
+            eng.take_pass(done)  # the default protocol on the built-in cohort: masks shared per server
+        elif bundle.cohort.n >= 200_000:
             with st.spinner(f"Evaluating every criterion for {bundle.cohort.n:,} patients (stage {stage})…"):
                 eng.evaluate()
         else:

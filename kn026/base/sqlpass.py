@@ -8,6 +8,7 @@ raises on overflow.
 
 from __future__ import annotations
 
+import functools
 import re
 
 import sqlglot
@@ -99,9 +100,14 @@ def round_computed(tree: exp.Expression) -> exp.Expression:
 
 
 def parse_predicate(sql: str, where: str, error: type[Exception] = ValueError) -> exp.Expression:
-    """Parse one boolean SQL expression (DuckDB dialect) or raise `error` naming the rule (`where`)."""
+    """Parse one boolean SQL expression (DuckDB dialect) or raise `error` naming the rule (`where`).
+
+    Returns a fresh tree the caller may change: parses are memoised per process
+    (`_parsed`) and copied, which costs a seventh of parsing again; a protocol's rules
+    and derived values are parsed many times (loading, every engine, every check).
+    """
     try:
-        tree = sqlglot.parse_one(sql, read="duckdb")
+        tree = _parsed(sql)
     except sqlglot.errors.SqlglotError as err:  # ParseError, and TokenError (unclosed quote)
         first = re.sub(r"\x1b\[[0-9;]*m", "", str(err)).splitlines()[0] if str(err) else type(err).__name__
         at = re.search(r"Line (\d+), Col: (\d+)", first)
@@ -114,7 +120,13 @@ def parse_predicate(sql: str, where: str, error: type[Exception] = ValueError) -
     if tree.find(*_NOT_PREDICATE):
         raise error(f"{where}: the SQL must be one expression over cohort columns, "
                             "without queries, tables or statements")
-    return tree
+    return tree.copy()
+
+
+@functools.lru_cache(maxsize=2048)
+def _parsed(sql: str) -> exp.Expression | None:
+    """sqlglot's tree of `sql` (never handed out: `parse_predicate` copies it); errors are not cached."""
+    return sqlglot.parse_one(sql, read="duckdb")
 
 
 def names_in(tree: exp.Expression) -> tuple[set[str], set[str]]:

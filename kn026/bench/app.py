@@ -12,6 +12,16 @@ time, which the app prints in the sidebar when opened with `?timing=1`:
 
 Results go to stdout as a Markdown table and to bench-results/bench_app.json. This
 module never imports Streamlit (the package rule); it talks to the app over HTTP.
+
+`--cold` measures the cold start alone (issue 13): for each of `--runs` fresh servers,
+the first session, then `--sessions` new sessions (new browser contexts: no shared
+cookies or cache) on the same server. Each figure is the page's own clock
+(`performance.now()`, milliseconds since navigation start) at the first animation frame
+in which the Funnel page's plotly chart has drawn a funnel bar
+(`FUNNEL_DRAWN`: a `path` inside a `g.funnellayer` of a `.js-plotly-plot` in the main
+area); medians over runs go to bench-results/bench_cold.json. `--floor` times a page
+holding only one plotly funnel the same way: what Streamlit's frontend and plotly.js
+cost in this browser on this machine, whatever the app does.
 """
 
 from __future__ import annotations
@@ -33,6 +43,8 @@ CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
         "--disable-sync", "--no-first-run"]
 TIMEOUT_MS = 600_000
+# The first funnel is drawn: plotly has put a bar of the Funnel page's funnel trace in the DOM.
+FUNNEL_DRAWN = '[data-testid="stMain"] [data-testid="stPlotlyChart"] .js-plotly-plot g.funnellayer path'
 
 
 def _edited_criterion() -> str:
@@ -50,12 +62,14 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(port: int) -> subprocess.Popen:
+def start_server(port: int, script: Path | None = None) -> subprocess.Popen:
+    """`streamlit run` of app.py (or `script`) on `port`, once its health check answers."""
     exe = Path(sys.executable).with_name("streamlit")
+    script = script or ROOT / "app.py"
     proc = subprocess.Popen(
-        [str(exe), "run", "app.py", "--server.headless", "true", "--server.port", str(port),
+        [str(exe), "run", str(script), "--server.headless", "true", "--server.port", str(port),
          "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"],
-        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.DEVNULL,
+        cwd=script.parent, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.DEVNULL,
         stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -161,14 +175,94 @@ def run(n: int, repeats: int = 3) -> dict:
     return summary
 
 
+def _drawn_ms(context, url: str) -> tuple[float, float | None]:
+    """Open `url` in a new page of `context`: (ms from navigation start until the first funnel is
+    drawn, the page script's server time in ms as the sidebar shows it with ?timing=1)."""
+    page = context.new_page()
+    page.goto(url, timeout=TIMEOUT_MS, wait_until="commit")
+    handle = page.wait_for_function(
+        f"() => document.querySelector({json.dumps(FUNNEL_DRAWN)}) ? performance.now() : null",
+        polling="raf", timeout=TIMEOUT_MS)
+    ms = float(handle.json_value())
+    _settle(page)
+    server = _server_ms(page) if page.locator('[data-testid="stSidebar"]').count() else None  # the floor has none
+    page.close()
+    return ms, (server * 1000 if server is not None else None)
+
+
+# The floor: a Streamlit page holding nothing but one plotly funnel, timed the same way.
+FLOOR_SCRIPT = """import plotly.graph_objects as go
+import streamlit as st
+
+st.plotly_chart(go.Figure(go.Funnel(y=["Screened", "A", "B"], x=[100, 60, 30])), theme=None)
+"""
+
+
+def cold_start(runs: int = 3, sessions: int = 3, floor: bool = False) -> dict:
+    """First funnel on the built-in cohort, in a browser: a fresh server's first session and new
+    sessions; with `floor`, the same for a page holding only one plotly funnel (FLOOR_SCRIPT)."""
+    import tempfile
+
+    from playwright.sync_api import sync_playwright
+
+    out = {}
+    with sync_playwright() as pw, tempfile.TemporaryDirectory() as tmp:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
+        floor_script = Path(tmp) / "floor.py"
+        floor_script.write_text(FLOOR_SCRIPT)
+        apps = [("built-in", None)] + ([("one-chart page (floor)", floor_script)] if floor else [])
+        for label, script in apps:
+            out.update(_cold_runs(browser, label, script, runs, sessions))
+        browser.close()
+    out["load_average"] = [round(v, 2) for v in os.getloadavg()]
+    return out
+
+
+def _cold_runs(browser, label: str, script: Path | None, runs: int, sessions: int) -> dict:
+    """`runs` fresh servers of `script` (app.py): the first session of each, then `sessions` new ones."""
+    fresh, new, fresh_server, new_server = [], [], [], []
+    for _ in range(runs):
+        port = _free_port()
+        url = f"http://127.0.0.1:{port}/?timing=1"
+        proc = start_server(port, script)
+        try:
+            for i in range(sessions + 1):
+                context = browser.new_context(viewport={"width": 1400, "height": 900})
+                drawn, server = _drawn_ms(context, url)
+                (fresh if i == 0 else new).append(drawn)
+                if server is not None:
+                    (fresh_server if i == 0 else new_server).append(server)
+                context.close()
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+    def stats(drawn, server):
+        return {"median_ms": round(statistics.median(drawn)), "runs_ms": [round(v) for v in drawn],
+                "server_median_ms": round(statistics.median(server)) if server else None}
+
+    return {f"first funnel, {label}, fresh server": stats(fresh, fresh_server),
+            f"first funnel, {label}, new session": stats(new, new_server)}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m kn026.bench.app", description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=1_000_000, help="patients in the generated cohort")
     parser.add_argument("--repeats", type=int, default=3, help="repetitions per interaction")
+    parser.add_argument("--cold", action="store_true", help="measure the cold start only (see the module doc)")
+    parser.add_argument("--runs", type=int, default=3, help="--cold: fresh servers")
+    parser.add_argument("--sessions", type=int, default=3, help="--cold: new sessions per server")
+    parser.add_argument("--floor", action="store_true",
+                        help="--cold: also time a page holding only one plotly funnel (the browser's share)")
     args = parser.parse_args(argv)
     if not Path(CHROMIUM).exists():
         print(f"bench_app: {CHROMIUM} is not installed", file=sys.stderr)
         return 2
+    if args.cold:
+        return _report_cold(cold_start(args.runs, args.sessions, args.floor))
     summary = run(args.n, args.repeats)
     out = ROOT / "bench-results"
     out.mkdir(exist_ok=True)
@@ -178,6 +272,20 @@ def main(argv=None) -> int:
     for name, s in summary.items():
         server = f"{s['server_median_s'] * 1000:.0f} ms" if s["server_median_s"] is not None else "—"
         print(f"| {name} | {s['wall_median_s'] * 1000:.0f} ms | {server} | {s['runs']} |")
+    return 0
+
+
+def _report_cold(summary: dict) -> int:
+    out = ROOT / "bench-results"
+    out.mkdir(exist_ok=True)
+    (out / "bench_cold.json").write_text(json.dumps(summary, indent=2))
+    print("| step | median, navigation start to funnel drawn | runs | page script (server), median |")
+    print("|---|---|---|---|")
+    for name, s in summary.items():
+        if name != "load_average":
+            server = f"{s['server_median_ms']:,} ms" if s["server_median_ms"] is not None else "—"
+            print(f"| {name} | {s['median_ms']:,} ms | {', '.join(f'{v:,}' for v in s['runs_ms'])} ms | {server} |")
+    print(f"load average (1, 5, 15 min) at the end: {summary['load_average']}")
     return 0
 
 

@@ -286,7 +286,8 @@ def load_protocol(path: str | Path | None = None) -> Protocol:
 def parse_file(text: str, name: str) -> dict:
     """A criteria file's YAML, refused unless it declares this format and a version we read."""
     try:
-        doc = yaml.safe_load(text)
+        # libyaml's safe loader when built in: the same documents, a tenth of the pure-Python time
+        doc = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))  # noqa: S506 - a safe loader
     except yaml.YAMLError as err:
         raise CriteriaError(f"{name} is not valid YAML: {err}") from None
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:

@@ -15,8 +15,10 @@ against a Python-int mask and :func:`row_masks` reads a row's masks back as ints
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections import OrderedDict
+from dataclasses import dataclass
 from decimal import Decimal
 
 import numpy as np
@@ -38,8 +40,7 @@ _SERIAL = itertools.count(1)
 _STORED: dict[tuple[int, str], list[str]] = {}  # (id(con), cohort table) -> mask tables, oldest first
 
 
-def _literal(value: Decimal) -> exp.Expression:
-    text = format_number(value)
+def _literal(text: str) -> exp.Expression:
     node = exp.Literal.number(text.lstrip("-"))
     return exp.Neg(this=node) if text.startswith("-") else node
 
@@ -54,9 +55,24 @@ def compile_rule(rule: Rule, stage: int, values: dict[str, Decimal], present: fr
     Whether the rule is assessable at all is `missing_columns`' business. An
     `untrusted` rule (analyst-written, already allow-listed by kn026.rules.rulecheck) also
     gets its arithmetic in DOUBLE so no value can make DuckDB raise an overflow.
+
+    The result is a string determined by the texts it is built from, so it is memoised
+    per process (`_compiled`): parsing is most of the cost of a full pass on a small
+    cohort, and every new engine (app session, stage, scenario) compiles the same rules.
     """
-    tree = parse_predicate(rule.sql[stage], rule.id)
-    derived = {name: parse_predicate(d.sql, name) for name, d in protocol.derived.items()}
+    derived = tuple((name, d.sql) for name, d in protocol.derived.items())
+    bound = tuple(sorted((name, format_number(v)) for name, v in values.items()))
+    return _compiled(rule.id, rule.sql[stage], bound, frozenset(present), derived, rule.null_is_unknown,
+                     bool(untrusted))
+
+
+@functools.lru_cache(maxsize=4096)
+def _compiled(rule_id: str, sql: str, values: tuple[tuple[str, str], ...], present: frozenset[str],
+              derived_sql: tuple[tuple[str, str], ...], null_is_unknown: frozenset[str], untrusted: bool) -> str:
+    """`compile_rule` from hashable texts only (parameters as exact number texts)."""
+    tree = parse_predicate(sql, rule_id)
+    derived = {name: parse_predicate(text, name) for name, text in derived_sql}
+    literal = dict(values)
 
     def expand(node):
         if isinstance(node, exp.Column) and node.name in derived:
@@ -67,7 +83,7 @@ def compile_rule(rule: Rule, stage: int, values: dict[str, Decimal], present: fr
 
     def bind(node):
         if isinstance(node, exp.Placeholder):
-            return _literal(values[node.name])
+            return _literal(literal[node.name])
         if isinstance(node, exp.Column):
             col = schema.BY_NAME.get(node.name)
             if col is None:  # an extra cohort column named by an analyst-written rule
@@ -75,7 +91,7 @@ def compile_rule(rule: Rule, stage: int, values: dict[str, Decimal], present: fr
             if node.name not in present:
                 return exp.cast(exp.Null(), col.sql_type)
             ref = exp.column(node.name, quoted=True)
-            if col.record_based and node.name not in rule.null_is_unknown:
+            if col.record_based and node.name not in null_is_unknown:
                 return exp.Coalesce(this=ref, expressions=[exp.Literal.number(int(col.record_none))])
             return ref
         return node
@@ -97,6 +113,22 @@ def missing_columns(rule: Rule, stage: int, present: frozenset[str]) -> list[str
     if any(s <= present for s in sets):
         return []
     return sorted({c for s in sets for c in s if c not in present})
+
+
+@dataclass(frozen=True)
+class EvaluatedPass:
+    """An engine's pass over its patients (`Engine.evaluated_pass`): read-only masks, groups,
+    the protocol histogram and site codes, for the protocol, stage, rows and columns it was made for."""
+
+    protocol: Protocol
+    stage: int
+    n: int
+    present: frozenset[str]
+    fail: np.ndarray
+    unknown: np.ndarray
+    gid: np.ndarray
+    base: Histogram
+    sites: tuple[np.ndarray, tuple[str, ...]] | None
 
 
 class Engine:
@@ -141,6 +173,30 @@ class Engine:
         other._evaluated, other._sites = True, self._sites
         other._pending = frozenset(changed)
         return other
+
+    def evaluated_pass(self) -> EvaluatedPass:
+        """This engine's pass over the patients (evaluated first if need be), read-only, to be
+        given to engines of other connections holding the same rows: see `take_pass`."""
+        self._ready()
+        if "site_id" in self.cohort.present:
+            self._site_codes()
+        arrays = [self._f, self._u, self._gid, self._base.fail, self._base.unknown, self._base.count]
+        for arr in arrays + ([self._sites[0]] if self._sites else []):
+            arr.flags.writeable = False  # shared: nobody may change it in place (copies are made)
+        return EvaluatedPass(self.protocol, self.stage, self.cohort.n, self.cohort.present, self._f, self._u,
+                             self._gid, self._base, self._sites)
+
+    def take_pass(self, done: EvaluatedPass) -> None:
+        """Use `done` (`evaluated_pass` of an engine over the same rows in the same order, with the
+        same protocol, stage and columns) instead of evaluating again. The app gives every session
+        the built-in cohort's pass this way: a session's own connection, no evaluation."""
+        if (done.protocol is not self.protocol or done.stage != self.stage or done.n != self.cohort.n
+                or done.present != self.cohort.present):
+            raise ValueError("the evaluated pass is for another cohort, protocol or stage")
+        self._f, self._u, self._gid, self._base = done.fail, done.unknown, done.gid, done.base
+        self._sites, self._evaluated, self._pending = done.sites, True, frozenset()
+        self._masks_stored = False
+        self._cache.clear()
 
     # -- SQL -------------------------------------------------------------------
     def rule_sql(self, rule_id: str, values: dict | None = None) -> str:

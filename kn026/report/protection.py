@@ -31,13 +31,13 @@ anything; it is reported in `Protection.unprotected`, never silently left.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy.optimize import linprog
 
 DEFAULT_THRESHOLD = 5
 CMS_THRESHOLD = 11  # the CMS / PCORnet cell-size rule: no count of 1-10 may be published
@@ -532,7 +532,7 @@ class _LP:
     def __init__(self, a: np.ndarray, row_lo: np.ndarray, row_hi: np.ndarray, lower: np.ndarray):
         self.a, self.row_lo, self.row_hi, self.lower = a, row_lo, row_hi, lower
         self.h = None
-        if _hc is not None:
+        if _core() is not None:
             try:
                 self.h = self._model()
             except Exception:  # noqa: BLE001 - any trouble with the private API: use linprog
@@ -541,6 +541,7 @@ class _LP:
     def _model(self):
         import scipy.sparse as sparse
 
+        _hc = _core()
         n = self.a.shape[1]
         h = _hc._Highs()
         h.setOptionValue("output_flag", False)
@@ -563,7 +564,7 @@ class _LP:
     def extreme(self, j: int, maximise: bool, default: float) -> float:
         if self.h is None:
             return self._linprog(j, maximise, default)
-        h = self.h
+        h, _hc = self.h, _core()
         h.changeColCost(j, 1.0)
         h.changeObjectiveSense(_hc.ObjSense.kMaximize if maximise else _hc.ObjSense.kMinimize)
         h.run()
@@ -577,6 +578,8 @@ class _LP:
         return self._linprog(j, maximise, default)
 
     def _linprog(self, j: int, maximise: bool, default: float) -> float:
+        from scipy.optimize import linprog
+
         n = self.a.shape[1]
         eq = self.row_lo == self.row_hi
         c = np.zeros(n)
@@ -591,7 +594,15 @@ class _LP:
         return default  # infeasible / numerical trouble: claim nothing (the cell counts as exact)
 
 
-try:  # scipy's bundled HiGHS core (private; scipy is pinned in requirements.txt)
-    from scipy.optimize._highspy import _core as _hc
-except ImportError:  # pragma: no cover - another scipy layout: linprog only
-    _hc = None
+@functools.cache
+def _core():
+    """scipy's bundled HiGHS core (private; scipy is pinned in requirements.txt), or None (linprog only).
+
+    Imported on the first solve, not with this module: scipy.optimize takes about a second
+    to import, and the app's first page never suppresses (suppression is off for the built-in cohort).
+    """
+    try:
+        from scipy.optimize._highspy import _core as hc
+    except ImportError:  # pragma: no cover - another scipy layout: linprog only
+        return None
+    return hc

@@ -314,3 +314,43 @@ def test_override_outside_range_is_refused(random_engine):
         random_engine.histogram({"INCL07.PLT": {"min": 5000}})
     with pytest.raises(ValueError, match="no parameter"):
         random_engine.histogram({"INCL07.PLT": {"nope": 1}})
+
+
+def _same_histogram(a, b) -> None:
+    for field in ("fail", "unknown", "count", "site"):
+        x, y = getattr(a, field), getattr(b, field)
+        assert (x is None) == (y is None), field
+        if x is not None:
+            np.testing.assert_array_equal(x, y, err_msg=field)
+    assert a.sites == b.sites
+
+
+@pytest.mark.parametrize("stage", [1, 2])
+def test_a_taken_pass_screens_like_an_evaluated_one(stage):
+    """The app gives each session the built-in cohort's pass (Engine.take_pass) instead of
+    evaluating it again: on another connection holding the same rows, every histogram
+    (protocol, a changed threshold, by site) must be the one a fresh evaluation gives."""
+    from kn026.ingest import synth
+
+    table = synth.generate(2_000, 5, 12)
+    source = load_cohort(table, connect())
+    done = Engine(source, PROTOCOL, stage).evaluated_pass()
+    for arr in (done.fail, done.unknown, done.gid, done.base.count):
+        with pytest.raises(ValueError):
+            arr[..., 0] = 0  # shared between sessions: read-only
+    taker = Engine(load_cohort(table, connect()), PROTOCOL, stage)
+    taker.take_pass(done)
+    fresh = Engine(load_cohort(table, connect()), PROTOCOL, stage)
+
+    def moves(overrides) -> bool:  # a threshold change that moves patients between groups
+        h, base = fresh.histogram(overrides), fresh.histogram()
+        return len(h.count) != len(base.count) or not np.array_equal(h.count, base.count)
+
+    changed = next(o for r in fresh.rules if r.id not in fresh.not_assessable
+                   for name, p in r.params.items() if p.low is not None and p.low != p.default
+                   if moves(o := {r.id: {name: p.low}}))
+    for overrides, by_site in (({}, False), (changed, False), ({}, True), (changed, True)):
+        _same_histogram(taker.histogram(overrides, by_site), fresh.histogram(overrides, by_site))
+    other = 2 if stage == 1 else 1
+    with pytest.raises(ValueError, match="another cohort, protocol or stage"):
+        Engine(load_cohort(table, connect()), PROTOCOL, other).take_pass(done)
