@@ -15,7 +15,7 @@ import sys
 from tests.app_support import APP, ROOT
 
 # Imported where they are used, never by the first page.
-HEAVY = ("scipy", "openpyxl", "pptx", "docx", "xlsxwriter", "kn026.feasibility", "kn026.forecast.model",
+HEAVY = ("scipy", "openpyxl", "pptx", "docx", "xlsxwriter", "kn026.feasibility", "kn026.forecast",
          "kn026.ingest.omop", "kn026.ingest.sdtm", "kn026.ingest.mapping", "kn026.ingest.synth", "kn026.scale")
 
 SCRIPT = f"""
