@@ -99,7 +99,7 @@ def load_upload(uploaded, chosen=()) -> None:
             status.update(label=f"{uploaded.name} could not be loaded", state="error", expanded=False)
             return
         st.write("Evaluating every criterion…")
-        bar.progress(0.92, text=f"screening {cohort.n:,} patients")
+        bar.progress(0.92, text=f"Screening {cohort.n:,} patients")
         changed = [c for c in cohort.changes if c.count]
         label = f"{uploaded.name} ({cohort.n:,} patients" + (f"; {len(changed)} change(s) chosen)" if chosen else ")")
         report = {"kind": "upload", "file": uploaded.name, "changes": list(cohort.changes)} if chosen else None
