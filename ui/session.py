@@ -350,7 +350,8 @@ def engine_for(stage: int) -> Engine:
     if eng is None:
         proto = protocol()  # an uploaded one runs as untrusted: arithmetic hardened (kn026.rules)
         eng = Engine(bundle.cohort, proto, stage, untrusted=protocol_files.untrusted_rules(proto))
-        done = builtin_pass(stage) if bundle.kind == "builtin" else None
+        shared = bundle.kind == "builtin" and proto is shipped_protocol(DEFAULT_FILE)
+        done = builtin_pass(stage) if shared else None
         if done is not None and done.protocol is eng.protocol and done.present == bundle.cohort.present:
             eng.take_pass(done)  # the default protocol on the built-in cohort: masks shared per server
         elif bundle.cohort.n >= 200_000:
