@@ -74,6 +74,7 @@ def serve():
 
 def launch():
     """Headless Debian chromium through Playwright; yields the browser, closes it afterwards."""
+    skip_without_browser()
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:

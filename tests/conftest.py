@@ -41,9 +41,15 @@ def fresh_server():
 
 
 @pytest.fixture(scope="session")
-def browser(server):
-    """Headless Debian chromium (skipped, with the reason, like `server`, when it is absent)."""
+def chromium():
+    """Headless Debian chromium, one per test session (Playwright's sync API allows one at a time)."""
     yield from browser_support.launch()
+
+
+@pytest.fixture(scope="session")
+def browser(server, chromium):
+    """The browser of the app's tests (skipped, with the reason, like `server`, when it is absent)."""
+    return chromium
 
 
 @pytest.fixture(scope="session")

@@ -131,12 +131,9 @@ def test_suppression_off_and_the_api(files):
         report.render(rep, "pdf")
 
 
-def test_html_report_in_headless_chromium(tmp_path):
+def test_html_report_in_headless_chromium(tmp_path, chromium):
     """Render the built-in cohort's report (k = 5) and keep a screenshot for a human to look at."""
-    from tests.browser_support import ARGS, ARTIFACTS, CHROMIUM, skip_without_browser
-
-    skip_without_browser()
-    from playwright.sync_api import sync_playwright
+    from tests.browser_support import ARTIFACTS
 
     protocol = load_protocol()
     engine = Engine(load_cohort(ROOT / "data" / "builtin_cohort.parquet", connect()), protocol, 1)
@@ -145,22 +142,20 @@ def test_html_report_in_headless_chromium(tmp_path):
     page_file = tmp_path / "report.html"
     page_file.write_bytes(report.render(rep, "html"))
     ARTIFACTS.mkdir(exist_ok=True)
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1280, "height": 1500})
-            errors = []
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.goto(page_file.as_uri())
-            page.wait_for_selector(".js-plotly-plot .main-svg", timeout=60_000)
-            assert not errors
-            assert page.locator(".js-plotly-plot").count() >= 6  # every chart drew
-            assert page.locator("td.suppressed").count() == sum(
-                int(s.table.hidden[list(s.columns)].to_numpy().sum()) for s in rep.sections)
-            # the funnel labels suppressed steps on the chart itself
-            assert page.locator("#attrition .js-plotly-plot text", has_text="suppressed").count() >= 1
-            page.screenshot(path=str(ARTIFACTS / "report_top.png"))
-            page.locator("#sites").scroll_into_view_if_needed()
-            page.locator("#sites").screenshot(path=str(ARTIFACTS / "report_sites.png"))
-        finally:
-            browser.close()
+    page = chromium.new_page(viewport={"width": 1280, "height": 1500})
+    try:
+        errors = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(page_file.as_uri())
+        page.wait_for_selector(".js-plotly-plot .main-svg", timeout=60_000)
+        assert not errors
+        assert page.locator(".js-plotly-plot").count() >= 6  # every chart drew
+        assert page.locator("td.suppressed").count() == sum(
+            int(s.table.hidden[list(s.columns)].to_numpy().sum()) for s in rep.sections)
+        # the funnel labels suppressed steps on the chart itself
+        assert page.locator("#attrition .js-plotly-plot text", has_text="suppressed").count() >= 1
+        page.screenshot(path=str(ARTIFACTS / "report_top.png"))
+        page.locator("#sites").scroll_into_view_if_needed()
+        page.locator("#sites").screenshot(path=str(ARTIFACTS / "report_sites.png"))
+    finally:
+        page.close()
