@@ -257,7 +257,7 @@ with rewrite_col, st.container(border=True):
                       help=f"Fill the form with {example.replace[0]} asking {example.replace_why}; then press "
                            "Rewrite rule")
     picked = rules.replace_form(stage)
-    base_rules = {rid: proto.rule(rid) for rid in rules.replace_choices(stage)}
+    base_rules = rules.replace_rules(stage)
     st.selectbox("Rule", list(base_rules), key=rules.rule_field("replace", "rule"),
                  format_func=lambda rid: f"{rid} · {base_rules[rid].label}",
                  on_change=rules.pick_replace_rule, args=(stage,))

@@ -173,6 +173,13 @@ def replace_choices(stage: int) -> list[str]:
     return [r.id for r in protocol().rules if stage in r.stages]
 
 
+def replace_rules(stage: int) -> dict:
+    """Rule ID -> the protocol's own rule (its label as written, so the picker's option labels stay
+    the same when a rewrite marks the scenario's copy "(rewritten)": a changed label would lose
+    the selection in the browser)."""
+    return {rid: protocol().rule(rid) for rid in replace_choices(stage)}
+
+
 def replace_form(stage: int) -> str:
     """Seed the rewrite form (picked rule, its current expression); returns the picked rule."""
     ss = st.session_state
