@@ -120,3 +120,19 @@ def cut_labels(page) -> list[str]:
         }
       }
       return out; }""")
+
+
+def choose(page, scope, label: str, option: str) -> None:
+    """Pick `option` in the selectbox labelled `label` inside `scope`; opens the list again when a
+    rerun closed it first (the list belongs to the widget the rerun redraws)."""
+    box = scope.get_by_role("combobox", name=label)
+    wanted = page.get_by_role("option", name=option)
+    box.wait_for(state="visible", timeout=TIMEOUT_MS)
+    for _ in range(4):
+        box.click()
+        try:
+            wanted.first.wait_for(state="visible", timeout=15_000)
+            break
+        except Exception:  # noqa: BLE001 - Playwright's timeout: settle and open the list again
+            settle(page)
+    wanted.first.click()

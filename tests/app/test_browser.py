@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from tests.browser_support import ARTIFACTS, TIMEOUT_MS, cut_labels, main_text, no_exception, settle
+from tests.browser_support import ARTIFACTS, TIMEOUT_MS, choose, cut_labels, main_text, no_exception, settle
 
 PAGES = [
     # (nav label, url path, key texts)
@@ -80,8 +80,7 @@ def test_scenario_funnel_and_compare(server, browser):
     page.wait_for_selector(".js-plotly-plot", timeout=TIMEOUT_MS)
     settle(page)
     sidebar = page.locator('[data-testid="stSidebar"]')
-    sidebar.locator('[data-testid="stSelectbox"]').filter(has_text="Scenario").click()
-    page.get_by_role("option", name="Creatinine clearance").click()
+    choose(page, sidebar, "Scenario", "Creatinine clearance")
     from playwright.sync_api import expect
 
     expect(page.locator('[data-testid="stMain"]').get_by_text("vs protocol").first).to_be_visible(

@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from tests.browser_support import ARTIFACTS, TIMEOUT_MS, main_text, no_exception, settle
+from tests.browser_support import ARTIFACTS, TIMEOUT_MS, choose, main_text, no_exception, settle
 
 pytestmark = pytest.mark.browser
 
@@ -83,8 +83,7 @@ def test_recruitment_page_in_the_browser(server, browser):
 
     # the example scenario side by side with the protocol
     sidebar = page.locator('[data-testid="stSidebar"]')
-    sidebar.locator('[data-testid="stSelectbox"]').filter(has_text="Scenario").click()
-    page.get_by_role("option", name="Creatinine clearance").click()
+    choose(page, sidebar, "Scenario", "Creatinine clearance")
     settle(page)
     page.get_by_role("tab", name="Protocol vs scenario").click()
     expect(main.get_by_text("weeks on the median time to 400 patients").first).to_be_visible(timeout=TIMEOUT_MS)
